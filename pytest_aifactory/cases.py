@@ -1,0 +1,131 @@
+"""Load cases: one client at one load level, i.e. one pytest test.
+
+The driver splits a case into one `LoadSpec` per client process (nodes x processes per node),
+each with its share of the concurrency or rate and its own seed, so that together they make
+one load of the requested size.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pytest_aifactory.loadgen.spec import DatasetSpec, LoadSpec
+
+if TYPE_CHECKING:
+    from pytest_aifactory.recipe import Client, Recipe
+
+
+@dataclass(frozen=True)
+class LoadCase:
+    """One test case: a recipe client at one load level."""
+
+    client: str
+    kind: str
+    mode: str
+    level: float
+    label: str
+    """`concurrency=8`, as printed in SLO messages."""
+    id: str
+    """`chat-concurrency-8`, the pytest parameter id."""
+
+
+def cases_for(recipe: Recipe, kinds: tuple[str, ...] = ()) -> list[LoadCase]:
+    """Every client x level of the recipe, in recipe order, optionally only some client kinds."""
+    cases = []
+    for name, client in recipe.clients.items():
+        if kinds and client.kind not in kinds:
+            continue
+        for level in client.load.levels:
+            cases.append(
+                LoadCase(
+                    client=name,
+                    kind=client.kind,
+                    mode=client.load.mode,
+                    level=float(level),
+                    label=client.load.level_label(level),
+                    id=f"{name}-{client.load.level_id(level)}",
+                )
+            )
+    return cases
+
+
+def slug(text: str) -> str:
+    """A test id as a folder name."""
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_") or "case"
+
+
+def split_evenly(total: int, parts: int) -> list[int]:
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def process_specs(
+    case: LoadCase,
+    client: Client,
+    *,
+    base_url: str,
+    model: str,
+    records_path: Callable[[int], Path],
+    progress_path: Callable[[int], Path],
+    heartbeat_path: str | None,
+    api_key: str | None = None,
+    start_at: float | None = None,
+) -> list[LoadSpec]:
+    """The shares of each client process; processes with nothing to do are not started."""
+    processes = client.nodes * client.processes_per_node
+    load = client.load
+    if case.mode == "concurrency":
+        shares = [float(s) for s in split_evenly(int(case.level), processes)]
+    else:
+        shares = [case.level / processes] * processes
+    requests = (
+        split_evenly(load.requests, processes) if load.requests else [None] * processes
+    )
+    warmups = split_evenly(load.warmup_requests, processes)
+    cap = load.max_concurrency
+    caps = split_evenly(cap, processes) if cap else [None] * processes
+    dataset = DatasetSpec(
+        kind=client.dataset.kind,
+        input_tokens=client.dataset.input_tokens,
+        output_tokens=client.dataset.output_tokens,
+        seed=client.dataset.seed,
+        ignore_eos=client.dataset.ignore_eos,
+    )
+    specs = []
+    for index in range(processes):
+        if shares[index] <= 0 or requests[index] == 0:
+            continue
+        specs.append(
+            LoadSpec(
+                client=case.client,
+                kind=client.kind,
+                level_label=case.label,
+                mode=case.mode,
+                level=shares[index],
+                base_url=base_url,
+                model=model,
+                records_path=str(records_path(index)),
+                progress_path=str(progress_path(index)),
+                api=client.api,
+                arrival=load.arrival,
+                burstiness=load.burstiness,
+                requests=requests[index],
+                duration_s=load.duration_s,
+                warmup_requests=warmups[index],
+                timeout_s=load.timeout_s,
+                max_concurrency=caps[index] or None,
+                api_key=api_key,
+                dataset=dataset,
+                seed=client.dataset.seed * 100_003 + index,
+                node="",
+                process=index,
+                processes=processes,
+                start_at=start_at if processes > 1 else None,
+                heartbeat_path=heartbeat_path,
+            )
+        )
+    return specs

@@ -1,0 +1,161 @@
+"""The small interface every place that runs jobs offers (local processes, Slurm).
+
+Fixtures only talk to `JobExecutor` and `JobHandle`, so a service or a load generator runs the
+same way on a laptop and on a cluster; backends differ only in how they submit and cancel.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from pytest_aifactory.cluster.rundir import RunDir
+
+
+@dataclass(frozen=True)
+class JobResources:
+    """What one job asks for; backends ignore what they cannot honour (local: all but time)."""
+
+    nodes: int = 1
+    tasks_per_node: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int | None = None
+    memory: str | None = None
+    time_limit_min: int = 60
+
+
+def tail_lines(path: Path, lines: int) -> list[str]:
+    """Last lines of a log that may be large or still being written."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, 2)
+            size = fh.tell()
+            fh.seek(max(0, size - 64 * 1024))
+            text = fh.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    return text.splitlines()[-lines:]
+
+
+@dataclass
+class JobHandle:
+    """One submitted job, with the name and role the run knows it by."""
+
+    name: str
+    role: str
+    job: submitit.Job[Any]
+    submitted_at: float = field(default_factory=time.time)
+    pids: list[int] = field(default_factory=list)
+    """Processes the job said it started (from its rendezvous), stopped by PID on cancel."""
+
+    @property
+    def job_id(self) -> str:
+        return str(self.job.job_id)
+
+    @property
+    def stdout_path(self) -> Path:
+        return Path(self.job.paths.stdout)
+
+    @property
+    def stderr_path(self) -> Path:
+        return Path(self.job.paths.stderr)
+
+    def finished(self) -> bool:
+        try:
+            return bool(self.job.done())
+        except Exception:
+            return False
+
+    def state(self) -> str:
+        try:
+            return str(self.job.state)
+        except Exception:
+            return "UNKNOWN"
+
+    def log_tail(self, lines: int = 50) -> str:
+        """stderr and stdout tails with submitit's own frames dropped: the server's words matter."""
+        parts: list[str] = []
+        for label, path in (("stderr", self.stderr_path), ("stdout", self.stdout_path)):
+            kept = [ln for ln in tail_lines(path, lines * 3) if not ln.startswith("submitit ")]
+            if kept:
+                parts.append(f"--- {label} of {self.name} ({path}) ---")
+                parts.extend(kept[-lines:])
+        return "\n".join(parts) if parts else f"(no log output from {self.name})"
+
+    def exception_text(self) -> str | None:
+        """The job's own error when it ended by raising (submitit keeps the traceback)."""
+        if not self.finished():
+            return None
+        try:
+            exc = self.job.exception()
+        except Exception as err:  # result pickle missing: the job was killed
+            return f"{type(err).__name__}: {err}"
+        return None if exc is None else str(exc)
+
+
+class JobExecutor(abc.ABC):
+    """Submits the run's jobs and cancels every one of them at the end, however it ends."""
+
+    name: str = "abstract"
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+        self.handles: list[JobHandle] = []
+
+    @abc.abstractmethod
+    def _executor(self, job_name: str, resources: JobResources) -> submitit.Executor: ...
+
+    def submit(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        name: str,
+        role: str,
+        resources: JobResources | None = None,
+    ) -> JobHandle:
+        executor = self._executor(name, resources or JobResources())
+        handle = JobHandle(name=name, role=role, job=executor.submit(fn, *args))
+        self.handles.append(handle)
+        return handle
+
+    def submit_many(
+        self,
+        fn: Callable[..., Any],
+        args_list: Sequence[tuple[Any, ...]],
+        *,
+        name: str,
+        role: str,
+        resources: JobResources | None = None,
+    ) -> list[JobHandle]:
+        """Several jobs of one kind at once (on Slurm: one job array)."""
+        executor = self._executor(name, resources or JobResources())
+        with executor.batch():
+            jobs = [executor.submit(fn, *args) for args in args_list]
+        handles = [
+            JobHandle(name=f"{name}.{i}", role=role, job=job) for i, job in enumerate(jobs)
+        ]
+        self.handles.extend(handles)
+        return handles
+
+    def cancel(self, handle: JobHandle) -> None:
+        with contextlib.suppress(Exception):
+            if not handle.finished():
+                handle.job.cancel(check=False)
+        self._after_cancel(handle)
+
+    def _after_cancel(self, handle: JobHandle) -> None:
+        """Backends that can see the job's processes make sure they are gone."""
+
+    def cancel_all(self) -> list[JobHandle]:
+        """Cancel every job of the run that is still running; returns those it cancelled."""
+        cancelled = [h for h in self.handles if not h.finished()]
+        for handle in reversed(self.handles):
+            self.cancel(handle)
+        return cancelled

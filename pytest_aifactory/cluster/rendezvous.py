@@ -1,0 +1,63 @@
+"""How a service job tells the driver where it listens.
+
+The job writes `host:port` (and more) to a JSON file in the shared run directory; the file is
+written under a temporary name and renamed, so a reader never sees half of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where a service listens, and which process on which node serves it."""
+
+    service: str
+    host: str
+    port: int
+    node: str
+    pid: int
+    nodes: list[str] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def write_rendezvous(path: Path, info: Rendezvous) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(asdict(info), fh)
+    os.replace(tmp, path)
+
+
+def read_rendezvous(path: Path) -> Rendezvous | None:
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return Rendezvous(**data)
+
+
+def free_port(host: str) -> int:
+    """Ask the kernel for a port that is free now on `host` (the server binds it just after)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True

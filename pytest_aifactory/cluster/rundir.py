@@ -1,0 +1,104 @@
+"""The run directory: everything one benchmark session writes lives under it.
+
+Jobs (local processes or Slurm jobs on other nodes) only share this folder with the driver, so
+rendezvous files, records, progress and the driver's heartbeat are all paths below it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HEARTBEAT_INTERVAL_S = 5.0
+HEARTBEAT_STALE_S = 60.0
+"""A job whose driver has not touched the heartbeat for this long considers the driver gone."""
+
+
+def make_run_id(recipe_name: str, now: dt.datetime | None = None) -> str:
+    """UTC time first so run ids sort chronologically, then the recipe name."""
+    now = now or dt.datetime.now(dt.UTC)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", recipe_name).strip("-") or "run"
+    return f"{now.strftime('%Y%m%d-%H%M%S')}-{slug}"
+
+
+def private_mkdir(path: Path) -> Path:
+    """Run data may hold prompts, endpoints and keys: only the owner may read it."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+    return path
+
+
+@dataclass
+class RunDir:
+    """Paths of one run and the driver's heartbeat."""
+
+    root: Path
+    run_id: str
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _thread: threading.Thread | None = field(default=None, repr=False)
+
+    @classmethod
+    def create(cls, report_dir: Path, run_id: str) -> RunDir:
+        report_dir.mkdir(parents=True, exist_ok=True)
+        root = report_dir / run_id
+        suffix = 1
+        while root.exists():
+            suffix += 1
+            root = report_dir / f"{run_id}-{suffix}"
+        private_mkdir(root)
+        run = cls(root=root, run_id=root.name)
+        for sub in ("jobs", "rendezvous", "records", "progress", "logs"):
+            private_mkdir(root / sub)
+        return run
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.root / "jobs"
+
+    @property
+    def heartbeat_path(self) -> Path:
+        return self.root / "heartbeat"
+
+    def rendezvous_path(self, service: str) -> Path:
+        return self.root / "rendezvous" / f"{service}.json"
+
+    def records_path(self, test_slug: str, process: int) -> Path:
+        return self.root / "records" / test_slug / f"p{process:04d}.jsonl"
+
+    def progress_path(self, test_slug: str, process: int) -> Path:
+        return self.root / "progress" / test_slug / f"p{process:04d}.json"
+
+    def start_heartbeat(self) -> None:
+        """Jobs watch this file's age and exit when the driver is gone (killed, node lost)."""
+        self.heartbeat_path.touch()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._beat, name="aifactory-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop_heartbeat(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+            self._thread = None
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_INTERVAL_S):
+            try:
+                os.utime(self.heartbeat_path)
+            except OSError:
+                return
+
+
+def driver_gone(heartbeat_path: str | os.PathLike[str] | None) -> bool:
+    """True when the heartbeat file exists but is stale, or was removed after the start."""
+    if not heartbeat_path:
+        return False
+    try:
+        age = dt.datetime.now().timestamp() - os.stat(heartbeat_path).st_mtime
+    except FileNotFoundError:
+        return True
+    return age > HEARTBEAT_STALE_S

@@ -1,0 +1,39 @@
+"""Fixtures benchmark modules use: the session's driver and the per-test load runner."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from pytest_aifactory.cases import LoadCase
+from pytest_aifactory.session import AIFactorySession, CaseError, CaseResult
+
+SESSION_KEY = pytest.StashKey["AIFactorySession | None"]()
+RESULT_KEY = pytest.StashKey[CaseResult]()
+
+
+@pytest.fixture(scope="session")
+def aifactory(pytestconfig: pytest.Config) -> AIFactorySession:
+    """The run's driver: recipe, services, results. Skips when no recipe was given."""
+    session = pytestconfig.stash.get(SESSION_KEY, None)
+    if session is None:
+        pytest.skip("no recipe: run with --recipe FILE")
+    return session
+
+
+@pytest.fixture
+def aifactory_load(
+    aifactory: AIFactorySession, request: pytest.FixtureRequest
+) -> Callable[[LoadCase], CaseResult]:
+    """Runs a load case in client jobs against its (started on demand) service."""
+
+    def run(case: LoadCase) -> CaseResult:
+        try:
+            result = aifactory.run_case(case, test_id=request.node.nodeid, name=request.node.name)
+        except CaseError as err:
+            pytest.fail(str(err), pytrace=False)
+        request.node.stash[RESULT_KEY] = result
+        return result
+
+    return run

@@ -1,0 +1,52 @@
+"""What one load-generator process is told to do.
+
+The driver builds one `LoadSpec` per client process and ships it, pickled, to a job; nothing in
+it refers to driver state, so the same spec runs in a local process or on a Slurm node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Prompts to send. `random`: prompts of exactly `input_tokens` tokens where the server can
+    tokenize, asking for exactly `output_tokens` tokens (EOS ignored where the server allows)."""
+
+    kind: str = "random"
+    input_tokens: int = 128
+    output_tokens: int = 64
+    seed: int = 0
+    ignore_eos: bool = True
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """One process's share of one load level of one client."""
+
+    client: str
+    kind: str
+    level_label: str
+    mode: str
+    level: float
+    base_url: str
+    model: str
+    records_path: str
+    progress_path: str
+    api: str = "completions"
+    arrival: str = "poisson"
+    burstiness: float = 1.0
+    requests: int | None = None
+    duration_s: float | None = None
+    warmup_requests: int = 0
+    timeout_s: float = 300.0
+    max_concurrency: int | None = None
+    api_key: str | None = None
+    dataset: DatasetSpec = field(default_factory=DatasetSpec)
+    seed: int = 0
+    node: str = ""
+    process: int = 0
+    processes: int = 1
+    start_at: float | None = None
+    heartbeat_path: str | None = None

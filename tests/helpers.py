@@ -1,0 +1,82 @@
+"""Running the benchmark suite as a user would: pytest in a subprocess, on a recipe file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+BENCHMARK = REPO / "benchmarks" / "test_inference.py"
+
+
+@dataclass
+class Session:
+    returncode: int
+    stdout: str
+    stderr: str
+    report_dir: Path
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def run_dirs(self) -> list[Path]:
+        if not self.report_dir.exists():
+            return []
+        return sorted(p for p in self.report_dir.iterdir() if p.is_dir())
+
+    def summary(self) -> dict[str, Any]:
+        (run,) = self.run_dirs()
+        return json.loads((run / "summary.json").read_text())
+
+
+def write_recipe(path: Path, document: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def run_benchmark(
+    tmp_path: Path, recipe: Path, *args: str, timeout: float = 600, env: dict[str, str] | None = None
+) -> Session:
+    report_dir = tmp_path / "reports"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(BENCHMARK),
+        "--recipe",
+        str(recipe),
+        "--report-dir",
+        str(report_dir),
+        "-p",
+        "no:cacheprovider",
+        *args,
+    ]
+    full_env = {
+        **os.environ,
+        "AIFACTORY_BENCHMARK_STORAGE": str(tmp_path / ".benchmarks"),
+        **(env or {}),
+    }
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, cwd=tmp_path, env=full_env, check=False
+    )
+    return Session(proc.returncode, proc.stdout, proc.stderr, report_dir)
+
+
+def processes_matching(marker: str) -> list[str]:
+    """Command lines of live processes containing `marker` (to prove nothing was left)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(proc.info.get("cmdline") or [])
+        if marker in cmdline and proc.pid != os.getpid():
+            found.append(f"{proc.pid}: {cmdline}")
+    return found
