@@ -18,8 +18,6 @@ from pytest_aifactory.session import CaseResult, assert_slos
 pytestmark = pytest.mark.aifactory_clients("openai")
 
 
-def test_serving(
-    aifactory_load: Callable[[LoadCase], CaseResult], load_case: LoadCase
-) -> None:
+def test_serving(aifactory_load: Callable[[LoadCase], CaseResult], load_case: LoadCase) -> None:
     result = aifactory_load(load_case)
     assert_slos(result)

@@ -7,6 +7,7 @@ one load of the requested size.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,6 +59,13 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_") or "case"
 
 
+def process_seed(base: int, case: LoadCase, process: int) -> int:
+    """Distinct prompts per level and process: a server's prefix cache must not see a later
+    level's prompts before (it would flatter that level's TTFT), yet runs stay reproducible."""
+    digest = hashlib.sha256(f"{base}/{case.client}/{case.level!r}/{process}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
 def split_evenly(total: int, parts: int) -> list[int]:
     base, extra = divmod(total, parts)
     return [base + (1 if i < extra else 0) for i in range(parts)]
@@ -82,9 +90,7 @@ def process_specs(
         shares = [float(s) for s in split_evenly(int(case.level), processes)]
     else:
         shares = [case.level / processes] * processes
-    requests = (
-        split_evenly(load.requests, processes) if load.requests else [None] * processes
-    )
+    requests = split_evenly(load.requests, processes) if load.requests else [None] * processes
     warmups = split_evenly(load.warmup_requests, processes)
     cap = load.max_concurrency
     caps = split_evenly(cap, processes) if cap else [None] * processes
@@ -120,7 +126,7 @@ def process_specs(
                 max_concurrency=caps[index] or None,
                 api_key=api_key,
                 dataset=dataset,
-                seed=client.dataset.seed * 100_003 + index,
+                seed=process_seed(client.dataset.seed, case, index),
                 node="",
                 process=index,
                 processes=processes,

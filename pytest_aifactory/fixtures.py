@@ -32,8 +32,11 @@ def aifactory_load(
         try:
             result = aifactory.run_case(case, test_id=request.node.nodeid, name=request.node.name)
         except CaseError as err:
-            pytest.fail(str(err), pytrace=False)
-        request.node.stash[RESULT_KEY] = result
+            message = str(err)
+        else:
+            request.node.stash[RESULT_KEY] = result
+            return result
+        pytest.fail(message, pytrace=False)
         return result
 
     return run

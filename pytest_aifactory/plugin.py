@@ -114,9 +114,7 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return f"{value:.{digits}f}"
 
 
-def pytest_terminal_summary(
-    terminalreporter: Any, exitstatus: int, config: pytest.Config
-) -> None:
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     driver = config.stash.get(SESSION_KEY, None)
     if driver is None or driver.run is None:
         return
@@ -142,7 +140,9 @@ def pytest_terminal_summary(
     if len(rows) > 1:
         widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
         for i, row in enumerate(rows):
-            cells = [str(c).ljust(w) if j == 0 else str(c).rjust(w) for j, (c, w) in
-                     enumerate(zip(row, widths, strict=True))]
+            cells = [
+                str(c).ljust(w) if j == 0 else str(c).rjust(w)
+                for j, (c, w) in enumerate(zip(row, widths, strict=True))
+            ]
             tr.write_line("  ".join(cells), bold=i == 0)
     tr.write_line(f"times in ms; run saved to {driver.run.root}")

@@ -102,7 +102,8 @@ class AIFactorySession:
             )
             self.terminal.line(f"run {self.run.run_id}: {self.run.root}")
             self._save()
-        assert self.executor is not None and self.services is not None
+        assert self.executor is not None
+        assert self.services is not None
         return self.run, self.executor, self.services
 
     def _phase(self, service: str, phase: str, elapsed: float, detail: str) -> None:
@@ -168,9 +169,7 @@ class AIFactorySession:
         )
         notes = self._watch(case, handles, [Path(s.progress_path) for s in specs], endpoint)
         records = read_records(Path(s.records_path) for s in specs)
-        measured = (
-            records[records["phase"] == "measure"] if "phase" in records else records
-        )
+        measured = records[records["phase"] == "measure"] if "phase" in records else records
         requested_rate = case.level if case.mode == "rate" else None
         objectives = self.recipe.objectives(case.client)
         summary = summarize_llm(measured, requested_rate=requested_rate, objectives=objectives)
@@ -219,8 +218,7 @@ class AIFactorySession:
         for index, handle in enumerate(handles):
             error = handle.exception_text()
             if error:
-                last = error.strip().splitlines()[-1] if error.strip() else error
-                notes.append(f"client process {index} ended early: {last}")
+                notes.append(f"client process {index} ended early: {error}")
         return notes
 
     def _show_progress(self, case: LoadCase, paths: list[Path], final: bool) -> None:

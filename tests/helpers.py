@@ -43,7 +43,11 @@ def write_recipe(path: Path, document: dict[str, Any]) -> Path:
 
 
 def run_benchmark(
-    tmp_path: Path, recipe: Path, *args: str, timeout: float = 600, env: dict[str, str] | None = None
+    tmp_path: Path,
+    recipe: Path,
+    *args: str,
+    timeout: float = 600,
+    env: dict[str, str] | None = None,
 ) -> Session:
     report_dir = tmp_path / "reports"
     cmd = [
@@ -65,7 +69,13 @@ def run_benchmark(
         **(env or {}),
     }
     proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=timeout, cwd=tmp_path, env=full_env, check=False
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=tmp_path,
+        env=full_env,
+        check=False,
     )
     return Session(proc.returncode, proc.stdout, proc.stderr, report_dir)
 

@@ -11,7 +11,8 @@ from tests.helpers import run_benchmark
 CASES = {
     "syntax": ("name: x\nservices: {llm: {kind: llamacpp}\n", None),
     "unknown-key": (
-        "name: x\nservices:\n  llm:\n    kind: llamacpp\n    modle: smollm2-135m\n", "5"
+        "name: x\nservices:\n  llm:\n    kind: llamacpp\n    modle: smollm2-135m\n",
+        "5",
     ),
     "wrong-type": (
         "name: x\nservices:\n  llm: {kind: llamacpp}\nclients:\n  chat:\n    kind: openai\n"

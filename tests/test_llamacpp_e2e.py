@@ -38,8 +38,12 @@ def recipe_document() -> dict[str, Any]:
                 "kind": "openai",
                 "service": "llm",
                 "dataset": dataset,
-                "load": {"mode": "concurrency", "levels": [2], "requests": 12,
-                         "warmup_requests": 1},
+                "load": {
+                    "mode": "concurrency",
+                    "levels": [2],
+                    "requests": 12,
+                    "warmup_requests": 1,
+                },
             },
             "dialog": {
                 "kind": "openai",
@@ -92,7 +96,9 @@ def test_verdicts_follow_the_slos(session: Session) -> None:
     for passing in ("chat-concurrency-2", "dialog-concurrency-1", "paced-rate-4"):
         assert f"test_serving[{passing}] PASSED" in session.stdout, session.output
     assert "test_serving[strict-concurrency-1] FAILED" in session.stdout
-    breach = [ln for ln in session.stdout.splitlines() if "strict[concurrency=1] ttft_ms.p99 =" in ln]
+    breach = [
+        ln for ln in session.stdout.splitlines() if "strict[concurrency=1] ttft_ms.p99 =" in ln
+    ]
     assert breach, session.output
     assert breach[0].rstrip().endswith("ms > max 0.001"), breach[0]
     assert "Traceback" not in session.output
@@ -160,15 +166,18 @@ def test_pytest_benchmark_reads_the_run(session: Session) -> None:
     storage = session.report_dir.parent / ".benchmarks"
     listing = subprocess.run(
         [PYTEST_BENCHMARK, "--storage", f"file://{storage}", "list"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert listing.returncode == 0, listing.stderr
     (run,) = session.run_dirs()
     assert run.name in listing.stdout
     compare = subprocess.run(
-        [PYTEST_BENCHMARK, "--storage", f"file://{storage}",
-         "compare", "--group-by", "name"],
-        capture_output=True, text=True, check=False,
+        [PYTEST_BENCHMARK, "--storage", f"file://{storage}", "compare", "--group-by", "name"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert compare.returncode == 0, compare.stderr
     assert "ttft" in compare.stdout
@@ -177,7 +186,8 @@ def test_pytest_benchmark_reads_the_run(session: Session) -> None:
 def test_no_server_left_running(session: Session) -> None:
     (run,) = session.run_dirs()
     rendezvous = json.loads((run / "rendezvous" / "llm.json").read_text())
-    assert not psutil.pid_exists(rendezvous["pid"]) or psutil.Process(
-        rendezvous["pid"]
-    ).status() == psutil.STATUS_ZOMBIE
+    assert (
+        not psutil.pid_exists(rendezvous["pid"])
+        or psutil.Process(rendezvous["pid"]).status() == psutil.STATUS_ZOMBIE
+    )
     assert Path(run / "records.parquet").exists()

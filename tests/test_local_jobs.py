@@ -60,7 +60,8 @@ def test_service_job_rendezvous_health_and_cancel(run: RunDir) -> None:
         handle = executor.submit(run_service, launch, name="service-web", role="service")
         wait_for(lambda: read_rendezvous(run.rendezvous_path("web")) is not None)
         info = read_rendezvous(run.rendezvous_path("web"))
-        assert info is not None and info.host == "127.0.0.1"
+        assert info is not None
+        assert info.host == "127.0.0.1"
         assert run.rendezvous_path("web").stat().st_mode & 0o777 == 0o600
         wait_for(lambda: is_healthy(info.host, info.port, HealthCheck(http_path="/")))
         server = psutil.Process(info.pid)

@@ -8,8 +8,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.helpers import Session, processes_matching, run_benchmark, write_recipe
 
 
@@ -44,7 +42,8 @@ def assert_failed_cleanly(session: Session, marker: str) -> None:
 
 def test_service_that_exits_at_once(tmp_path: Path) -> None:
     marker = f"boom-{uuid.uuid4().hex[:8]}"
-    command = f"python3 -c \"import sys; print('{marker} cannot load model', file=sys.stderr); sys.exit(3)\""
+    program = f"import sys; print('{marker} cannot load model', file=sys.stderr); sys.exit(3)"
+    command = f'python3 -c "{program}"'
     session, elapsed = run(tmp_path, {"kind": "command", "command": command})
     assert_failed_cleanly(session, marker)
     assert "service 'svc' died while" in session.stdout
@@ -56,7 +55,9 @@ def test_service_that_exits_at_once(tmp_path: Path) -> None:
 def test_service_that_never_becomes_healthy(tmp_path: Path) -> None:
     marker = f"{uuid.uuid4().int % 10**6 + 10**6}"
     # listens on nothing: the TCP health check can never pass
-    command = f"python3 -c \"import time; print('waiting {marker}', flush=True); time.sleep({marker})\""
+    command = (
+        f"python3 -c \"import time; print('waiting {marker}', flush=True); time.sleep({marker})\""
+    )
     service = {"kind": "command", "command": command, "health_timeout_s": 3}
     session, elapsed = run(tmp_path, service)
     assert_failed_cleanly(session, f"time.sleep({marker})")
@@ -71,8 +72,11 @@ def test_port_already_taken(tmp_path: Path) -> None:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        service = {"kind": "command", "command": "python3 -m http.server {port} --bind {host}",
-                   "port": port}
+        service = {
+            "kind": "command",
+            "command": "python3 -m http.server {port} --bind {host}",
+            "port": port,
+        }
         session, _ = run(tmp_path, service)
     assert session.returncode == 1
     assert f"port {port} on 127.0.0.1 is already taken" in session.stdout

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,33 @@ def tail_lines(path: Path, lines: int) -> list[str]:
     except FileNotFoundError:
         return []
     return text.splitlines()[-lines:]
+
+
+def job_output(lines: list[str]) -> list[str]:
+    """The program's own lines: submitit's log lines and its report of the job's exception
+    (a traceback the driver already summarises in one line) are dropped."""
+    kept: list[str] = []
+    in_report = False
+    for line in lines:
+        if line.startswith("submitit "):
+            in_report = "triggered an exception" in line
+            continue
+        if in_report:
+            continue
+        kept.append(line)
+    return kept
+
+
+_ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?(\w+(?:Error|Exception|Exited|Interrupt)): (.*)$")
+
+
+def final_error_line(text: str) -> str:
+    """`ServiceExited: svc exited with code 3` out of submitit's wrapped traceback."""
+    for line in reversed(text.splitlines()):
+        match = _ERROR_LINE.match(line)
+        if match:
+            return f"{match.group(1)}: {match.group(2)}"
+    return text.strip().splitlines()[0] if text.strip() else text
 
 
 @dataclass
@@ -83,7 +111,7 @@ class JobHandle:
         """stderr and stdout tails with submitit's own frames dropped: the server's words matter."""
         parts: list[str] = []
         for label, path in (("stderr", self.stderr_path), ("stdout", self.stdout_path)):
-            kept = [ln for ln in tail_lines(path, lines * 3) if not ln.startswith("submitit ")]
+            kept = job_output(tail_lines(path, lines * 3))
             if kept:
                 parts.append(f"--- {label} of {self.name} ({path}) ---")
                 parts.extend(kept[-lines:])
@@ -97,7 +125,7 @@ class JobHandle:
             exc = self.job.exception()
         except Exception as err:  # result pickle missing: the job was killed
             return f"{type(err).__name__}: {err}"
-        return None if exc is None else str(exc)
+        return None if exc is None else final_error_line(str(exc))
 
 
 class JobExecutor(abc.ABC):
@@ -138,9 +166,7 @@ class JobExecutor(abc.ABC):
         executor = self._executor(name, resources or JobResources())
         with executor.batch():
             jobs = [executor.submit(fn, *args) for args in args_list]
-        handles = [
-            JobHandle(name=f"{name}.{i}", role=role, job=job) for i, job in enumerate(jobs)
-        ]
+        handles = [JobHandle(name=f"{name}.{i}", role=role, job=job) for i, job in enumerate(jobs)]
         self.handles.extend(handles)
         return handles
 
@@ -152,6 +178,7 @@ class JobExecutor(abc.ABC):
 
     def _after_cancel(self, handle: JobHandle) -> None:
         """Backends that can see the job's processes make sure they are gone."""
+        return None
 
     def cancel_all(self) -> list[JobHandle]:
         """Cancel every job of the run that is still running; returns those it cancelled."""

@@ -41,6 +41,16 @@ class LocalJobExecutor(JobExecutor):
         executor.update_parameters(timeout_min=resources.time_limit_min)
         return executor
 
+    def cancel(self, handle: JobHandle) -> None:
+        """SIGTERM to the job's controller, which forwards it to the task: the job function stops
+        its server or load and exits normally (submitit's own cancel, a SIGINT, makes the
+        controller print a traceback)."""
+        process = getattr(handle.job, "_process", None)
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(OSError):
+                process.send_signal(signal.SIGTERM)
+        self._after_cancel(handle)
+
     def _after_cancel(self, handle: JobHandle) -> None:
         process = getattr(handle.job, "_process", None)
         tree: list[int] = list(handle.pids)

@@ -74,14 +74,21 @@ def run_service(launch: ServiceLaunch) -> int:
     env.update({"AIFACTORY_HOST": launch.host, "AIFACTORY_PORT": str(port)})
     print(f"aifactory: starting {launch.name}: {' '.join(argv)}", file=sys.stderr, flush=True)
     try:
-        proc = subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509
+        proc = subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent)
     except OSError as err:
         raise ServiceExited(f"cannot start {argv[0]}: {err.strerror or err}") from None
+    stop_requested: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda sig, _frame: stop_requested.append(sig))
     node = socket.gethostname()
     info = Rendezvous(launch.name, launch.host, port, node, proc.pid, nodes=[node])
     write_rendezvous(Path(launch.rendezvous_path), info)
     try:
         while proc.poll() is None:
+            if stop_requested:
+                print("aifactory: job cancelled, stopping", file=sys.stderr, flush=True)
+                _stop(proc)
+                return 0
             if driver_gone(launch.heartbeat_path):
                 print("aifactory: driver is gone, stopping", file=sys.stderr, flush=True)
                 _stop(proc)

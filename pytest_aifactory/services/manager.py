@@ -138,7 +138,7 @@ class ServiceManager:
         # give the job a moment to flush its logs before reading them
         time.sleep(0.3)
         cause = job.exception_text() or f"job {job.job_id} ended ({job.state()})"
-        cause = cause.strip().splitlines()[-1] if cause.strip() else cause
+        cause = cause.split(": ", 1)[1] if cause.startswith("ServiceExited: ") else cause
         return ServiceStartError(
             f"service '{name}' died while {phase}: {cause}\n{job.log_tail(LOG_TAIL_LINES)}"
         )
@@ -185,7 +185,8 @@ class ServiceManager:
         self, name: str, kind: str, plan: ServicePlan, timeout_s: float
     ) -> Endpoint:
         start = time.monotonic()
-        assert plan.external_url is not None and plan.port is not None
+        assert plan.external_url is not None
+        assert plan.port is not None
         self.on_phase(name, "checking", 0.0, plan.external_url)
         while not is_healthy(plan.host, plan.port, plan.health, url=plan.external_url):
             if time.monotonic() - start > timeout_s:

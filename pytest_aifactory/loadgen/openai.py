@@ -1,0 +1,264 @@
+"""Client kind `openai`: streaming requests to an OpenAI-compatible server (vLLM, llama.cpp, ...).
+
+Timing follows METRICS.md: the clock starts immediately before the request is written, TTFT ends
+at the first server-sent event that carries generated text (a role-only chat delta does not),
+ITL are the gaps between such events. Whatever a server answers (errors, garbage, a stream cut
+short, no usage), the request ends as a record, never as an exception.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from time import perf_counter_ns
+from typing import Any
+
+import aiohttp
+
+from pytest_aifactory.loadgen.datasets import Prompt, api_root, build_prompts
+from pytest_aifactory.loadgen.records import Clock
+from pytest_aifactory.loadgen.registry import client_kind
+from pytest_aifactory.loadgen.runner import LoadDriver, SendFn
+from pytest_aifactory.loadgen.spec import LoadSpec
+
+BODY_EXCERPT = 200
+READ_BUFFER = 2**16
+
+_DONE = b"[DONE]"
+
+APIS = ("completions", "chat")
+
+"""Times a request is sent again after finding its pooled connection closed by the server."""
+
+
+def request_body(spec: LoadSpec, prompt: Prompt) -> bytes:
+    """The JSON body of one request, encoded once per prompt rather than once per request."""
+    dataset = spec.dataset
+    payload: dict[str, Any] = {
+        "model": spec.model,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": dataset.output_tokens,
+        "temperature": 0,
+    }
+    if spec.api == "chat":
+        payload["messages"] = [{"role": "user", "content": prompt.text}]
+    else:
+        payload["prompt"] = prompt.text
+    if dataset.ignore_eos:
+        payload["ignore_eos"] = True
+    return json.dumps(payload).encode()
+
+
+def endpoint_url(spec: LoadSpec) -> str:
+    path = "/v1/chat/completions" if spec.api == "chat" else "/v1/completions"
+    return api_root(spec.base_url) + path
+
+
+def _excerpt(data: bytes | str) -> str:
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    return text[:BODY_EXCERPT]
+
+
+@dataclass
+class StreamState:
+    """What one response stream has shown so far."""
+
+    chat: bool
+    status: int | None = None
+    events_ns: list[int] = field(default_factory=list)
+    usage: dict[str, Any] | None = None
+    done: bool = False
+    error: str = ""
+
+    def on_event(self, payload: bytes, arrived_ns: int) -> None:
+        """Handle the data of one SSE event; sets `error` to stop reading."""
+        if payload.startswith(_DONE):
+            self.done = True
+            return
+        if self.done:
+            return
+        try:
+            chunk = json.loads(payload)
+        except ValueError:
+            self.error = f"StreamError: invalid JSON in event: {_excerpt(payload)}"
+            return
+        if not isinstance(chunk, dict):
+            self.error = f"StreamError: unexpected event: {_excerpt(payload)}"
+            return
+        choices = chunk.get("choices")
+        if choices and isinstance(choices, list) and isinstance(choices[0], dict):
+            first = choices[0]
+            if self.chat:
+                delta = first.get("delta")
+                content = delta.get("content") if isinstance(delta, dict) else None
+            else:
+                content = first.get("text")
+            if content:
+                self.events_ns.append(arrived_ns)
+        elif chunk.get("error") is not None:
+            self.error = f"StreamError: error event: {_excerpt(json.dumps(chunk['error']))}"
+            return
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self.usage = usage
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+async def read_stream(response: aiohttp.ClientResponse, state: StreamState) -> None:
+    """Server-sent events, line by line: `data:` lines (joined when an event has several),
+    a blank line ends an event; an event's time is when its first data line arrived."""
+    lines: list[bytes] = []
+    first_ns = 0
+    async for raw in response.content:
+        line = raw.rstrip(b"\r\n")
+        if line:
+            if line.startswith(b"data:"):
+                if not lines:
+                    first_ns = perf_counter_ns()
+                lines.append(line[6:] if line[5:6] == b" " else line[5:])
+            elif line.startswith(b"error:"):
+                state.error = f"StreamError: error event: {_excerpt(line[6:].strip())}"
+                return
+            continue  # event:, id:, retry: and comments carry nothing we time
+        if lines:
+            state.on_event(lines[0] if len(lines) == 1 else b"\n".join(lines), first_ns)
+            lines = []
+            if state.error:
+                return
+    if lines:
+        state.on_event(b"\n".join(lines), first_ns)
+
+
+class OpenAIStreamer:
+    """Sends requests over one shared session and turns each response into a record."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        spec: LoadSpec,
+        prompts: list[Prompt],
+        clock: Clock,
+    ) -> None:
+        if not prompts:
+            raise ValueError("no prompts to send")
+        self.session = session
+        self.spec = spec
+        self.clock = clock
+        self.prompts = prompts
+        self.bodies = [request_body(spec, p) for p in prompts]
+        self.url = endpoint_url(spec)
+        self.chat = spec.api == "chat"
+        self.headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        if spec.api_key:
+            self.headers["Authorization"] = f"Bearer {spec.api_key}"
+        self.timeout = aiohttp.ClientTimeout(total=spec.timeout_s)
+
+    async def send(self, record: dict[str, Any], scheduled_ns: int) -> dict[str, Any]:
+        index = record["request_id"] % len(self.bodies)
+        body = self.bodies[index]
+        state = StreamState(chat=self.chat)
+        start_ns = perf_counter_ns()
+        try:
+            await self._exchange(body, state)
+        except TimeoutError:
+            what = "no response" if not state.events_ns else "stream not finished"
+            state.error = f"Timeout: {what} within {self.spec.timeout_s:g} s"
+        except aiohttp.ClientPayloadError as err:
+            state.error = f"StreamError: stream broken: {err}"
+        except (aiohttp.ClientError, OSError) as err:
+            state.error = f"ConnectionError: {type(err).__name__}: {err}"
+        except ValueError as err:  # a line longer than the read buffer
+            state.error = f"StreamError: {err}"
+        end_ns = perf_counter_ns()
+        if not state.error:
+            if not state.done:
+                state.error = "StreamError: stream ended without [DONE]"
+            elif not state.events_ns:
+                state.error = "EmptyResponse: no content events"
+        return self._fill(record, self.prompts[index], state, scheduled_ns, start_ns, end_ns)
+
+    async def _exchange(self, body: bytes, state: StreamState) -> None:
+        async with self.session.post(
+            self.url,
+            data=body,
+            headers=self.headers,
+            timeout=self.timeout,
+        ) as response:
+            status = state.status = response.status
+            content_type = response.headers.get("Content-Type", "")
+            if status >= 400:
+                text = await response.read()
+                state.error = f"HTTPError: {status} {response.reason}: {_excerpt(text)}"
+            elif not content_type.startswith("text/event-stream"):
+                text = await response.read()
+                state.error = (
+                    f"StreamError: expected text/event-stream, got '{content_type}': "
+                    f"{_excerpt(text)}"
+                )
+            else:
+                await read_stream(response, state)
+
+    def _fill(
+        self,
+        record: dict[str, Any],
+        prompt: Prompt,
+        state: StreamState,
+        scheduled_ns: int,
+        start_ns: int,
+        end_ns: int,
+    ) -> dict[str, Any]:
+        events = state.events_ns
+        wall = self.clock.wall
+        record["send_ts"] = wall(start_ns)
+        record["end_ts"] = wall(end_ns)
+        record["queue_ms"] = max(0, start_ns - scheduled_ns) / 1e6
+        record["http_status"] = state.status
+        record["error"] = state.error
+        record["content_events"] = len(events)
+        usage = state.usage
+        output_tokens = _int_or_none(usage.get("completion_tokens")) if usage else None
+        input_tokens = _int_or_none(usage.get("prompt_tokens")) if usage else None
+        record["tokens_estimated"] = output_tokens is None or input_tokens is None
+        if output_tokens is None:
+            output_tokens = len(events) or None
+        if input_tokens is None:
+            input_tokens = prompt.input_tokens
+        record["output_tokens"] = output_tokens
+        record["input_tokens"] = input_tokens
+        if events:
+            ttft_ms = (events[0] - start_ns) / 1e6
+            e2el_ms = (events[-1] - start_ns) / 1e6
+            record["first_token_ts"] = wall(events[0])
+            record["ttft_ms"] = ttft_ms
+            record["e2el_ms"] = e2el_ms
+            record["itl_ms"] = [(b - a) / 1e6 for a, b in itertools.pairwise(events)]
+            if output_tokens is not None and output_tokens > 1:
+                record["tpot_ms"] = (e2el_ms - ttft_ms) / (output_tokens - 1)
+        return record
+
+
+@client_kind("openai")
+async def run_openai(spec: LoadSpec) -> dict[str, Any]:
+    """One process of an `openai` client: build the prompts, then drive the load."""
+    if spec.api not in APIS:
+        raise ValueError(f"unknown api '{spec.api}' (expected one of {', '.join(APIS)})")
+    driver = LoadDriver(spec)
+    # A new connection per request, as vLLM's benchmark does: llama.cpp closes the connection
+    # after every stream while announcing keep-alive, so pooled connections go stale.
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    async with aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=spec.timeout_s),
+        read_bufsize=READ_BUFFER,
+    ) as session:
+
+        async def prepare() -> SendFn:
+            prompts = await build_prompts(session, spec)
+            return OpenAIStreamer(session, spec, prompts, driver.clock).send
+
+        return await driver.run(prepare)

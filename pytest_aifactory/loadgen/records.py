@@ -1,0 +1,232 @@
+"""Per-request records: written as JSON Lines while the load runs, merged into a DataFrame after.
+
+Each client process appends to its own file in small batches, so a crash or a cancelled job
+leaves everything measured up to the last half second; a line torn by a crash is dropped when
+the files are read back, with a warning, never an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+FLUSH_EVERY_S = 0.5
+FLUSH_EVERY_RECORDS = 64
+
+RECORD_FIELDS: tuple[str, ...] = (
+    "client",
+    "level_label",
+    "node",
+    "process",
+    "request_id",
+    "phase",
+    "scheduled_ts",
+    "send_ts",
+    "first_token_ts",
+    "end_ts",
+    "queue_ms",
+    "ttft_ms",
+    "e2el_ms",
+    "tpot_ms",
+    "itl_ms",
+    "output_tokens",
+    "input_tokens",
+    "tokens_estimated",
+    "content_events",
+    "http_status",
+    "error",
+)
+"""Column names of a record, in file and DataFrame order (see METRICS.md)."""
+
+STRING_COLUMNS = ("client", "level_label", "node", "phase", "error")
+INT_COLUMNS = ("process", "request_id", "content_events")
+NULLABLE_INT_COLUMNS = ("output_tokens", "input_tokens", "http_status")
+FLOAT_COLUMNS = (
+    "scheduled_ts",
+    "send_ts",
+    "first_token_ts",
+    "end_ts",
+    "queue_ms",
+    "ttft_ms",
+    "e2el_ms",
+    "tpot_ms",
+)
+BOOL_COLUMNS = ("tokens_estimated",)
+LIST_COLUMNS = ("itl_ms",)
+
+
+class Clock:
+    """Wall-clock timestamps with monotonic precision.
+
+    One (time.time(), perf_counter_ns) pair is taken when the process starts; every timestamp is
+    the anchor plus a perf_counter offset, so differences between timestamps of one process are
+    exact and the absolute values still line up (to NTP accuracy) across processes and nodes.
+    """
+
+    def __init__(self) -> None:
+        self.anchor_ns = time.perf_counter_ns()
+        self.anchor_wall = time.time()
+
+    @staticmethod
+    def now_ns() -> int:
+        return time.perf_counter_ns()
+
+    def wall(self, ns: int | None) -> float | None:
+        if ns is None:
+            return None
+        return self.anchor_wall + (ns - self.anchor_ns) / 1e9
+
+    def ns_at(self, wall: float) -> int:
+        """The perf_counter_ns value at which `time.time()` will read `wall`."""
+        return self.anchor_ns + int((wall - self.anchor_wall) * 1e9)
+
+
+class RecordWriter:
+    """Appends records to a private JSON Lines file in batches (time- and size-bound)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        every_s: float = FLUSH_EVERY_S,
+        every_records: int = FLUSH_EVERY_RECORDS,
+    ) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._file = os.fdopen(fd, "a", encoding="utf-8")
+        self._pending: list[str] = []
+        self._every_ns = int(every_s * 1e9)
+        self._every_records = every_records
+        self._last_flush_ns = time.perf_counter_ns()
+        self.written = 0
+
+    def add(self, record: dict[str, Any]) -> None:
+        self._pending.append(json.dumps(record, allow_nan=False, separators=(",", ":")) + "\n")
+        if (
+            len(self._pending) >= self._every_records
+            or time.perf_counter_ns() - self._last_flush_ns >= self._every_ns
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is pending in one call, so a crash tears at most the last line."""
+        self._last_flush_ns = time.perf_counter_ns()
+        if not self._pending or self._file.closed:
+            return
+        self._file.write("".join(self._pending))
+        self._file.flush()
+        self.written += len(self._pending)
+        self._pending.clear()
+
+    def close(self) -> None:
+        if self._file.closed:
+            return
+        self.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _parse_file(path: Path) -> list[dict[str, Any]]:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    rows: list[dict[str, Any]] = []
+    lines = text.split("\n")
+    last = max((i for i, line in enumerate(lines, start=1) if line.strip()), default=0)
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):
+            where = "last line" if number == last else f"line {number}"
+            warnings.warn(
+                f"{path}: dropped unreadable {where} (torn by an interrupted write?)",
+                stacklevel=3,
+            )
+            continue
+        rows.append(row)
+    return rows
+
+
+def records_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Records as a DataFrame with the documented dtypes (NaN/NA for nulls, lists for itl_ms)."""
+    import pandas as pd
+
+    frame = pd.DataFrame.from_records(rows) if rows else pd.DataFrame()
+    for column in RECORD_FIELDS:
+        if column not in frame:
+            frame[column] = pd.Series([None] * len(frame), dtype=object)
+    extras = [c for c in frame.columns if c not in RECORD_FIELDS]
+    frame = frame[[*RECORD_FIELDS, *extras]].copy()
+    for column in STRING_COLUMNS:
+        frame[column] = frame[column].fillna("").astype(str)
+    for column in INT_COLUMNS:
+        frame[column] = pd.to_numeric(frame[column]).fillna(0).astype("int64")
+    for column in NULLABLE_INT_COLUMNS:
+        frame[column] = pd.to_numeric(frame[column]).astype("Int64")
+    for column in FLOAT_COLUMNS:
+        frame[column] = pd.to_numeric(frame[column]).astype("float64")
+    for column in BOOL_COLUMNS:
+        frame[column] = frame[column].fillna(False).astype(bool)
+    for column in LIST_COLUMNS:
+        frame[column] = pd.Series(
+            [_float_list(x) or [] for x in frame[column]],
+            index=frame.index,
+            dtype=object,
+        )
+    return frame.reset_index(drop=True)
+
+
+def read_records(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
+    """Merge the record files of several processes; missing files add no rows."""
+    rows: list[dict[str, Any]] = []
+    for path in paths:
+        rows.extend(_parse_file(Path(path)))
+    return records_frame(rows)
+
+
+def _float_list(value: Any) -> list[float] | None:
+    if value is None or isinstance(value, float | str):
+        return None
+    return [float(v) for v in value]
+
+
+def write_parquet(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Records (and any extra columns) as Parquet, itl_ms as list<double>."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(
+        df.drop(columns=list(LIST_COLUMNS), errors="ignore"), preserve_index=False
+    )
+    for column in LIST_COLUMNS:
+        if column in df:
+            values = [_float_list(x) for x in df[column]]
+            position = list(df.columns).index(column)
+            table = table.add_column(
+                min(position, table.num_columns),
+                column,
+                pa.array(values, type=pa.list_(pa.float64())),
+            )
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, target)
+    return target

@@ -1,0 +1,374 @@
+"""One load process: the job the driver submits, and the timing loop every client kind shares.
+
+`run_load` is what runs in a submitit job (a local process or a Slurm task). `LoadDriver` owns
+what is the same for every kind: warmup, the start barrier, the concurrency and rate loops,
+records, progress, the driver's heartbeat and a graceful stop on SIGINT/SIGTERM. A kind only
+says how to send one request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from pytest_aifactory.cluster.rundir import HEARTBEAT_STALE_S
+from pytest_aifactory.loadgen.progress import WRITE_EVERY_S, Progress
+from pytest_aifactory.loadgen.records import RECORD_FIELDS, Clock, RecordWriter
+from pytest_aifactory.loadgen.registry import CLIENT_KINDS, client_kind, get_client_kind
+from pytest_aifactory.loadgen.schedule import arrival_offsets
+from pytest_aifactory.loadgen.spec import LoadSpec
+
+__all__ = ["CLIENT_KINDS", "LoadDriver", "SendFn", "client_kind", "run_load"]
+
+SendFn = Callable[[dict[str, Any], int], Awaitable[dict[str, Any]]]
+"""Send one request. Gets the request's record, pre-filled with its identity and
+`scheduled_ts`, and the scheduled perf_counter_ns; fills in the measurements and returns it.
+It reports failures in the record's `error` and never raises for what a server does."""
+
+MODES = ("concurrency", "rate")
+_POLL_S = 0.25
+"""Longest sleep between checks of the stop flag while waiting for a send time."""
+
+
+def validate(spec: LoadSpec) -> None:
+    """Reject a spec that cannot run before any connection is made."""
+    if spec.mode not in MODES:
+        raise ValueError(f"unknown load mode '{spec.mode}' (expected one of {', '.join(MODES)})")
+    if spec.level <= 0:
+        raise ValueError(f"load level must be positive, got {spec.level}")
+    if spec.mode == "concurrency" and int(spec.level) < 1:
+        raise ValueError(f"concurrency must be at least 1, got {spec.level}")
+    if spec.requests is None and spec.duration_s is None:
+        raise ValueError("a load needs `requests` or `duration_s`")
+    if spec.max_concurrency is not None and spec.max_concurrency < 1:
+        raise ValueError(f"max_concurrency must be at least 1, got {spec.max_concurrency}")
+
+
+def run_load(spec: LoadSpec) -> dict[str, Any]:
+    """Run one process's share of a load level and say what it did.
+
+    Returns {"sent", "completed", "failed", "warmup", "started_at", "ended_at",
+    "records_path", "interrupted"}; the measurements themselves are in the records file.
+    """
+    validate(spec)
+    kind = get_client_kind(spec.kind)
+    return asyncio.run(kind(spec))
+
+
+class LoadDriver:
+    """Decides when each request is sent and keeps what comes back."""
+
+    def __init__(self, spec: LoadSpec, clock: Clock | None = None) -> None:
+        self.spec = spec
+        self.clock = clock or Clock()
+        self.node = spec.node or os.uname().nodename
+        self.progress = Progress(
+            spec.progress_path,
+            client=spec.client,
+            level_label=spec.level_label,
+            process=spec.process,
+            total=spec.requests,
+            duration_s=spec.duration_s,
+        )
+        self.writer: RecordWriter | None = None
+        self.interrupted = False
+        self.sent = 0
+        self.completed = 0
+        self.failed = 0
+        self.warmup_sent = 0
+        self.started_at: float | None = None
+        self._t0_ns: int | None = None
+        self._next_id = 0
+        self._stop_sending = asyncio.Event()
+        self._aborted = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._main: asyncio.Task[Any] | None = None
+        self._saved_signals: dict[int, Any] = {}
+
+    # -- public --------------------------------------------------------------------------------
+
+    async def run(self, prepare: Callable[[], Awaitable[SendFn]]) -> dict[str, Any]:
+        """Prepare (untimed: prompts, connections), warm up, wait for the start, run, flush.
+
+        Whatever stops the load (its end, the driver going away, a signal), records already
+        taken are written and the outcome is returned.
+        """
+        self._main = asyncio.current_task()
+        self.writer = RecordWriter(self.spec.records_path)
+        self.progress.write()
+        self._install_signals()
+        if self._driver_gone():
+            self.interrupted = True
+            self.stop_sending()
+        ticker = asyncio.create_task(self._tick())
+        try:
+            send = await self._tracked(prepare())
+            if send is not None and not self._stop_sending.is_set():
+                await self._warmup(send)
+                await self._wait_for_start()
+                self._t0_ns = self.clock.now_ns()
+                self.started_at = self.clock.wall(self._t0_ns)
+                if self.spec.mode == "concurrency":
+                    await self._closed_loop(send)
+                else:
+                    await self._open_loop(send)
+        except asyncio.CancelledError:
+            self.interrupted = True
+        finally:
+            try:
+                self._abort()
+                ticker.cancel()
+                await asyncio.gather(*self._tasks, ticker, return_exceptions=True)
+            except asyncio.CancelledError:  # a second signal: stop waiting, still write
+                self.interrupted = True
+            finally:
+                self._restore_signals()
+                self._finish()
+        return self.outcome()
+
+    def outcome(self) -> dict[str, Any]:
+        return {
+            "sent": self.sent,
+            "completed": self.completed,
+            "failed": self.failed,
+            "warmup": self.warmup_sent,
+            "started_at": self.started_at,
+            "ended_at": time.time(),
+            "records_path": str(self.spec.records_path),
+            "interrupted": self.interrupted,
+        }
+
+    def stop_sending(self) -> None:
+        """Send nothing new; requests in flight still finish and are recorded."""
+        self._stop_sending.set()
+
+    # -- phases --------------------------------------------------------------------------------
+
+    async def _warmup(self, send: SendFn) -> None:
+        count = self.spec.warmup_requests
+        if count <= 0:
+            return
+        width = min(count, max(1, math.ceil(self.spec.level)))
+        if self.spec.max_concurrency:
+            width = min(width, self.spec.max_concurrency)
+        end_id = self._next_id + count
+
+        async def worker() -> None:
+            free_ns = self.clock.now_ns()
+            while not self._stop_sending.is_set() and self._next_id < end_id:
+                request_id = self._next_id
+                self._next_id += 1
+                await self._one(send, request_id, "warmup", free_ns)
+                free_ns = self.clock.now_ns()
+
+        await self._gather([worker() for _ in range(width)])
+
+    async def _wait_for_start(self) -> None:
+        if self.spec.start_at is not None:
+            await self._sleep_until(self.clock.ns_at(self.spec.start_at))
+
+    async def _closed_loop(self, send: SendFn) -> None:
+        """`level` workers, each sending its next request as soon as its last one finished."""
+        assert self._t0_ns is not None
+        limit = self.spec.requests
+        deadline = (
+            self._t0_ns + int(self.spec.duration_s * 1e9)
+            if self.spec.duration_s is not None
+            else None
+        )
+        first_id = self._next_id
+
+        async def worker() -> None:
+            free_ns = self._t0_ns
+            assert free_ns is not None
+            while not self._stop_sending.is_set():
+                if limit is not None and self._next_id - first_id >= limit:
+                    return
+                if deadline is not None and self.clock.now_ns() >= deadline:
+                    return
+                request_id = self._next_id
+                self._next_id += 1
+                await self._one(send, request_id, "measure", free_ns)
+                free_ns = self.clock.now_ns()
+
+        await self._gather([worker() for _ in range(int(self.spec.level))])
+
+    async def _open_loop(self, send: SendFn) -> None:
+        """Requests launched at precomputed offsets from the start, whatever is in flight."""
+        assert self._t0_ns is not None
+        spec = self.spec
+        offsets = arrival_offsets(
+            spec.requests, spec.level, spec.arrival, spec.burstiness, spec.seed, spec.duration_s
+        )
+        targets = self._t0_ns + (offsets * 1e9).astype("int64")
+        limiter = asyncio.Semaphore(spec.max_concurrency) if spec.max_concurrency else None
+
+        async def limited(request_id: int, scheduled_ns: int) -> None:
+            assert limiter is not None
+            async with limiter:
+                if self._stop_sending.is_set():
+                    return
+                await self._one(send, request_id, "measure", scheduled_ns)
+
+        for target in targets.tolist():
+            if not await self._sleep_until(target):
+                break
+            request_id = self._next_id
+            self._next_id += 1
+            if limiter is None:
+                coroutine = self._one(send, request_id, "measure", target)
+            else:
+                coroutine = limited(request_id, target)
+            self._spawn(coroutine)
+        pending = [t for t in self._tasks if not t.done()]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    # -- one request ---------------------------------------------------------------------------
+
+    def new_record(self, request_id: int, phase: str, scheduled_ns: int) -> dict[str, Any]:
+        record: dict[str, Any] = dict.fromkeys(RECORD_FIELDS)
+        record.update(
+            client=self.spec.client,
+            level_label=self.spec.level_label,
+            node=self.node,
+            process=self.spec.process,
+            request_id=request_id,
+            phase=phase,
+            scheduled_ts=self.clock.wall(scheduled_ns),
+            itl_ms=[],
+            tokens_estimated=False,
+            content_events=0,
+            error="",
+        )
+        return record
+
+    async def _one(self, send: SendFn, request_id: int, phase: str, scheduled_ns: int) -> None:
+        record = self.new_record(request_id, phase, scheduled_ns)
+        measured = phase == "measure"
+        if measured:
+            self.sent += 1
+            self.progress.on_sent()
+        else:
+            self.warmup_sent += 1
+        try:
+            record = await send(record, scheduled_ns)
+        except Exception as err:  # a bug in a kind must not lose the rest of the load
+            record["error"] = f"ClientError: {type(err).__name__}: {err}"[:300]
+            record["end_ts"] = self.clock.wall(self.clock.now_ns())
+        assert self.writer is not None
+        self.writer.add(record)
+        if measured:
+            if record.get("error"):
+                self.failed += 1
+            else:
+                self.completed += 1
+            self.progress.on_done(record)
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _tracked(self, awaitable: Awaitable[Any]) -> Any:
+        """Await something that a signal must be able to cancel; None if it was."""
+
+        async def wrap() -> Any:
+            return await awaitable
+
+        task = self._spawn(wrap())
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if self._aborted:
+                return None
+            raise
+
+    async def _gather(self, coroutines: list[Coroutine[Any, Any, Any]]) -> None:
+        tasks = [self._spawn(c) for c in coroutines]
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _sleep_until(self, target_ns: int) -> bool:
+        """Sleep until a perf_counter_ns instant; False if sending was stopped meanwhile."""
+        while True:
+            if self._stop_sending.is_set():
+                return False
+            remaining = target_ns - self.clock.now_ns()
+            if remaining <= 0:
+                return True
+            await asyncio.sleep(min(remaining / 1e9, _POLL_S))
+
+    async def _tick(self) -> None:
+        """Flush records, publish progress and watch the driver's heartbeat."""
+        while True:
+            await asyncio.sleep(WRITE_EVERY_S)
+            self._publish(done=False)
+            if not self._stop_sending.is_set() and self._driver_gone():
+                self.interrupted = True
+                self.stop_sending()
+
+    def _publish(self, done: bool) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+        if self._t0_ns is not None:
+            self.progress.elapsed_s = (self.clock.now_ns() - self._t0_ns) / 1e9
+        with contextlib.suppress(OSError):
+            self.progress.write(done=done)
+
+    def _driver_gone(self) -> bool:
+        path = self.spec.heartbeat_path
+        if not path:
+            return False
+        try:
+            beat = os.stat(path).st_mtime
+        except OSError:
+            beat = self.clock.anchor_wall  # not visible (yet): count from this process's start
+        return time.time() - beat > HEARTBEAT_STALE_S
+
+    def _finish(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self._publish(done=True)
+
+    def _abort(self) -> None:
+        """Cancel everything in flight (what was recorded stays recorded)."""
+        self._stop_sending.set()
+        self._aborted = True
+        for task in list(self._tasks):
+            task.cancel()
+
+    def _on_signal(self) -> None:
+        if self._aborted and self._main is not None:
+            self._main.cancel()
+            return
+        self.interrupted = True
+        self._abort()
+
+    def _install_signals(self) -> None:
+        """SIGINT/SIGTERM end the load cleanly (a second one stops waiting for cleanup)."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous = signal.getsignal(sig)
+                loop.add_signal_handler(sig, self._on_signal)
+            except (ValueError, RuntimeError, NotImplementedError):
+                continue  # not the main thread: the caller keeps its own handling
+            self._saved_signals[sig] = previous
+
+    def _restore_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig, previous in self._saved_signals.items():
+            with contextlib.suppress(ValueError, RuntimeError):
+                loop.remove_signal_handler(sig)
+                if previous is not None:
+                    signal.signal(sig, previous)
+        self._saved_signals.clear()

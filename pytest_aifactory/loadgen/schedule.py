@@ -1,0 +1,76 @@
+"""Arrival schedules for rate-mode loads.
+
+The whole schedule is drawn before the load starts, from a seeded generator, so a run can be
+repeated with exactly the same send times and the hot path only has to sleep until the next one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+ARRIVALS: tuple[str, ...] = ("poisson", "constant", "gamma")
+
+_CHUNK = 4096
+_MAX_REQUESTS = 50_000_000
+"""Guard against a duration-only schedule that would not fit in memory."""
+
+
+def _gaps(
+    rng: np.random.Generator, count: int, rate: float, arrival: str, burstiness: float
+) -> np.ndarray:
+    if arrival == "poisson":
+        return rng.exponential(1.0 / rate, count)
+    if arrival == "constant":
+        return np.full(count, 1.0 / rate)
+    if arrival == "gamma":
+        # shape = burstiness keeps the mean gap at 1/rate; smaller shape = burstier arrivals.
+        return rng.gamma(burstiness, 1.0 / (rate * burstiness), count)
+    raise ValueError(f"unknown arrival '{arrival}' (expected one of {', '.join(ARRIVALS)})")
+
+
+def arrival_offsets(
+    n: int | None,
+    rate: float,
+    arrival: str = "poisson",
+    burstiness: float = 1.0,
+    seed: int = 0,
+    duration_s: float | None = None,
+) -> np.ndarray:
+    """Send offsets in seconds from the load start: the first at 0, then seeded gaps.
+
+    At most `n` offsets, and only those before `duration_s` when that is given; at least one of
+    the two must bound the schedule.
+    """
+    if arrival not in ARRIVALS:
+        raise ValueError(f"unknown arrival '{arrival}' (expected one of {', '.join(ARRIVALS)})")
+    if rate <= 0:
+        raise ValueError(f"rate must be positive, got {rate}")
+    if arrival == "gamma" and burstiness <= 0:
+        raise ValueError(f"burstiness must be positive, got {burstiness}")
+    if n is None and duration_s is None:
+        raise ValueError("a schedule needs a number of requests or a duration")
+    if n is not None and n <= 0:
+        return np.zeros(0)
+    rng = np.random.default_rng(seed)
+    if arrival == "constant":
+        # multiples rather than a running sum, so no rounding drift over long schedules
+        count = n if n is not None else math.ceil(duration_s * rate) + 1  # type: ignore[operator]
+        offsets = np.arange(min(count, _MAX_REQUESTS)) / rate
+    elif n is not None:
+        gaps = _gaps(rng, n - 1, rate, arrival, burstiness)
+        offsets = np.concatenate(([0.0], np.cumsum(gaps)))
+    else:
+        parts = [np.zeros(1)]
+        last = 0.0
+        total = 1
+        while last < duration_s and total < _MAX_REQUESTS:  # type: ignore[operator]
+            part = last + np.cumsum(_gaps(rng, _CHUNK, rate, arrival, burstiness))
+            parts.append(part)
+            last = float(part[-1])
+            total += _CHUNK
+        offsets = np.concatenate(parts)
+    if duration_s is not None:
+        offsets = offsets[offsets < duration_s]
+    return offsets

@@ -1,0 +1,141 @@
+"""SLO verdicts for one load level, and the lines a failed test prints.
+
+A breach line names the client, the level, the metric, its value, the bound and the unit, so a
+failing test says at a glance what broke without opening a report.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pytest_aifactory.metrics.catalog import METRICS, SloObjective
+
+
+@dataclass(frozen=True)
+class SloOutcome:
+    """One objective checked against one level's summary.
+
+    `margin` is the relative headroom: `(bound - value) / bound` for a `max` bound and
+    `(value - bound) / bound` for a `min` bound, so it is negative exactly when the objective
+    is broken. It is None when there is no value or the bound is zero. `detail` says why a
+    value is missing.
+    """
+
+    objective: SloObjective
+    value: float | None
+    passed: bool
+    margin: float | None
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        o = self.objective
+        return {
+            "client": o.client,
+            "key": o.key,
+            "metric": o.metric,
+            "statistic": o.statistic,
+            "bound": o.bound,
+            "limit": o.value,
+            "unit": _unit(o.metric),
+            "value": self.value,
+            "passed": self.passed,
+            "margin": self.margin,
+            "detail": self.detail,
+        }
+
+
+def _unit(metric: str) -> str:
+    info = METRICS.get(metric)
+    return info.unit if info else ""
+
+
+def _number(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _lookup(summary: Mapping[str, Any], objective: SloObjective) -> Any:
+    if objective.statistic:
+        stats = (summary.get("per_request") or {}).get(objective.metric) or {}
+        return stats.get(objective.statistic)
+    return (summary.get("per_level") or {}).get(objective.metric)
+
+
+def _why_missing(summary: Mapping[str, Any], objective: SloObjective) -> str:
+    counts = summary.get("counts") or {}
+    sent = int(counts.get("sent") or 0)
+    completed = int(counts.get("completed") or 0)
+    if not sent:
+        return "no requests were sent"
+    if not completed:
+        return f"0 of {sent} requests succeeded"
+    if objective.metric == "achieved_rate" and sent < 2:
+        return "only one request was sent"
+    return f"{completed} of {sent} requests succeeded, none gave a {objective.metric} value"
+
+
+def _margin(objective: SloObjective, value: float) -> float | None:
+    if objective.value == 0:
+        return None
+    if objective.bound == "max":
+        return (objective.value - value) / objective.value
+    return (value - objective.value) / objective.value
+
+
+def evaluate(summary: Mapping[str, Any], objectives: Sequence[SloObjective]) -> list[SloOutcome]:
+    """Check each objective against a `summarize_llm` summary.
+
+    Per-request metrics are read as `per_request[metric][statistic]`, per-level ones as
+    `per_level[metric]`. A missing value fails the objective: when every request failed there is
+    no p99 to show the service met its bound.
+    """
+    outcomes: list[SloOutcome] = []
+    for objective in objectives:
+        value = _number(_lookup(summary, objective))
+        if value is None:
+            outcomes.append(
+                SloOutcome(objective, None, False, None, detail=_why_missing(summary, objective))
+            )
+            continue
+        limit = objective.value
+        passed = value <= limit if objective.bound == "max" else value >= limit
+        outcomes.append(SloOutcome(objective, value, passed, _margin(objective, value)))
+    return outcomes
+
+
+def _format_value(value: float) -> str:
+    """One decimal, except below 1 where that would hide the value (an error rate of 0.0156)."""
+    if value == 0 or abs(value) >= 1:
+        return f"{value:.1f}"
+    return f"{value:.3g}"
+
+
+def _format_bound(bound: float) -> str:
+    return format(bound, ".15g")
+
+
+def breach_line(client: str, level_label: str, outcome: SloOutcome) -> str:
+    """`chat[concurrency=8] ttft_ms.p99 = 2315.2 ms > max 2000`, one line per broken bound."""
+    o = outcome.objective
+    if outcome.value is None:
+        shown = f"no value ({outcome.detail or 'not measured'})"
+    else:
+        unit = _unit(o.metric)
+        shown = f"{_format_value(outcome.value)} {unit}".rstrip()
+    relation = ">" if o.bound == "max" else "<"
+    return (
+        f"{client}[{level_label}] {o.key} = {shown} {relation} {o.bound} {_format_bound(o.value)}"
+    )
+
+
+def failure_message(client: str, level_label: str, outcomes: Sequence[SloOutcome]) -> str:
+    """One breach line per failed objective; empty when every objective held."""
+    return "\n".join(breach_line(client, level_label, o) for o in outcomes if not o.passed)

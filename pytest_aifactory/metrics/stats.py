@@ -1,0 +1,243 @@
+"""Statistics of one load level: per-request distributions, throughputs, errors and goodput.
+
+Definitions follow METRICS.md, which follows vLLM's serving benchmark (`np.percentile` with
+linear interpolation, population standard deviation), so numbers compare with that tool.
+Everything here is a pure function of the request records; nothing is read from a server.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pytest_aifactory.metrics.catalog import METRICS, STATISTICS, SloObjective
+
+PER_REQUEST_METRICS: tuple[str, ...] = (
+    "ttft_ms",
+    "tpot_ms",
+    "itl_ms",
+    "e2el_ms",
+    "queue_ms",
+    "output_tokens",
+    "input_tokens",
+)
+"""Per-request metrics of an LLM load level, in the order summaries list them."""
+
+_PERCENTILES: dict[str, float] = {"p50": 50.0, "p90": 90.0, "p95": 95.0, "p99": 99.0, "p999": 99.9}
+
+
+def json_safe(obj: Any) -> Any:
+    """A copy of `obj` that strict JSON accepts: NaN and infinities become None.
+
+    numpy scalars and arrays become Python numbers and lists, tuples become lists, and mapping
+    keys become strings, so `json.dumps(..., allow_nan=False)` never fails on a summary.
+    """
+    if isinstance(obj, Mapping):
+        return {str(key): json_safe(value) for key, value in obj.items()}
+    if isinstance(obj, np.ndarray):
+        return [json_safe(v) for v in obj.tolist()]
+    if isinstance(obj, list | tuple | set | frozenset):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if obj is pd.NaT:
+        return None
+    return obj
+
+
+def _finite(values: Iterable[Any]) -> np.ndarray:
+    array = np.asarray(
+        values if isinstance(values, np.ndarray | pd.Series) else list(values), dtype=float
+    )
+    array = array.ravel()
+    return array[np.isfinite(array)]
+
+
+def describe(values: Iterable[Any]) -> dict[str, float]:
+    """The statistics of `catalog.STATISTICS` over the finite values (all NaN when none).
+
+    Percentiles interpolate linearly and `std` is the population standard deviation, as in
+    vLLM's benchmark; missing values (NaN) are left out rather than counted as zero.
+    """
+    array = _finite(values)
+    if array.size == 0:
+        return {name: math.nan for name in STATISTICS}
+    result: dict[str, float] = {
+        "mean": float(np.mean(array)),
+        "std": float(np.std(array)),
+        "min": float(np.min(array)),
+        "max": float(np.max(array)),
+    }
+    quantiles = np.percentile(array, list(_PERCENTILES.values()))
+    result.update({name: float(q) for name, q in zip(_PERCENTILES, quantiles, strict=True)})
+    return {name: result[name] for name in STATISTICS}
+
+
+def itl_gaps(value: Any) -> list[float]:
+    """One record's `itl_ms` cell as a list; None, NaN or a missing list means no gaps."""
+    if _missing(value) or np.ndim(value) == 0:
+        return []
+    return [float(v) for v in value]
+
+
+def _column(records: pd.DataFrame, name: str, default: Any = math.nan) -> pd.Series:
+    if name in records:
+        return records[name]
+    return pd.Series([default] * len(records), index=records.index, dtype=object)
+
+
+def _numeric(records: pd.DataFrame, name: str) -> pd.Series:
+    return pd.to_numeric(_column(records, name), errors="coerce").astype(float)
+
+
+def measured(records: pd.DataFrame) -> pd.DataFrame:
+    """The rows that count: the measure phase (all rows when there is no phase column)."""
+    if "phase" in records:
+        return records[records["phase"] == "measure"]
+    return records
+
+
+def _missing(value: Any) -> bool:
+    """None, NaN or pd.NA in a cell (a list in a cell is never missing)."""
+    return value is None or (np.ndim(value) == 0 and bool(pd.isna(value)))
+
+
+def _error_texts(records: pd.DataFrame) -> pd.Series:
+    """Each request's error text; a missing value (None, NaN) means no error."""
+    return _column(records, "error", "").map(lambda e: "" if _missing(e) else str(e))
+
+
+def succeeded(records: pd.DataFrame) -> pd.Series:
+    """True for each request whose `error` is empty."""
+    return (_error_texts(records) == "").astype(bool)
+
+
+def error_class(error: str) -> str:
+    """The part of an error text before its first ':' (`HTTPError: 503 ...` -> `HTTPError`)."""
+    return error.split(":", 1)[0].strip() or "unknown"
+
+
+def request_values(records: pd.DataFrame, metric: str) -> pd.Series:
+    """Each request's own value of a per-request metric (NaN where it has none).
+
+    For `itl_ms`, whose records hold a list of gaps, a request's value is its largest gap: a
+    request meets an inter-token latency bound only if every one of its gaps does.
+    """
+    if metric == "itl_ms":
+        gaps = _column(records, "itl_ms", None).map(itl_gaps)
+        return gaps.map(lambda g: max(g) if g else math.nan).astype(float)
+    return _numeric(records, metric)
+
+
+def distribution(records: pd.DataFrame, metric: str) -> np.ndarray:
+    """The finite values a per-request statistic is taken over, from the given rows.
+
+    One value per request, except `itl_ms`, whose gaps are pooled over all requests (as vLLM
+    does), so a long answer weighs more than a short one.
+    """
+    if metric == "itl_ms":
+        values = [gap for cell in _column(records, "itl_ms", None) for gap in itl_gaps(cell)]
+        return _finite(values)
+    return _finite(_numeric(records, metric))
+
+
+def good_requests(records: pd.DataFrame, objectives: Sequence[SloObjective] = ()) -> pd.Series:
+    """Which requests count towards goodput.
+
+    A request is good when it succeeded and, for every objective on a per-request metric
+    (`ttft_ms`, `tpot_ms`, `itl_ms`, `e2el_ms`, ...), its own value meets the bound: `<=` for a
+    `max` bound, `>=` for a `min` bound. The objective's statistic (p99, mean, ...) does not
+    matter here: the bound applies to each request, as vLLM's `--goodput` does. For `itl_ms` the
+    request's largest gap is used. A metric a request has no value for (`tpot_ms` of a
+    one-token answer) does not count against it, as in vLLM.
+    """
+    good = succeeded(records).to_numpy(dtype=bool, copy=True)
+    for objective in objectives:
+        info = METRICS.get(objective.metric)
+        if info is None or not info.per_request:
+            continue
+        values = request_values(records, objective.metric).to_numpy(dtype=float)
+        bound = objective.value
+        meets = values <= bound if objective.bound == "max" else values >= bound
+        good = good & (meets | np.isnan(values))
+    return pd.Series(good, index=records.index, dtype=bool)
+
+
+def _rate(count: float, duration: float) -> float:
+    if not math.isfinite(duration) or duration <= 0:
+        return math.nan
+    return count / duration
+
+
+def summarize_llm(
+    records: pd.DataFrame,
+    requested_rate: float | None = None,
+    objectives: Sequence[SloObjective] = (),
+) -> dict[str, Any]:
+    """Summary of one LLM load level from its request records (only measure-phase rows count).
+
+    Returns a strict-JSON-ready dict (NaN -> None) with `counts`, `per_request` statistics,
+    `per_level` rates, `errors` by class and `tokens_estimated`.
+
+    Latency and token statistics use the successful requests; `queue_ms` uses every request
+    sent, since a request that failed still waited in the client. The duration runs from the
+    first send to the last completion; throughputs are completed requests / tokens over it.
+    When nothing completed the throughputs are 0 and the duration has no value.
+
+    Goodput is the number of good requests per second of that duration, where a request is good
+    when it succeeded and each of its own per-request values meets every per-request objective
+    (see `good_requests`); with no per-request objectives it equals `request_throughput`.
+    """
+    rows = measured(records)
+    ok = succeeded(rows)
+    done = rows[ok.to_numpy()]
+    sent = len(rows)
+    completed = int(ok.sum())
+    failed = sent - completed
+
+    per_request: dict[str, dict[str, float]] = {}
+    for metric in PER_REQUEST_METRICS:
+        per_request[metric] = describe(distribution(rows if metric == "queue_ms" else done, metric))
+
+    send = _numeric(rows, "send_ts").dropna()
+    end = _numeric(done, "end_ts").dropna()
+    duration = float(end.max() - send.min()) if len(end) and len(send) else math.nan
+    output_tokens = float(_numeric(done, "output_tokens").fillna(0).sum())
+    input_tokens = float(_numeric(done, "input_tokens").fillna(0).sum())
+    good = int(good_requests(done, objectives).sum()) if completed else 0
+
+    def throughput(count: float) -> float:
+        if sent and not completed:
+            return 0.0
+        return _rate(count, duration)
+
+    send_span = float(send.max() - send.min()) if len(send) >= 2 else math.nan
+    per_level = {
+        "duration_s": duration,
+        "request_throughput": throughput(completed),
+        "output_throughput": throughput(output_tokens),
+        "total_token_throughput": throughput(input_tokens + output_tokens),
+        "error_rate": failed / sent if sent else math.nan,
+        "goodput": throughput(good),
+        "achieved_rate": _rate(len(send) - 1, send_span),
+        "requested_rate": requested_rate,
+    }
+
+    errors = Counter(error_class(e) for e in _error_texts(rows) if e)
+    estimated = _column(rows, "tokens_estimated", False).map(lambda v: not _missing(v) and bool(v))
+    return json_safe(
+        {
+            "counts": {"sent": sent, "completed": completed, "failed": failed, "good": good},
+            "per_request": per_request,
+            "per_level": per_level,
+            "errors": dict(errors.most_common()),
+            "tokens_estimated": bool(estimated.any()),
+        }
+    )

@@ -1,0 +1,919 @@
+"""The recipe: one YAML file saying what to start, which load to drive and which SLOs must hold.
+
+The format (v1, RECIPES.md) is a contract with users, so its rules live in one place: the
+pydantic models below are the schema (also exported as JSON Schema for editors), and
+`load_recipe` turns every mistake in a file into a `RecipeProblem` with file, line and key, all
+of them at once, so that a run on a cluster never starts only to stop at the second typo.
+
+Loading, in order: YAML with line numbers (`recipe_yaml`), `${VAR}` / `${VAR:-default}`
+expansion in every string value (`$$` is a literal `$`), relative paths made relative to the
+recipe file, then validation of types and of the references between sections.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import UnionType
+from typing import Annotated, Any, Literal, NoReturn, Union, get_args, get_origin
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from pytest_aifactory.metrics.catalog import (
+    METRICS,
+    SLO_STATISTICS,
+    SloObjective,
+    metrics_for_client_kind,
+)
+from pytest_aifactory.recipe_yaml import KeyPath, YamlSyntaxError, load_located
+
+ServiceKind = Literal[
+    "vllm", "llamacpp", "triton", "chroma", "milvus", "postgres", "s3", "command", "external"
+]
+ClientKind = Literal["openai", "vectordb", "s3", "sql", "fio", "triton"]
+SERVICE_KINDS: tuple[str, ...] = get_args(ServiceKind)
+CLIENT_KINDS: tuple[str, ...] = get_args(ClientKind)
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_TIME_LIMIT = re.compile(r"^(\d+|\d+:\d{2}:\d{2}|\d+-\d{1,2}:\d{2}:\d{2})$")
+_MEMORY = re.compile(r"^\d+[KMGTkmgt]?$")
+_VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{")
+_AT = "at_key"
+"""Context key of a validation error that points below the value being validated."""
+_SKIP_CROSS_CHECKS = "aifactory_cross_checked"
+
+
+# -- problems -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecipeProblem:
+    """One mistake in a recipe file, located for the person who has to fix it."""
+
+    file: str
+    line: int | None
+    key: str
+    """Dotted key path such as `clients.chat.load.levels[1]`; empty for the whole file."""
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+class RecipeError(Exception):
+    """A recipe that cannot be used; `problems` lists every mistake found, not just the first."""
+
+    def __init__(self, path: str | os.PathLike[str], problems: list[RecipeProblem]) -> None:
+        self.path = Path(path)
+        self.problems = list(problems)
+        super().__init__(self.path, self.problems)
+
+    def __str__(self) -> str:
+        count = len(self.problems)
+        header = f"invalid recipe {self.path}: {count} problem{'s' if count != 1 else ''}"
+        return "\n".join([header, *(f"  {problem}" for problem in self.problems)])
+
+
+def format_key(path: KeyPath) -> str:
+    """`("clients", "chat", "load", "levels", 1)` -> `clients.chat.load.levels[1]`."""
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif _PLAIN_KEY.match(part):
+            text += f".{part}" if text else part
+        else:
+            text += f"[{part!r}]"
+    return text
+
+
+def describe(value: Any) -> str:
+    """A value as the user wrote it in YAML, for 'got ...' in messages."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return repr(value if len(value) <= 40 else value[:37] + "...")
+    if isinstance(value, int | float):
+        text = repr(value)
+        return text if len(text) <= 40 else text[:37] + "..."
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return type(value).__name__
+
+
+def _fail(message: str, at: KeyPath = ()) -> NoReturn:
+    """A validation error with a readable message; `at` points below the validated value."""
+    raise PydanticCustomError("recipe", message, {_AT: list(at)} if at else None)
+
+
+def _close(word: str, choices: list[str]) -> str:
+    found = difflib.get_close_matches(word, choices, n=1)
+    return f"did you mean '{found[0]}'? " if found else ""
+
+
+# -- value types --------------------------------------------------------------------------------
+
+
+def _not_bool(value: Any) -> Any:
+    """YAML `true` is not the number 1 in a recipe."""
+    if isinstance(value, bool):
+        _fail(f"expected a number, got {describe(value)}")
+    return value
+
+
+def _as_text(value: Any) -> Any:
+    """Numbers written without quotes in args, env and setup lines are meant as text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+def _port(value: Any) -> Any:
+    if value == "auto":
+        return value
+    number = value.strip() if isinstance(value, str) else value
+    if isinstance(number, str) and number.isdigit():
+        number = int(number)
+    if isinstance(number, int) and not isinstance(number, bool) and 1 <= number <= 65535:
+        return number
+    _fail(f"expected 'auto' or a port number 1-65535, got {describe(value)}")
+
+
+def _scalar(value: Any) -> Any:
+    if value is None or isinstance(value, Mapping | list):
+        _fail(f"expected a string, number or boolean, got {describe(value)}")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]
+PositiveInt = Annotated[int, BeforeValidator(_not_bool), Field(ge=1)]
+NonNegativeInt = Annotated[int, BeforeValidator(_not_bool), Field(ge=0)]
+PositiveFloat = Annotated[float, BeforeValidator(_not_bool), Field(gt=0)]
+Text = Annotated[str, BeforeValidator(_as_text)]
+Port = Annotated[
+    Literal["auto"] | int,
+    BeforeValidator(_port),
+    WithJsonSchema(
+        {"anyOf": [{"const": "auto"}, {"type": "integer", "minimum": 1, "maximum": 65535}]}
+    ),
+]
+SbatchValue = Annotated[str | int | float | bool, BeforeValidator(_scalar)]
+_LIMIT_SCHEMA = {
+    "type": "object",
+    "properties": {"max": {"type": "number"}, "min": {"type": "number"}},
+    "additionalProperties": False,
+    "minProperties": 1,
+}
+SloBound = Annotated[
+    dict[str, Any],
+    WithJsonSchema(
+        {
+            "description": "per-level metrics: {max|min: x}; per-request metrics: "
+            "{statistic: {max|min: x}} with a statistic of " + ", ".join(SLO_STATISTICS),
+            "anyOf": [
+                _LIMIT_SCHEMA,
+                {
+                    "type": "object",
+                    "propertyNames": {"enum": list(SLO_STATISTICS)},
+                    "additionalProperties": _LIMIT_SCHEMA,
+                    "minProperties": 1,
+                },
+            ],
+        }
+    ),
+]
+
+
+class _Section(BaseModel):
+    """Unknown keys are errors: a typo must not silently fall back to a default."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, protected_namespaces=())
+
+
+# -- platform -----------------------------------------------------------------------------------
+
+
+class SlurmSettings(_Section):
+    """Where jobs go when the executor is slurm; `additional` carries any other sbatch option."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time_limit: str = "01:00:00"
+    setup: list[Text] = Field(default_factory=list)
+    additional: dict[str, SbatchValue] = Field(default_factory=dict)
+
+    @field_validator("time_limit", mode="before")
+    @classmethod
+    def _time_limit(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # minutes
+        if isinstance(value, str) and not _TIME_LIMIT.match(value.strip()):
+            _fail(f"expected minutes, HH:MM:SS or D-HH:MM:SS (quote it), got {describe(value)}")
+        return value.strip() if isinstance(value, str) else value
+
+
+class Platform(_Section):
+    executor: Literal["local", "slurm"] = "local"
+    slurm: SlurmSettings = Field(default_factory=SlurmSettings)
+
+
+# -- services -----------------------------------------------------------------------------------
+
+
+class Container(_Section):
+    """An Apptainer/Singularity image the service runs in; a relative image path or bind
+    source is relative to the recipe file, `docker://...`-style references stay as written."""
+
+    image: str
+    runtime: Literal["apptainer", "singularity"] = "apptainer"
+    binds: list[str] = Field(default_factory=list)
+    gpu: bool = False
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        if not value.strip():
+            _fail("must not be empty")
+        return value
+
+
+class Health(_Section):
+    """How to know a service is up: an HTTP path that answers 2xx, or a bare TCP connect."""
+
+    http: str | None = None
+    tcp: bool | None = None
+
+    @field_validator("http")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            _fail(f"expected a path starting with '/', got {describe(value)}")
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Health:
+        if (self.http is not None) == bool(self.tcp):
+            _fail("give exactly one of {http: /path} or {tcp: true}")
+        return self
+
+
+class Service(_Section):
+    """A server the benchmark starts (or, for `external`, only uses)."""
+
+    kind: ServiceKind
+    model: str | None = None
+    """A catalogue key (`smollm2-135m`), a hub id (`org/model`) or a path to a model file or
+    folder; a path is relative to the recipe file."""
+    command: str | None = Field(default=None, validate_default=True)
+    """kind command only: the command line; `{host}` and `{port}` are filled in."""
+    url: str | None = Field(default=None, validate_default=True)
+    """kind external only: where the running service answers, http(s)://host:port."""
+    args: list[Text] = Field(default_factory=list)
+    env: dict[str, Text] = Field(default_factory=dict)
+    nodes: PositiveInt = 1
+    gpus_per_node: NonNegativeInt = 0
+    cpus_per_task: PositiveInt | None = None
+    memory: Annotated[str | None, BeforeValidator(_as_text)] = None
+    """Memory per node as Slurm writes it: megabytes, or a number with K, M, G or T."""
+    host: str | None = None
+    """Address to bind; None lets the executor choose (loopback locally, the node on Slurm)."""
+    port: Port = "auto"
+    container: Container | None = None
+    health: Health | None = None
+    metrics: str | None = None
+    """Path of the service's Prometheus endpoint, when the kind has no default."""
+    health_timeout_s: PositiveFloat = 600.0
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: str | None, info: ValidationInfo) -> str | None:
+        kind = info.data.get("kind")
+        if kind == "command" and not (value or "").strip():
+            _fail("required for kind 'command': the command line that starts the server")
+        if kind not in (None, "command") and value is not None:
+            _fail(f"only for kind 'command' (this service is kind '{kind}')")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        kind = info.data.get("kind")
+        if kind == "external" and value is None:
+            _fail("required for kind 'external': where the service answers, http://host:port")
+        if kind not in (None, "external") and value is not None:
+            _fail(f"only for kind 'external' (this service is kind '{kind}')")
+        if value is not None and not re.match(r"^https?://[^/:\s]+(:\d{1,5})?(/\S*)?$", value):
+            _fail(f"expected http://host:port or https://host:port, got {describe(value)}")
+        return value
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: str | None) -> str | None:
+        if value is not None and not _MEMORY.match(value):
+            _fail(f"expected megabytes or a number with K, M, G or T (e.g. 64G), got {value!r}")
+        return value
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            _fail(f"expected a path starting with '/', got {describe(value)}")
+        return value
+
+
+# -- clients ------------------------------------------------------------------------------------
+
+
+def _format_level(level: float) -> str:
+    level = float(level)
+    return str(int(level)) if level.is_integer() else repr(level)
+
+
+class Dataset(_Section):
+    """What to send. `random`: prompts of exactly `input_tokens` tokens asking for exactly
+    `output_tokens` tokens (the end-of-sequence token is ignored where the server allows)."""
+
+    kind: Literal["random"] = "random"
+    input_tokens: PositiveInt = 128
+    output_tokens: PositiveInt = 64
+    seed: Int = 0
+    ignore_eos: bool = True
+
+
+class Load(_Section):
+    """The load of one client: each level is one test case.
+
+    concurrency mode: a level is the number of requests kept in flight. rate mode: a level is
+    requests per second, sent with the given arrival process (gamma's shape is `burstiness`),
+    at most `max_concurrency` in flight. A level ends after `requests` requests or `duration_s`
+    seconds, whichever comes first; giving only `duration_s` means no request limit.
+    """
+
+    mode: Literal["concurrency", "rate"] = "concurrency"
+    levels: list[PositiveFloat] = Field(default_factory=lambda: [1.0], min_length=1)
+    arrival: Literal["poisson", "constant", "gamma"] = "poisson"
+    burstiness: PositiveFloat = 1.0
+    requests: PositiveInt | None = 64
+    duration_s: PositiveFloat | None = None
+    warmup_requests: NonNegativeInt = 0
+    timeout_s: PositiveFloat = 300.0
+    """Per request."""
+    max_concurrency: PositiveInt | None = None
+
+    @field_validator("levels")
+    @classmethod
+    def _levels(cls, levels: list[float], info: ValidationInfo) -> list[float]:
+        mode = info.data.get("mode")
+        seen: dict[float, int] = {}
+        for index, level in enumerate(levels):
+            if mode == "concurrency" and not float(level).is_integer():
+                _fail(
+                    "a concurrency level counts requests in flight: expected a whole number, "
+                    f"got {_format_level(level)}",
+                    (index,),
+                )
+            if level in seen:
+                _fail(f"level {_format_level(level)} is already levels[{seen[level]}]", (index,))
+            seen[level] = index
+        return levels
+
+    @model_validator(mode="after")
+    def _end(self) -> Load:
+        if self.duration_s is not None and "requests" not in self.model_fields_set:
+            self.requests = None
+        if self.requests is None and self.duration_s is None:
+            _fail("give requests (per level) or duration_s", ("requests",))
+        return self
+
+    def level_label(self, level: float) -> str:
+        """`concurrency=8`, `rate=2.5`: how a level is named in messages and reports."""
+        return f"{self.mode}={_format_level(level)}"
+
+    def level_id(self, level: float) -> str:
+        """`concurrency-8`, `rate-2.5`: the level's part of a pytest test id."""
+        return f"{self.mode}-{_format_level(level)}"
+
+
+class Client(_Section):
+    """A load generator aimed at one service; it runs as nodes x processes_per_node jobs."""
+
+    kind: ClientKind
+    service: str
+    api: Literal["completions", "chat"] = "completions"
+    model: str | None = None
+    """Model name sent in requests; None lets the service decide (the name it serves)."""
+    nodes: PositiveInt = 1
+    processes_per_node: PositiveInt = 1
+    dataset: Dataset = Field(default_factory=Dataset)
+    load: Load = Field(default_factory=Load)
+
+
+# -- monitoring and reports ---------------------------------------------------------------------
+
+
+class Monitor(_Section):
+    prometheus: bool = True
+    scrape_interval_s: PositiveFloat = 1.0
+
+
+class ReportSettings(_Section):
+    """`dir` is relative to the directory pytest runs in, not to the recipe: reports belong to
+    the place a run was started from, and one recipe serves many checkouts."""
+
+    dir: str = "reports"
+
+
+# -- the recipe ---------------------------------------------------------------------------------
+
+
+class Recipe(_Section):
+    """A whole recipe file. `path` is where it was loaded from (not part of the document)."""
+
+    name: str
+    """Used in run ids and report titles: letters, digits, '-', '_' and '.'."""
+    description: str = ""
+    platform: Platform = Field(default_factory=Platform)
+    services: dict[str, Service] = Field(default_factory=dict)
+    clients: dict[str, Client] = Field(default_factory=dict)
+    slo: dict[str, dict[str, SloBound]] = Field(default_factory=dict)
+    """client name -> metric -> bound (see SloBound)."""
+    monitor: Monitor = Field(default_factory=Monitor)
+    report: ReportSettings = Field(default_factory=ReportSettings)
+
+    _path: Path = PrivateAttr(default_factory=Path)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            _fail(
+                "expected letters, digits, '-', '_' or '.' (it names run folders), "
+                f"got {describe(value)}"
+            )
+        return value
+
+    @field_validator("slo")
+    @classmethod
+    def _numbers(cls, slo: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+        """Bounds given through `${VAR}` arrive as text; keep them as numbers."""
+
+        def convert(key: str, value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k: convert(k, v) for k, v in value.items()}
+            number = _number(value) if key in ("max", "min") else None
+            return value if number is None else number
+
+        return {client: convert(client, metrics) for client, metrics in slo.items()}
+
+    @model_validator(mode="after")
+    def _references(self, info: ValidationInfo) -> Recipe:
+        if info.context and info.context.get(_SKIP_CROSS_CHECKS):
+            return self  # load_recipe reports these itself, located
+        problems = reference_problems(self.model_dump())
+        if problems:
+            _fail("; ".join(f"{format_key(path)}: {message}" for path, message in problems))
+        return self
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def base_dir(self) -> Path:
+        """The recipe file's folder: relative paths in the recipe start here."""
+        return self._path.parent
+
+    def objectives(self, client: str) -> list[SloObjective]:
+        """The SLO bounds of one client, one objective per max/min."""
+        found = []
+        for metric, bound in self.slo.get(client, {}).items():
+            info = METRICS.get(metric)
+            if info is None:
+                continue
+            limits = bound.items() if info.per_request else [(None, bound)]
+            for statistic, limit in limits:
+                for kind in ("max", "min"):
+                    value = _number(limit.get(kind)) if isinstance(limit, dict) else None
+                    if value is not None:
+                        found.append(SloObjective(client, metric, statistic, kind, value))
+        return found
+
+
+def recipe_json_schema() -> dict[str, Any]:
+    """JSON Schema of the recipe format, for editors (e.g. the YAML language server)."""
+    schema = Recipe.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "pytest-aifactory recipe (v1)"
+    return schema
+
+
+# -- checks across sections ---------------------------------------------------------------------
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _limit_problems(path: KeyPath, limit: Any) -> list[tuple[KeyPath, str]]:
+    if not isinstance(limit, dict):
+        return [(path, f"expected a bound such as {{max: 100}}, got {describe(limit)}")]
+    if not limit:
+        return [(path, "give max, min or both")]
+    problems: list[tuple[KeyPath, str]] = []
+    for key, value in limit.items():
+        if key not in ("max", "min"):
+            problems.append(
+                (
+                    (*path, key),
+                    f"unknown key '{key}' ({_close(key, ['max', 'min'])}expected max or min)",
+                )
+            )
+        elif _number(value) is None:
+            problems.append(((*path, key), f"expected a number, got {describe(value)}"))
+    low, high = _number(limit.get("min")), _number(limit.get("max"))
+    if not problems and low is not None and high is not None and low > high:
+        problems.append((path, f"min {low:g} is greater than max {high:g}"))
+    return problems
+
+
+def _slo_problems(data: dict[str, Any]) -> list[tuple[KeyPath, str]]:
+    slo = data.get("slo")
+    if not isinstance(slo, dict):
+        return []
+    clients = data.get("clients") if isinstance(data.get("clients"), dict) else {}
+    problems: list[tuple[KeyPath, str]] = []
+    for client, metrics in slo.items():
+        if client not in clients:
+            known = ", ".join(clients) or "none"
+            problems.append((("slo", client), f"no client named '{client}' (clients: {known})"))
+            continue
+        if not isinstance(metrics, dict):
+            continue  # a type error, reported by the schema
+        spec = clients[client]
+        kind = spec.get("kind") if isinstance(spec, dict) else None
+        allowed = metrics_for_client_kind(kind) if kind in CLIENT_KINDS else METRICS
+        for metric, bound in metrics.items():
+            path: KeyPath = ("slo", client, metric)
+            if metric not in allowed:
+                for_kind = f" for a client of kind {kind!r}" if kind in CLIENT_KINDS else ""
+                problems.append(
+                    (
+                        path,
+                        f"unknown metric '{metric}'{for_kind} ({_close(metric, list(allowed))}"
+                        f"expected one of: {', '.join(allowed)})",
+                    )
+                )
+                continue
+            if not isinstance(bound, dict):
+                continue  # a type error, reported by the schema
+            if not METRICS[metric].per_request:
+                if any(key in SLO_STATISTICS and isinstance(v, dict) for key, v in bound.items()):
+                    problems.append(
+                        (
+                            path,
+                            f"{metric} is one value per load level: bound it directly, "
+                            "e.g. {min: 10} or {max: 0.01}, not a statistic",
+                        )
+                    )
+                else:
+                    problems += _limit_problems(path, bound)
+                continue
+            if not bound:
+                problems.append((path, "give a statistic with a bound, e.g. {p99: {max: 100}}"))
+            for statistic, limit in bound.items():
+                if statistic in ("max", "min") and not isinstance(limit, dict):
+                    problems.append(
+                        (
+                            (*path, statistic),
+                            f"{metric} is measured per request: bound a statistic, "
+                            f"e.g. {{p99: {{{statistic}: {describe(limit)}}}}}",
+                        )
+                    )
+                elif statistic not in SLO_STATISTICS:
+                    problems.append(
+                        (
+                            (*path, statistic),
+                            f"unknown statistic '{statistic}' "
+                            f"({_close(statistic, list(SLO_STATISTICS))}"
+                            f"expected one of: {', '.join(SLO_STATISTICS)})",
+                        )
+                    )
+                else:
+                    problems += _limit_problems((*path, statistic), limit)
+    return problems
+
+
+def reference_problems(data: Mapping[str, Any]) -> list[tuple[KeyPath, str]]:
+    """Rules that tie sections together (names, references, SLO metrics), checked on the raw
+    document so they are reported even when other parts of it have type errors."""
+    problems: list[tuple[KeyPath, str]] = []
+    services = data.get("services")
+    services = services if isinstance(services, dict) else {}
+    clients = data.get("clients")
+    clients = clients if isinstance(clients, dict) else {}
+    for section, names in (("services", services), ("clients", clients)):
+        for name in names:
+            if not _NAME.match(name):
+                problems.append(
+                    (
+                        (section, name),
+                        f"name {describe(name)} must be letters, digits, '-', '_' or '.' "
+                        "(it names jobs and files)",
+                    )
+                )
+    for name, client in clients.items():
+        if not isinstance(client, dict):
+            continue
+        service = client.get("service")
+        if isinstance(service, str) and service not in services:
+            known = ", ".join(services) or "none"
+            problems.append(
+                (("clients", name, "service"), f"no service named '{service}' (services: {known})")
+            )
+    problems += _slo_problems(dict(data))
+    return problems
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+
+def _expand_text(
+    text: str, environ: Mapping[str, str], path: KeyPath, problems: list[tuple[KeyPath, str]]
+) -> str:
+    def replace(match: re.Match[str]) -> str:
+        token = match.group(0)
+        if token == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        if name is None:
+            problems.append(
+                (path, "invalid '${': write ${NAME} or ${NAME:-default}, or $$ for a literal $")
+            )
+            return token
+        value = environ.get(name)
+        if default is not None:
+            return value or default
+        if value is None:
+            problems.append(
+                (path, f"environment variable {name} is not set (or write ${{{name}:-default}})")
+            )
+            return token
+        return value
+
+    return _VARIABLE.sub(replace, text)
+
+
+def expand_env(
+    data: Any, environ: Mapping[str, str], path: KeyPath = ()
+) -> tuple[Any, list[tuple[KeyPath, str]]]:
+    """Expand `${VAR}` and `${VAR:-default}` (default when unset or empty) in every string value;
+    `$$` is a literal `$`. Keys are left as written."""
+    problems: list[tuple[KeyPath, str]] = []
+
+    def walk(value: Any, at: KeyPath) -> Any:
+        if isinstance(value, dict):
+            return {key: walk(item, (*at, key)) for key, item in value.items()}
+        if isinstance(value, list):
+            return [walk(item, (*at, index)) for index, item in enumerate(value)]
+        if isinstance(value, str) and "$" in value:
+            return _expand_text(value, environ, at, problems)
+        return value
+
+    return walk(data, path), problems
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
+def _absolute(text: str, base_dir: Path) -> str:
+    expanded = os.path.expanduser(text)
+    return os.path.normpath(expanded if os.path.isabs(expanded) else base_dir / expanded)
+
+
+def _is_model_path(model: str, base_dir: Path) -> bool:
+    """`./x`, `../x`, `~/x`, `/x` and `*.gguf` are paths; `org/name` is a path only when it
+    exists beside the recipe, otherwise a hub id (vLLM's `meta-llama/Llama-3.1-8B-Instruct`);
+    a catalogue key (`smollm2-135m`) never is."""
+    if model.startswith((".", "~", "/")) or model.endswith(".gguf"):
+        return True
+    return "/" in model and _exists(base_dir / model)
+
+
+def resolve_paths(data: dict[str, Any], base_dir: Path) -> None:
+    """Make model, container image and bind source paths relative to the recipe's folder."""
+    services = data.get("services")
+    if not isinstance(services, dict):
+        return
+    for service in services.values():
+        if not isinstance(service, dict):
+            continue
+        model = service.get("model")
+        if isinstance(model, str) and model and _is_model_path(model, base_dir):
+            service["model"] = _absolute(model, base_dir)
+        container = service.get("container")
+        if not isinstance(container, dict):
+            continue
+        image = container.get("image")
+        if isinstance(image, str) and image.strip() and "://" not in image:
+            container["image"] = _absolute(image, base_dir)
+        binds = container.get("binds")
+        if isinstance(binds, list):
+            container["binds"] = [_resolve_bind(bind, base_dir) for bind in binds]
+
+
+def _resolve_bind(bind: Any, base_dir: Path) -> Any:
+    if not isinstance(bind, str) or not bind:
+        return bind
+    source, sep, rest = bind.partition(":")
+    return _absolute(source, base_dir) + sep + rest if source else bind
+
+
+def _model_fields_at(loc: KeyPath) -> list[str] | None:
+    """The keys allowed at `loc` of a recipe, when `loc` is a section (a pydantic model)."""
+    annotation: Any = Recipe
+    for part in loc:
+        annotation = _unwrap(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(part) if isinstance(part, str) else None
+            if field is None:
+                return None
+            annotation = field.annotation
+        elif get_origin(annotation) in (dict, list):
+            annotation = get_args(annotation)[-1]
+        else:
+            return None
+    annotation = _unwrap(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return list(annotation.model_fields)
+    return None
+
+
+def _unwrap(annotation: Any) -> Any:
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            annotation = get_args(annotation)[0]
+        elif origin in (Union, UnionType):
+            options = [a for a in get_args(annotation) if a is not type(None)]
+            if len(options) != 1:
+                return annotation
+            annotation = options[0]
+        else:
+            return annotation
+
+
+_EXPECTED = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "a whole number",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "finite_number": "a finite number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "a string",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "list_type": "a list",
+}
+
+
+def _humanize(error: Any) -> tuple[KeyPath, str]:
+    """A pydantic error as (key path, message in the recipe's terms)."""
+    loc: KeyPath = tuple(part for part in error["loc"] if part != "[key]")
+    kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
+    if kind == "recipe":
+        return (*loc, *ctx.get(_AT, ())), error["msg"]
+    if kind == "missing":
+        return loc, "required key is missing"
+    if kind == "extra_forbidden":
+        key = str(loc[-1]) if loc else ""
+        allowed = _model_fields_at(loc[:-1]) or []
+        expected = f"expected one of: {', '.join(allowed)}" if allowed else "not allowed here"
+        return loc, f"unknown key '{key}' ({_close(key, allowed)}{expected})"
+    if kind in _EXPECTED:
+        return loc, f"expected {_EXPECTED[kind]}, got {describe(value)}"
+    if kind == "literal_error":
+        options = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        hint = _close(value, options) if isinstance(value, str) else ""
+        listed = ", ".join(f"'{option}'" for option in options)
+        return loc, f"expected one of {listed}, got {describe(value)}" + (
+            f" ({hint.strip()})" if hint else ""
+        )
+    bounds = {
+        "greater_than": ("greater than", "gt"),
+        "greater_than_equal": ("at least", "ge"),
+        "less_than": ("less than", "lt"),
+        "less_than_equal": ("at most", "le"),
+    }
+    if kind in bounds:
+        words, key = bounds[kind]
+        return loc, f"must be {words} {ctx.get(key)}, got {describe(value)}"
+    if kind == "too_short":
+        return loc, "must not be empty"
+    if kind in ("value_error", "assertion_error") and "error" in ctx:
+        return loc, str(ctx["error"])
+    return loc, str(error["msg"])
+
+
+def _sorted_problems(
+    file: str, located: list[tuple[KeyPath, int | None, str]]
+) -> list[RecipeProblem]:
+    problems: list[RecipeProblem] = []
+    for path, line, message in located:
+        problem = RecipeProblem(file, line, format_key(path), message)
+        if problem not in problems:
+            problems.append(problem)
+    problems.sort(key=lambda p: (p.line is None, p.line or 0))
+    return problems
+
+
+def _read(path: Path, file: str) -> str:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise RecipeError(path, [RecipeProblem(file, None, "", "no such file")]) from None
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise RecipeError(path, [RecipeProblem(file, None, "", f"cannot read: {reason}")]) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise RecipeError(
+            path, [RecipeProblem(file, line, "", "not UTF-8 text (a recipe is a YAML file)")]
+        ) from None
+
+
+def load_recipe(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Recipe:
+    """Read, expand and validate a recipe; raises `RecipeError` listing every problem found."""
+    path = Path(path)
+    file = str(path)
+    text = _read(path, file)
+    try:
+        document = load_located(text)
+    except YamlSyntaxError as err:
+        raise RecipeError(path, [RecipeProblem(file, err.line, "", err.message)]) from None
+    data = document.data
+    if not isinstance(data, dict):
+        what = "an empty file" if data is None else describe(data)
+        message = f"a recipe is a mapping of keys (name:, services:, clients:, ...), got {what}"
+        raise RecipeError(path, [RecipeProblem(file, document.line_of(()), "", message)])
+
+    located = [(p.path, p.line, p.message) for p in document.problems]
+    data, env_problems = expand_env(data, os.environ if environ is None else environ)
+    resolve_paths(data, Path(os.path.abspath(path)).parent)
+    found = env_problems + reference_problems(data)
+    recipe = None
+    try:
+        recipe = Recipe.model_validate(data, context={_SKIP_CROSS_CHECKS: True})
+    except ValidationError as err:
+        unexpanded = {p for p, _ in env_problems}
+        for error in err.errors(include_url=False):
+            key, message = _humanize(error)
+            if not any(key[: len(p)] == p for p in unexpanded):
+                found.append((key, message))
+    located += [(key, document.line_of(key), message) for key, message in found]
+    if located or recipe is None:
+        raise RecipeError(path, _sorted_problems(file, located))
+    recipe._path = path
+    return recipe

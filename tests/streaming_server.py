@@ -1,0 +1,260 @@
+"""An OpenAI-compatible streaming server with known timing and chosen faults, for client tests.
+
+It runs in a thread with its own event loop, bound to 127.0.0.1 on a free port, so a test can
+drive the real client (in `asyncio.run` or `run_load`) against it. Its tokenizer splits text into
+pieces of at most four characters (with a leading space), so detokenizing and re-tokenizing
+random ids can merge pieces, as real BPE tokenizers do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import socket
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+FAULTS = (
+    "http500",
+    "invalid_json",
+    "truncated",
+    "cut",
+    "content_type",
+    "hang",
+    "empty",
+    "error_event",
+    "garbage",
+)
+
+_PIECE = re.compile(r" ?\S{1,4}|\s")
+
+
+@dataclass
+class Behaviour:
+    """How the server answers; tests change it between runs."""
+
+    ttft_s: float = 0.02
+    gap_s: float = 0.005
+    tokens: int | None = None
+    """Tokens generated per request; None: the request's max_tokens."""
+    tokens_per_event: int = 1
+    usage: bool = True
+    fault: str | None = None
+    role_delta: bool = True
+    """Chat: send a role-only delta at once, before the first content."""
+    tokenizer: str | None = "llama"
+    """Shape of /tokenize and /detokenize: llama, vllm, or None for no such endpoints."""
+    hang_s: float = 3.0
+    close_after_stream: bool = False
+    """Close the connection after each stream while advertising keep-alive (llama.cpp does)."""
+
+
+@dataclass
+class Seen:
+    """What the server received, for assertions."""
+
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
+
+
+class Vocabulary:
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {}
+        self.pieces: list[str] = []
+
+    def encode(self, text: str) -> list[int]:
+        out = []
+        for piece in _PIECE.findall(text):
+            if piece not in self.ids:
+                self.ids[piece] = len(self.pieces)
+                self.pieces.append(piece)
+            out.append(self.ids[piece])
+        return out
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(self.pieces[i] for i in ids if 0 <= i < len(self.pieces))
+
+
+class StreamingServer:
+    """`with StreamingServer(ttft_s=0.1) as server: ... server.url ...`"""
+
+    def __init__(self, **behaviour: Any) -> None:
+        self.behaviour = Behaviour(**behaviour)
+        self.seen = Seen()
+        self.vocabulary = Vocabulary()
+        self.url = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    def start(self) -> StreamingServer:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="streaming-server", daemon=True
+        )
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=10)
+        return self
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/tokenize", self._tokenize)
+        app.router.add_post("/detokenize", self._detokenize)
+        self._runner = web.AppRunner(
+            app, handle_signals=False, handler_cancellation=True, shutdown_timeout=0.2
+        )
+        await self._runner.setup()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        site = web.SockSite(self._runner, sock)
+        await site.start()
+        host, port = sock.getsockname()[:2]
+        self.url = f"http://{host}:{port}"
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+        if self._runner is not None:
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._loop.close()
+        self._loop = None
+
+    def __enter__(self) -> StreamingServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- tokenizer -----------------------------------------------------------------------------
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        shape = self.behaviour.tokenizer
+        if shape == "llama" and "content" in body:
+            return web.json_response({"tokens": self.vocabulary.encode(body["content"])})
+        if shape == "vllm" and "prompt" in body:
+            tokens = self.vocabulary.encode(body["prompt"])
+            return web.json_response({"tokens": tokens, "count": len(tokens)})
+        if shape is None:
+            raise web.HTTPNotFound()
+        return web.json_response({"error": "bad request"}, status=400)
+
+    async def _detokenize(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        shape = self.behaviour.tokenizer
+        if shape is None:
+            raise web.HTTPNotFound()
+        text = self.vocabulary.decode(body.get("tokens", []))
+        key = "content" if shape == "llama" else "prompt"
+        return web.json_response({key: text})
+
+    # -- generation ----------------------------------------------------------------------------
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=False)
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=True)
+
+    def _chunk(self, chat: bool, text: str | None, role: bool = False) -> dict[str, Any]:
+        if chat:
+            delta: dict[str, Any] = {"role": "assistant"} if role else {"content": text}
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": None}
+        else:
+            choice = {"index": 0, "text": text, "finish_reason": None}
+        return {"id": "x", "object": "chunk", "choices": [choice]}
+
+    async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        seen = self.seen
+        seen.in_flight += 1
+        seen.max_in_flight = max(seen.max_in_flight, seen.in_flight)
+        try:
+            body = await request.json()
+            seen.bodies.append(body)
+            seen.headers.append(dict(request.headers))
+            return await self._answer(request, body, chat)
+        finally:
+            seen.in_flight -= 1
+
+    async def _answer(
+        self, request: web.Request, body: dict[str, Any], chat: bool
+    ) -> web.StreamResponse:
+        b = self.behaviour
+        fault = b.fault
+        if fault == "hang":
+            await asyncio.sleep(b.hang_s)
+        if fault == "http500":
+            return web.Response(status=500, text="engine exploded " * 40)
+        if fault == "content_type":
+            return web.json_response({"choices": [{"text": "not streamed"}]})
+        tokens = b.tokens if b.tokens is not None else int(body.get("max_tokens", 16))
+        prompt = body["messages"][-1]["content"] if chat else body["prompt"]
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+
+        async def event(data: dict[str, Any] | str) -> None:
+            text = data if isinstance(data, str) else json.dumps(data)
+            await response.write(f"data: {text}\n\n".encode())
+
+        if chat and b.role_delta:
+            await event(self._chunk(chat, None, role=True))
+        await asyncio.sleep(b.ttft_s)
+        if fault == "garbage":
+            await response.write(b"\x00\xffnot an event stream\n\n" * 3)
+            await response.write_eof()
+            return response
+        if fault == "error_event":
+            await event({"error": {"message": "model overloaded", "code": 503}})
+            await event("[DONE]")
+            await response.write_eof()
+            return response
+        sent = 0
+        events = 0 if fault == "empty" else -(-tokens // b.tokens_per_event)
+        for index in range(events):
+            if index:
+                await asyncio.sleep(b.gap_s)
+            count = min(b.tokens_per_event, tokens - sent)
+            await event(self._chunk(chat, "".join(f" t{sent + k}" for k in range(count))))
+            sent += count
+            if fault == "invalid_json" and index == 0:
+                await response.write(b'data: {"choices": [ oops\n\n')
+            if fault == "cut" and index == 1:
+                assert request.transport is not None
+                request.transport.close()
+                return response
+        if fault == "truncated":
+            await response.write_eof()
+            return response
+        if b.usage:
+            prompt_tokens = len(self.vocabulary.encode(prompt))
+            await event(
+                {
+                    "id": "x",
+                    "choices": [],
+                    "usage": {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": sent,
+                        "total_tokens": prompt_tokens + sent,
+                    },
+                }
+            )
+        await event("[DONE]")
+        await response.write_eof()
+        if b.close_after_stream and request.transport is not None:
+            request.transport.close()
+        return response
