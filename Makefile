@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml scripts/setup.sh
 demo: setup
 	$(VENV)/bin/pytest benchmarks/test_inference.py --recipe $(RECIPE) -v $(PYTEST_ARGS)
 
+# as root, the tests run against a development Slurm cluster that is torn down afterwards
 test: setup lint
-	$(VENV)/bin/pytest tests/ $(PYTEST_ARGS)
+	bash scripts/with-slurm.sh $(VENV)/bin/pytest tests/ $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -80,20 +80,36 @@ def process_specs(
     records_path: Callable[[int], Path],
     progress_path: Callable[[int], Path],
     heartbeat_path: str | None,
+    barrier_dir: Path | None = None,
     api_key: str | None = None,
-    start_at: float | None = None,
 ) -> list[LoadSpec]:
-    """The shares of each client process; processes with nothing to do are not started."""
-    processes = client.nodes * client.processes_per_node
+    """The shares of each client process, indexed by the process's rank in the client job.
+
+    Processes that would get nothing (concurrency 2 over 6 processes) are not started, so the
+    job has as many tasks as specs.
+    """
+    slots = client.nodes * client.processes_per_node
     load = client.load
     if case.mode == "concurrency":
-        shares = [float(s) for s in split_evenly(int(case.level), processes)]
+        shares = [float(s) for s in split_evenly(int(case.level), slots)]
     else:
-        shares = [case.level / processes] * processes
-    requests = split_evenly(load.requests, processes) if load.requests else [None] * processes
-    warmups = split_evenly(load.warmup_requests, processes)
-    cap = load.max_concurrency
-    caps = split_evenly(cap, processes) if cap else [None] * processes
+        shares = [case.level / slots] * slots
+    requests = split_evenly(load.requests, slots) if load.requests else [None] * slots
+    active = [i for i in range(slots) if shares[i] > 0 and requests[i] != 0]
+    if load.requests:
+        # every started process needs at least one request: re-split over the started ones
+        active = active[: load.requests]
+        requests = [None] * slots
+        for i, n in zip(active, split_evenly(load.requests, len(active)), strict=True):
+            requests[i] = n
+    if case.mode == "rate":
+        shares = [case.level / len(active)] * slots
+    warmups = split_evenly(load.warmup_requests, len(active))
+    caps = (
+        split_evenly(load.max_concurrency, len(active))
+        if load.max_concurrency
+        else [None] * len(active)
+    )
     dataset = DatasetSpec(
         kind=client.dataset.kind,
         input_tokens=client.dataset.input_tokens,
@@ -102,35 +118,32 @@ def process_specs(
         ignore_eos=client.dataset.ignore_eos,
     )
     specs = []
-    for index in range(processes):
-        if shares[index] <= 0 or requests[index] == 0:
-            continue
+    for rank, slot in enumerate(active):
         specs.append(
             LoadSpec(
                 client=case.client,
                 kind=client.kind,
                 level_label=case.label,
                 mode=case.mode,
-                level=shares[index],
+                level=shares[slot],
                 base_url=base_url,
                 model=model,
-                records_path=str(records_path(index)),
-                progress_path=str(progress_path(index)),
+                records_path=str(records_path(rank)),
+                progress_path=str(progress_path(rank)),
                 api=client.api,
                 arrival=load.arrival,
                 burstiness=load.burstiness,
-                requests=requests[index],
+                requests=requests[slot],
                 duration_s=load.duration_s,
-                warmup_requests=warmups[index],
+                warmup_requests=warmups[rank],
                 timeout_s=load.timeout_s,
-                max_concurrency=caps[index] or None,
+                max_concurrency=caps[rank] or None,
                 api_key=api_key,
                 dataset=dataset,
-                seed=process_seed(client.dataset.seed, case, index),
-                node="",
-                process=index,
-                processes=processes,
-                start_at=start_at if processes > 1 else None,
+                seed=process_seed(client.dataset.seed, case, rank),
+                process=rank,
+                processes=len(active),
+                barrier_dir=str(barrier_dir) if barrier_dir else None,
                 heartbeat_path=heartbeat_path,
             )
         )

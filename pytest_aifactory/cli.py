@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_aifactory import __version__
+from pytest_aifactory.cli_jobs import register_jobs
 from pytest_aifactory.recipe import RecipeError, load_recipe, recipe_json_schema
 
 Subcommands = Any  # argparse's private _SubParsersAction
@@ -128,7 +129,11 @@ def register_recipes(subcommands: Subcommands) -> None:
 
 # -- the command --------------------------------------------------------------------------------
 
-COMMAND_GROUPS: list[Callable[[Subcommands], None]] = [register_recipe, register_recipes]
+COMMAND_GROUPS: list[Callable[[Subcommands], None]] = [
+    register_recipe,
+    register_recipes,
+    register_jobs,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

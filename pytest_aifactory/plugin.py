@@ -43,7 +43,67 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="where runs are saved (default: the recipe's report.dir, else ./reports)",
     )
+    group.addoption(
+        "--keep-services",
+        action="store_true",
+        default=False,
+        help="leave the run's services running at the end (clients still stop); "
+        "see `aifactory status`, stop them with `aifactory stop RUN`",
+    )
+    group.addoption(
+        "--reuse-services",
+        nargs="?",
+        const="latest",
+        default=None,
+        metavar="RUN",
+        help="use the services a run kept instead of starting new ones (default: the latest "
+        "run of this recipe whose kept services are healthy); write --reuse-services=RUN",
+    )
+    slurm = parser.getgroup("aifactory-slurm", "Slurm (override the recipe's platform.slurm)")
+    for option, key, help_text in (
+        ("--slurm-partition", "partition", "partition to submit jobs to"),
+        ("--slurm-account", "account", "account to charge"),
+        ("--slurm-qos", "qos", "quality of service"),
+        ("--slurm-time", "time_limit", "time limit per job: minutes, HH:MM:SS or D-HH:MM:SS"),
+    ):
+        slurm.addoption(option, dest=f"slurm_{key}", metavar="VALUE", default=None, help=help_text)
+    slurm.addoption(
+        "--slurm-setup",
+        dest="slurm_setup",
+        action="append",
+        default=[],
+        metavar="LINE",
+        help="shell line run before each job's command, after the recipe's (repeatable)",
+    )
+    slurm.addoption(
+        "--slurm-pending-timeout",
+        dest="slurm_pending_timeout_s",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="cancel a job still queued after this long and fail with Slurm's reason",
+    )
     parser.addini("aifactory_recipe", "recipe used when --recipe is not given", default="")
+
+
+SLURM_OVERRIDES = ("partition", "account", "qos", "time_limit", "setup", "pending_timeout_s")
+
+
+def _slurm_overrides(config: pytest.Config, recipe: Any) -> dict[str, Any]:
+    """The `--slurm-*` options that were given, checked like the recipe's own settings."""
+    overrides = {
+        key: value
+        for key in SLURM_OVERRIDES
+        if (value := config.getoption(f"slurm_{key}")) not in (None, [])
+    }
+    if overrides:
+        from pytest_aifactory.cluster.slurm import SlurmError, effective_settings
+
+        try:
+            effective_settings(recipe, overrides)
+        except SlurmError as err:
+            raise pytest.UsageError(str(err)) from None
+    return overrides
 
 
 def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -76,6 +136,9 @@ def pytest_configure(config: pytest.Config) -> None:
         executor_name=executor,
         report_dir=report_dir if report_dir.is_absolute() else Path(os.getcwd()) / report_dir,
         terminal=Terminal(config),
+        keep_services=bool(config.getoption("keep_services")),
+        reuse_services=config.getoption("reuse_services"),
+        slurm_overrides=_slurm_overrides(config, recipe),
     )
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)

@@ -227,6 +227,9 @@ class SlurmSettings(_Section):
     time_limit: str = "01:00:00"
     setup: list[Text] = Field(default_factory=list)
     additional: dict[str, SbatchValue] = Field(default_factory=dict)
+    pending_timeout_s: PositiveFloat = 300.0
+    """A job still waiting in the queue after this long is cancelled and its start fails,
+    naming Slurm's reason (no free nodes, a reservation, a begin time...)."""
 
     @field_validator("time_limit", mode="before")
     @classmethod

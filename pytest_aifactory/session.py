@@ -15,12 +15,16 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from pytest_aifactory.cases import LoadCase, process_specs, slug
-from pytest_aifactory.cluster.base import JobExecutor, JobHandle, JobResources
+from pytest_aifactory.cluster.base import JobExecutor, JobHandle, JobResources, SubmitError
 from pytest_aifactory.cluster.local import LocalJobExecutor
+from pytest_aifactory.cluster.registry import JobRegistry, KeptService, find_kept_services
 from pytest_aifactory.cluster.rundir import RunDir, make_run_id
 from pytest_aifactory.services.manager import Endpoint, ServiceManager
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from pytest_aifactory.loadgen.spec import LoadSpec
     from pytest_aifactory.metrics.slo import SloOutcome
     from pytest_aifactory.recipe import Recipe
     from pytest_aifactory.terminal import Terminal
@@ -61,13 +65,23 @@ class CaseResult:
         return "\n".join(lines)
 
 
-def make_executor(name: str, run: RunDir) -> JobExecutor:
+def make_executor(
+    name: str,
+    run: RunDir,
+    recipe: Recipe | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> JobExecutor:
+    """The run's executor; `overrides` are the command line's Slurm settings (`partition`,
+    `account`, `qos`, `time_limit`, `setup`, `pending_timeout_s`) over the recipe's."""
     if name == "local":
         return LocalJobExecutor(run)
     if name == "slurm":
-        from pytest_aifactory.cluster.slurm import SlurmJobExecutor  # type: ignore[import-not-found]
+        from pytest_aifactory.cluster.slurm import SlurmError, SlurmJobExecutor
 
-        return SlurmJobExecutor(run)  # type: ignore[no-any-return]
+        try:
+            return SlurmJobExecutor(run, recipe, overrides)
+        except SlurmError as err:
+            raise CaseError(str(err)) from None
     raise CaseError(f"unknown executor '{name}' (expected local or slurm)")
 
 
@@ -78,11 +92,19 @@ class AIFactorySession:
         executor_name: str,
         report_dir: Path,
         terminal: Terminal,
+        keep_services: bool = False,
+        reuse_services: str | None = None,
+        slurm_overrides: Mapping[str, Any] | None = None,
     ) -> None:
         self.recipe = recipe
         self.executor_name = executor_name
         self.report_dir = report_dir
         self.terminal = terminal
+        self.keep_services = keep_services
+        self.reuse_services = reuse_services
+        self.slurm_overrides = dict(slurm_overrides or {})
+        """A run whose kept services to use, `latest` for this recipe's latest; None: start."""
+        self.registry: JobRegistry | None = None
         self.run: RunDir | None = None
         self.executor: JobExecutor | None = None
         self.services: ServiceManager | None = None
@@ -96,11 +118,33 @@ class AIFactorySession:
         if self.run is None:
             self.run = RunDir.create(self.report_dir, make_run_id(self.recipe.name))
             self.run.start_heartbeat()
-            self.executor = make_executor(self.executor_name, self.run)
-            self.services = ServiceManager(
-                self.recipe, self.run, self.executor, on_phase=self._phase
+            self.executor = make_executor(
+                self.executor_name, self.run, self.recipe, self.slurm_overrides
+            )
+            self.registry = JobRegistry.start(
+                self.run,
+                self.recipe.name,
+                str(self.recipe.path),
+                self.executor,
+                self.started_at,
+                keep_services=self.keep_services,
             )
             self.terminal.line(f"run {self.run.run_id}: {self.run.root}")
+            reuse: dict[str, KeptService] = {}
+            if self.reuse_services is not None:
+                reuse, message = find_kept_services(
+                    self.recipe.name, self.reuse_services, exclude=self.run.root.resolve()
+                )
+                self.terminal.line(message if reuse else f"{message}: starting new ones")
+            self.services = ServiceManager(
+                self.recipe,
+                self.run,
+                self.executor,
+                on_phase=self._phase,
+                keep=self.keep_services,
+                reuse=reuse,
+                on_ready=self.registry.service_ready,
+            )
             self._save()
         assert self.executor is not None
         assert self.services is not None
@@ -116,29 +160,55 @@ class AIFactorySession:
         if self.status == "running":
             self.status = status
         assert self.executor is not None
-        cancelled = self.executor.cancel_all()
+        kept = self._kept_services()
+        cancelled = self.executor.cancel_all(keep=[e.job for e in kept if e.job is not None])
         if cancelled:
             names = ", ".join(h.name for h in cancelled)
             self.terminal.line(f"stopped {len(cancelled)} job(s): {names}")
+        if kept:
+            where = ", ".join(f"service-{e.name} at {e.host}:{e.port}" for e in kept)
+            self.terminal.line(
+                f"kept {len(kept)} service(s) running: {where}; "
+                f"stop with `aifactory stop {self.run.run_id}`"
+            )
         self.run.stop_heartbeat()
+        if self.registry is not None:
+            self.registry.finish(
+                self.status,
+                self.executor.handles,
+                cancelled=cancelled,
+                kept=[e.job for e in kept if e.job is not None],
+            )
         self._save()
 
+    def _kept_services(self) -> list[Endpoint]:
+        """With --keep-services: the services this run started that still run."""
+        if not self.keep_services or self.services is None:
+            return []
+        return [
+            e
+            for e in self.services.endpoints.values()
+            if e.job is not None and not e.job.finished()
+        ]
+
     def _save(self) -> None:
-        from pytest_aifactory.report.run_store import save_run
+        from pytest_aifactory.report.run_store import results_records, save_run, test_entry
 
         assert self.run is not None
-        save_run(self.run, self.recipe, self.results, self.status, self.started_at)
+        tests = [test_entry(r) for r in self.results]
+        records = results_records(self.results)
+        save_run(self.run, self.recipe, tests, records, self.status, self.started_at)
 
     # -- running a case -----------------------------------------------------------------------
 
     def run_case(self, case: LoadCase, test_id: str, name: str) -> CaseResult:
-        from pytest_aifactory.loadgen.records import read_records
-        from pytest_aifactory.loadgen.runner import run_load
-        from pytest_aifactory.metrics import slo as slo_eval
-        from pytest_aifactory.metrics.stats import summarize_llm
+        from pytest_aifactory.loadgen.runner import run_load_task
         from pytest_aifactory.services.manager import ServiceStartError
 
-        run, executor, services = self._ensure_started()
+        try:
+            run, executor, services = self._ensure_started()
+        except SubmitError as err:
+            raise CaseError(str(err)) from None
 
         client = self.recipe.clients[case.client]
         try:
@@ -154,20 +224,48 @@ class AIFactorySession:
             records_path=lambda i: run.records_path(case_slug, i),
             progress_path=lambda i: run.progress_path(case_slug, i),
             heartbeat_path=str(run.heartbeat_path),
-            start_at=time.time() + 5.0,
+            barrier_dir=run.root / "barrier" / case_slug,
         )
         for spec in specs:
             Path(spec.records_path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             Path(spec.progress_path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         started_at = time.time()
-        handles = executor.submit_many(
-            run_load,
-            [(spec,) for spec in specs],
-            name=f"client-{case_slug}",
-            role="client",
-            resources=JobResources(nodes=client.nodes, tasks_per_node=1),
-        )
-        notes = self._watch(case, handles, [Path(s.progress_path) for s in specs], endpoint)
+        # one job for all nodes x processes: one submission however wide the fan-out
+        try:
+            handle = executor.submit(
+                run_load_task,
+                specs,
+                name=f"client-{case_slug}",
+                role="client",
+                resources=JobResources(
+                    nodes=client.nodes, tasks_per_node=client.processes_per_node
+                ),
+            )
+        except SubmitError as err:
+            raise CaseError(f"client '{case.client}' could not be submitted: {err}") from None
+        try:
+            notes = self._watch(case, handle, [Path(s.progress_path) for s in specs], endpoint)
+        except KeyboardInterrupt:
+            # keep what this case measured before the interruption in the saved run
+            self.status = "interrupted"
+            self._collect(case, test_id, name, specs, started_at, ["interrupted during the load"])
+            raise
+        return self._collect(case, test_id, name, specs, started_at, notes)
+
+    def _collect(
+        self,
+        case: LoadCase,
+        test_id: str,
+        name: str,
+        specs: list[LoadSpec],
+        started_at: float,
+        notes: list[str],
+    ) -> CaseResult:
+        """Merge the processes' records, compute the statistics, judge the SLOs, save."""
+        from pytest_aifactory.loadgen.records import read_records
+        from pytest_aifactory.metrics import slo as slo_eval
+        from pytest_aifactory.metrics.stats import summarize_llm
+
         records = read_records(Path(s.records_path) for s in specs)
         measured = records[records["phase"] == "measure"] if "phase" in records else records
         requested_rate = case.level if case.mode == "rate" else None
@@ -192,16 +290,16 @@ class AIFactorySession:
     def _watch(
         self,
         case: LoadCase,
-        handles: list[JobHandle],
+        handle: JobHandle,
         progress_paths: list[Path],
         endpoint: Endpoint,
     ) -> list[str]:
-        """Wait for the client jobs, showing progress; say what went wrong, lose nothing."""
+        """Wait for the client job, showing progress; say what went wrong, lose nothing."""
         assert self.executor is not None
         notes: list[str] = []
         service_died = False
         try:
-            while not all(h.finished() for h in handles):
+            while not handle.finished():
                 self._show_progress(case, progress_paths, final=False)
                 if not service_died and not endpoint.alive():
                     service_died = True
@@ -211,14 +309,11 @@ class AIFactorySession:
                     )
                 time.sleep(PROGRESS_EVERY_S)
         finally:
-            for handle in handles:
-                if not handle.finished():
-                    self.executor.cancel(handle)
+            if not handle.finished():
+                self.executor.cancel(handle)
         self._show_progress(case, progress_paths, final=True)
-        for index, handle in enumerate(handles):
-            error = handle.exception_text()
-            if error:
-                notes.append(f"client process {index} ended early: {error}")
+        for index, error in handle.task_errors().items():
+            notes.append(f"client process {index} ended early: {error}")
         return notes
 
     def _show_progress(self, case: LoadCase, paths: list[Path], final: bool) -> None:

@@ -58,6 +58,13 @@ def recipe_document() -> dict[str, Any]:
                 "dataset": dataset,
                 "load": {"mode": "rate", "levels": [4], "arrival": "constant", "requests": 20},
             },
+            "fan": {
+                "kind": "openai",
+                "service": "llm",
+                "processes_per_node": 3,
+                "dataset": dataset,
+                "load": {"mode": "concurrency", "levels": [3], "requests": 9},
+            },
             "strict": {
                 "kind": "openai",
                 "service": "llm",
@@ -93,7 +100,12 @@ def records(session: Session) -> pd.DataFrame:
 
 def test_verdicts_follow_the_slos(session: Session) -> None:
     assert session.returncode == 1, session.output
-    for passing in ("chat-concurrency-2", "dialog-concurrency-1", "paced-rate-4"):
+    for passing in (
+        "chat-concurrency-2",
+        "dialog-concurrency-1",
+        "paced-rate-4",
+        "fan-concurrency-3",
+    ):
         assert f"test_serving[{passing}] PASSED" in session.stdout, session.output
     assert "test_serving[strict-concurrency-1] FAILED" in session.stdout
     breach = [
@@ -106,7 +118,7 @@ def test_verdicts_follow_the_slos(session: Session) -> None:
 
 def test_streaming_metrics_are_consistent(records: pd.DataFrame) -> None:
     ok = records[records["error"] == ""]
-    assert len(ok) == len(records) == 12 + 3 + 20 + 3
+    assert len(ok) == len(records) == 12 + 3 + 20 + 9 + 3
     assert (ok["ttft_ms"] > 0).all()
     assert (ok["ttft_ms"] < ok["e2el_ms"]).all()
     # the server's usage, not an estimate: exactly the requested output length
@@ -135,6 +147,16 @@ def test_concurrency_is_never_exceeded(records: pd.DataFrame) -> None:
     assert max_in_flight(chat) == 2
 
 
+def test_fanned_out_processes_make_one_load(records: pd.DataFrame) -> None:
+    fan = records[records["client"] == "fan"]
+    assert sorted(fan["process"].unique()) == [0, 1, 2]
+    assert len(fan) == 9
+    assert max_in_flight(fan) == 3
+    # the start barrier: every process sends its first request at the same moment
+    first_sends = fan.groupby("process")["send_ts"].min()
+    assert first_sends.max() - first_sends.min() < 0.05
+
+
 def test_rate_mode_reaches_the_requested_rate(session: Session) -> None:
     (test,) = [t for t in session.summary()["tests"] if t["client"] == "paced"]
     achieved = test["per_level"]["achieved_rate"]
@@ -153,6 +175,7 @@ def test_run_is_saved(session: Session, records: pd.DataFrame) -> None:
         "test_serving[dialog-concurrency-1]",
         "test_serving[paced-rate-4]",
         "test_serving[strict-concurrency-1]",
+        "test_serving[fan-concurrency-3]",
     }
     chat = next(t for t in summary["tests"] if t["client"] == "chat")
     assert chat["counts"]["completed"] == 12

@@ -10,7 +10,7 @@ import abc
 import contextlib
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,10 @@ class JobResources:
     cpus_per_task: int | None = None
     memory: str | None = None
     time_limit_min: int = 60
+
+
+class SubmitError(Exception):
+    """The scheduler refused a job (bad partition, impossible resources); user-facing."""
 
 
 def tail_lines(path: Path, lines: int) -> list[str]:
@@ -117,6 +121,21 @@ class JobHandle:
                 parts.extend(kept[-lines:])
         return "\n".join(parts) if parts else f"(no log output from {self.name})"
 
+    def task_errors(self) -> dict[int, str]:
+        """Per task of a finished job, the error of those that raised or were killed."""
+        if not self.finished():
+            return {}
+        errors: dict[int, str] = {}
+        for index in range(self.job.num_tasks):
+            try:
+                exc = self.job.task(index).exception()
+            except Exception as err:  # no result at all: the task was killed
+                errors[index] = f"{type(err).__name__}: {err}"
+                continue
+            if exc is not None:
+                errors[index] = final_error_line(str(exc))
+        return errors
+
     def exception_text(self) -> str | None:
         """The job's own error when it ended by raising (submitit keeps the traceback)."""
         if not self.finished():
@@ -136,6 +155,8 @@ class JobExecutor(abc.ABC):
     def __init__(self, run: RunDir) -> None:
         self.run = run
         self.handles: list[JobHandle] = []
+        self.listeners: list[Callable[[list[JobHandle]], None]] = []
+        """Told of every new job at once (the run's job registry records it)."""
 
     @abc.abstractmethod
     def _executor(self, job_name: str, resources: JobResources) -> submitit.Executor: ...
@@ -150,7 +171,7 @@ class JobExecutor(abc.ABC):
     ) -> JobHandle:
         executor = self._executor(name, resources or JobResources())
         handle = JobHandle(name=name, role=role, job=executor.submit(fn, *args))
-        self.handles.append(handle)
+        self._submitted([handle])
         return handle
 
     def submit_many(
@@ -167,8 +188,13 @@ class JobExecutor(abc.ABC):
         with executor.batch():
             jobs = [executor.submit(fn, *args) for args in args_list]
         handles = [JobHandle(name=f"{name}.{i}", role=role, job=job) for i, job in enumerate(jobs)]
-        self.handles.extend(handles)
+        self._submitted(handles)
         return handles
+
+    def _submitted(self, handles: list[JobHandle]) -> None:
+        self.handles.extend(handles)
+        for listener in self.listeners:
+            listener(handles)
 
     def cancel(self, handle: JobHandle) -> None:
         with contextlib.suppress(Exception):
@@ -180,9 +206,12 @@ class JobExecutor(abc.ABC):
         """Backends that can see the job's processes make sure they are gone."""
         return None
 
-    def cancel_all(self) -> list[JobHandle]:
-        """Cancel every job of the run that is still running; returns those it cancelled."""
-        cancelled = [h for h in self.handles if not h.finished()]
+    def cancel_all(self, keep: Collection[JobHandle] = ()) -> list[JobHandle]:
+        """Cancel every job of the run that is still running, but those in `keep` (services
+        kept for later sessions); returns those it cancelled."""
+        kept = {id(h) for h in keep}
+        cancelled = [h for h in self.handles if not h.finished() and id(h) not in kept]
         for handle in reversed(self.handles):
-            self.cancel(handle)
+            if id(handle) not in kept:
+                self.cancel(handle)
         return cancelled

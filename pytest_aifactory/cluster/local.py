@@ -38,7 +38,11 @@ class LocalJobExecutor(JobExecutor):
 
     def _executor(self, job_name: str, resources: JobResources) -> submitit.Executor:
         executor = submitit.LocalExecutor(folder=self.run.jobs_dir / job_name)
-        executor.update_parameters(timeout_min=resources.time_limit_min)
+        # one machine: every node's processes are tasks of the one local job
+        executor.update_parameters(
+            timeout_min=resources.time_limit_min,
+            tasks_per_node=resources.nodes * resources.tasks_per_node,
+        )
         return executor
 
     def cancel(self, handle: JobHandle) -> None:

@@ -230,3 +230,11 @@ def write_parquet(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, target)
     return target
+
+
+def read_parquet(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Records saved by `write_parquet`, with the same dtypes as `read_records` gives."""
+    import pandas as pd
+
+    frame = pd.read_parquet(path)
+    return records_frame(frame.to_dict("records"))

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from pytest_aifactory.cluster.rundir import HEARTBEAT_STALE_S
+from pytest_aifactory.loadgen.barrier import agreed_start
 from pytest_aifactory.loadgen.progress import WRITE_EVERY_S, Progress
 from pytest_aifactory.loadgen.records import RECORD_FIELDS, Clock, RecordWriter
 from pytest_aifactory.loadgen.registry import CLIENT_KINDS, client_kind, get_client_kind
@@ -48,6 +51,19 @@ def validate(spec: LoadSpec) -> None:
         raise ValueError("a load needs `requests` or `duration_s`")
     if spec.max_concurrency is not None and spec.max_concurrency < 1:
         raise ValueError(f"max_concurrency must be at least 1, got {spec.max_concurrency}")
+
+
+def run_load_task(specs: list[LoadSpec]) -> dict[str, Any]:
+    """Entry point of a fanned-out client job: every task of the job (one per node and process)
+    runs the spec of its global rank, and records which node it ran on."""
+    import submitit
+
+    rank = submitit.JobEnvironment().global_rank
+    if rank >= len(specs):
+        return {"idle": True}  # more tasks than processes with a share of the load
+    spec = specs[rank]
+    node = os.environ.get("SLURMD_NODENAME") or os.uname().nodename
+    return run_load(dataclasses.replace(spec, node=node))
 
 
 def run_load(spec: LoadSpec) -> dict[str, Any]:
@@ -170,8 +186,14 @@ class LoadDriver:
         await self._gather([worker() for _ in range(width)])
 
     async def _wait_for_start(self) -> None:
-        if self.spec.start_at is not None:
-            await self._sleep_until(self.clock.ns_at(self.spec.start_at))
+        start_at = self.spec.start_at
+        if self.spec.barrier_dir and self.spec.processes > 1:
+            agreed = await agreed_start(
+                Path(self.spec.barrier_dir), self.spec.process, self.spec.processes
+            )
+            start_at = max(start_at or 0.0, agreed)
+        if start_at is not None:
+            await self._sleep_until(self.clock.ns_at(start_at))
 
     async def _closed_loop(self, send: SendFn) -> None:
         """`level` workers, each sending its next request as soon as its last one finished."""

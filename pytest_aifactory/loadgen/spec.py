@@ -49,4 +49,7 @@ class LoadSpec:
     process: int = 0
     processes: int = 1
     start_at: float | None = None
+    """Wall-clock start time, when the caller fixes it."""
+    barrier_dir: str | None = None
+    """Shared folder where the `processes` processes of this load agree on a start time."""
     heartbeat_path: str | None = None

@@ -1,7 +1,8 @@
 """Writes a run to disk: summary.json, records.parquet and the pytest-benchmark JSON.
 
 Rewritten after every test, so an interrupted session still leaves a readable run with all
-that was measured up to then.
+that was measured up to then. Under pytest-xdist each worker writes its part (`parts/`), and
+the controller merges the parts into the one run.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from pytest_aifactory import __version__
-from pytest_aifactory.loadgen.records import write_parquet
+from pytest_aifactory.loadgen.records import read_parquet, write_parquet
 from pytest_aifactory.metrics.stats import json_safe
 from pytest_aifactory.report.environment import collect_environment
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 SUMMARY_FORMAT = 1
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
@@ -40,25 +41,33 @@ def _iso(ts: float) -> str:
 
 
 def test_entry(result: CaseResult) -> dict[str, Any]:
-    return {
-        "test_id": result.test_id,
-        "name": result.name,
-        "client": result.case.client,
-        "kind": result.case.kind,
-        "mode": result.case.mode,
-        "level": result.case.level,
-        "level_label": result.case.label,
-        "passed": result.passed,
-        "notes": result.notes,
-        "started_at": _iso(result.started_at),
-        "ended_at": _iso(result.ended_at),
-        "slo": [o.to_dict() for o in result.outcomes],
-        **result.summary,
-    }
+    """One test of summary.json: identity, verdict, SLO outcomes and every statistic."""
+    return json_safe(
+        {
+            "test_id": result.test_id,
+            "name": result.name,
+            "client": result.case.client,
+            "kind": result.case.kind,
+            "mode": result.case.mode,
+            "level": result.case.level,
+            "level_label": result.case.label,
+            "passed": result.passed,
+            "notes": result.notes,
+            "started_at": _iso(result.started_at),
+            "ended_at": _iso(result.ended_at),
+            "slo": [o.to_dict() for o in result.outcomes],
+            **result.summary,
+        }
+    )
+
+
+def results_records(results: list[CaseResult]) -> pd.DataFrame:
+    frames = [r.records.assign(test_id=r.test_id) for r in results if len(r.records)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def build_summary(
-    run: RunDir, recipe: Recipe, results: list[CaseResult], status: str, started_at: float
+    run: RunDir, recipe: Recipe, tests: list[dict[str, Any]], status: str, started_at: float
 ) -> dict[str, Any]:
     return {
         "format": SUMMARY_FORMAT,
@@ -70,32 +79,73 @@ def build_summary(
             "document": recipe.model_dump(mode="json"),
         },
         "status": status,
-        "verdict": "pass" if results and all(r.passed for r in results) else "fail",
+        "verdict": "pass" if tests and all(t["passed"] for t in tests) else "fail",
         "started_at": _iso(started_at),
         "written_at": dt.datetime.now(dt.UTC).isoformat(),
         "aifactory_version": __version__,
         "environment": collect_environment(),
-        "tests": [test_entry(r) for r in results],
+        "tests": tests,
     }
 
 
 def save_run(
-    run: RunDir, recipe: Recipe, results: list[CaseResult], status: str, started_at: float
+    run: RunDir,
+    recipe: Recipe,
+    tests: list[dict[str, Any]],
+    records: pd.DataFrame,
+    status: str,
+    started_at: float,
 ) -> None:
-    summary = build_summary(run, recipe, results, status, started_at)
-    _atomic_write(run.root / "summary.json", json.dumps(json_safe(summary), indent=2))
-    if results:
-        frames = [r.records.assign(test_id=r.test_id) for r in results if len(r.records)]
-        if frames:
-            write_parquet(pd.concat(frames, ignore_index=True), run.root / "records.parquet")
-        save_benchmark(run, recipe, results, summary)
+    summary = build_summary(run, recipe, tests, status, started_at)
+    atomic_write(run.root / "summary.json", json.dumps(json_safe(summary), indent=2))
+    if len(records):
+        write_parquet(records, run.root / "records.parquet")
+    if tests:
+        save_benchmark(run, recipe, tests, records, summary)
+
+
+# -- parts written by pytest-xdist workers ---------------------------------------------------
+
+
+def save_part(run: RunDir, worker: str, tests: list[dict[str, Any]], records: pd.DataFrame) -> None:
+    parts = run.root / "parts"
+    parts.mkdir(exist_ok=True, mode=0o700)
+    atomic_write(parts / f"{worker}.json", json.dumps(json_safe(tests), indent=2))
+    if len(records):
+        write_parquet(records, parts / f"{worker}.parquet")
+
+
+def load_parts(run: RunDir) -> tuple[list[dict[str, Any]], pd.DataFrame]:
+    tests: list[dict[str, Any]] = []
+    frames: list[pd.DataFrame] = []
+    parts = run.root / "parts"
+    for path in sorted(parts.glob("*.json")):
+        tests.extend(json.loads(path.read_text()))
+        if path.with_suffix(".parquet").exists():
+            frames.append(read_parquet(path.with_suffix(".parquet")))
+    tests.sort(key=lambda t: t.get("started_at") or "")
+    records = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return tests, records
+
+
+# -- pytest-benchmark ------------------------------------------------------------------------
 
 
 def save_benchmark(
-    run: RunDir, recipe: Recipe, results: list[CaseResult], summary: dict[str, Any]
+    run: RunDir,
+    recipe: Recipe,
+    tests: list[dict[str, Any]],
+    records: pd.DataFrame,
+    summary: dict[str, Any],
 ) -> Path:
     """pytest-benchmark's format, in the run and under `.benchmarks/` (one file per run)."""
     from pytest_aifactory.report.benchmark_json import save_benchmark_json, to_benchmark_json
+
+    def measured(test_id: str) -> pd.DataFrame:
+        if not len(records):
+            return records
+        frame = records[records["test_id"] == test_id]
+        return frame[frame["phase"] == "measure"]
 
     data = to_benchmark_json(
         {
@@ -104,29 +154,27 @@ def save_benchmark(
             "datetime": summary["started_at"],
             "tests": [
                 {
-                    "test_id": r.test_id,
-                    "name": r.name,
-                    "client": r.case.client,
-                    "level_label": r.case.label,
-                    "records": r.records[r.records["phase"] == "measure"]
-                    if "phase" in r.records
-                    else r.records,
-                    "summary": r.summary,
-                    "slo": [o.to_dict() for o in r.outcomes],
-                    "passed": r.passed,
+                    "test_id": t["test_id"],
+                    "name": t["name"],
+                    "client": t["client"],
+                    "level_label": t["level_label"],
+                    "records": measured(t["test_id"]),
+                    "summary": t,
+                    "slo": t["slo"],
+                    "passed": t["passed"],
                 }
-                for r in results
+                for t in tests
             ],
             "machine_info": None,
             "commit_info": None,
         }
     )
-    _atomic_write(run.root / "benchmark.json", json.dumps(json_safe(data), indent=2))
+    atomic_write(run.root / "benchmark.json", json.dumps(json_safe(data), indent=2))
     storage = Path(os.environ.get("AIFACTORY_BENCHMARK_STORAGE", ".benchmarks"))
     marker = run.root / ".benchmark-path"
     if marker.exists():  # rewrite the same file as the run goes on, not a new one per test
         target = Path(marker.read_text().strip())
-        _atomic_write(target, json.dumps(json_safe(data), indent=2))
+        atomic_write(target, json.dumps(json_safe(data), indent=2))
         return target
     target = save_benchmark_json(json_safe(data), storage, run.run_id)
     marker.write_text(str(target.resolve()))

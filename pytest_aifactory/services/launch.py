@@ -2,6 +2,13 @@
 
 It runs inside the job (a local process or a Slurm allocation), never in the driver. The server
 is its child with a parent-death signal, so however the job ends the server ends with it.
+
+A service over several nodes is one job with one task per node, and every task runs
+`run_service`. Rank 0 is the head: the other ranks wait until the head has announced itself (so
+a worker can join it), each rank writes its own rendezvous file, and the head writes the
+service's rendezvous, the one the driver waits for, once every rank is up. Kinds whose workers
+run something else than the head (vLLM: Ray head + API server on rank 0, Ray workers elsewhere)
+give that command as `worker_argv`; `AIFACTORY_ROLE` tells a shared command which one it is.
 """
 
 from __future__ import annotations
@@ -10,19 +17,32 @@ import contextlib
 import ctypes
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pytest_aifactory.cluster.rendezvous import Rendezvous, free_port, write_rendezvous
+from pytest_aifactory.cluster.node import LOOPBACK, node_address, node_name
+from pytest_aifactory.cluster.rendezvous import (
+    Rendezvous,
+    free_port,
+    read_rendezvous,
+    write_rendezvous,
+)
 from pytest_aifactory.cluster.rundir import driver_gone
+
+if TYPE_CHECKING:
+    from pytest_aifactory.recipe import Container
 
 _PR_SET_PDEATHSIG = 1
 POLL_S = 0.2
 STOP_GRACE_S = 10.0
+SIGNAL_GRACE_S = 1.0
+AUTO_HOST = "auto"
+"""`ServiceLaunch.host` meaning "this node's own address", resolved inside the job."""
 
 
 class ServiceExited(RuntimeError):
@@ -37,9 +57,27 @@ class ServiceLaunch:
     argv: list[str]
     rendezvous_path: str
     env: dict[str, str] = field(default_factory=dict)
-    host: str = "127.0.0.1"
+    host: str = LOOPBACK
+    """Address to bind; `auto` is the address of the node the task runs on."""
     port: int | None = None
     heartbeat_path: str | None = None
+    worker_argv: list[str] | None = None
+    """What ranks other than 0 run in a multi-node service; None: the same as rank 0."""
+    container: Container | None = None
+    gpus: bool = False
+    """The service asked for GPUs: a container gets the host's GPU driver (`--nv`)."""
+    ranks_timeout_s: float = 600.0
+    """How long a rank waits for the others (rank 0 announcing itself, every rank being up)."""
+
+
+@dataclass(frozen=True)
+class TaskPlace:
+    """Where this task of the job stands: its rank, the job's size, its node and address."""
+
+    rank: int
+    world_size: int
+    node: str
+    host: str
 
 
 def _die_with_parent() -> None:
@@ -49,9 +87,50 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def fill_placeholders(argv: list[str], host: str, port: int) -> list[str]:
-    """`{host}` and `{port}` only; other braces (JSON arguments) are left alone."""
-    return [a.replace("{host}", host).replace("{port}", str(port)) for a in argv]
+def fill_placeholders(
+    argv: list[str], host: str, port: int, head_host: str | None = None, head_port: int = 0
+) -> list[str]:
+    """`{host}`, `{port}`, `{head_host}` and `{head_port}` only; other braces (JSON arguments)
+    are left alone."""
+    head = head_host or host
+    return [
+        a.replace("{host}", host)
+        .replace("{port}", str(port))
+        .replace("{head_host}", head)
+        .replace("{head_port}", str(head_port or port))
+        for a in argv
+    ]
+
+
+def resolve_host(host: str) -> str:
+    return node_address() if host == AUTO_HOST else host
+
+
+def task_rank() -> tuple[int, int]:
+    """(rank, number of tasks) of this task in its submitit job; (0, 1) outside of one."""
+    import submitit
+
+    try:
+        env = submitit.JobEnvironment()
+    except RuntimeError:
+        return 0, 1
+    return int(env.global_rank), int(env.num_tasks)
+
+
+def ranks_dir(rendezvous_path: str | os.PathLike[str]) -> Path:
+    """Where the tasks of a multi-node service write one rendezvous file each."""
+    path = Path(rendezvous_path)
+    return path.parent / f"{path.stem}.ranks"
+
+
+def rank_path(rendezvous_path: str | os.PathLike[str], rank: int) -> Path:
+    return ranks_dir(rendezvous_path) / f"rank-{rank}.json"
+
+
+def read_ranks(rendezvous_path: str | os.PathLike[str], world_size: int) -> list[Rendezvous]:
+    """Every rank's rendezvous, in rank order, or fewer when some ranks are not up yet."""
+    found = [read_rendezvous(rank_path(rendezvous_path, r)) for r in range(world_size)]
+    return [info for info in found if info is not None]
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -66,37 +145,131 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+def _wait_for_head(
+    launch: ServiceLaunch, place: TaskPlace, should_stop: Callable[[], bool]
+) -> Rendezvous | None:
+    """A worker rank starts only once the head has started (it may have to join it)."""
+    deadline = time.monotonic() + launch.ranks_timeout_s
+    while True:
+        head = read_rendezvous(rank_path(launch.rendezvous_path, 0))
+        if head is not None:
+            return head
+        if should_stop():
+            return None
+        if time.monotonic() > deadline:
+            raise ServiceExited(
+                f"{launch.name} rank {place.rank} on {place.node}: rank 0 did not start "
+                f"within {launch.ranks_timeout_s:g} s"
+            )
+        time.sleep(POLL_S)
+
+
+def _command(launch: ServiceLaunch, place: TaskPlace, port: int, head: Rendezvous) -> list[str]:
+    from pytest_aifactory.cluster.container import wrap_command
+
+    argv = launch.argv if place.rank == 0 or launch.worker_argv is None else launch.worker_argv
+    argv = fill_placeholders(argv, place.host, port, head.host, head.port)
+    return wrap_command(argv, launch.container, launch.gpus) if launch.container else argv
+
+
 def run_service(launch: ServiceLaunch) -> int:
     """Start the server and wait for it; returns only when the server ended."""
-    port = launch.port or free_port(launch.host)
-    argv = fill_placeholders(launch.argv, launch.host, port)
+    rank, world_size = task_rank()
+    place = TaskPlace(rank, world_size, node_name(), resolve_host(launch.host))
+    stop_requested: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda sig, _frame: stop_requested.append(sig))
+
+    def should_stop() -> bool:
+        if stop_requested:
+            print("aifactory: job cancelled, stopping", file=sys.stderr, flush=True)
+            return True
+        if driver_gone(launch.heartbeat_path):
+            print("aifactory: driver is gone, stopping", file=sys.stderr, flush=True)
+            return True
+        return False
+
+    port = launch.port or free_port(place.host)
+    head = Rendezvous(launch.name, place.host, port, place.node, os.getpid())
+    if rank > 0:
+        found = _wait_for_head(launch, place, should_stop)
+        if found is None:
+            return 0
+        head = found
+    argv = _command(launch, place, port, head)
     env = {**os.environ, **launch.env, "AIFACTORY_SERVICE": launch.name}
-    env.update({"AIFACTORY_HOST": launch.host, "AIFACTORY_PORT": str(port)})
-    print(f"aifactory: starting {launch.name}: {' '.join(argv)}", file=sys.stderr, flush=True)
+    env.update(
+        {
+            "AIFACTORY_HOST": place.host,
+            "AIFACTORY_PORT": str(port),
+            "AIFACTORY_RANK": str(rank),
+            "AIFACTORY_WORLD_SIZE": str(world_size),
+            "AIFACTORY_ROLE": "head" if rank == 0 else "worker",
+            "AIFACTORY_HEAD_HOST": head.host,
+            "AIFACTORY_HEAD_PORT": str(head.port),
+            "AIFACTORY_NODE": place.node,
+        }
+    )
+    who = launch.name if world_size == 1 else f"{launch.name} rank {rank}/{world_size}"
+    print(
+        f"aifactory: starting {who} on {place.node}: {' '.join(argv)}", file=sys.stderr, flush=True
+    )
     try:
         proc = subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent)
     except OSError as err:
         raise ServiceExited(f"cannot start {argv[0]}: {err.strerror or err}") from None
-    stop_requested: list[int] = []
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda sig, _frame: stop_requested.append(sig))
-    node = socket.gethostname()
-    info = Rendezvous(launch.name, launch.host, port, node, proc.pid, nodes=[node])
-    write_rendezvous(Path(launch.rendezvous_path), info)
+    mine = Rendezvous(launch.name, place.host, port, place.node, proc.pid)
+    announced = rank > 0
+    if world_size == 1:
+        _announce(launch, [mine])
+        announced = True
+    else:
+        ranks_dir(launch.rendezvous_path).mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_rendezvous(rank_path(launch.rendezvous_path, rank), mine)
+    deadline = time.monotonic() + launch.ranks_timeout_s
     try:
         while proc.poll() is None:
-            if stop_requested:
-                print("aifactory: job cancelled, stopping", file=sys.stderr, flush=True)
+            if should_stop():
                 _stop(proc)
                 return 0
-            if driver_gone(launch.heartbeat_path):
-                print("aifactory: driver is gone, stopping", file=sys.stderr, flush=True)
-                _stop(proc)
-                return 0
+            if not announced:
+                ranks = read_ranks(launch.rendezvous_path, world_size)
+                if len(ranks) == world_size:
+                    _announce(launch, ranks)
+                    announced = True
+                elif time.monotonic() > deadline:
+                    up = ", ".join(str(r.node) for r in ranks)
+                    raise ServiceExited(
+                        f"{launch.name}: only {len(ranks)} of {world_size} ranks started within "
+                        f"{launch.ranks_timeout_s:g} s (up: {up})"
+                    )
             time.sleep(POLL_S)
     finally:
         _stop(proc)
-    raise ServiceExited(f"{launch.name} {describe_exit(proc.returncode)}")
+    if _cancelled_with_job(proc.returncode, stop_requested):
+        print("aifactory: job cancelled, server stopped", file=sys.stderr, flush=True)
+        return 0
+    raise ServiceExited(f"{who} {describe_exit(proc.returncode)}")
+
+
+def _cancelled_with_job(returncode: int, stop_requested: list[int]) -> bool:
+    """Slurm signals every process of a cancelled job at once: the server may die of the
+    SIGTERM before this job's own handler has run. That is a stop, not a crash."""
+    if returncode not in (-signal.SIGTERM, -signal.SIGINT):
+        return False
+    deadline = time.monotonic() + SIGNAL_GRACE_S
+    while not stop_requested and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return bool(stop_requested)
+
+
+def _announce(launch: ServiceLaunch, ranks: list[Rendezvous]) -> None:
+    """The service's rendezvous: the head's address, and every rank's `host:port`."""
+    head = ranks[0]
+    info = Rendezvous(
+        launch.name, head.host, head.port, head.node, head.pid, nodes=[r.address for r in ranks]
+    )
+    write_rendezvous(Path(launch.rendezvous_path), info)
 
 
 def describe_exit(returncode: int) -> str:

@@ -7,15 +7,19 @@ instead of trying (and waiting) again.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from pytest_aifactory.cluster.base import JobExecutor, JobHandle, JobResources
+from pytest_aifactory.cluster.base import JobExecutor, JobHandle, JobResources, SubmitError
+from pytest_aifactory.cluster.registry import KeptService
 from pytest_aifactory.cluster.rendezvous import Rendezvous, port_is_free, read_rendezvous
 from pytest_aifactory.cluster.rundir import RunDir
-from pytest_aifactory.services.base import ServiceConfigError, ServicePlan, get_kind
+from pytest_aifactory.services.base import HealthCheck, ServiceConfigError, ServicePlan, get_kind
 from pytest_aifactory.services.health import base_url, is_healthy
 from pytest_aifactory.services.launch import ServiceLaunch, run_service
 
@@ -27,6 +31,8 @@ PhaseCallback = Callable[[str, str, float, str], None]
 
 POLL_S = 0.1
 LOG_TAIL_LINES = 50
+KEPT_LOCAL_TIME_LIMIT_MIN = 7 * 24 * 60
+"""A kept local service runs until `aifactory stop` (or a week); on Slurm the recipe's limit."""
 
 
 class ServiceStartError(Exception):
@@ -48,6 +54,9 @@ class Endpoint:
     job: JobHandle | None = None
     started_s: float = 0.0
     nodes: list[str] = field(default_factory=list)
+    health: HealthCheck | None = None
+    reused_from: KeptService | None = None
+    """Set when another run kept this service and this session only uses it."""
 
     def alive(self) -> bool:
         return self.job is None or not self.job.finished()
@@ -60,11 +69,19 @@ class ServiceManager:
         run: RunDir,
         executor: JobExecutor,
         on_phase: PhaseCallback | None = None,
+        *,
+        keep: bool = False,
+        reuse: Mapping[str, KeptService] | None = None,
+        on_ready: Callable[[Endpoint], None] | None = None,
     ) -> None:
         self.recipe = recipe
         self.run = run
         self.executor = executor
         self.on_phase = on_phase or (lambda *_: None)
+        self.keep = keep
+        """Services outlive the session: they do not watch the driver's heartbeat."""
+        self.reuse = dict(reuse or {})
+        self.on_ready = on_ready or (lambda _: None)
         self.endpoints: dict[str, Endpoint] = {}
         self.failures: dict[str, ServiceStartError] = {}
 
@@ -73,11 +90,51 @@ class ServiceManager:
             raise self.failures[name]
         if name not in self.endpoints:
             try:
-                self.endpoints[name] = self._start(name)
+                self.endpoints[name] = self._reused(name) or self._start(name)
             except ServiceStartError as err:
                 self.failures[name] = err
                 raise
+            self.on_ready(self.endpoints[name])
         return self.endpoints[name]
+
+    def _reused(self, name: str) -> Endpoint | None:
+        """A kept service of another run, if it is the same kind and answers its health check;
+        otherwise None (and why), and the service is started as usual."""
+        kept = self.reuse.get(name)
+        if kept is None:
+            return None
+        kind = self.recipe.services[name].kind
+        if kept.service.kind != kind:
+            self.on_phase(
+                name,
+                "not reused",
+                0.0,
+                f"run {kept.run_id} kept a '{kept.service.kind}' service, this recipe's is "
+                f"'{kind}': starting a new one",
+            )
+            return None
+        if not kept.healthy():
+            self.on_phase(
+                name,
+                "not reused",
+                0.0,
+                f"{kept.address} (kept by run {kept.run_id}) is not healthy: starting a new one",
+            )
+            return None
+        self.on_phase(name, "reused", 0.0, f"{kept.address} kept by run {kept.run_id}")
+        service = kept.service
+        return Endpoint(
+            name=name,
+            kind=kind,
+            host=service.host,
+            port=service.port,
+            url=service.url,
+            served_model=service.served_model,
+            metrics_url=service.metrics_url,
+            node=kept.nodes[0] if kept.nodes else "",
+            health=HealthCheck(http_path=service.health_path),
+            reused_from=kept,
+        )
 
     def _start(self, name: str) -> Endpoint:
         service = self.recipe.services[name]
@@ -98,13 +155,20 @@ class ServiceManager:
             env=plan.env,
             host=plan.host,
             port=plan.port,
-            heartbeat_path=str(self.run.heartbeat_path),
+            heartbeat_path=None if self.keep else str(self.run.heartbeat_path),
         )
         resources = JobResources(nodes=service.nodes, gpus_per_node=service.gpus_per_node)
+        local_keep = self.keep and self.executor.name == "local"
+        if local_keep:
+            resources = replace(resources, time_limit_min=KEPT_LOCAL_TIME_LIMIT_MIN)
         start = time.monotonic()
-        job = self.executor.submit(
-            run_service, launch, name=f"service-{name}", role="service", resources=resources
-        )
+        try:
+            with _detached_stdio() if local_keep else contextlib.nullcontext():
+                job = self.executor.submit(
+                    run_service, launch, name=f"service-{name}", role="service", resources=resources
+                )
+        except SubmitError as err:
+            raise ServiceStartError(f"service '{name}' could not be submitted: {err}") from None
         self.on_phase(name, "pending", 0.0, f"job {job.job_id}")
         try:
             rendezvous = self._await_rendezvous(name, job, start, service.health_timeout_s)
@@ -132,6 +196,7 @@ class ServiceManager:
             job=job,
             started_s=elapsed,
             nodes=rendezvous.nodes,
+            health=plan.health,
         )
 
     def _died(self, name: str, job: JobHandle, phase: str) -> ServiceStartError:
@@ -206,9 +271,38 @@ class ServiceManager:
             served_model=plan.served_model,
             metrics_url=plan.external_url + plan.metrics_path if plan.metrics_path else None,
             started_s=elapsed,
+            health=plan.health,
         )
 
     def stop_all(self) -> None:
         for endpoint in self.endpoints.values():
             if endpoint.job is not None:
                 self.executor.cancel(endpoint.job)
+
+
+@contextlib.contextmanager
+def _detached_stdio() -> Iterator[None]:
+    """A local job inherits the driver's stdin/stdout/stderr; one that outlives the driver must
+    not hold them (a pipe such as `pytest ... | tee log` would never see its end)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    saved: dict[int, int | None] = {}
+    for fd in (0, 1, 2):
+        try:
+            saved[fd] = os.dup(fd)
+        except OSError:  # not open in the driver: closed again afterwards
+            saved[fd] = None
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        for fd in saved:
+            os.dup2(devnull, fd)
+        yield
+    finally:
+        for fd, copy in saved.items():
+            if copy is None:
+                os.close(fd)
+            else:
+                os.dup2(copy, fd)
+                os.close(copy)
+        os.close(devnull)
