@@ -6,6 +6,7 @@ reached from here.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -140,8 +141,21 @@ def pytest_configure(config: pytest.Config) -> None:
         reuse_services=config.getoption("reuse_services"),
         slurm_overrides=_slurm_overrides(config, recipe),
     )
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and "aifactory" in workerinput:
+        driver = config.stash[SESSION_KEY]
+        assert driver is not None
+        driver.attach(json.loads(workerinput["aifactory"]), workerinput["workerid"])
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist controller: start the services once, hand the run to every worker."""
+    driver = node.config.stash.get(SESSION_KEY, None)
+    if driver is not None:
+        node.workerinput["aifactory"] = json.dumps(driver.handoff())
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -185,14 +199,14 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     tr.section(f"aifactory: {driver.recipe.name}")
     header = ("test", "verdict", "ok/sent", "TTFT p50", "TTFT p99", "TPOT p50", "out tok/s")
     rows = [header]
-    for result in driver.results:
-        counts = result.summary.get("counts", {})
-        per_request = result.summary.get("per_request", {})
-        per_level = result.summary.get("per_level", {})
+    for test in driver.test_entries():
+        counts = test.get("counts", {})
+        per_request = test.get("per_request", {})
+        per_level = test.get("per_level", {})
         rows.append(
             (
-                result.name,
-                "PASS" if result.passed else "FAIL",
+                test["name"],
+                "PASS" if test["passed"] else "FAIL",
                 f"{counts.get('completed', 0)}/{counts.get('sent', 0)}",
                 _fmt(per_request.get("ttft_ms", {}).get("p50")),
                 _fmt(per_request.get("ttft_ms", {}).get("p99")),

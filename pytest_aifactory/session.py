@@ -30,6 +30,18 @@ if TYPE_CHECKING:
     from pytest_aifactory.terminal import Terminal
 
 PROGRESS_EVERY_S = 0.5
+SHARED_ENDPOINT_FIELDS = (
+    "name",
+    "kind",
+    "host",
+    "port",
+    "url",
+    "served_model",
+    "metrics_url",
+    "node",
+    "nodes",
+)
+"""What a worker needs of a service the controller started (plain values: sent over execnet)."""
 CLIENT_STOP_GRACE_S = 30.0
 
 
@@ -111,10 +123,63 @@ class AIFactorySession:
         self.results: list[CaseResult] = []
         self.started_at = time.time()
         self.status = "running"
+        self.role = "single"
+        """`single`; under pytest-xdist `controller` (owns the run and its services) or
+        `worker` (runs tests against the controller's services, in the same run directory)."""
+        self.worker_id = ""
+        self._handoff: dict[str, Any] | None = None
+
+    # -- pytest-xdist: one run, one set of services, several workers ----------------------------
+
+    def handoff(self) -> dict[str, Any]:
+        """What workers need (run directory, service endpoints); starts every service the
+        recipe's clients use, once, before any worker runs a test."""
+        from pytest_aifactory.services.manager import ServiceStartError
+
+        self.role = "controller"
+        if self._handoff is None:
+            run, _, services = self._ensure_started()
+            endpoints: dict[str, dict[str, Any]] = {}
+            failures: dict[str, str] = {}
+            for name in dict.fromkeys(c.service for c in self.recipe.clients.values()):
+                try:
+                    endpoint = services.endpoint(name)
+                except ServiceStartError as err:
+                    failures[name] = str(err)
+                    continue
+                endpoints[name] = {key: getattr(endpoint, key) for key in SHARED_ENDPOINT_FIELDS}
+            self._handoff = {
+                "run_dir": str(run.root),
+                "endpoints": endpoints,
+                "failures": failures,
+            }
+        return self._handoff
+
+    def attach(self, handoff: dict[str, Any], worker_id: str) -> None:
+        """Make this (worker) session use the controller's run and services."""
+        self.role = "worker"
+        self.worker_id = worker_id
+        self._handoff = handoff
+
+    def _attach_worker(self) -> None:
+        from pytest_aifactory.services.manager import ServiceStartError
+
+        assert self._handoff is not None
+        self.run = RunDir.open(Path(self._handoff["run_dir"]))
+        self.executor = make_executor(
+            self.executor_name, self.run, self.recipe, self.slurm_overrides
+        )
+        self.services = ServiceManager(self.recipe, self.run, self.executor)
+        for name, fields in self._handoff["endpoints"].items():
+            self.services.endpoints[name] = Endpoint(**fields)
+        for name, message in self._handoff["failures"].items():
+            self.services.failures[name] = ServiceStartError(message)
 
     # -- life cycle ---------------------------------------------------------------------------
 
     def _ensure_started(self) -> tuple[RunDir, JobExecutor, ServiceManager]:
+        if self.run is None and self.role == "worker":
+            self._attach_worker()
         if self.run is None:
             self.run = RunDir.create(self.report_dir, make_run_id(self.recipe.name))
             self.run.start_heartbeat()
@@ -160,6 +225,10 @@ class AIFactorySession:
         if self.status == "running":
             self.status = status
         assert self.executor is not None
+        if self.role == "worker":  # the controller stops the services and merges the run
+            self.executor.cancel_all()
+            self._save()
+            return
         kept = self._kept_services()
         cancelled = self.executor.cancel_all(keep=[e.job for e in kept if e.job is not None])
         if cancelled:
@@ -191,13 +260,27 @@ class AIFactorySession:
             if e.job is not None and not e.job.finished()
         ]
 
+    def test_entries(self) -> list[dict[str, Any]]:
+        """Every test of the run as in summary.json (under xdist: all workers' tests)."""
+        from pytest_aifactory.report.run_store import load_parts, test_entry
+
+        if self.role == "controller" and self.run is not None:
+            return load_parts(self.run)[0]
+        return [test_entry(r) for r in self.results]
+
     def _save(self) -> None:
-        from pytest_aifactory.report.run_store import results_records, save_run, test_entry
+        from pytest_aifactory.report import run_store
 
         assert self.run is not None
-        tests = [test_entry(r) for r in self.results]
-        records = results_records(self.results)
-        save_run(self.run, self.recipe, tests, records, self.status, self.started_at)
+        if self.role == "controller":
+            tests, records = run_store.load_parts(self.run)
+        else:
+            tests = [run_store.test_entry(r) for r in self.results]
+            records = run_store.results_records(self.results)
+        if self.role == "worker":
+            run_store.save_part(self.run, self.worker_id, tests, records)
+        else:
+            run_store.save_run(self.run, self.recipe, tests, records, self.status, self.started_at)
 
     # -- running a case -----------------------------------------------------------------------
 

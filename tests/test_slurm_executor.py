@@ -23,7 +23,7 @@ from submitit.slurm.slurm import _make_sbatch_string
 from pytest_aifactory.cluster.base import JobResources
 from pytest_aifactory.cluster.local import LocalJobExecutor
 from pytest_aifactory.cluster.node import node_address, node_name, parse_node_addr
-from pytest_aifactory.cluster.rendezvous import read_rendezvous
+from pytest_aifactory.cluster.rendezvous import Rendezvous, read_rendezvous, write_rendezvous
 from pytest_aifactory.cluster.rundir import RunDir, make_run_id
 from pytest_aifactory.cluster.slurm import (
     SlurmError,
@@ -42,7 +42,7 @@ from pytest_aifactory.services.launch import (
     resolve_host,
     run_service,
 )
-from pytest_aifactory.services.manager import ServiceManager, ServiceStartError
+from pytest_aifactory.services.manager import Endpoint, ServiceManager, ServiceStartError
 from tests.helpers import REPO, Session, run_benchmark, write_recipe
 
 if TYPE_CHECKING:
@@ -238,9 +238,116 @@ def test_multi_node_service_ranks_on_the_local_executor(tmp_path: Path) -> None:
         assert len(info.nodes) == 3
         assert len(set(info.nodes)) == 3
         assert info.nodes[0] == info.address
+        ranks = [read_rendezvous(rank_path(run.rendezvous_path("web"), r)) for r in range(3)]
+        assert all(rank is not None for rank in ranks)
+        launched = [rank.launched_at for rank in ranks if rank and rank.launched_at]
+        assert len(launched) == 3
+        # the service counts as launched once its last rank is
+        assert info.launched_at == max(launched)
+        assert ranks[0] is not None
+        assert info.job_started_at == ranks[0].job_started_at
         wait_for(lambda: all(listens(a) for a in info.nodes), 15, "every rank to listen")
     finally:
         executor.cancel_all()
+
+
+# -- service start timings ---------------------------------------------------------------------
+
+
+def assert_start_timings(endpoint: Endpoint, before: float, after: float) -> None:
+    """The four instants of a started service are in order within the start, and the spans
+    are their differences."""
+    timings = endpoint.timings()
+    instants = [
+        timings[key] for key in ("submitted_at", "job_started_at", "launched_at", "healthy_at")
+    ]
+    assert all(isinstance(t, float) for t in instants), timings
+    assert before <= instants[0] <= instants[1] <= instants[2] <= instants[3] <= after, timings
+    submitted, job_started, launched, healthy = (float(t) for t in instants if t is not None)
+    assert timings["queue_s"] == pytest.approx(job_started - submitted)
+    assert timings["startup_s"] == pytest.approx(launched - job_started)
+    assert timings["health_wait_s"] == pytest.approx(healthy - launched)
+
+
+def test_a_started_service_says_where_its_start_time_went(tmp_path: Path) -> None:
+    recipe = recipe_of(
+        {
+            "services": {
+                "web": {
+                    "kind": "command",
+                    "command": f"{sys.executable} -m http.server {{port}} --bind {{host}}",
+                    "health": {"tcp": True},
+                    "health_timeout_s": 30,
+                }
+            }
+        }
+    )
+    run = RunDir.create(tmp_path / "reports", make_run_id("timings"))
+    run.start_heartbeat()
+    executor = LocalJobExecutor(run)
+    before = time.time()
+    try:
+        endpoint = ServiceManager(recipe, run, executor).endpoint("web")
+        after = time.time()
+    finally:
+        executor.cancel_all()
+        run.stop_heartbeat()
+    assert_start_timings(endpoint, before, after)
+    info = read_rendezvous(run.rendezvous_path("web"))
+    assert info is not None
+    assert (info.job_started_at, info.launched_at) == (
+        endpoint.job_started_at,
+        endpoint.launched_at,
+    )
+    # the health check cannot pass before the server process exists
+    assert endpoint.timings()["health_wait_s"] > 0
+
+
+def test_an_external_service_has_only_a_health_time(tmp_path: Path) -> None:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", "0", "--bind", "127.0.0.1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline().split(" port ")[1].split()[0])
+        recipe = recipe_of(
+            {"services": {"ext": {"kind": "external", "url": f"http://127.0.0.1:{port}"}}}
+        )
+        run = RunDir.create(tmp_path / "reports", make_run_id("external"))
+        before = time.time()
+        endpoint = ServiceManager(recipe, run, LocalJobExecutor(run)).endpoint("ext")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    timings = endpoint.timings()
+    assert timings["healthy_at"] is not None
+    assert before <= timings["healthy_at"] <= time.time()
+    assert {key: value for key, value in timings.items() if value is not None} == {
+        "healthy_at": timings["healthy_at"]
+    }
+
+
+def test_rendezvous_files_without_timings_or_with_unknown_keys_are_read(tmp_path: Path) -> None:
+    older = tmp_path / "older.json"
+    older.write_text(
+        json.dumps({"service": "llm", "host": "10.0.0.2", "port": 8080, "node": "n1", "pid": 7})
+    )
+    info = read_rendezvous(older)
+    assert info is not None
+    assert (info.address, info.nodes, info.job_started_at, info.launched_at) == (
+        "10.0.0.2:8080",
+        [],
+        None,
+        None,
+    )
+    newer = tmp_path / "newer.json"
+    written = Rendezvous("llm", "10.0.0.2", 8080, "n1", 7, job_started_at=1.5, launched_at=2.5)
+    write_rendezvous(newer, written)
+    newer.write_text(json.dumps({**json.loads(newer.read_text()), "gpu_uuids": ["GPU-0"]}))
+    assert read_rendezvous(newer) == written
 
 
 # -- on a real Slurm ---------------------------------------------------------------------------
@@ -364,12 +471,15 @@ def test_three_node_service_runs_one_rank_per_node(
         }
     )
     executor = slurm_executor(recipe)
+    before = time.time()
     endpoint = ServiceManager(recipe, executor.run, executor).endpoint("web")
+    after = time.time()
     ranks = [read_rendezvous(rank_path(executor.run.rendezvous_path("web"), r)) for r in range(3)]
     assert all(rank is not None for rank in ranks)
     assert sorted(rank.node for rank in ranks if rank) == ["n1", "n2", "n3"]
     assert ranks[0] is not None
     assert endpoint.node == ranks[0].node
+    assert_start_timings(endpoint, before, after)
     assert len(endpoint.nodes) == 3
     assert len(set(endpoint.nodes)) == 3
     # the health check is the head's: the other ranks may still be binding their ports

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 
@@ -23,6 +23,10 @@ class Rendezvous:
     node: str
     pid: int
     nodes: list[str] = field(default_factory=list)
+    job_started_at: float | None = None
+    """Wall-clock time the job began running the service (the end of its Slurm queueing)."""
+    launched_at: float | None = None
+    """Wall-clock time the server process was spawned; the health wait counts from here."""
 
     @property
     def address(self) -> str:
@@ -37,12 +41,17 @@ def write_rendezvous(path: Path, info: Rendezvous) -> None:
     os.replace(tmp, path)
 
 
+_FIELDS = frozenset(f.name for f in fields(Rendezvous))
+
+
 def read_rendezvous(path: Path) -> Rendezvous | None:
+    """The file's rendezvous; keys it lacks take their defaults and keys this version does not
+    know are ignored, so files of older and newer versions alike can be read."""
     try:
         data = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-    return Rendezvous(**data)
+    return Rendezvous(**{key: value for key, value in data.items() if key in _FIELDS})
 
 
 def free_port(host: str) -> int:

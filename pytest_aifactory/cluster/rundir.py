@@ -55,6 +55,11 @@ class RunDir:
             private_mkdir(root / sub)
         return run
 
+    @classmethod
+    def open(cls, root: Path) -> RunDir:
+        """An existing run (a pytest-xdist worker joins its controller's run)."""
+        return cls(root=root, run_id=root.name)
+
     @property
     def jobs_dir(self) -> Path:
         return self.root / "jobs"

@@ -174,6 +174,7 @@ def _command(launch: ServiceLaunch, place: TaskPlace, port: int, head: Rendezvou
 
 def run_service(launch: ServiceLaunch) -> int:
     """Start the server and wait for it; returns only when the server ended."""
+    job_started_at = time.time()
     rank, world_size = task_rank()
     place = TaskPlace(rank, world_size, node_name(), resolve_host(launch.host))
     stop_requested: list[int] = []
@@ -190,7 +191,9 @@ def run_service(launch: ServiceLaunch) -> int:
         return False
 
     port = launch.port or free_port(place.host)
-    head = Rendezvous(launch.name, place.host, port, place.node, os.getpid())
+    head = Rendezvous(
+        launch.name, place.host, port, place.node, os.getpid(), job_started_at=job_started_at
+    )
     if rank > 0:
         found = _wait_for_head(launch, place, should_stop)
         if found is None:
@@ -218,7 +221,15 @@ def run_service(launch: ServiceLaunch) -> int:
         proc = subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent)
     except OSError as err:
         raise ServiceExited(f"cannot start {argv[0]}: {err.strerror or err}") from None
-    mine = Rendezvous(launch.name, place.host, port, place.node, proc.pid)
+    mine = Rendezvous(
+        launch.name,
+        place.host,
+        port,
+        place.node,
+        proc.pid,
+        job_started_at=job_started_at,
+        launched_at=time.time(),
+    )
     announced = rank > 0
     if world_size == 1:
         _announce(launch, [mine])
@@ -264,10 +275,19 @@ def _cancelled_with_job(returncode: int, stop_requested: list[int]) -> bool:
 
 
 def _announce(launch: ServiceLaunch, ranks: list[Rendezvous]) -> None:
-    """The service's rendezvous: the head's address, and every rank's `host:port`."""
+    """The service's rendezvous: the head's address, and every rank's `host:port`. The job
+    started when its head did; the service is launched once its last rank's server is."""
     head = ranks[0]
+    launched = [r.launched_at for r in ranks if r.launched_at is not None]
     info = Rendezvous(
-        launch.name, head.host, head.port, head.node, head.pid, nodes=[r.address for r in ranks]
+        launch.name,
+        head.host,
+        head.port,
+        head.node,
+        head.pid,
+        nodes=[r.address for r in ranks],
+        job_started_at=head.job_started_at,
+        launched_at=max(launched) if launched else None,
     )
     write_rendezvous(Path(launch.rendezvous_path), info)
 

@@ -30,6 +30,8 @@ PhaseCallback = Callable[[str, str, float, str], None]
 """(service, phase, seconds since submit, detail)"""
 
 POLL_S = 0.1
+HEALTH_POLL_S = 0.2
+"""Between health checks: also how late `healthy_at` may be."""
 LOG_TAIL_LINES = 50
 KEPT_LOCAL_TIME_LIMIT_MIN = 7 * 24 * 60
 """A kept local service runs until `aifactory stop` (or a week); on Slurm the recipe's limit."""
@@ -57,9 +59,35 @@ class Endpoint:
     health: HealthCheck | None = None
     reused_from: KeptService | None = None
     """Set when another run kept this service and this session only uses it."""
+    submitted_at: float | None = None
+    """Wall-clock time just before the service's job was submitted."""
+    job_started_at: float | None = None
+    """When the job began running the service (written by the job, on its node's clock)."""
+    launched_at: float | None = None
+    """When the job spawned the server process (on a multi-node service: its last rank's)."""
+    healthy_at: float | None = None
+    """When the health check first passed."""
 
     def alive(self) -> bool:
         return self.job is None or not self.job.finished()
+
+    def timings(self) -> dict[str, float | None]:
+        """Where the time to a usable service went: the four instants (epoch seconds) and the
+        spans between them; a span is None when either end does not apply (an external or a
+        reused service was never submitted or launched by this run)."""
+
+        def span(start: float | None, end: float | None) -> float | None:
+            return None if start is None or end is None else end - start
+
+        return {
+            "submitted_at": self.submitted_at,
+            "job_started_at": self.job_started_at,
+            "launched_at": self.launched_at,
+            "healthy_at": self.healthy_at,
+            "queue_s": span(self.submitted_at, self.job_started_at),
+            "startup_s": span(self.job_started_at, self.launched_at),
+            "health_wait_s": span(self.launched_at, self.healthy_at),
+        }
 
 
 class ServiceManager:
@@ -121,6 +149,7 @@ class ServiceManager:
                 f"{kept.address} (kept by run {kept.run_id}) is not healthy: starting a new one",
             )
             return None
+        healthy_at = time.time()
         self.on_phase(name, "reused", 0.0, f"{kept.address} kept by run {kept.run_id}")
         service = kept.service
         return Endpoint(
@@ -134,6 +163,7 @@ class ServiceManager:
             node=kept.nodes[0] if kept.nodes else "",
             health=HealthCheck(http_path=service.health_path),
             reused_from=kept,
+            healthy_at=healthy_at,
         )
 
     def _start(self, name: str) -> Endpoint:
@@ -162,6 +192,7 @@ class ServiceManager:
         if local_keep:
             resources = replace(resources, time_limit_min=KEPT_LOCAL_TIME_LIMIT_MIN)
         start = time.monotonic()
+        submitted_at = time.time()
         try:
             with _detached_stdio() if local_keep else contextlib.nullcontext():
                 job = self.executor.submit(
@@ -174,7 +205,9 @@ class ServiceManager:
             rendezvous = self._await_rendezvous(name, job, start, service.health_timeout_s)
             job.pids.append(rendezvous.pid)
             self.on_phase(name, "starting", time.monotonic() - start, rendezvous.address)
-            self._await_health(name, job, plan, rendezvous, start, service.health_timeout_s)
+            healthy_at = self._await_health(
+                name, job, plan, rendezvous, start, service.health_timeout_s
+            )
         except ServiceStartError:
             self.executor.cancel(job)
             raise
@@ -197,6 +230,10 @@ class ServiceManager:
             started_s=elapsed,
             nodes=rendezvous.nodes,
             health=plan.health,
+            submitted_at=submitted_at,
+            job_started_at=rendezvous.job_started_at,
+            launched_at=rendezvous.launched_at,
+            healthy_at=healthy_at,
         )
 
     def _died(self, name: str, job: JobHandle, phase: str) -> ServiceStartError:
@@ -233,7 +270,8 @@ class ServiceManager:
         rendezvous: Rendezvous,
         start: float,
         timeout_s: float,
-    ) -> None:
+    ) -> float:
+        """Wall-clock time the check first passed."""
         what = f"GET {plan.health.http_path}" if plan.health.http_path else "TCP connect"
         while not is_healthy(rendezvous.host, rendezvous.port, plan.health):
             if job.finished():
@@ -244,7 +282,8 @@ class ServiceManager:
                     f"did not succeed within {timeout_s:g} s (health_timeout_s)\n"
                     f"{job.log_tail(LOG_TAIL_LINES)}"
                 )
-            time.sleep(4 * POLL_S)
+            time.sleep(HEALTH_POLL_S)
+        return time.time()
 
     def _check_external(
         self, name: str, kind: str, plan: ServicePlan, timeout_s: float
@@ -259,7 +298,8 @@ class ServiceManager:
                     f"external service '{name}' at {plan.external_url} is not reachable "
                     f"(no answer within {timeout_s:g} s)"
                 )
-            time.sleep(4 * POLL_S)
+            time.sleep(HEALTH_POLL_S)
+        healthy_at = time.time()
         elapsed = time.monotonic() - start
         self.on_phase(name, "healthy", elapsed, plan.external_url)
         return Endpoint(
@@ -272,6 +312,7 @@ class ServiceManager:
             metrics_url=plan.external_url + plan.metrics_path if plan.metrics_path else None,
             started_s=elapsed,
             health=plan.health,
+            healthy_at=healthy_at,
         )
 
     def stop_all(self) -> None:
