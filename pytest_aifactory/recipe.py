@@ -286,6 +286,19 @@ class Health(_Section):
         return self
 
 
+VLLM_PARALLEL_FLAGS: dict[str, tuple[str, ...]] = {
+    "tensor_parallel_size": ("--tensor-parallel-size", "-tp"),
+    "pipeline_parallel_size": ("--pipeline-parallel-size", "-pp"),
+}
+"""The vLLM flags a service's parallelism keys stand for; a key and its flag in `args` would
+say the same thing twice, possibly differently."""
+
+
+def has_flag(args: list[str], flags: tuple[str, ...]) -> bool:
+    """Whether a command line gives any of `flags`, as `--flag value` or `--flag=value`."""
+    return any(arg in flags or arg.split("=", 1)[0] in flags for arg in args)
+
+
 class Service(_Section):
     """A server the benchmark starts (or, for `external`, only uses)."""
 
@@ -301,6 +314,12 @@ class Service(_Section):
     env: dict[str, Text] = Field(default_factory=dict)
     nodes: PositiveInt = 1
     gpus_per_node: NonNegativeInt = 0
+    tensor_parallel_size: PositiveInt | None = None
+    """kind vllm only: how many GPUs each layer is split over (vLLM's --tensor-parallel-size);
+    default: `gpus_per_node`, or 1 without GPUs."""
+    pipeline_parallel_size: PositiveInt | None = None
+    """kind vllm only: how many stages the layers are split into (--pipeline-parallel-size);
+    default: `nodes`. Their product must be nodes x gpus_per_node when the service has GPUs."""
     cpus_per_task: PositiveInt | None = None
     memory: Annotated[str | None, BeforeValidator(_as_text)] = None
     """Memory per node as Slurm writes it: megabytes, or a number with K, M, G or T."""
@@ -333,6 +352,21 @@ class Service(_Section):
             _fail(f"only for kind 'external' (this service is kind '{kind}')")
         if value is not None and not re.match(r"^https?://[^/:\s]+(:\d{1,5})?(/\S*)?$", value):
             _fail(f"expected http://host:port or https://host:port, got {describe(value)}")
+        return value
+
+    @field_validator("tensor_parallel_size", "pipeline_parallel_size")
+    @classmethod
+    def _vllm_parallelism(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is None:
+            return value
+        kind = info.data.get("kind")
+        if kind not in (None, "vllm"):
+            _fail(f"only for kind 'vllm' (this service is kind '{kind}')")
+        flags = VLLM_PARALLEL_FLAGS[str(info.field_name)]
+        given = [arg.split("=", 1)[0] for arg in info.data.get("args") or []]
+        repeated = [flag for flag in given if flag in flags]
+        if repeated:
+            _fail(f"given twice: here and as {repeated[0]} in args (keep one)")
         return value
 
     @field_validator("memory")

@@ -47,10 +47,22 @@ def measured_lines(report_dir: Path) -> int:
     return sum(len(p.read_text().splitlines()) for p in report_dir.glob("*/records/*/*.jsonl"))
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def squeue_names() -> str:
+    return subprocess.run(
+        ["squeue", "-h", "-o", "%j"], capture_output=True, text=True, check=False
+    ).stdout
+
+
+@pytest.mark.parametrize(
+    ("signum", "executor"),
+    [(signal.SIGINT, "local"), (signal.SIGTERM, "local"), (signal.SIGINT, "slurm")],
+    ids=["SIGINT-local", "SIGTERM-local", "SIGINT-slurm"],
+)
 def test_signal_under_load_stops_every_job_and_keeps_records(
-    tmp_path: Path, signum: signal.Signals
+    tmp_path: Path, signum: signal.Signals, executor: str, request: pytest.FixtureRequest
 ) -> None:
+    if executor == "slurm":
+        request.getfixturevalue("slurm_cluster")
     recipe = write_recipe(tmp_path / "recipe.yaml", long_load_recipe())
     report_dir = tmp_path / "reports"
     proc = subprocess.Popen(
@@ -65,6 +77,8 @@ def test_signal_under_load_stops_every_job_and_keeps_records(
             str(report_dir),
             "-p",
             "no:cacheprovider",
+            "--executor",
+            executor,
         ],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -84,6 +98,8 @@ def test_signal_under_load_stops_every_job_and_keeps_records(
             proc.kill()
             proc.communicate()
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, output
+    if executor == "slurm":
+        assert run.name not in squeue_names()
     assert wait_for(lambda: not processes_matching(str(run)), timeout=5), processes_matching(
         str(run)
     )

@@ -3,57 +3,103 @@
     python benchmarks/tools/slurm_overhead.py     # needs a running Slurm (scripts/slurm-up.sh)
 
 Runs a small llama.cpp recipe with `--executor slurm` for clients fanned out over 1 and 3
-nodes, counts every `sbatch` call (through a logging wrapper first on PATH), and splits the time
-from submitting the service to the first measured request into Slurm queueing, start-up of the
-server process, the health wait, and the client side (client job, prompts, warmup, barrier).
-The numbers are printed, not asserted: this machine is shared and noisy.
+nodes, counts every `sbatch` call (through a logging wrapper first on PATH) and the run's jobs
+in `sacct`, and splits the time from submitting the service to the first measured request into
+Slurm queueing, start-up of the server process, the health wait, and the client side (client
+job, prompts, warmup, barrier). The numbers are printed, not asserted: this machine is shared
+and noisy.
+
+The service's instants come from the run's summary.json (`services.llm`). A run saved without
+them is measured from what it leaves elsewhere: the wrapper's time of the service's `sbatch`,
+the job's rendezvous file (job start, server launch) and the driver's "healthy (N s)" line; the
+`source` row says which.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 BENCHMARK = REPO / "benchmarks" / "test_inference.py"
+SERVICE = "llm"
+INSTANTS = ("submitted_at", "job_started_at", "launched_at", "healthy_at")
+_HEALTHY = re.compile(rf"\b{SERVICE}: healthy \((\d+(?:\.\d+)?) s\)")
 
 
-def recipe(nodes: int) -> dict:
+def recipe(nodes: int) -> dict[str, Any]:
     return {
         "name": f"overhead-{nodes}n",
         "platform": {"executor": "slurm", "slurm": {"time_limit": "00:15:00"}},
-        "services": {"llm": {"kind": "llamacpp", "args": ["--parallel", "4"]}},
+        "services": {SERVICE: {"kind": "llamacpp", "args": ["--parallel", "4"]}},
         "clients": {
             "chat": {
                 "kind": "openai",
-                "service": "llm",
+                "service": SERVICE,
                 "nodes": nodes,
                 "processes_per_node": 2,
                 "dataset": {"input_tokens": 16, "output_tokens": 8},
                 "load": {"levels": [6, 12], "requests": 24},
             }
         },
+        # Prometheus would be one more job: only the benchmark's own jobs are counted here
+        "monitor": {"prometheus": False},
     }
 
 
 def sbatch_shim(folder: Path, log: Path) -> None:
+    """An `sbatch` that logs the wall-clock time and arguments of each call, then submits."""
     real = shutil.which("sbatch")
     if real is None:
         sys.exit("sbatch not found: start the dev cluster with scripts/slurm-up.sh")
     shim = folder / "sbatch"
-    shim.write_text(f'#!/bin/sh\necho "$@" >> {log}\nexec {real} "$@"\n')
+    shim.write_text(f'#!/bin/sh\necho "$(date +%s.%N) $*" >> {log}\nexec {real} "$@"\n')
     shim.chmod(0o755)
 
 
-def run(nodes: int, work: Path) -> dict:
+def sacct_jobs(prefix: str) -> list[str]:
+    """Names of the jobs (allocations, not steps) whose name starts with `prefix`."""
+    out = subprocess.run(
+        ["sacct", "-X", "-P", "-n", "-S", "now-1hours", "-o", "JobName"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    return [name for name in out.split() if name.startswith(prefix)]
+
+
+def service_instants(
+    summary: dict[str, Any], run_dir: Path, sbatch_log: Path, output: str
+) -> tuple[dict[str, float], str]:
+    """The service's four instants, and where they were read."""
+    saved = summary.get("services", {}).get(SERVICE)
+    if saved and all(saved.get(key) is not None for key in INSTANTS):
+        return {key: float(saved[key]) for key in INSTANTS}, "summary.json"
+    rendezvous = json.loads((run_dir / "rendezvous" / f"{SERVICE}.json").read_text())
+    calls = sbatch_log.read_text().splitlines()
+    submitted_at = float(calls[0].split()[0])  # the service is the run's first job
+    healthy = _HEALTHY.search(output)
+    if healthy is None or rendezvous.get("launched_at") is None:
+        sys.exit(f"{run_dir.name}: no service timings in summary.json nor in the run's files")
+    return {
+        "submitted_at": submitted_at,
+        "job_started_at": float(rendezvous["job_started_at"]),
+        "launched_at": float(rendezvous["launched_at"]),
+        "healthy_at": submitted_at + float(healthy.group(1)),
+    }, "rendezvous + sbatch log"
+
+
+def run(nodes: int, work: Path) -> dict[str, Any]:
     work.mkdir(parents=True)
     (work / "bin").mkdir()
     log = work / "sbatch.log"
@@ -63,7 +109,7 @@ def run(nodes: int, work: Path) -> dict:
     path.write_text(yaml.safe_dump(recipe(nodes), sort_keys=False))
     env = {**os.environ, "PATH": f"{work / 'bin'}:{os.environ['PATH']}"}
     env["AIFACTORY_BENCHMARK_STORAGE"] = str(work / ".benchmarks")
-    subprocess.run(
+    session = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -73,7 +119,6 @@ def run(nodes: int, work: Path) -> dict:
             str(path),
             "--report-dir",
             str(work / "reports"),
-            "-q",
             "-p",
             "no:cacheprovider",
         ],
@@ -81,12 +126,18 @@ def run(nodes: int, work: Path) -> dict:
         env=env,
         check=False,
         capture_output=True,
+        text=True,
     )
-    (run_dir,) = list((work / "reports").iterdir())
+    output = session.stdout + session.stderr
+    runs = list((work / "reports").iterdir()) if (work / "reports").exists() else []
+    if session.returncode != 0 or len(runs) != 1:
+        sys.exit(f"the {nodes}-node run failed (exit {session.returncode}):\n{output[-4000:]}")
+    run_dir = runs[0]
     summary = json.loads((run_dir / "summary.json").read_text())
     records = pd.read_parquet(run_dir / "records.parquet")
-    service = summary["services"]["llm"]
-    first_send = records[records["phase"] == "measure"]["send_ts"].min()
+    measured = records[records["phase"] == "measure"]
+    times, source = service_instants(summary, run_dir, log, output)
+    first_send = float(measured["send_ts"].min())
     cases = len(summary["tests"])
     calls = len(log.read_text().splitlines())
     return {
@@ -94,11 +145,15 @@ def run(nodes: int, work: Path) -> dict:
         "test cases": cases,
         "sbatch calls": calls,
         "sbatch per case": (calls - 1) / cases,
-        "queueing s": service["job_started_at"] - service["submitted_at"],
-        "start-up s": service["launched_at"] - service["job_started_at"],
-        "health wait s": service["healthy_at"] - service["launched_at"],
-        "to first request s": first_send - service["submitted_at"],
-        "nodes seen": records["node"].nunique(),
+        "jobs in sacct": len(sacct_jobs(f"aif-{run_dir.name}-")),
+        "queueing s": times["job_started_at"] - times["submitted_at"],
+        "start-up s": times["launched_at"] - times["job_started_at"],
+        "health wait s": times["healthy_at"] - times["launched_at"],
+        "client side s": first_send - times["healthy_at"],
+        "to first request s": first_send - times["submitted_at"],
+        "nodes seen": measured["node"].nunique(),
+        "processes seen": measured["process"].nunique(),
+        "source": source,
     }
 
 

@@ -39,6 +39,9 @@ class ServicePlan:
     metrics_path: str | None = None
     served_model: str | None = None
     external_url: str | None = None
+    worker_argv: list[str] | None = None
+    """What ranks other than 0 of a multi-node service run (placeholders as in `argv`, plus
+    `{head_host}` and `{head_port}`); None: every rank runs `argv`."""
 
 
 class ServiceKind:
@@ -83,7 +86,8 @@ def _import_kinds() -> None:
 
 
 def get_kind(name: str) -> ServiceKind:
-    if not _KINDS:
+    # not only when none is registered: importing one kind's module registers just that kind
+    if name not in _KINDS:
         _import_kinds()
     try:
         return _KINDS[name]()

@@ -181,6 +181,7 @@ class ServiceManager:
         launch = ServiceLaunch(
             name=name,
             argv=plan.argv,
+            worker_argv=plan.worker_argv,
             rendezvous_path=str(self.run.rendezvous_path(name)),
             env=plan.env,
             host=plan.host,
