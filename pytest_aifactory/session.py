@@ -280,7 +280,29 @@ class AIFactorySession:
         if self.role == "worker":
             run_store.save_part(self.run, self.worker_id, tests, records)
         else:
-            run_store.save_run(self.run, self.recipe, tests, records, self.status, self.started_at)
+            run_store.save_run(
+                self.run,
+                self.recipe,
+                tests,
+                records,
+                self.status,
+                self.started_at,
+                services=self._service_summary(),
+            )
+
+    def _service_summary(self) -> dict[str, dict[str, Any]]:
+        if self.services is None:
+            return {}
+        return {
+            name: {
+                "kind": e.kind,
+                "url": e.url,
+                "node": e.node,
+                "nodes": e.nodes,
+                **e.timings(),
+            }
+            for name, e in self.services.endpoints.items()
+        }
 
     # -- running a case -----------------------------------------------------------------------
 

@@ -169,6 +169,10 @@ def test_run_is_saved(session: Session, records: pd.DataFrame) -> None:
     assert summary["verdict"] == "fail"
     assert summary["recipe"]["name"] == "e2e-smollm2"
     assert summary["environment"]["packages"]["pytest-aifactory"]
+    llm = summary["services"]["llm"]
+    assert llm["kind"] == "llamacpp"
+    assert llm["submitted_at"] <= llm["job_started_at"] <= llm["launched_at"] <= llm["healthy_at"]
+    assert llm["health_wait_s"] == pytest.approx(llm["healthy_at"] - llm["launched_at"])
     names = {t["name"] for t in summary["tests"]}
     assert names == {
         "test_serving[chat-concurrency-2]",

@@ -8,18 +8,13 @@ in `sacct`, and splits the time from submitting the service to the first measure
 Slurm queueing, start-up of the server process, the health wait, and the client side (client
 job, prompts, warmup, barrier). The numbers are printed, not asserted: this machine is shared
 and noisy.
-
-The service's instants come from the run's summary.json (`services.llm`). A run saved without
-them is measured from what it leaves elsewhere: the wrapper's time of the service's `sbatch`,
-the job's rendezvous file (job start, server launch) and the driver's "healthy (N s)" line; the
-`source` row says which.
+The service's instants come from the run's summary.json (`services.llm`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -34,7 +29,6 @@ REPO = Path(__file__).resolve().parents[2]
 BENCHMARK = REPO / "benchmarks" / "test_inference.py"
 SERVICE = "llm"
 INSTANTS = ("submitted_at", "job_started_at", "launched_at", "healthy_at")
-_HEALTHY = re.compile(rf"\b{SERVICE}: healthy \((\d+(?:\.\d+)?) s\)")
 
 
 def recipe(nodes: int) -> dict[str, Any]:
@@ -58,12 +52,12 @@ def recipe(nodes: int) -> dict[str, Any]:
 
 
 def sbatch_shim(folder: Path, log: Path) -> None:
-    """An `sbatch` that logs the wall-clock time and arguments of each call, then submits."""
+    """An `sbatch` that logs the arguments of each call, then submits."""
     real = shutil.which("sbatch")
     if real is None:
         sys.exit("sbatch not found: start the dev cluster with scripts/slurm-up.sh")
     shim = folder / "sbatch"
-    shim.write_text(f'#!/bin/sh\necho "$(date +%s.%N) $*" >> {log}\nexec {real} "$@"\n')
+    shim.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec {real} "$@"\n')
     shim.chmod(0o755)
 
 
@@ -78,25 +72,10 @@ def sacct_jobs(prefix: str) -> list[str]:
     return [name for name in out.split() if name.startswith(prefix)]
 
 
-def service_instants(
-    summary: dict[str, Any], run_dir: Path, sbatch_log: Path, output: str
-) -> tuple[dict[str, float], str]:
-    """The service's four instants, and where they were read."""
-    saved = summary.get("services", {}).get(SERVICE)
-    if saved and all(saved.get(key) is not None for key in INSTANTS):
-        return {key: float(saved[key]) for key in INSTANTS}, "summary.json"
-    rendezvous = json.loads((run_dir / "rendezvous" / f"{SERVICE}.json").read_text())
-    calls = sbatch_log.read_text().splitlines()
-    submitted_at = float(calls[0].split()[0])  # the service is the run's first job
-    healthy = _HEALTHY.search(output)
-    if healthy is None or rendezvous.get("launched_at") is None:
-        sys.exit(f"{run_dir.name}: no service timings in summary.json nor in the run's files")
-    return {
-        "submitted_at": submitted_at,
-        "job_started_at": float(rendezvous["job_started_at"]),
-        "launched_at": float(rendezvous["launched_at"]),
-        "healthy_at": submitted_at + float(healthy.group(1)),
-    }, "rendezvous + sbatch log"
+def service_instants(summary: dict[str, Any]) -> dict[str, float]:
+    """When the service was submitted, started running, launched its server, answered."""
+    saved = summary["services"][SERVICE]
+    return {key: float(saved[key]) for key in INSTANTS}
 
 
 def run(nodes: int, work: Path) -> dict[str, Any]:
@@ -136,7 +115,7 @@ def run(nodes: int, work: Path) -> dict[str, Any]:
     summary = json.loads((run_dir / "summary.json").read_text())
     records = pd.read_parquet(run_dir / "records.parquet")
     measured = records[records["phase"] == "measure"]
-    times, source = service_instants(summary, run_dir, log, output)
+    times = service_instants(summary)
     first_send = float(measured["send_ts"].min())
     cases = len(summary["tests"])
     calls = len(log.read_text().splitlines())
@@ -153,7 +132,6 @@ def run(nodes: int, work: Path) -> dict[str, Any]:
         "to first request s": first_send - times["submitted_at"],
         "nodes seen": measured["node"].nunique(),
         "processes seen": measured["process"].nunique(),
-        "source": source,
     }
 
 

@@ -67,7 +67,12 @@ def results_records(results: list[CaseResult]) -> pd.DataFrame:
 
 
 def build_summary(
-    run: RunDir, recipe: Recipe, tests: list[dict[str, Any]], status: str, started_at: float
+    run: RunDir,
+    recipe: Recipe,
+    tests: list[dict[str, Any]],
+    status: str,
+    started_at: float,
+    services: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     return {
         "format": SUMMARY_FORMAT,
@@ -84,6 +89,7 @@ def build_summary(
         "written_at": dt.datetime.now(dt.UTC).isoformat(),
         "aifactory_version": __version__,
         "environment": collect_environment(),
+        "services": services or {},
         "tests": tests,
     }
 
@@ -95,8 +101,10 @@ def save_run(
     records: pd.DataFrame,
     status: str,
     started_at: float,
+    services: dict[str, dict[str, Any]] | None = None,
 ) -> None:
-    summary = build_summary(run, recipe, tests, status, started_at)
+    """`services`: per service, where it ran and how long it took to become usable."""
+    summary = build_summary(run, recipe, tests, status, started_at, services)
     atomic_write(run.root / "summary.json", json.dumps(json_safe(summary), indent=2))
     if len(records):
         write_parquet(records, run.root / "records.parquet")
