@@ -227,6 +227,7 @@ class AIFactorySession:
         assert self.executor is not None
         if self.role == "worker":  # the controller stops the services and merges the run
             self.executor.cancel_all()
+            self.run.collect_logs()
             self._save()
             return
         kept = self._kept_services()
@@ -241,6 +242,7 @@ class AIFactorySession:
                 f"stop with `aifactory stop {self.run.run_id}`"
             )
         self.run.stop_heartbeat()
+        self.run.collect_logs()
         if self.registry is not None:
             self.registry.finish(
                 self.status,

@@ -210,6 +210,16 @@ def test_pytest_benchmark_reads_the_run(session: Session) -> None:
     assert "ttft" in compare.stdout
 
 
+def test_every_job_log_is_kept(session: Session) -> None:
+    (run,) = session.run_dirs()
+    logs = run / "logs"
+    service_err = "\n".join(p.read_text() for p in (logs / "service-llm").glob("*_log.err"))
+    assert "aifactory: starting llm" in service_err
+    assert "job cancelled, stopping" in service_err  # written after the cancel
+    fan_logs = sorted(p.name for p in (logs / "client-test_serving_fan-concurrency-3").iterdir())
+    assert len([name for name in fan_logs if name.endswith("_log.out")]) == 3
+
+
 def test_no_server_left_running(session: Session) -> None:
     (run,) = session.run_dirs()
     rendezvous = json.loads((run / "rendezvous" / "llm.json").read_text())

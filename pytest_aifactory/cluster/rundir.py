@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,17 @@ class RunDir:
 
     def progress_path(self, test_slug: str, process: int) -> Path:
         return self.root / "progress" / test_slug / f"p{process:04d}.json"
+
+    def collect_logs(self) -> list[Path]:
+        """Copy every job's stdout/stderr (all tasks) to `logs/<job>/`, the one place to look
+        after a run; taken after the jobs were stopped, so cancelled jobs' last words are in."""
+        copied = []
+        for log in sorted(self.jobs_dir.glob("*/*_log.*")):
+            target = self.root / "logs" / log.parent.name / log.name
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            shutil.copyfile(log, target)
+            copied.append(target)
+        return copied
 
     def start_heartbeat(self) -> None:
         """Jobs watch this file's age and exit when the driver is gone (killed, node lost)."""
