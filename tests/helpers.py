@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,15 +44,9 @@ def write_recipe(path: Path, document: dict[str, Any]) -> Path:
     return path
 
 
-def run_benchmark(
-    tmp_path: Path,
-    recipe: Path,
-    *args: str,
-    timeout: float = 600,
-    env: dict[str, str] | None = None,
-) -> Session:
-    report_dir = tmp_path / "reports"
-    cmd = [
+def benchmark_command(recipe: Path, report_dir: Path, *args: str) -> list[str]:
+    """The benchmark suite on `recipe`, as a user would type it."""
+    return [
         sys.executable,
         "-m",
         "pytest",
@@ -63,21 +59,52 @@ def run_benchmark(
         "no:cacheprovider",
         *args,
     ]
-    full_env = {
+
+
+def benchmark_env(tmp_path: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """Keeps the pytest-benchmark files of a test's run inside its temporary folder."""
+    return {
         **os.environ,
         "AIFACTORY_BENCHMARK_STORAGE": str(tmp_path / ".benchmarks"),
         **(env or {}),
     }
+
+
+def run_benchmark(
+    tmp_path: Path,
+    recipe: Path,
+    *args: str,
+    timeout: float = 600,
+    env: dict[str, str] | None = None,
+) -> Session:
+    report_dir = tmp_path / "reports"
     proc = subprocess.run(
-        cmd,
+        benchmark_command(recipe, report_dir, *args),
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=tmp_path,
-        env=full_env,
+        env=benchmark_env(tmp_path, env),
         check=False,
     )
     return Session(proc.returncode, proc.stdout, proc.stderr, report_dir)
+
+
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 30.0,
+    what: str = "condition",
+    poll_s: float = 0.1,
+) -> Any:
+    """The predicate's first truthy value; an AssertionError naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:g} s")
+        time.sleep(poll_s)
 
 
 def processes_matching(marker: str) -> list[str]:

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.helpers import BENCHMARK, processes_matching, write_recipe
+from tests.helpers import (
+    benchmark_command,
+    benchmark_env,
+    processes_matching,
+    wait_for,
+    write_recipe,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -32,15 +35,6 @@ def long_load_recipe() -> dict:
             }
         },
     }
-
-
-def wait_for(predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def measured_lines(report_dir: Path) -> int:
@@ -66,28 +60,15 @@ def test_signal_under_load_stops_every_job_and_keeps_records(
     recipe = write_recipe(tmp_path / "recipe.yaml", long_load_recipe())
     report_dir = tmp_path / "reports"
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            str(BENCHMARK),
-            "--recipe",
-            str(recipe),
-            "--report-dir",
-            str(report_dir),
-            "-p",
-            "no:cacheprovider",
-            "--executor",
-            executor,
-        ],
+        benchmark_command(recipe, report_dir, "--executor", executor),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "AIFACTORY_BENCHMARK_STORAGE": str(tmp_path / ".benchmarks")},
+        env=benchmark_env(tmp_path),
     )
     try:
-        assert wait_for(lambda: measured_lines(report_dir) >= 6, timeout=120), "no load seen"
+        wait_for(lambda: measured_lines(report_dir) >= 6, timeout=120, what="load")
         (run,) = list(report_dir.iterdir())
         assert processes_matching(str(run))  # the run's jobs are alive now
         server_pid = json.loads((run / "rendezvous" / "llm.json").read_text())["pid"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -15,14 +14,7 @@ from pytest_aifactory.cluster.rundir import RunDir, driver_gone, make_run_id
 from pytest_aifactory.services.base import HealthCheck
 from pytest_aifactory.services.health import is_healthy
 from pytest_aifactory.services.launch import ServiceLaunch, fill_placeholders, run_service
-
-
-def wait_for(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.1)
+from tests.helpers import wait_for
 
 
 @pytest.fixture

@@ -43,21 +43,10 @@ from pytest_aifactory.services.launch import (
     run_service,
 )
 from pytest_aifactory.services.manager import Endpoint, ServiceManager, ServiceStartError
-from tests.helpers import REPO, Session, run_benchmark, write_recipe
+from tests.helpers import REPO, Session, run_benchmark, wait_for, write_recipe
 
 if TYPE_CHECKING:
     from tests.conftest import SlurmCluster
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:g} s")
-        time.sleep(0.2)
 
 
 def recipe_of(document: dict[str, Any]) -> Recipe:

