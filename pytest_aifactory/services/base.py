@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
+    from pytest_aifactory.monitor.series import Series
     from pytest_aifactory.recipe import Recipe, Service
 
 
@@ -50,6 +51,11 @@ class ServiceKind:
     kind: ClassVar[str] = ""
     default_health: ClassVar[HealthCheck] = HealthCheck(http_path=None)
     default_metrics_path: ClassVar[str | None] = None
+    metric_series: ClassVar[tuple[Series, ...]] = ()
+    """The key series of its metrics endpoint: collected per test, charted in Grafana."""
+    generated_tokens_series: ClassVar[str | None] = None
+    """The series (a counter) of output tokens the server generated, cross-checked against the
+    clients' count; None for kinds that do not generate tokens."""
 
     def plan(self, name: str, service: Service, recipe: Recipe) -> ServicePlan:
         raise NotImplementedError

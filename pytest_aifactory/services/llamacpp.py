@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pytest_aifactory.monitor.series import Series
 from pytest_aifactory.services.base import (
     HealthCheck,
     ServiceConfigError,
@@ -18,6 +19,73 @@ from pytest_aifactory.services.models import package_dir, resolve_gguf
 
 if TYPE_CHECKING:
     from pytest_aifactory.recipe import Recipe, Service
+
+METRIC_SERIES = (
+    Series(
+        "llamacpp_prompt_tokens",
+        "llamacpp:prompt_tokens_total",
+        "counter",
+        "service",
+        "tokens",
+        "prompt tokens processed (cached ones excluded)",
+    ),
+    Series(
+        "llamacpp_generated_tokens",
+        "llamacpp:tokens_predicted_total",
+        "counter",
+        "service",
+        "tokens",
+        "tokens generated",
+    ),
+    Series(
+        "llamacpp_prompt_seconds",
+        "llamacpp:prompt_seconds_total",
+        "counter",
+        "service",
+        "s",
+        "time spent processing prompts",
+    ),
+    Series(
+        "llamacpp_generation_seconds",
+        "llamacpp:tokens_predicted_seconds_total",
+        "counter",
+        "service",
+        "s",
+        "time spent generating tokens",
+    ),
+    Series(
+        "llamacpp_decode_calls",
+        "llamacpp:n_decode_total",
+        "counter",
+        "service",
+        "calls",
+        "llama_decode() calls",
+    ),
+    Series(
+        "llamacpp_requests_processing",
+        "llamacpp:requests_processing",
+        "gauge",
+        "service",
+        "requests",
+        "requests being processed (busy slots)",
+    ),
+    Series(
+        "llamacpp_requests_deferred",
+        "llamacpp:requests_deferred",
+        "gauge",
+        "service",
+        "requests",
+        "requests waiting for a free slot",
+    ),
+    Series(
+        "llamacpp_busy_slots_per_decode",
+        "llamacpp:n_busy_slots_per_decode",
+        "gauge",
+        "service",
+        "slots",
+        "average batch occupancy per decode call",
+    ),
+)
 
 DEFAULT_ARGS = ("--ctx-size", "4096", "--parallel", "8", "--threads", "2")
 
@@ -51,6 +119,8 @@ def _has_flag(args: list[str], *flags: str) -> bool:
 class LlamaCppService(ServiceKind):
     default_health = HealthCheck(http_path="/health")
     default_metrics_path = "/metrics"
+    metric_series = METRIC_SERIES
+    generated_tokens_series = "llamacpp_generated_tokens"
 
     def plan(self, name: str, service: Service, recipe: Recipe) -> ServicePlan:
         model_ref = service.model or "smollm2-135m"

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pytest_aifactory.monitor.series import Series
 from pytest_aifactory.recipe import VLLM_PARALLEL_FLAGS, has_flag
 from pytest_aifactory.services import vllm_head
 from pytest_aifactory.services.base import (
@@ -163,10 +164,64 @@ def head_launcher(python: str, in_container: bool) -> list[str]:
     return [sys.executable, "-m", vllm_head.__name__]
 
 
+METRIC_SERIES = (
+    Series(
+        "vllm_prompt_tokens",
+        "vllm:prompt_tokens_total",
+        "counter",
+        "service",
+        "tokens",
+        "prompt tokens processed",
+    ),
+    Series(
+        "vllm_generated_tokens",
+        "vllm:generation_tokens_total",
+        "counter",
+        "service",
+        "tokens",
+        "tokens generated",
+    ),
+    Series(
+        "vllm_requests_running",
+        "vllm:num_requests_running",
+        "gauge",
+        "service",
+        "requests",
+        "requests in the running batch",
+    ),
+    Series(
+        "vllm_requests_waiting",
+        "vllm:num_requests_waiting",
+        "gauge",
+        "service",
+        "requests",
+        "requests queued for the batch",
+    ),
+    Series(
+        "vllm_kv_cache_usage",
+        "vllm:kv_cache_usage_perc",
+        "gauge",
+        "service",
+        "ratio",
+        "KV-cache blocks in use (0-1)",
+    ),
+    Series(
+        "vllm_preemptions",
+        "vllm:num_preemptions_total",
+        "counter",
+        "service",
+        "requests",
+        "requests preempted for lack of KV cache",
+    ),
+)
+
+
 @service_kind("vllm")
 class VllmService(ServiceKind):
     default_health = HealthCheck(http_path="/health")
     default_metrics_path = "/metrics"
+    metric_series = METRIC_SERIES
+    generated_tokens_series = "vllm_generated_tokens"
 
     def plan(self, name: str, service: Service, recipe: Recipe) -> ServicePlan:
         if not service.model:
