@@ -18,6 +18,7 @@ from typing import Any
 
 from pytest_aifactory import __version__
 from pytest_aifactory.cli_jobs import register_jobs
+from pytest_aifactory.cli_monitor import register_monitor
 from pytest_aifactory.recipe import RecipeError, load_recipe, recipe_json_schema
 
 Subcommands = Any  # argparse's private _SubParsersAction
@@ -133,6 +134,7 @@ COMMAND_GROUPS: list[Callable[[Subcommands], None]] = [
     register_recipe,
     register_recipes,
     register_jobs,
+    register_monitor,
 ]
 
 

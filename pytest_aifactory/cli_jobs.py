@@ -15,6 +15,7 @@ import json
 import re
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -33,11 +34,19 @@ from pytest_aifactory.cluster.registry import (
     service_healthy,
     stop_run,
 )
+from pytest_aifactory.loadgen.live import (
+    ClientCounters,
+    fetch_client_counters,
+    progress_counters,
+)
+from pytest_aifactory.monitor.layout import read_endpoints
 from pytest_aifactory.tabulate import format_table
 
 Subcommands = Any  # argparse's private _SubParsersAction
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 FOLLOW_POLL_S = 0.25
+WATCH_INTERVAL_S = 2.0
+CLEAR_SCREEN = "\x1b[H\x1b[2J"
 COPY_CHUNK = 1 << 16
 
 
@@ -91,6 +100,8 @@ def _count(number: int, noun: str) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.watch:
+        return _watch_command(args)
     if args.run is not None:
         record = _resolve(args.run)
         if record is None:
@@ -221,6 +232,150 @@ def _status_of_run(record: RunRecord, as_json: bool) -> int:
     if any(not view["checked"] for view in jobs):
         print("?: as last recorded (cannot be checked from here)")
     return EXIT_OK
+
+
+# -- aifactory status RUN --watch [--interval S] [--count N] ------------------------------------
+
+WATCH_HEADERS = (
+    "CLIENT",
+    "LEVEL",
+    "NODE",
+    "PROCESS",
+    "DONE",
+    "FAILED",
+    "TOKENS",
+    "IN FLIGHT",
+    "REQ/S",
+)
+
+
+def render_watch(
+    rows: list[ClientCounters],
+    previous: Mapping[tuple[str, str, str, str], ClientCounters] | None = None,
+    elapsed_s: float | None = None,
+    title: str = "",
+) -> str:
+    """One frame of `status --watch`: a row per load process and a total. REQ/S is the
+    completed requests since the previous frame (`elapsed_s` ago) per second."""
+    lines = [title] if title else []
+    if not rows:
+        return "\n".join([*lines, "no client counters yet"])
+
+    def rate(row: ClientCounters) -> float | None:
+        before = (previous or {}).get(row.key)
+        if before is None or not elapsed_s or elapsed_s <= 0:
+            return None
+        return max(0, row.completed - before.completed) / elapsed_s
+
+    table = []
+    rates = []
+    for row in rows:
+        per_s = rate(row)
+        rates.append(per_s)
+        table.append(
+            (
+                row.client,
+                row.level,
+                row.node,
+                row.process,
+                row.completed,
+                row.failed,
+                row.output_tokens,
+                row.in_flight,
+                None if per_s is None else f"{per_s:.1f}",
+            )
+        )
+    if len(rows) > 1:
+        known = [r for r in rates if r is not None]
+        table.append(
+            (
+                "total",
+                None,
+                None,
+                len(rows),
+                sum(r.completed for r in rows),
+                sum(r.failed for r in rows),
+                sum(r.output_tokens for r in rows),
+                sum(r.in_flight for r in rows),
+                f"{sum(known):.1f}" if known else None,
+            )
+        )
+    lines.append(format_table(WATCH_HEADERS, table, right={3, 4, 5, 6, 7, 8}))
+    return "\n".join(lines)
+
+
+def _watch_command(args: argparse.Namespace) -> int:
+    if args.json:
+        _error("status: --watch and --json do not go together")
+        return EXIT_USAGE
+    if args.interval <= 0 or (args.count is not None and args.count < 1):
+        _error("status: --interval needs a positive number of seconds, --count at least 1")
+        return EXIT_USAGE
+    record = _resolve(args.run if args.run is not None else "latest")
+    if record is None:
+        return EXIT_USAGE
+    return watch_run(record, args.interval, args.count, sys.stdout)
+
+
+def _live_counters(record: RunRecord) -> tuple[list[ClientCounters], str, str | None]:
+    """The rows, where they came from, and why not from the pushgateway (None if they did)."""
+    endpoints = read_endpoints(record.root)
+    url = endpoints.pushgateway_url if endpoints is not None else None
+    if url is None:
+        problem = "the run has no pushgateway"
+    else:
+        try:
+            return fetch_client_counters(url, record.run_id), f"pushgateway {url}", None
+        except (OSError, ValueError) as err:  # requests' errors are OSErrors
+            problem = f"its pushgateway at {url} does not answer ({type(err).__name__})"
+    return progress_counters(record.root), "progress files", problem
+
+
+def _watch_ended(record: RunRecord) -> str | None:
+    if record.status != "running":
+        return f"run {record.run_id} is {record.status}"
+    if driver_alive(record) is False:
+        return f"the driver of run {record.run_id} is gone"
+    return None
+
+
+def watch_run(record: RunRecord, interval_s: float, count: int | None, out: IO[str]) -> int:
+    """Reprint the run's live client counters every `interval_s` until the run ends, Ctrl-C,
+    or `count` frames; a terminal is cleared between frames, a pipe gets them one after
+    another."""
+    clear = out.isatty()
+    previous: dict[tuple[str, str, str, str], ClientCounters] | None = None
+    previous_at: float | None = None
+    said_fallback = False
+    frames = 0
+    try:
+        while True:
+            rows, source, problem = _live_counters(record)
+            if problem is not None and not said_fallback:
+                print(f"note: {problem}; showing the progress files instead", file=sys.stderr)
+                said_fallback = True
+            now = time.monotonic()
+            title = f"run {record.run_id}  {dt.datetime.now():%H:%M:%S}  from {source}"
+            elapsed = None if previous_at is None else now - previous_at
+            frame = render_watch(rows, previous, elapsed, title)
+            if clear:
+                out.write(CLEAR_SCREEN)
+            elif frames:
+                out.write("\n")
+            out.write(frame + "\n")
+            out.flush()
+            previous, previous_at = {row.key: row for row in rows}, now
+            frames += 1
+            record = read_run(record.root) or record
+            ended = _watch_ended(record)
+            if ended is not None:
+                print(ended, file=out)
+                return EXIT_OK
+            if count is not None and frames >= count:
+                return EXIT_OK
+            time.sleep(interval_s)
+    except KeyboardInterrupt:
+        return EXIT_OK
 
 
 # -- aifactory stop RUN | --all -----------------------------------------------------------------
@@ -403,6 +558,21 @@ def register_jobs(subcommands: Subcommands) -> None:
         "run", nargs="?", metavar="RUN", help="run id, unique prefix, folder or 'latest'"
     )
     status.add_argument("--json", action="store_true", help="print JSON (for scripts)")
+    status.add_argument(
+        "--watch",
+        action="store_true",
+        help="keep showing the run's live client counters (Ctrl-C ends; default RUN: latest)",
+    )
+    status.add_argument(
+        "--interval",
+        type=float,
+        default=WATCH_INTERVAL_S,
+        metavar="S",
+        help=f"seconds between refreshes with --watch (default {WATCH_INTERVAL_S:g})",
+    )
+    status.add_argument(
+        "--count", type=int, metavar="N", help="with --watch: stop after N refreshes"
+    )
     status.set_defaults(func=cmd_status)
 
     stop = subcommands.add_parser("stop", help="cancel a run's live jobs, kept services included")

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import pytest
 
 from pytest_aifactory.cases import LoadCase
+from pytest_aifactory.monitor.run_monitor import RunMonitor
 from pytest_aifactory.session import AIFactorySession, CaseError, CaseResult
 
 SESSION_KEY = pytest.StashKey["AIFactorySession | None"]()
 RESULT_KEY = pytest.StashKey[CaseResult]()
+
+
+class AIFactoryWarning(UserWarning):
+    """Something the run's reader should know that does not fail the test (monitoring lost,
+    server and client figures disagreeing); shown in pytest's warnings summary."""
 
 
 @pytest.fixture(scope="session")
@@ -35,8 +42,17 @@ def aifactory_load(
             message = str(err)
         else:
             request.node.stash[RESULT_KEY] = result
+            for text in result.warnings:
+                warnings.warn(AIFactoryWarning(text), stacklevel=2)
             return result
         pytest.fail(message, pytrace=False)
         return result
 
     return run
+
+
+@pytest.fixture
+def aifactory_monitor(aifactory: AIFactorySession) -> RunMonitor | None:
+    """The run's monitoring (Prometheus or the direct scraper), started with the run; None when
+    the recipe turns it off. Benchmarks that query the server's series use it."""
+    return aifactory.start_monitoring()

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 
 from pytest_aifactory.cases import cases_for
-from pytest_aifactory.fixtures import SESSION_KEY, aifactory, aifactory_load
+from pytest_aifactory.fixtures import SESSION_KEY, aifactory, aifactory_load, aifactory_monitor
 from pytest_aifactory.session import AIFactorySession
 from pytest_aifactory.terminal import Terminal
 
-__all__ = ["aifactory", "aifactory_load"]
+__all__ = ["aifactory", "aifactory_load", "aifactory_monitor"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

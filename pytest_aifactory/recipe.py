@@ -475,8 +475,15 @@ class Client(_Section):
 
 
 class Monitor(_Section):
+    """`prometheus: true` monitors the run: Prometheus where its binary exists (else the
+    endpoints are scraped directly), a node exporter beside every service and client, a
+    pushgateway for the clients' live counters. `partition`: where the Slurm executor runs
+    Prometheus and the pushgateway (default: the run's partition)."""
+
     prometheus: bool = True
     scrape_interval_s: PositiveFloat = 1.0
+    partition: str | None = None
+    start_timeout_s: PositiveFloat = 60.0
 
 
 class ReportSettings(_Section):

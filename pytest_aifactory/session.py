@@ -7,6 +7,7 @@ being when the first benchmark test runs, so `--collect-only` starts nothing.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from pytest_aifactory.cluster.base import JobExecutor, JobHandle, JobResources, 
 from pytest_aifactory.cluster.local import LocalJobExecutor
 from pytest_aifactory.cluster.registry import JobRegistry, KeptService, find_kept_services
 from pytest_aifactory.cluster.rundir import RunDir, make_run_id
+from pytest_aifactory.redact import run_redactor
 from pytest_aifactory.services.manager import Endpoint, ServiceManager
 
 if TYPE_CHECKING:
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 
     from pytest_aifactory.loadgen.spec import LoadSpec
     from pytest_aifactory.metrics.slo import SloOutcome
+    from pytest_aifactory.monitor.run_monitor import RunMonitor
     from pytest_aifactory.recipe import Recipe
     from pytest_aifactory.terminal import Terminal
 
@@ -60,6 +63,8 @@ class CaseResult:
     summary: dict[str, Any]
     outcomes: list[SloOutcome]
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    """Said in the summary and the test output, but not failing the test (monitoring lost)."""
     started_at: float = 0.0
     ended_at: float = 0.0
 
@@ -120,6 +125,7 @@ class AIFactorySession:
         self.run: RunDir | None = None
         self.executor: JobExecutor | None = None
         self.services: ServiceManager | None = None
+        self.monitor: RunMonitor | None = None
         self.results: list[CaseResult] = []
         self.started_at = time.time()
         self.status = "running"
@@ -166,10 +172,13 @@ class AIFactorySession:
 
         assert self._handoff is not None
         self.run = RunDir.open(Path(self._handoff["run_dir"]))
+        self.run.redactor = run_redactor(self.recipe)
         self.executor = make_executor(
             self.executor_name, self.run, self.recipe, self.slurm_overrides
         )
         self.services = ServiceManager(self.recipe, self.run, self.executor)
+        self.monitor = self._make_monitor(self.run, self.services)
+        self.monitor.attach()
         for name, fields in self._handoff["endpoints"].items():
             self.services.endpoints[name] = Endpoint(**fields)
         for name, message in self._handoff["failures"].items():
@@ -182,6 +191,7 @@ class AIFactorySession:
             self._attach_worker()
         if self.run is None:
             self.run = RunDir.create(self.report_dir, make_run_id(self.recipe.name))
+            self.run.redactor = run_redactor(self.recipe)
             self.run.start_heartbeat()
             self.executor = make_executor(
                 self.executor_name, self.run, self.recipe, self.slurm_overrides
@@ -208,12 +218,37 @@ class AIFactorySession:
                 on_phase=self._phase,
                 keep=self.keep_services,
                 reuse=reuse,
-                on_ready=self.registry.service_ready,
+                on_ready=self._service_ready,
             )
+            self.monitor = self._make_monitor(self.run, self.services)
+            self.monitor.start()
             self._save()
         assert self.executor is not None
         assert self.services is not None
         return self.run, self.executor, self.services
+
+    def start_monitoring(self) -> RunMonitor | None:
+        """The run (and with it its monitoring) started; None when monitoring is off."""
+        try:
+            self._ensure_started()
+        except SubmitError as err:
+            raise CaseError(str(err)) from None
+        if self.monitor is None or self.monitor.mode == "off":
+            return None
+        return self.monitor
+
+    def _make_monitor(self, run: RunDir, services: ServiceManager) -> RunMonitor:
+        from pytest_aifactory.monitor.run_monitor import RunMonitor
+
+        return RunMonitor(
+            self.recipe.monitor, run, services, self.executor_name, say=self.terminal.line
+        )
+
+    def _service_ready(self, endpoint: Endpoint) -> None:
+        if self.registry is not None:
+            self.registry.service_ready(endpoint)
+        if self.monitor is not None:
+            self.monitor.service_ready(endpoint)
 
     def _phase(self, service: str, phase: str, elapsed: float, detail: str) -> None:
         self.terminal.line(f"{service}: {phase} ({elapsed:.1f} s) {detail}".rstrip())
@@ -226,10 +261,14 @@ class AIFactorySession:
             self.status = status
         assert self.executor is not None
         if self.role == "worker":  # the controller stops the services and merges the run
+            if self.monitor is not None:
+                self.monitor.stop()
             self.executor.cancel_all()
             self.run.collect_logs()
             self._save()
             return
+        if self.monitor is not None:
+            self.monitor.stop()
         kept = self._kept_services()
         cancelled = self.executor.cancel_all(keep=[e.job for e in kept if e.job is not None])
         if cancelled:
@@ -251,6 +290,24 @@ class AIFactorySession:
                 kept=[e.job for e in kept if e.job is not None],
             )
         self._save()
+        self._export_dashboard()
+
+    def _export_dashboard(self) -> None:
+        """A Grafana dashboard over the run's kept Prometheus data (`aifactory grafana RUN`
+        says how to serve and open it)."""
+        assert self.run is not None
+        if self.monitor is None or self.monitor.mode != "prometheus":
+            return
+        from pytest_aifactory.monitor.grafana import export_grafana
+
+        try:
+            path = export_grafana(self.run.root)
+        except (OSError, ValueError) as err:
+            self.terminal.line(f"monitoring: no Grafana dashboard written: {err}")
+            return
+        self.terminal.line(
+            f"Grafana dashboard: {path} (`aifactory grafana {self.run.run_id}` to open it)"
+        )
 
     def _kept_services(self) -> list[Endpoint]:
         """With --keep-services: the services this run started that still run."""
@@ -282,6 +339,9 @@ class AIFactorySession:
         if self.role == "worker":
             run_store.save_part(self.run, self.worker_id, tests, records)
         else:
+            from pytest_aifactory.monitor.run_monitor import merge_metrics
+
+            merge_metrics(self.run.root)
             run_store.save_run(
                 self.run,
                 self.recipe,
@@ -290,6 +350,7 @@ class AIFactorySession:
                 self.status,
                 self.started_at,
                 services=self._service_summary(),
+                monitoring=self.monitor.summary() if self.monitor is not None else None,
             )
 
     def _service_summary(self) -> dict[str, dict[str, Any]]:
@@ -333,6 +394,17 @@ class AIFactorySession:
             heartbeat_path=str(run.heartbeat_path),
             barrier_dir=run.root / "barrier" / case_slug,
         )
+        monitor = self.monitor
+        if monitor is not None and monitor.mode != "off":
+            specs = [
+                dataclasses.replace(
+                    spec,
+                    push_url=monitor.push_url,
+                    run_id=run.run_id,
+                    node_exporter=monitor.node_exporter,
+                )
+                for spec in specs
+            ]
         for spec in specs:
             Path(spec.records_path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             Path(spec.progress_path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -379,6 +451,8 @@ class AIFactorySession:
         objectives = self.recipe.objectives(case.client)
         summary = summarize_llm(measured, requested_rate=requested_rate, objectives=objectives)
         outcomes = slo_eval.evaluate(summary, objectives)
+        ended_at = time.time()
+        warnings = self._server_view(test_id, name, started_at, ended_at, records, summary)
         result = CaseResult(
             test_id=test_id,
             name=name,
@@ -387,12 +461,45 @@ class AIFactorySession:
             summary=summary,
             outcomes=outcomes,
             notes=notes,
+            warnings=warnings,
             started_at=started_at,
-            ended_at=time.time(),
+            ended_at=ended_at,
         )
         self.results.append(result)
         self._save()
         return result
+
+    def _server_view(
+        self,
+        test_id: str,
+        name: str,
+        started_at: float,
+        ended_at: float,
+        records: pd.DataFrame,
+        summary: dict[str, Any],
+    ) -> list[str]:
+        """The window's server and node series from monitoring, the server's figures and their
+        cross-check against the clients' (added to `summary`); returns warnings. Never fails:
+        the clients' results stand whatever happened to monitoring."""
+        if self.monitor is None or self.monitor.mode == "off" or self.services is None:
+            return []
+        kinds = {n: e.kind for n, e in self.services.endpoints.items()}
+        tokens = float(records["output_tokens"].fillna(0).sum()) if len(records) else 0.0
+        span = 0.0
+        if len(records):
+            span = float(records["end_ts"].max() - records["send_ts"].min())
+        try:
+            window = self.monitor.collect(
+                test_id, slug(name), started_at, ended_at, kinds, tokens, span
+            )
+        except Exception as err:  # monitoring must never cost the measured data
+            return [f"monitoring: collecting server metrics failed: {err}"]
+        if window.server:
+            summary["server"] = window.server
+        if window.cross_checks:
+            summary["cross_checks"] = window.cross_checks
+        summary["monitoring_samples"] = len(window.samples)
+        return window.warnings
 
     def _watch(
         self,
@@ -402,25 +509,42 @@ class AIFactorySession:
         endpoint: Endpoint,
     ) -> list[str]:
         """Wait for the client job, showing progress; say what went wrong, lose nothing."""
+        from pytest_aifactory.services.manager import LOG_TAIL_LINES
+
         assert self.executor is not None
         notes: list[str] = []
         service_died = False
+
+        def death_note() -> str:
+            # first line as before (reports match on it), then why: the service's last words
+            note = (
+                f"service '{endpoint.name}' died during the load "
+                f"({endpoint.job.state() if endpoint.job else 'gone'})"
+            )
+            if endpoint.job is None:
+                return note
+            redactor = self.run.redactor if self.run is not None else None
+            return f"{note}\n{endpoint.job.log_tail(LOG_TAIL_LINES, redactor=redactor)}"
+
         try:
             while not handle.finished():
                 self._show_progress(case, progress_paths, final=False)
                 if not service_died and not endpoint.alive():
                     service_died = True
-                    notes.append(
-                        f"service '{endpoint.name}' died during the load "
-                        f"({endpoint.job.state() if endpoint.job else 'gone'})"
-                    )
+                    notes.append(death_note())
                 time.sleep(PROGRESS_EVERY_S)
         finally:
             if not handle.finished():
                 self.executor.cancel(handle)
         self._show_progress(case, progress_paths, final=True)
-        for index, error in handle.task_errors().items():
+        if not service_died and not endpoint.alive():  # died as the load ended, between polls
+            notes.append(death_note())
+        errors = handle.task_errors()
+        for index, error in errors.items():
             notes.append(f"client process {index} ended early: {error}")
+        if errors:
+            redactor = self.run.redactor if self.run is not None else None
+            notes.append(handle.log_tail(LOG_TAIL_LINES, redactor=redactor))
         return notes
 
     def _show_progress(self, case: LoadCase, paths: list[Path], final: bool) -> None:

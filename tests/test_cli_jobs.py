@@ -65,6 +65,7 @@ def web_recipe(tmp_path: Path, www: Path) -> Path:
         "clients": {
             "chat": {"kind": "openai", "service": "web", "load": {"levels": [1], "requests": 2}}
         },
+        "monitor": {"prometheus": False},
     }
     return write_recipe(tmp_path / "recipe.yaml", document)
 

@@ -22,6 +22,7 @@ def recipe_with(service: dict[str, Any]) -> dict[str, Any]:
                 "load": {"levels": [1, 2], "requests": 2},
             }
         },
+        "monitor": {"prometheus": False},
     }
 
 

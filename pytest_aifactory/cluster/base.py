@@ -18,6 +18,7 @@ from typing import Any
 import submitit
 
 from pytest_aifactory.cluster.rundir import RunDir
+from pytest_aifactory.redact import Redactor
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,8 @@ class JobResources:
     cpus_per_task: int | None = None
     memory: str | None = None
     time_limit_min: int = 60
+    partition: str | None = None
+    """Overrides the run's partition (monitoring servers go to the recipe's monitor one)."""
 
 
 class SubmitError(Exception):
@@ -111,14 +114,16 @@ class JobHandle:
         except Exception:
             return "UNKNOWN"
 
-    def log_tail(self, lines: int = 50) -> str:
-        """stderr and stdout tails with submitit's own frames dropped: the server's words matter."""
+    def log_tail(self, lines: int = 50, redactor: Redactor | None = None) -> str:
+        """stderr and stdout tails with submitit's own frames dropped: the server's words matter.
+        Redacted (with `redactor`, else by secret patterns only): tails end up in test reports."""
+        redact = redactor or Redactor()
         parts: list[str] = []
         for label, path in (("stderr", self.stderr_path), ("stdout", self.stdout_path)):
             kept = job_output(tail_lines(path, lines * 3))
             if kept:
                 parts.append(f"--- {label} of {self.name} ({path}) ---")
-                parts.extend(kept[-lines:])
+                parts.extend(redact.lines(kept[-lines:]))
         return "\n".join(parts) if parts else f"(no log output from {self.name})"
 
     def task_errors(self) -> dict[int, str]:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pytest_aifactory.redact import Redactor
 
 HEARTBEAT_INTERVAL_S = 5.0
 HEARTBEAT_STALE_S = 60.0
@@ -39,6 +40,8 @@ class RunDir:
 
     root: Path
     run_id: str
+    redactor: Redactor | None = field(default=None, repr=False)
+    """The run's known secrets, hidden in the logs it collects; None: only secret patterns."""
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
 
@@ -80,12 +83,23 @@ class RunDir:
 
     def collect_logs(self) -> list[Path]:
         """Copy every job's stdout/stderr (all tasks) to `logs/<job>/`, the one place to look
-        after a run; taken after the jobs were stopped, so cancelled jobs' last words are in."""
+        after a run; taken after the jobs were stopped, so cancelled jobs' last words are in.
+
+        The copies are redacted, since they are what gets shared: servers echo their command
+        lines and settings, keys included. Line by line, as logs can be large; bytes that are
+        not UTF-8 become U+FFFD rather than stopping the copy."""
+        redactor = self.redactor or Redactor()
         copied = []
         for log in sorted(self.jobs_dir.glob("*/*_log.*")):
             target = self.root / "logs" / log.parent.name / log.name
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            shutil.copyfile(log, target)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with (
+                log.open(encoding="utf-8", errors="replace", newline="") as source,
+                open(fd, "w", encoding="utf-8", newline="") as copy,
+            ):
+                for line in source:
+                    copy.write(redactor.text(line))
             copied.append(target)
         return copied
 

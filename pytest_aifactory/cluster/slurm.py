@@ -101,6 +101,8 @@ def sbatch_parameters(
         value = getattr(settings, key)
         if value:
             params[key] = value
+    if resources.partition:
+        params["partition"] = resources.partition
     if resources.gpus_per_node:
         params["gpus_per_node"] = resources.gpus_per_node
     if resources.cpus_per_task:

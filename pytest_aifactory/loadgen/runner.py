@@ -21,6 +21,7 @@ from typing import Any
 
 from pytest_aifactory.cluster.rundir import HEARTBEAT_STALE_S
 from pytest_aifactory.loadgen.barrier import agreed_start
+from pytest_aifactory.loadgen.live import LivePusher
 from pytest_aifactory.loadgen.progress import WRITE_EVERY_S, Progress
 from pytest_aifactory.loadgen.records import RECORD_FIELDS, Clock, RecordWriter
 from pytest_aifactory.loadgen.registry import CLIENT_KINDS, client_kind, get_client_kind
@@ -63,7 +64,18 @@ def run_load_task(specs: list[LoadSpec]) -> dict[str, Any]:
         return {"idle": True}  # more tasks than processes with a share of the load
     spec = specs[rank]
     node = os.environ.get("SLURMD_NODENAME") or os.uname().nodename
-    return run_load(dataclasses.replace(spec, node=node))
+    with _node_exporter(spec):
+        return run_load(dataclasses.replace(spec, node=node))
+
+
+def _node_exporter(spec: LoadSpec) -> contextlib.AbstractContextManager[None]:
+    """The node's exporter while this client runs, unless a task on the node already runs one
+    (a service on the same node, or another process of this client)."""
+    from pytest_aifactory.cluster.node import LOOPBACK, in_slurm_job, node_address, node_name
+    from pytest_aifactory.monitor.node_exporter import node_exporter
+
+    host = node_address() if in_slurm_job() else LOOPBACK
+    return node_exporter(spec.node_exporter, node_name(), host)
 
 
 def run_load(spec: LoadSpec) -> dict[str, Any]:
@@ -92,6 +104,7 @@ class LoadDriver:
             total=spec.requests,
             duration_s=spec.duration_s,
         )
+        self.live = LivePusher.for_load(spec, self.node)
         self.writer: RecordWriter | None = None
         self.interrupted = False
         self.sent = 0
@@ -118,6 +131,7 @@ class LoadDriver:
         self._main = asyncio.current_task()
         self.writer = RecordWriter(self.spec.records_path)
         self.progress.write()
+        self.live.start()
         self._install_signals()
         if self._driver_gone():
             self.interrupted = True
@@ -277,6 +291,7 @@ class LoadDriver:
         if measured:
             self.sent += 1
             self.progress.on_sent()
+            self.live.on_sent()
         else:
             self.warmup_sent += 1
         try:
@@ -292,6 +307,7 @@ class LoadDriver:
             else:
                 self.completed += 1
             self.progress.on_done(record)
+            self.live.on_done(record)
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -360,6 +376,7 @@ class LoadDriver:
         if self.writer is not None:
             self.writer.close()
         self._publish(done=True)
+        self.live.close()
 
     def _abort(self) -> None:
         """Cancel everything in flight (what was recorded stays recorded)."""

@@ -7,6 +7,10 @@ it refers to driver state, so the same spec runs in a local process or on a Slur
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pytest_aifactory.monitor.node_exporter import NodeExporterOrder
 
 
 @dataclass(frozen=True)
@@ -53,3 +57,8 @@ class LoadSpec:
     barrier_dir: str | None = None
     """Shared folder where the `processes` processes of this load agree on a start time."""
     heartbeat_path: str | None = None
+    push_url: str | None = None
+    """The run's pushgateway: live counters go there while the load runs (None: not pushed)."""
+    run_id: str = ""
+    node_exporter: NodeExporterOrder | None = None
+    """Run the node's exporter while the load runs (the run is monitored)."""

@@ -18,6 +18,7 @@ import pandas as pd
 from pytest_aifactory import __version__
 from pytest_aifactory.loadgen.records import read_parquet, write_parquet
 from pytest_aifactory.metrics.stats import json_safe
+from pytest_aifactory.redact import Redactor
 from pytest_aifactory.report.environment import collect_environment
 
 if TYPE_CHECKING:
@@ -40,6 +41,12 @@ def _iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat()
 
 
+def redacted(run: RunDir, data: Any) -> Any:
+    """What a run writes is shared: notes quote servers' errors and the recipe its settings,
+    so secrets (the run's known ones, else any that secret patterns show) become `***`."""
+    return (run.redactor or Redactor()).data(json_safe(data))
+
+
 def test_entry(result: CaseResult) -> dict[str, Any]:
     """One test of summary.json: identity, verdict, SLO outcomes and every statistic."""
     return json_safe(
@@ -53,6 +60,7 @@ def test_entry(result: CaseResult) -> dict[str, Any]:
             "level_label": result.case.label,
             "passed": result.passed,
             "notes": result.notes,
+            "warnings": result.warnings,
             "started_at": _iso(result.started_at),
             "ended_at": _iso(result.ended_at),
             "slo": [o.to_dict() for o in result.outcomes],
@@ -73,6 +81,7 @@ def build_summary(
     status: str,
     started_at: float,
     services: dict[str, dict[str, Any]] | None = None,
+    monitoring: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "format": SUMMARY_FORMAT,
@@ -90,6 +99,7 @@ def build_summary(
         "aifactory_version": __version__,
         "environment": collect_environment(),
         "services": services or {},
+        "monitoring": monitoring or {"mode": "off"},
         "tests": tests,
     }
 
@@ -102,10 +112,12 @@ def save_run(
     status: str,
     started_at: float,
     services: dict[str, dict[str, Any]] | None = None,
+    monitoring: dict[str, Any] | None = None,
 ) -> None:
-    """`services`: per service, where it ran and how long it took to become usable."""
-    summary = build_summary(run, recipe, tests, status, started_at, services)
-    atomic_write(run.root / "summary.json", json.dumps(json_safe(summary), indent=2))
+    """`services`: per service, where it ran and how long it took to become usable;
+    `monitoring`: how the run was monitored and what went wrong with it."""
+    summary = build_summary(run, recipe, tests, status, started_at, services, monitoring)
+    atomic_write(run.root / "summary.json", json.dumps(redacted(run, summary), indent=2))
     if len(records):
         write_parquet(records, run.root / "records.parquet")
     if tests:
@@ -118,7 +130,7 @@ def save_run(
 def save_part(run: RunDir, worker: str, tests: list[dict[str, Any]], records: pd.DataFrame) -> None:
     parts = run.root / "parts"
     parts.mkdir(exist_ok=True, mode=0o700)
-    atomic_write(parts / f"{worker}.json", json.dumps(json_safe(tests), indent=2))
+    atomic_write(parts / f"{worker}.json", json.dumps(redacted(run, tests), indent=2))
     if len(records):
         write_parquet(records, parts / f"{worker}.parquet")
 
@@ -177,13 +189,14 @@ def save_benchmark(
             "commit_info": None,
         }
     )
-    atomic_write(run.root / "benchmark.json", json.dumps(json_safe(data), indent=2))
+    data = redacted(run, data)
+    atomic_write(run.root / "benchmark.json", json.dumps(data, indent=2))
     storage = Path(os.environ.get("AIFACTORY_BENCHMARK_STORAGE", ".benchmarks"))
     marker = run.root / ".benchmark-path"
     if marker.exists():  # rewrite the same file as the run goes on, not a new one per test
         target = Path(marker.read_text().strip())
-        atomic_write(target, json.dumps(json_safe(data), indent=2))
+        atomic_write(target, json.dumps(data, indent=2))
         return target
-    target = save_benchmark_json(json_safe(data), storage, run.run_id)
+    target = save_benchmark_json(data, storage, run.run_id)
     marker.write_text(str(target.resolve()))
     return target

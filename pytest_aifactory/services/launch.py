@@ -35,6 +35,7 @@ from pytest_aifactory.cluster.rendezvous import (
 from pytest_aifactory.cluster.rundir import driver_gone
 
 if TYPE_CHECKING:
+    from pytest_aifactory.monitor.node_exporter import NodeExporterOrder
     from pytest_aifactory.recipe import Container
 
 _PR_SET_PDEATHSIG = 1
@@ -68,6 +69,8 @@ class ServiceLaunch:
     """The service asked for GPUs: a container gets the host's GPU driver (`--nv`)."""
     ranks_timeout_s: float = 600.0
     """How long a rank waits for the others (rank 0 announcing itself, every rank being up)."""
+    node_exporter: NodeExporterOrder | None = None
+    """Run the node's exporter beside the server (the run is monitored)."""
 
 
 @dataclass(frozen=True)
@@ -174,9 +177,17 @@ def _command(launch: ServiceLaunch, place: TaskPlace, port: int, head: Rendezvou
 
 def run_service(launch: ServiceLaunch) -> int:
     """Start the server and wait for it; returns only when the server ended."""
+    from pytest_aifactory.monitor.node_exporter import node_exporter
+
     job_started_at = time.time()
     rank, world_size = task_rank()
     place = TaskPlace(rank, world_size, node_name(), resolve_host(launch.host))
+    with node_exporter(launch.node_exporter, place.node, place.host):
+        return _serve(launch, place, job_started_at)
+
+
+def _serve(launch: ServiceLaunch, place: TaskPlace, job_started_at: float) -> int:
+    rank, world_size = place.rank, place.world_size
     stop_requested: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda sig, _frame: stop_requested.append(sig))

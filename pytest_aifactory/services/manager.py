@@ -24,6 +24,7 @@ from pytest_aifactory.services.health import base_url, is_healthy
 from pytest_aifactory.services.launch import ServiceLaunch, run_service
 
 if TYPE_CHECKING:
+    from pytest_aifactory.monitor.node_exporter import NodeExporterOrder
     from pytest_aifactory.recipe import Recipe
 
 PhaseCallback = Callable[[str, str, float, str], None]
@@ -112,6 +113,8 @@ class ServiceManager:
         self.on_ready = on_ready or (lambda _: None)
         self.endpoints: dict[str, Endpoint] = {}
         self.failures: dict[str, ServiceStartError] = {}
+        self.node_exporter: NodeExporterOrder | None = None
+        """Set when the run is monitored: each service job runs its node's exporter."""
 
     def endpoint(self, name: str) -> Endpoint:
         if name in self.failures:
@@ -174,6 +177,22 @@ class ServiceManager:
             raise ServiceStartError(str(err)) from None
         if plan.external_url is not None:
             return self._check_external(name, service.kind, plan, service.health_timeout_s)
+        resources = JobResources(nodes=service.nodes, gpus_per_node=service.gpus_per_node)
+        return self.launch(name, service.kind, plan, resources, service.health_timeout_s)
+
+    def launch(
+        self,
+        name: str,
+        kind: str,
+        plan: ServicePlan,
+        resources: JobResources,
+        timeout_s: float,
+        *,
+        job_name: str | None = None,
+        role: str = "service",
+    ) -> Endpoint:
+        """Submit `plan` as a job and wait until it is healthy (also used for the run's own
+        monitoring servers, which are not recipe services)."""
         if plan.port is not None and not port_is_free(plan.host, plan.port):
             raise ServiceStartError(
                 f"service '{name}': port {plan.port} on {plan.host} is already taken"
@@ -187,8 +206,8 @@ class ServiceManager:
             host=plan.host,
             port=plan.port,
             heartbeat_path=None if self.keep else str(self.run.heartbeat_path),
+            node_exporter=self.node_exporter,
         )
-        resources = JobResources(nodes=service.nodes, gpus_per_node=service.gpus_per_node)
         local_keep = self.keep and self.executor.name == "local"
         if local_keep:
             resources = replace(resources, time_limit_min=KEPT_LOCAL_TIME_LIMIT_MIN)
@@ -197,18 +216,20 @@ class ServiceManager:
         try:
             with _detached_stdio() if local_keep else contextlib.nullcontext():
                 job = self.executor.submit(
-                    run_service, launch, name=f"service-{name}", role="service", resources=resources
+                    run_service,
+                    launch,
+                    name=job_name or f"service-{name}",
+                    role=role,
+                    resources=resources,
                 )
         except SubmitError as err:
             raise ServiceStartError(f"service '{name}' could not be submitted: {err}") from None
         self.on_phase(name, "pending", 0.0, f"job {job.job_id}")
         try:
-            rendezvous = self._await_rendezvous(name, job, start, service.health_timeout_s)
+            rendezvous = self._await_rendezvous(name, job, start, timeout_s)
             job.pids.append(rendezvous.pid)
             self.on_phase(name, "starting", time.monotonic() - start, rendezvous.address)
-            healthy_at = self._await_health(
-                name, job, plan, rendezvous, start, service.health_timeout_s
-            )
+            healthy_at = self._await_health(name, job, plan, rendezvous, start, timeout_s)
         except ServiceStartError:
             self.executor.cancel(job)
             raise
@@ -216,7 +237,7 @@ class ServiceManager:
         self.on_phase(name, "healthy", elapsed, rendezvous.address)
         return Endpoint(
             name=name,
-            kind=service.kind,
+            kind=kind,
             host=rendezvous.host,
             port=rendezvous.port,
             url=base_url(rendezvous.host, rendezvous.port),

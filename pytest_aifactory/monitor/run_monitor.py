@@ -1,0 +1,426 @@
+"""The run's monitoring, from start to the last test window.
+
+Monitoring never fails a benchmark: when Prometheus cannot start or dies mid-run, the tests go
+on and the summary carries a warning; what the clients measured is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from pytest_aifactory.monitor.layout import (
+    MonitorEndpoints,
+    MonitorMode,
+    metrics_parts_dir,
+    read_endpoints,
+    write_endpoints,
+)
+from pytest_aifactory.monitor.node_exporter import NodeExporterOrder
+from pytest_aifactory.monitor.query import PrometheusClient, PrometheusUnavailable
+from pytest_aifactory.monitor.samples import empty_samples
+from pytest_aifactory.monitor.series import (
+    CLIENT_SERIES,
+    GPU_SERIES,
+    KIND_LABEL,
+    NODE_SERIES,
+    RUN_LABEL,
+    SERVICE_LABEL,
+    Series,
+    service_series,
+)
+from pytest_aifactory.monitor.targets import Target, base_labels, write_target
+from pytest_aifactory.monitor.window import (
+    counter_increase,
+    cross_check,
+    cross_check_warning,
+    sample_rows,
+    to_frame,
+)
+
+if TYPE_CHECKING:
+    from pytest_aifactory.cluster.rundir import RunDir
+    from pytest_aifactory.monitor.scraper import DirectScraper
+    from pytest_aifactory.recipe import Monitor
+    from pytest_aifactory.services.manager import Endpoint, ServiceManager
+
+PROMETHEUS = "aifactory-prometheus"
+PUSHGATEWAY = "aifactory-pushgateway"
+TARGET_UP_TIMEOUT_S = 15.0
+"""How long a new target may take to be scraped for the first time (discovery + one scrape)."""
+
+
+@dataclass
+class WindowResult:
+    """What monitoring saw during one test."""
+
+    samples: pd.DataFrame
+    server: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cross_checks: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def find_prometheus() -> str | None:
+    """AIFACTORY_PROMETHEUS (a path; empty: none) before PATH's `prometheus`."""
+    explicit = os.environ.get("AIFACTORY_PROMETHEUS")
+    if explicit is not None:
+        return explicit if explicit and os.access(explicit, os.X_OK) else None
+    return shutil.which("prometheus")
+
+
+class RunMonitor:
+    def __init__(
+        self,
+        settings: Monitor,
+        run: RunDir,
+        services: ServiceManager,
+        executor_name: str,
+        say: Callable[[str], None] = lambda _: None,
+    ) -> None:
+        self.settings = settings
+        self.run = run
+        self.services = services
+        self.executor_name = executor_name
+        self.say = say
+        self.interval_s = float(settings.scrape_interval_s)
+        self.mode: MonitorMode = "off"
+        self.prometheus: Endpoint | None = None
+        self.pushgateway: Endpoint | None = None
+        self.client: PrometheusClient | None = None
+        self.scraper: DirectScraper | None = None
+        self.warnings: list[str] = []
+        """Run-level warnings (each said once), also written to the summary."""
+        self._lost_reported = False
+
+    # -- start --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bring up Prometheus and the pushgateway (or the direct scraper), before any service,
+        so every service is scraped from its first second."""
+        if not self.settings.prometheus:
+            self._publish("off")
+            return
+        from pytest_aifactory.monitor.prometheus_config import write_config
+
+        config = write_config(self.run.root, self.interval_s)
+        binary = find_prometheus()
+        if binary is None:
+            self._start_scraper("no Prometheus binary found")
+        else:
+            self.prometheus = self._launch(
+                PROMETHEUS,
+                [
+                    binary,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={self.run.root / 'monitor' / 'tsdb'}",
+                    "--storage.tsdb.retention.time=3650d",
+                    "--web.listen-address={host}:{port}",
+                    "--web.enable-lifecycle",
+                ],
+            )
+            if self.prometheus is None:
+                self._start_scraper("Prometheus did not start")
+            else:
+                self.mode = "prometheus"
+                self.client = PrometheusClient(self.prometheus.url)
+                self._announce(PROMETHEUS, "prometheus", self.prometheus, "/metrics")
+        gateway = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
+        if gateway is not None:
+            self.pushgateway = self._launch(
+                PUSHGATEWAY, [gateway, "--web.listen-address={host}:{port}"]
+            )
+            if self.pushgateway is not None:
+                self._announce(PUSHGATEWAY, "pushgateway", self.pushgateway, "/metrics")
+        # services and clients run their node's exporter; the monitoring jobs do not (on a
+        # cluster they sit on a separate partition, and they may die without the node going)
+        self.services.node_exporter = NodeExporterOrder(str(self.run.root), self.run.run_id)
+        self._publish(self.mode)
+        self.say(
+            f"monitoring: {self.mode} every {self.interval_s:g} s"
+            + (f", Prometheus {self.prometheus.url}" if self.prometheus else "")
+            + (f", pushgateway {self.pushgateway.url}" if self.pushgateway else "")
+        )
+
+    def _launch(self, name: str, argv: list[str]) -> Endpoint | None:
+        from pytest_aifactory.cluster.base import JobResources
+        from pytest_aifactory.services.base import HealthCheck, ServicePlan
+        from pytest_aifactory.services.launch import AUTO_HOST
+        from pytest_aifactory.services.manager import ServiceStartError
+
+        host = AUTO_HOST if self.executor_name == "slurm" else "127.0.0.1"
+        plan = ServicePlan(name=name, argv=argv, host=host, health=HealthCheck("/-/ready"))
+        resources = JobResources(partition=self.settings.partition)
+        try:
+            return self.services.launch(
+                name,
+                name,
+                plan,
+                resources,
+                self.settings.start_timeout_s,
+                job_name=f"monitor-{name.removeprefix('aifactory-')}",
+                role="monitor",
+            )
+        except ServiceStartError as err:
+            self._warn(f"monitoring: {name} did not start, going on without it: {err}")
+            return None
+
+    def _start_scraper(self, why: str) -> None:
+        from pytest_aifactory.monitor.scraper import DirectScraper
+
+        self.mode = "scrape"
+        kinds = sorted({s.kind for s in self.services.recipe.services.values()})
+        by_role = {
+            "service": [s for kind in kinds for s in service_series(kind)],
+            "node": [*NODE_SERIES, *GPU_SERIES],
+            "pushgateway": list(CLIENT_SERIES),
+            "prometheus": [],
+        }
+        self.scraper = DirectScraper(self.run.root, by_role, self.interval_s)
+        self.scraper.start()
+        self._warn(
+            f"monitoring: {why}: scraping the metrics endpoints directly every "
+            f"{self.interval_s:g} s (no PromQL, no Grafana replay)"
+        )
+
+    def _announce(self, name: str, group: str, endpoint: Endpoint, path: str) -> None:
+        labels = base_labels(self.run.run_id, group, endpoint.node)
+        write_target(
+            self.run.root, Target(group, name, f"{endpoint.host}:{endpoint.port}", path, labels)
+        )
+
+    def _publish(self, mode: MonitorMode) -> None:
+        self.mode = mode
+        write_endpoints(
+            self.run.root,
+            MonitorEndpoints(
+                mode=mode,
+                scrape_interval_s=self.interval_s,
+                prometheus_url=self.prometheus.url if self.prometheus else None,
+                pushgateway_url=self.pushgateway.url if self.pushgateway else None,
+                note="; ".join(self.warnings),
+            ),
+        )
+
+    def attach(self) -> None:
+        """A pytest-xdist worker uses the controller's monitoring (read from the run folder)."""
+        endpoints = read_endpoints(self.run.root)
+        if endpoints is None:
+            return
+        self.mode = endpoints.mode
+        self.interval_s = endpoints.scrape_interval_s
+        if endpoints.prometheus_url:
+            self.client = PrometheusClient(endpoints.prometheus_url)
+        self._push_url = endpoints.pushgateway_url
+        if self.mode != "off":
+            self.services.node_exporter = NodeExporterOrder(str(self.run.root), self.run.run_id)
+
+    @property
+    def push_url(self) -> str | None:
+        if self.pushgateway is not None:
+            return self.pushgateway.url
+        return getattr(self, "_push_url", None)
+
+    @property
+    def node_exporter(self) -> NodeExporterOrder | None:
+        return self.services.node_exporter
+
+    # -- targets ------------------------------------------------------------------------------
+
+    def service_ready(self, endpoint: Endpoint) -> None:
+        """Announce a healthy service's metrics endpoint and wait for its first scrape, so the
+        first test window has a sample from before its start."""
+        if self.mode == "off" or not endpoint.metrics_url:
+            return
+        parsed = urllib.parse.urlsplit(endpoint.metrics_url)
+        labels = base_labels(self.run.run_id, "service", endpoint.node)
+        labels[SERVICE_LABEL] = endpoint.name
+        labels[KIND_LABEL] = endpoint.kind
+        write_target(
+            self.run.root,
+            Target("services", endpoint.name, parsed.netloc, parsed.path or "/metrics", labels),
+        )
+        if not self._await_scrape(f'{SERVICE_LABEL}="{endpoint.name}"', time.time(), first=True):
+            self._warn(
+                f"monitoring: {endpoint.metrics_url} of service '{endpoint.name}' was not "
+                f"scraped within {TARGET_UP_TIMEOUT_S:g} s"
+            )
+
+    def _await_scrape(
+        self, matcher: str, after: float, *, first: bool = False, timeout_s: float | None = None
+    ) -> bool:
+        """Wait until every target matching `matcher` was scraped after `after`. `first`: a
+        target just announced, which must also have answered; otherwise targets that are gone
+        or down do not hold the wait up. False on timeout or when Prometheus is gone."""
+        deadline = time.monotonic() + (timeout_s or TARGET_UP_TIMEOUT_S + 2 * self.interval_s)
+        if self.scraper is not None:
+            # every target is scraped once per interval: one full interval (and a slow
+            # target's timeout) after `after`, each has been scraped since
+            time.sleep(max(0.0, after + self.interval_s + self.scraper.timeout_s - time.time()))
+            return True
+        if self.client is None:
+            return False
+        # timestamp() of a bare selector is the scrape's time (of an expression, the query's)
+        selector = f'up{{{RUN_LABEL}="{self.run.run_id}",{matcher}}}'
+        expr = f"min(timestamp({selector}))"
+        if first:
+            expr += f" and min({selector}) == 1"
+        while time.monotonic() < deadline:
+            try:
+                result = self.client.query(expr)
+            except PrometheusUnavailable:
+                return False
+            if result and float(result[0]["value"][1]) > after:
+                return True
+            if not result and not first:
+                return True  # no such target (a service without metrics)
+            time.sleep(min(0.25, self.interval_s / 4))
+        return False
+
+    # -- test windows -------------------------------------------------------------------------
+
+    def alive(self) -> bool:
+        if self.mode == "scrape":
+            return True
+        return self.client is not None and self.client.ready()
+
+    def collect(
+        self,
+        test_id: str,
+        slug: str,
+        started_at: float,
+        ended_at: float,
+        services: Mapping[str, str],
+        client_output_tokens: float,
+        client_span_s: float,
+    ) -> WindowResult:
+        """Samples of every series over the test's window, the server's token count (after the
+        final scrape) and its cross-check against the clients'. `services`: name -> kind."""
+        result = WindowResult(samples=empty_samples())
+        if self.mode == "off":
+            return result
+        margin = 3 * self.interval_s
+        waited = self._await_scrape('aif_role=~"service|pushgateway"', ended_at)
+        if not waited and self.mode == "prometheus":
+            if not self.alive():
+                result.warnings.append(self._lost_warning())
+                return result
+            result.warnings.append(
+                "monitoring: no scrape of the services after the test ended; server figures "
+                "for this test may be short"
+            )
+        end = time.time()
+        series = self._all_series(services.values())
+        try:
+            result.samples = self._samples(test_id, series, started_at - margin, end)
+        except PrometheusUnavailable as err:
+            result.warnings.append(self._lost_warning(str(err)))
+            return result
+        self._save_part(slug, result.samples)
+        for name, kind in services.items():
+            from pytest_aifactory.services.base import get_kind
+
+            tokens_series = get_kind(kind).generated_tokens_series
+            if tokens_series is None:
+                continue
+            mine = result.samples[result.samples["service"] == name]
+            server_tokens = counter_increase(mine, tokens_series, started_at, ended_at)
+            result.server[name] = {
+                "output_tokens": server_tokens,
+                "output_throughput": (
+                    server_tokens / client_span_s
+                    if server_tokens is not None and client_span_s > 0
+                    else None
+                ),
+                "series": tokens_series,
+            }
+            check = {
+                **cross_check("output_tokens", client_output_tokens, server_tokens),
+                "service": name,
+            }
+            result.cross_checks.append(check)
+            warning = cross_check_warning(check, name)
+            if warning:
+                result.warnings.append(warning)
+            if server_tokens is None:
+                result.warnings.append(
+                    f"monitoring: the server's token counter of '{name}' does not cover the "
+                    "test window; no cross-check"
+                )
+        return result
+
+    def _samples(
+        self, test_id: str, series: list[Series], start: float, end: float
+    ) -> pd.DataFrame:
+        if self.scraper is not None:
+            frame = self.scraper.samples(start, end)
+            frame["test_id"] = test_id
+            return frame
+        assert self.client is not None
+        rows: list[dict[str, Any]] = []
+        for entry in series:
+            found = self.client.raw_samples(
+                entry.selector({RUN_LABEL: self.run.run_id}), start, end
+            )
+            rows.extend(sample_rows(entry, found, "prometheus"))
+        return to_frame(rows, test_id)
+
+    def _save_part(self, slug: str, samples: pd.DataFrame) -> None:
+        if samples.empty:
+            return
+        folder = metrics_parts_dir(self.run.root)
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        samples.to_parquet(folder / f"{slug}.parquet", index=False)
+
+    def _lost_warning(self, detail: str = "") -> str:
+        text = "monitoring: Prometheus stopped answering"
+        text += f" ({detail})" if detail else ""
+        text += "; server metrics for this test are missing, client results are unaffected"
+        if not self._lost_reported:
+            self._lost_reported = True
+            self._warn(text)
+        return text
+
+    def _warn(self, text: str) -> None:
+        if text not in self.warnings:
+            self.warnings.append(text)
+            self.say(text)
+
+    def _all_series(self, kinds: Any = ()) -> list[Series]:
+        kinds = list(dict.fromkeys(kinds)) or sorted(
+            {s.kind for s in self.services.recipe.services.values()}
+        )
+        found = [s for kind in kinds for s in service_series(kind)]
+        return [*found, *NODE_SERIES, *GPU_SERIES, *CLIENT_SERIES]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "scrape_interval_s": self.interval_s,
+            "prometheus_url": self.prometheus.url if self.prometheus else None,
+            "pushgateway_url": self.push_url,
+            "warnings": list(self.warnings),
+        }
+
+    def stop(self) -> None:
+        if self.scraper is not None:
+            self.scraper.stop()
+
+
+def merge_metrics(run_root: Any) -> None:
+    """Every test window's samples in one `metrics.parquet` at the run's root."""
+    from pytest_aifactory.monitor.layout import metrics_path
+
+    parts = sorted(metrics_parts_dir(run_root).glob("*.parquet"))
+    if not parts:
+        return
+    frame = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    tmp = metrics_path(run_root).with_suffix(".parquet.tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(metrics_path(run_root))

@@ -1,0 +1,121 @@
+"""One test window's samples, and what the server says it did in that window.
+
+The server's own counters are the independent witness of the clients' figures: generated
+tokens counted by the server over the window should match the tokens the clients received.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import pandas as pd
+
+from pytest_aifactory.monitor.samples import empty_samples, normalize
+from pytest_aifactory.monitor.series import (
+    KIND_LABEL,
+    NODE_LABEL,
+    ROLE_LABEL,
+    RUN_LABEL,
+    SERVICE_LABEL,
+    Series,
+)
+
+CROSS_CHECK_TOLERANCE = 0.10
+"""Server and client figures further apart than this are flagged in the summary."""
+_OWN_LABELS = {"__name__", "job", "instance", RUN_LABEL, ROLE_LABEL, SERVICE_LABEL, KIND_LABEL}
+
+
+def sample_rows(
+    series: Series,
+    found: Iterable[tuple[dict[str, str], list[tuple[float, float]]]],
+    origin: str,
+) -> list[dict[str, Any]]:
+    """Rows of the sample table from (labels, [(time, value)]) pairs of one series."""
+    rows = []
+    for labels, values in found:
+        extra = {k: v for k, v in labels.items() if k not in _OWN_LABELS and k != NODE_LABEL}
+        # a client's counters come through the pushgateway: their own `node` label says where
+        # the client ran, `aif_node` only where the gateway did
+        if series.source == "client":
+            node = labels.get("node") or labels.get(NODE_LABEL, "")
+        else:
+            node = labels.get(NODE_LABEL) or labels.get("node", "")
+        common = {
+            "series": series.name,
+            "metric": series.metric,
+            "source": series.source,
+            "service": labels.get(SERVICE_LABEL, ""),
+            "node": node,
+            "instance": labels.get("instance", ""),
+            "labels": json.dumps(extra, sort_keys=True),
+            "origin": origin,
+        }
+        rows.extend({**common, "timestamp": t, "value": v} for t, v in values)
+    return rows
+
+
+def to_frame(rows: list[dict[str, Any]], test_id: str) -> pd.DataFrame:
+    if not rows:
+        frame = empty_samples()
+        return frame
+    frame = pd.DataFrame(rows)
+    frame["test_id"] = test_id
+    return normalize(frame)
+
+
+def counter_increase(
+    samples: pd.DataFrame, series_name: str, start: float, end: float
+) -> float | None:
+    """How much a counter grew from its last sample at or before `start` to its first at or
+    after `end`, summed over every instance; counter resets (a restarted server) count from
+    zero. None when some instance lacks a sample on either side (the window is not covered)."""
+    rows = samples[samples["series"] == series_name]
+    if rows.empty:
+        return None
+    total = 0.0
+    for _, group in rows.groupby(["service", "instance", "labels"], dropna=False):
+        ordered = group.sort_values("timestamp")
+        times = ordered["timestamp"].to_numpy()
+        values = ordered["value"].to_numpy()
+        before = (times <= start).nonzero()[0]
+        after = (times >= end).nonzero()[0]
+        if len(before) == 0 or len(after) == 0:
+            return None
+        span = values[before[-1] : after[0] + 1]
+        for previous, current in itertools.pairwise(span):
+            total += current - previous if current >= previous else current
+    return total
+
+
+def cross_check(metric: str, client: float, server: float | None) -> dict[str, Any]:
+    """The client's and the server's figure for one quantity, and whether they disagree."""
+    if server is None:
+        return {
+            "metric": metric,
+            "client": client,
+            "server": None,
+            "difference": None,
+            "flagged": False,
+        }
+    reference = max(abs(server), abs(client))
+    difference = 0.0 if reference == 0 else (client - server) / reference
+    return {
+        "metric": metric,
+        "client": client,
+        "server": server,
+        "difference": difference,
+        "flagged": abs(difference) > CROSS_CHECK_TOLERANCE,
+    }
+
+
+def cross_check_warning(check: dict[str, Any], service: str) -> str | None:
+    if not check["flagged"]:
+        return None
+    return (
+        f"server '{service}' counted {check['server']:.0f} {check['metric'].replace('_', ' ')}, "
+        f"the clients {check['client']:.0f} ({abs(check['difference']):.1%} apart, more than "
+        f"{CROSS_CHECK_TOLERANCE:.0%}): one side miscounts"
+    )
