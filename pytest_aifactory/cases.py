@@ -40,6 +40,10 @@ def cases_for(recipe: Recipe, kinds: tuple[str, ...] = ()) -> list[LoadCase]:
     for name, client in recipe.clients.items():
         if kinds and client.kind not in kinds:
             continue
+        if client.load.mode == "sweep":
+            # one test: the session measures the levels the capacity search picks
+            cases.append(LoadCase(name, client.kind, "sweep", 0.0, "sweep", f"{name}-sweep"))
+            continue
         for level in client.load.levels:
             cases.append(
                 LoadCase(
@@ -52,6 +56,19 @@ def cases_for(recipe: Recipe, kinds: tuple[str, ...] = ()) -> list[LoadCase]:
                 )
             )
     return cases
+
+
+def sweep_step(case: LoadCase, client: Client, level: float) -> LoadCase:
+    """One level a sweep measures: an ordinary case of the sweep's `over` mode."""
+    load = client.load
+    return LoadCase(
+        client=case.client,
+        kind=case.kind,
+        mode=load.levels_mode,
+        level=float(level),
+        label=load.level_label(level),
+        id=f"{case.id}-{load.level_id(level)}",
+    )
 
 
 def slug(text: str) -> str:

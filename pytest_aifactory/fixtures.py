@@ -37,7 +37,8 @@ def aifactory_load(
 
     def run(case: LoadCase) -> CaseResult:
         try:
-            result = aifactory.run_case(case, test_id=request.node.nodeid, name=request.node.name)
+            runner = aifactory.run_sweep if case.mode == "sweep" else aifactory.run_case
+            result = runner(case, test_id=request.node.nodeid, name=request.node.name)
         except CaseError as err:
             message = str(err)
         else:

@@ -403,6 +403,45 @@ class Dataset(_Section):
     ignore_eos: bool = True
 
 
+class Sweep(_Section):
+    """Capacity search (`load.mode: sweep`): from `start`, multiply the load by `factor` until
+    an SLO breaks (or `max` is reached), then bisect between the last level that met every SLO
+    and the first that did not, until they are `resolution` apart (default: 1 request in flight
+    for concurrency, a tenth of `start` for rate). The capacity is the highest level measured
+    to meet every SLO; below `min_capacity` the sweep's test fails."""
+
+    over: Literal["concurrency", "rate"] = "concurrency"
+    start: PositiveFloat = 1.0
+    factor: float = Field(default=2.0, gt=1.0)
+    max: PositiveFloat = 64.0
+    resolution: PositiveFloat | None = None
+    min_capacity: PositiveFloat | None = None
+
+    @model_validator(mode="after")
+    def _whole_numbers(self) -> Sweep:
+        if self.max < self.start:
+            _fail(
+                f"max ({_format_level(self.max)}) is below start ({_format_level(self.start)})",
+                ("max",),
+            )
+        if self.over == "concurrency":
+            for key in ("start", "max", "resolution"):
+                value = getattr(self, key)
+                if value is not None and not float(value).is_integer():
+                    _fail(
+                        "a concurrency counts requests in flight: expected a whole number, "
+                        f"got {_format_level(value)}",
+                        (key,),
+                    )
+        return self
+
+    @property
+    def step(self) -> float:
+        if self.resolution is not None:
+            return float(self.resolution)
+        return 1.0 if self.over == "concurrency" else self.start / 10
+
+
 class Load(_Section):
     """The load of one client: each level is one test case.
 
@@ -412,8 +451,10 @@ class Load(_Section):
     seconds, whichever comes first; giving only `duration_s` means no request limit.
     """
 
-    mode: Literal["concurrency", "rate"] = "concurrency"
+    mode: Literal["concurrency", "rate", "sweep"] = "concurrency"
     levels: list[PositiveFloat] = Field(default_factory=lambda: [1.0], min_length=1)
+    sweep: Sweep | None = None
+    """Settings of `mode: sweep` (defaults when omitted)."""
     arrival: Literal["poisson", "constant", "gamma"] = "poisson"
     burstiness: PositiveFloat = 1.0
     requests: PositiveInt | None = 64
@@ -446,15 +487,30 @@ class Load(_Section):
             self.requests = None
         if self.requests is None and self.duration_s is None:
             _fail("give requests (per level) or duration_s", ("requests",))
+        if self.mode == "sweep":
+            if "levels" in self.model_fields_set:
+                _fail("a sweep chooses its own levels: set sweep.start and sweep.max", ("levels",))
+            if self.sweep is None:
+                self.sweep = Sweep()
+        elif self.sweep is not None:
+            _fail(f"sweep settings apply to mode: sweep, not mode: {self.mode}", ("sweep",))
         return self
+
+    @property
+    def levels_mode(self) -> str:
+        """What a level counts: requests in flight or per second (a sweep's `over`)."""
+        if self.mode == "sweep":
+            assert self.sweep is not None
+            return self.sweep.over
+        return self.mode
 
     def level_label(self, level: float) -> str:
         """`concurrency=8`, `rate=2.5`: how a level is named in messages and reports."""
-        return f"{self.mode}={_format_level(level)}"
+        return f"{self.levels_mode}={_format_level(level)}"
 
     def level_id(self, level: float) -> str:
         """`concurrency-8`, `rate-2.5`: the level's part of a pytest test id."""
-        return f"{self.mode}-{_format_level(level)}"
+        return f"{self.levels_mode}-{_format_level(level)}"
 
 
 class Client(_Section):
@@ -707,6 +763,16 @@ def reference_problems(data: Mapping[str, Any]) -> list[tuple[KeyPath, str]]:
             known = ", ".join(services) or "none"
             problems.append(
                 (("clients", name, "service"), f"no service named '{service}' (services: {known})")
+            )
+        load = client.get("load")
+        slo = data.get("slo")
+        sweeps = isinstance(load, dict) and load.get("mode") == "sweep"
+        if sweeps and not (isinstance(slo, dict) and slo.get(name)):
+            problems.append(
+                (
+                    ("clients", name, "load", "mode"),
+                    f"a sweep searches for the highest load meeting every SLO: give slo.{name}",
+                )
             )
     problems += _slo_problems(dict(data))
     return problems

@@ -65,6 +65,9 @@ class CaseResult:
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     """Said in the summary and the test output, but not failing the test (monitoring lost)."""
+    sweep: dict[str, Any] | None = None
+    """For a level measured by a capacity search: the sweep's test id, this step's index and
+    (once the search is over) its outcome."""
     started_at: float = 0.0
     ended_at: float = 0.0
 
@@ -368,6 +371,47 @@ class AIFactorySession:
         }
 
     # -- running a case -----------------------------------------------------------------------
+
+    def run_sweep(self, case: LoadCase, test_id: str, name: str) -> CaseResult:
+        """Measure the levels a capacity search picks, each saved like any test; the result
+        is the capacity level's (failing: the lowest level's, or below `min_capacity`)."""
+        from pytest_aifactory.cases import sweep_step
+        from pytest_aifactory.metrics import slo as slo_eval
+        from pytest_aifactory.sweep import CapacitySearch, SweepStep, describe_outcome
+
+        client = self.recipe.clients[case.client]
+        assert client.load.sweep is not None
+        search = CapacitySearch(client.load.sweep)
+        steps: list[CaseResult] = []
+        while (level := search.next_level()) is not None:
+            step = sweep_step(case, client, level)
+            step_id = test_id.replace(f"[{case.id}]", f"[{step.id}]")
+            step_name = name.replace(f"[{case.id}]", f"[{step.id}]")
+            result = self.run_case(step, step_id, step_name)
+            result.sweep = {"test_id": test_id, "step": len(steps)}
+            steps.append(result)
+            breaches = "; ".join(
+                slo_eval.breach_line(case.client, step.label, o)
+                for o in result.outcomes
+                if not o.passed
+            )
+            breaches = breaches or "; ".join(result.notes)
+            search.record(SweepStep(level, result.passed, step_id, breaches))
+            verdict = "met every SLO" if result.passed else "broke an SLO"
+            self.terminal.line(f"{case.client} sweep: {step.label} {verdict}")
+        outcome = search.outcome()
+        for result in steps:
+            assert result.sweep is not None
+            result.sweep["outcome"] = outcome
+        self._save()
+        line = describe_outcome(case.client, outcome)
+        self.terminal.line(line)
+        at_capacity = [r for r in steps if r.passed and r.case.level == outcome["capacity"]]
+        chosen = at_capacity[0] if at_capacity else steps[0]
+        notes = list(chosen.notes)
+        if outcome["capacity"] is None or outcome["below_min_capacity"]:
+            notes.insert(0, line)
+        return dataclasses.replace(chosen, test_id=test_id, name=name, notes=notes)
 
     def run_case(self, case: LoadCase, test_id: str, name: str) -> CaseResult:
         from pytest_aifactory.loadgen.runner import run_load_task

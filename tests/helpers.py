@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,3 +118,35 @@ def processes_matching(marker: str) -> list[str]:
         if marker in cmdline and proc.pid != os.getpid():
             found.append(f"{proc.pid}: {cmdline}")
     return found
+
+
+def answers(url: str) -> bool:
+    """The URL answers 200 (a server under test is up)."""
+    import requests
+
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+@contextlib.contextmanager
+def running_server(
+    argv: Callable[[str], list[str]], ready_path: str, what: str, timeout: float = 15.0
+) -> Iterator[str]:
+    """A real server (Prometheus, an exporter...) on a free 127.0.0.1 port for the block:
+    `argv` gets its `host:port`; yields that address once `ready_path` answers; stopped by PID."""
+    from pytest_aifactory.cluster.rendezvous import free_port
+
+    address = f"127.0.0.1:{free_port('127.0.0.1')}"
+    proc = subprocess.Popen(argv(address), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: answers(f"http://{address}{ready_path}"), timeout, f"{what} ready")
+        yield address
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

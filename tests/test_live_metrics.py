@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from pytest_aifactory.cli import main
 from pytest_aifactory.cli_jobs import render_watch, watch_run
 from pytest_aifactory.cluster import registry
 from pytest_aifactory.cluster.registry import RunRecord, process_ref, write_run
+from pytest_aifactory.cluster.rendezvous import free_port
 from pytest_aifactory.loadgen.live import (
     ClientCounters,
     LivePusher,
@@ -31,23 +31,10 @@ from pytest_aifactory.loadgen.progress import Progress
 from pytest_aifactory.loadgen.runner import run_load
 from pytest_aifactory.loadgen.spec import DatasetSpec, LoadSpec
 from pytest_aifactory.monitor.layout import MonitorEndpoints, write_endpoints
-from tests.helpers import wait_for
+from tests.helpers import running_server, wait_for
 from tests.streaming_server import StreamingServer
 
 PUSHGATEWAY = "/usr/bin/prometheus-pushgateway"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def ready(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=1).status_code == 200
-    except requests.RequestException:
-        return False
 
 
 @pytest.fixture
@@ -55,23 +42,10 @@ def pushgateway() -> Iterator[str]:
     """A real pushgateway on 127.0.0.1, stopped by its PID."""
     if not Path(PUSHGATEWAY).exists():
         pytest.skip("prometheus-pushgateway is not installed (apt-get install it)")
-    port = free_port()
-    proc = subprocess.Popen(
-        [PUSHGATEWAY, f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: ready(f"{url}/-/ready"), timeout=15, what="pushgateway ready")
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with running_server(
+        lambda address: [PUSHGATEWAY, f"--web.listen-address={address}"], "/-/ready", "pushgateway"
+    ) as address:
+        yield f"http://{address}"
 
 
 @pytest.fixture
@@ -181,7 +155,7 @@ def test_no_url_pushes_nothing() -> None:
 
 
 def test_dead_gateway_warns_once_and_never_raises(capfd: pytest.CaptureFixture[str]) -> None:
-    url = f"http://127.0.0.1:{free_port()}"
+    url = f"http://127.0.0.1:{free_port('127.0.0.1')}"
     pusher = LivePusher(url, key("run-a"), interval_s=0.05, timeout_s=0.5)
     pusher.start()
     wait_for(lambda: pusher.push_errors >= 3, timeout=10, what="three failed pushes")
@@ -334,7 +308,7 @@ def test_watch_falls_back_to_progress_files_and_says_so_once(
     tmp_path: Path, state_env: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     record = make_run(tmp_path)
-    dead = f"http://127.0.0.1:{free_port()}"
+    dead = f"http://127.0.0.1:{free_port('127.0.0.1')}"
     write_endpoints(record.root, MonitorEndpoints("prometheus", 1.0, pushgateway_url=dead))
     for process, completed in ((0, 4), (1, 2)):
         progress = Progress(

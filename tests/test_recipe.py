@@ -196,7 +196,7 @@ ERRORS = {
         CLIENT + "    load: {mode: burst}\n",
         9,
         "clients.chat.load.mode",
-        "expected one of 'concurrency', 'rate', got 'burst'",
+        "expected one of 'concurrency', 'rate', 'sweep', got 'burst'",
     ),
     "fractional-concurrency": (
         CLIENT + "    load:\n      levels:\n        - 1\n        - 2.5\n",
@@ -383,7 +383,7 @@ def test_unknown_keys_list_what_is_expected(tmp_path: Path) -> None:
     assert problem.message.startswith(
         "unknown key 'levelz' (did you mean 'levels'? expected one of:"
     )
-    assert "mode, levels, arrival" in problem.message
+    assert "mode, levels, sweep, arrival" in problem.message
 
 
 def test_model_validate_checks_references_too() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -13,30 +12,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import requests
 
+from pytest_aifactory.cluster.rendezvous import free_port
 from pytest_aifactory.monitor.samples import SAMPLE_COLUMNS
 from pytest_aifactory.monitor.scraper import DirectScraper
 from pytest_aifactory.monitor.series import NODE_SERIES
 from pytest_aifactory.monitor.targets import Target, base_labels, write_target
 from pytest_aifactory.services.llamacpp import METRIC_SERIES as LLAMACPP_SERIES
-from tests.helpers import wait_for
+from tests.helpers import running_server, wait_for
 
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
 RUN = "20240501-120000-scrape"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=1).status_code == 200
-    except requests.RequestException:
-        return False
 
 
 @pytest.fixture
@@ -44,22 +30,16 @@ def node_exporter() -> Iterator[str]:
     """A real node exporter on 127.0.0.1 (its address), stopped by its PID."""
     if not Path(NODE_EXPORTER).exists():
         pytest.skip("prometheus-node-exporter is not installed (apt-get install it)")
-    address = f"127.0.0.1:{free_port()}"
-    proc = subprocess.Popen(
-        [NODE_EXPORTER, "--no-collector.systemd", f"--web.listen-address={address}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for(lambda: answers(f"http://{address}/metrics"), timeout=15, what="node exporter")
+    with running_server(
+        lambda address: [
+            NODE_EXPORTER,
+            "--no-collector.systemd",
+            f"--web.listen-address={address}",
+        ],
+        "/metrics",
+        "node exporter",
+    ) as address:
         yield address
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class LlamaMetrics(BaseHTTPRequestHandler):
@@ -125,7 +105,7 @@ def test_scrapes_node_and_service_targets_as_they_appear(
     write_target(
         run_root, Target("nodes", "n1", node_exporter, labels=base_labels(RUN, "node", "n1"))
     )
-    dead = service_target("dead", f"127.0.0.1:{free_port()}")
+    dead = service_target("dead", f"127.0.0.1:{free_port('127.0.0.1')}")
     write_target(run_root, dead)
     scraper = DirectScraper(
         run_root, {"node": NODE_SERIES, "service": LLAMACPP_SERIES}, interval_s=0.2

@@ -61,6 +61,7 @@ def test_entry(result: CaseResult) -> dict[str, Any]:
             "passed": result.passed,
             "notes": result.notes,
             "warnings": result.warnings,
+            "sweep": result.sweep,
             "started_at": _iso(result.started_at),
             "ended_at": _iso(result.ended_at),
             "slo": [o.to_dict() for o in result.outcomes],
@@ -100,8 +101,23 @@ def build_summary(
         "environment": collect_environment(),
         "services": services or {},
         "monitoring": monitoring or {"mode": "off"},
+        "sweeps": sweeps_of(tests),
         "tests": tests,
     }
+
+
+def sweeps_of(tests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each capacity search of the run once: its test, client and outcome (from its steps)."""
+    found: dict[str, dict[str, Any]] = {}
+    for test in tests:
+        sweep = test.get("sweep") or {}
+        if sweep.get("outcome") is not None:
+            found[sweep["test_id"]] = {
+                "test_id": sweep["test_id"],
+                "client": test["client"],
+                **sweep["outcome"],
+            }
+    return list(found.values())
 
 
 def save_run(

@@ -1,0 +1,125 @@
+"""Capacity search: the highest load level that meets every SLO, found by measuring.
+
+The search itself is pure (it only decides the next level from the verdicts so far), so its
+rules are tested without a server; the session runs each level as an ordinary measured step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pytest_aifactory.recipe import Sweep
+
+
+@dataclass(frozen=True)
+class SweepStep:
+    level: float
+    passed: bool
+    test_id: str = ""
+    breaches: str = ""
+    """Why the level failed (the broken objectives), empty when it passed."""
+
+
+@dataclass
+class CapacitySearch:
+    """Step up by `factor` until an SLO breaks or `max`, then bisect to `resolution`."""
+
+    settings: Sweep
+    steps: list[SweepStep] = field(default_factory=list)
+    passed_at: float | None = None
+    """Highest level measured to meet every SLO."""
+    failed_at: float | None = None
+    """Lowest level measured to break one (above `passed_at`)."""
+
+    @property
+    def whole(self) -> bool:
+        return self.settings.over == "concurrency"
+
+    def next_level(self) -> float | None:
+        """The level to measure next; None when the search is over."""
+        if not self.steps:
+            return float(self.settings.start)
+        if self.passed_at is None:
+            return None  # the lowest level already breaks an SLO
+        if self.failed_at is None:
+            if self.passed_at >= self.settings.max:
+                return None  # every level up to max met the SLOs
+            up = min(self.passed_at * self.settings.factor, float(self.settings.max))
+            if self.whole:
+                up = max(float(math.ceil(up)), self.passed_at + 1)
+            return min(up, float(self.settings.max))
+        if self.failed_at - self.passed_at <= self.settings.step + 1e-9:
+            return None
+        middle = (self.passed_at + self.failed_at) / 2
+        if self.whole:
+            middle = float(math.floor(middle))
+            if middle <= self.passed_at:
+                return None
+        return middle
+
+    def record(self, step: SweepStep) -> None:
+        self.steps.append(step)
+        if step.passed:
+            if self.passed_at is None or step.level > self.passed_at:
+                self.passed_at = step.level
+        elif self.failed_at is None or step.level < self.failed_at:
+            self.failed_at = step.level
+
+    @property
+    def capacity(self) -> float | None:
+        return self.passed_at
+
+    def outcome(self) -> dict[str, Any]:
+        """The search's result as saved in the summary: the capacity and its evidence."""
+        below_min = self.settings.min_capacity is not None and (
+            self.capacity is None or self.capacity < self.settings.min_capacity
+        )
+        by_level = {s.level: s for s in self.steps}
+        return {
+            "over": self.settings.over,
+            "capacity": self.capacity,
+            "reached_max": self.failed_at is None and self.capacity is not None,
+            "passed_at": _step(by_level.get(self.passed_at)) if self.passed_at else None,
+            "failed_at": _step(by_level.get(self.failed_at)) if self.failed_at else None,
+            "min_capacity": self.settings.min_capacity,
+            "below_min_capacity": below_min,
+            "steps": [_step(s) for s in self.steps],
+        }
+
+
+def _step(step: SweepStep | None) -> dict[str, Any] | None:
+    if step is None:
+        return None
+    return {
+        "level": step.level,
+        "passed": step.passed,
+        "test_id": step.test_id,
+        "breaches": step.breaches,
+    }
+
+
+def describe_outcome(client: str, outcome: dict[str, Any]) -> str:
+    """One line for the terminal and the test report."""
+    over = outcome["over"]
+
+    def level(value: float) -> str:
+        return f"{over}={value:g}"
+
+    capacity = outcome["capacity"]
+    if capacity is None:
+        first = outcome["steps"][0] if outcome["steps"] else None
+        why = f": {first['breaches']}" if first and first["breaches"] else ""
+        return f"{client}: no capacity, the lowest level {level(first['level'])} breaks an SLO{why}"
+    text = f"{client}: capacity {level(capacity)}"
+    if outcome["reached_max"]:
+        text += " (every level up to the sweep's max met the SLOs; the limit is higher)"
+    else:
+        failed = outcome["failed_at"]
+        text += f" ({level(capacity)} met every SLO, {level(failed['level'])} did not"
+        text += f": {failed['breaches']})" if failed["breaches"] else ")"
+    if outcome["below_min_capacity"]:
+        text += f"; below min_capacity {outcome['min_capacity']:g}"
+    return text
