@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from pytest_aifactory import __version__
+from pytest_aifactory.cli_compare import register_compare
 from pytest_aifactory.cli_jobs import register_jobs
 from pytest_aifactory.cli_monitor import register_monitor
+from pytest_aifactory.cli_report import register_report
 from pytest_aifactory.recipe import RecipeError, load_recipe, recipe_json_schema
 
 Subcommands = Any  # argparse's private _SubParsersAction
@@ -135,6 +137,8 @@ COMMAND_GROUPS: list[Callable[[Subcommands], None]] = [
     register_recipes,
     register_jobs,
     register_monitor,
+    register_compare,
+    register_report,
 ]
 
 

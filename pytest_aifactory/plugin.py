@@ -18,10 +18,14 @@ import pytest
 
 from pytest_aifactory.cases import cases_for
 from pytest_aifactory.fixtures import SESSION_KEY, aifactory, aifactory_load, aifactory_monitor
+from pytest_aifactory.report.compare import BaselineCheck
 from pytest_aifactory.session import AIFactorySession
 from pytest_aifactory.terminal import Terminal
 
 __all__ = ["aifactory", "aifactory_load", "aifactory_monitor"]
+
+BASELINE_KEY = pytest.StashKey["BaselineCheck | None"]()
+"""The session's `--compare` / `--fail-on-regression`, and once the run is saved, its outcome."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -59,6 +63,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="RUN",
         help="use the services a run kept instead of starting new ones (default: the latest "
         "run of this recipe whose kept services are healthy); write --reuse-services=RUN",
+    )
+    group.addoption(
+        "--compare",
+        metavar="RUN",
+        default=None,
+        help="after the session, compare this run with RUN (a run folder or id), or with the "
+        "latest earlier run of the same recipe in the report folder (--compare=last)",
+    )
+    group.addoption(
+        "--fail-on-regression",
+        metavar="SPEC",
+        default=None,
+        help="fail the session when a metric got worse than the baseline (--compare, default "
+        "last) by more than its tolerance, e.g. 'ttft_ms.p99:10%%,output_throughput:5%%'",
     )
     slurm = parser.getgroup("aifactory-slurm", "Slurm (override the recipe's platform.slurm)")
     for option, key, help_text in (
@@ -107,6 +125,25 @@ def _slurm_overrides(config: pytest.Config, recipe: Any) -> dict[str, Any]:
     return overrides
 
 
+def _baseline_check(config: pytest.Config) -> BaselineCheck | None:
+    """`--compare` and `--fail-on-regression`, checked before anything runs."""
+    ref = config.getoption("compare")
+    spec = config.getoption("fail_on_regression")
+    if ref is None and spec is None:
+        return None
+    from pytest_aifactory.report.compare import LAST, CompareError, load_run, parse_tolerances
+
+    try:
+        tolerances = parse_tolerances(spec) if spec is not None else None
+    except CompareError as err:
+        raise pytest.UsageError(f"--fail-on-regression: {err}") from None
+    try:
+        baseline = load_run(ref) if ref not in (None, LAST) else LAST
+    except CompareError as err:
+        raise pytest.UsageError(f"--compare: {err}") from None
+    return BaselineCheck(baseline, tolerances)
+
+
 def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
     """SIGTERM (scancel, a CI timeout) ends the session like Ctrl-C: jobs cancelled, data kept."""
     raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
@@ -120,6 +157,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "these kinds (e.g. 'openai')",
     )
     config.stash[SESSION_KEY] = None
+    config.stash[BASELINE_KEY] = None
     recipe_arg = config.getoption("recipe") or config.getini("aifactory_recipe")
     if not recipe_arg:
         return
@@ -142,6 +180,12 @@ def pytest_configure(config: pytest.Config) -> None:
         slurm_overrides=_slurm_overrides(config, recipe),
     )
     workerinput = getattr(config, "workerinput", None)
+    if workerinput is None:  # the run is compared once, by the process that owns it
+        config.stash[BASELINE_KEY] = _baseline_check(config)
+    if config.pluginmanager.hasplugin("html") and config.getoption("htmlpath", None):
+        from pytest_aifactory.report import pytest_html as html_extras
+
+        config.pluginmanager.register(html_extras, "aifactory-html")
     if workerinput is not None and "aifactory" in workerinput:
         driver = config.stash[SESSION_KEY]
         assert driver is not None
@@ -183,6 +227,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
         return
     interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
     driver.finish("interrupted" if interrupted else "complete")
+    check = session.config.stash.get(BASELINE_KEY, None)
+    if check is None or interrupted or driver.run is None or driver.role == "worker":
+        return
+    check.run(driver.run.root)
+    if check.failed and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
@@ -223,3 +273,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             ]
             tr.write_line("  ".join(cells), bold=i == 0)
     tr.write_line(f"times in ms; run saved to {driver.run.root}")
+    check = config.stash.get(BASELINE_KEY, None)
+    lines = check.report_lines() if check is not None else []
+    if lines:
+        assert check is not None
+        baseline = check.result.baseline if check.result is not None else None
+        tr.section(f"aifactory: compared with {baseline.run_id if baseline else 'no run'}")
+        for line, bad in lines:
+            tr.write_line(line, red=bad, bold=bad)

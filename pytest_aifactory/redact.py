@@ -59,8 +59,8 @@ _VALUE = re.compile(r"\"[^\"\n]*\"|'[^'\n]*'|[^\s\"',;&{}[\]()]+")
 def looks_secret(name: str) -> bool:
     """Whether a setting, variable, flag or key of this name holds a secret."""
     words = [word.lower() for word in _WORDS.findall(name)]
-    if not words:
-        return False
+    if not words or words in (["key"], ["keys"]):
+        return False  # a bare `key` names a lookup key (`slo[].key`), not a credential
     return bool(_SECRET_WORD.fullmatch(words[-1])) or any(
         _STRONG_WORD.fullmatch(word) for word in words
     )

@@ -294,6 +294,19 @@ class AIFactorySession:
             )
         self._save()
         self._export_dashboard()
+        self._build_report()
+
+    def _build_report(self) -> None:
+        """`report.html` from what the run saved (`aifactory report RUN` rebuilds it later)."""
+        assert self.run is not None
+        from pytest_aifactory.report.build import ReportError, build_report
+
+        try:
+            path = build_report(self.run.root)
+        except (ReportError, OSError, ValueError) as err:
+            self.terminal.line(f"report not written: {err}")
+            return
+        self.terminal.line(f"report: {path}")
 
     def _export_dashboard(self) -> None:
         """A Grafana dashboard over the run's kept Prometheus data (`aifactory grafana RUN`
@@ -486,8 +499,9 @@ class AIFactorySession:
     ) -> CaseResult:
         """Merge the processes' records, compute the statistics, judge the SLOs, save."""
         from pytest_aifactory.loadgen.records import read_records
+        from pytest_aifactory.loadgen.selfcheck import client_stats_path, read_client_stats
         from pytest_aifactory.metrics import slo as slo_eval
-        from pytest_aifactory.metrics.stats import summarize_llm
+        from pytest_aifactory.metrics.stats import client_health, saturation_note, summarize_llm
 
         records = read_records(Path(s.records_path) for s in specs)
         measured = records[records["phase"] == "measure"] if "phase" in records else records
@@ -497,6 +511,11 @@ class AIFactorySession:
         outcomes = slo_eval.evaluate(summary, objectives)
         ended_at = time.time()
         warnings = self._server_view(test_id, name, started_at, ended_at, records, summary)
+        client_stats = read_client_stats([client_stats_path(s.records_path) for s in specs])
+        summary["load_generator"] = client_health(measured, client_stats)
+        saturated = saturation_note(summary["load_generator"])
+        if saturated:
+            warnings = [*warnings, saturated]
         result = CaseResult(
             test_id=test_id,
             name=name,

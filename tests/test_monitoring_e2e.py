@@ -104,7 +104,7 @@ def test_server_token_count_agrees_with_clients(monitored_run: Session) -> None:
         assert check["server"] == pytest.approx(client_tokens, rel=0.02)
         assert not check["flagged"]
         assert test["server"]["llm"]["output_tokens"] == check["server"]
-        assert not test["warnings"], test["warnings"]
+        assert not [w for w in test["warnings"] if "monitoring" in w or "server" in w], test
 
 
 def test_monitoring_jobs_logged_and_stopped(monitored_run: Session) -> None:

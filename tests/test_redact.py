@@ -346,3 +346,11 @@ def test_saved_parts_are_redacted(tmp_path: Path) -> None:
     written = json.loads((run.root / "parts" / "gw0.json").read_text())
     assert written[0]["notes"] == ["service died\nstarted with --api-key *** and ***"]
     assert written[0]["counts"] == {"sent": 3}
+
+
+def test_a_bare_key_is_a_lookup_key_not_a_secret() -> None:
+    assert not looks_secret("key")
+    assert Redactor().data({"key": "ttft_ms.p99", "api_key": "sk-abcdef"}) == {
+        "key": "ttft_ms.p99",
+        "api_key": "***",
+    }

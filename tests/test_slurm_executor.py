@@ -358,6 +358,9 @@ def shape(value: Any) -> Any:
     if isinstance(value, dict):
         return {key: shape(item) for key, item in value.items()}
     if isinstance(value, list):
+        # lists of messages (notes, warnings) may be empty in one run and not in another
+        if all(isinstance(item, str) for item in value):
+            return ["text"]
         return [shape(item) for item in value[:1]]
     return "value"
 

@@ -64,3 +64,8 @@ def test_sweep_finds_a_capacity_bracketed_by_its_neighbours(tmp_path: Path) -> N
     assert len(summary["tests"]) == len(sweep["steps"]) >= 2
     assert {t["sweep"]["test_id"] for t in summary["tests"]} == {sweep["test_id"]}
     assert f"chat: capacity concurrency={capacity:g}" in session.stdout
+    (run,) = session.run_dirs()
+    page = (run / "report.html").read_text()
+    assert "<h2>Capacity</h2>" in page
+    assert f"concurrency={capacity:g}</a>" in page
+    assert f"concurrency={capacity + 1:g}</a>" in page

@@ -26,6 +26,7 @@ from pytest_aifactory.loadgen.progress import WRITE_EVERY_S, Progress
 from pytest_aifactory.loadgen.records import RECORD_FIELDS, Clock, RecordWriter
 from pytest_aifactory.loadgen.registry import CLIENT_KINDS, client_kind, get_client_kind
 from pytest_aifactory.loadgen.schedule import arrival_offsets
+from pytest_aifactory.loadgen.selfcheck import ClientMeter, client_stats_path
 from pytest_aifactory.loadgen.spec import LoadSpec
 
 __all__ = ["CLIENT_KINDS", "LoadDriver", "SendFn", "client_kind", "run_load"]
@@ -38,6 +39,18 @@ It reports failures in the record's `error` and never raises for what a server d
 MODES = ("concurrency", "rate")
 _POLL_S = 0.25
 """Longest sleep between checks of the stop flag while waiting for a send time."""
+_SPIN_NS = 1_500_000
+"""The last stretch before a send time is waited by yielding to the loop rather than by a
+timer: event-loop timers fire up to a millisecond late, which would show as queue_ms."""
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where installed, the standard loop otherwise (the client works with either)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def validate(spec: LoadSpec) -> None:
@@ -86,7 +99,8 @@ def run_load(spec: LoadSpec) -> dict[str, Any]:
     """
     validate(spec)
     kind = get_client_kind(spec.kind)
-    return asyncio.run(kind(spec))
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(kind(spec))
 
 
 class LoadDriver:
@@ -105,6 +119,7 @@ class LoadDriver:
             duration_s=spec.duration_s,
         )
         self.live = LivePusher.for_load(spec, self.node)
+        self.meter = ClientMeter(spec.process, queue_capped=bool(spec.max_concurrency))
         self.writer: RecordWriter | None = None
         self.interrupted = False
         self.sent = 0
@@ -144,10 +159,12 @@ class LoadDriver:
                 await self._wait_for_start()
                 self._t0_ns = self.clock.now_ns()
                 self.started_at = self.clock.wall(self._t0_ns)
+                self.meter.start()
                 if self.spec.mode == "concurrency":
                     await self._closed_loop(send)
                 else:
                     await self._open_loop(send)
+                self.meter.stop()
         except asyncio.CancelledError:
             self.interrupted = True
         finally:
@@ -306,6 +323,7 @@ class LoadDriver:
                 self.failed += 1
             else:
                 self.completed += 1
+            self.meter.on_request(record.get("content_events") or 0)
             self.progress.on_done(record)
             self.live.on_done(record)
 
@@ -343,7 +361,10 @@ class LoadDriver:
             remaining = target_ns - self.clock.now_ns()
             if remaining <= 0:
                 return True
-            await asyncio.sleep(min(remaining / 1e9, _POLL_S))
+            if remaining <= _SPIN_NS:
+                await asyncio.sleep(0)
+            else:
+                await asyncio.sleep(min((remaining - _SPIN_NS) / 1e9, _POLL_S))
 
     async def _tick(self) -> None:
         """Flush records, publish progress and watch the driver's heartbeat."""
@@ -375,6 +396,10 @@ class LoadDriver:
     def _finish(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self._t0_ns is not None:
+            self.meter.stop()
+            with contextlib.suppress(OSError):
+                self.meter.write(client_stats_path(self.spec.records_path))
         self._publish(done=True)
         self.live.close()
 

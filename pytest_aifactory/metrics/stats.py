@@ -241,3 +241,70 @@ def summarize_llm(
             "tokens_estimated": bool(estimated.any()),
         }
     )
+
+
+CPU_SATURATED_PERCENT = 90.0
+"""A client process that used this share of one core had no room left to read on time."""
+QUEUE_SATURATED_MS = 1.0
+"""queue_ms p99 above this: requests left later than the load asked for."""
+LOOP_LAG_SATURATED_MS = 10.0
+MATERIAL_SHARE = 0.05
+"""A client delay counts only when it is also this share of the median TTFT: 2 ms of lateness
+says nothing about a server answering in 2 s, but everything about one answering in 10 ms."""
+"""Event-loop lag p99 above this: every timestamp the process took may be this late."""
+
+
+def client_health(records: pd.DataFrame, processes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Whether the load generator itself was in the way, from its records and the
+    self-measurements of its processes (see `loadgen.selfcheck`).
+
+    Saturated when a process used at least `CPU_SATURATED_PERCENT` of a core, when requests
+    were sent late (queue_ms p99 above `QUEUE_SATURATED_MS`; not judged when a concurrency cap
+    makes waiting part of the load), or when its event loop woke late (lag p99 above
+    `LOOP_LAG_SATURATED_MS`). Then the latencies include the client's own delays.
+    """
+    rows = measured(records)
+    queue = describe(distribution(rows, "queue_ms"))
+    cpu = [float(p["cpu_percent"]) for p in processes if p.get("cpu_percent") is not None]
+    lags = [
+        float(p["loop_lag_ms"]["p99"])
+        for p in processes
+        if isinstance(p.get("loop_lag_ms"), Mapping) and p["loop_lag_ms"].get("p99") is not None
+    ]
+    capped = any(bool(p.get("queue_capped")) for p in processes)
+    events = sum(int(p.get("events") or 0) for p in processes)
+    walls = [float(p["wall_s"]) for p in processes if p.get("wall_s")]
+    reasons: list[str] = []
+    if cpu and max(cpu) >= CPU_SATURATED_PERCENT:
+        reasons.append(f"a client process used {max(cpu):.0f}% of a CPU core")
+    queue_p99 = queue["p99"]
+    ttft = describe(distribution(rows, "ttft_ms"))["p50"]
+    material = MATERIAL_SHARE * ttft if math.isfinite(ttft) else 0.0
+    if not capped and math.isfinite(queue_p99) and queue_p99 > max(QUEUE_SATURATED_MS, material):
+        reasons.append(f"requests were sent late (queue_ms p99 {queue_p99:.2f} ms)")
+    if lags and max(lags) > max(LOOP_LAG_SATURATED_MS, material):
+        reasons.append(f"the client's event loop woke late (lag p99 {max(lags):.1f} ms)")
+    return json_safe(
+        {
+            "processes": len(processes),
+            "cpu_percent": {
+                "max": max(cpu) if cpu else math.nan,
+                "mean": float(np.mean(cpu)) if cpu else math.nan,
+            },
+            "queue_ms_p99": queue_p99,
+            "loop_lag_ms_p99": max(lags) if lags else math.nan,
+            "events_per_s": events / max(walls) if walls else math.nan,
+            "saturated": bool(reasons),
+            "reason": "; ".join(reasons),
+        }
+    )
+
+
+def saturation_note(health: Mapping[str, Any]) -> str | None:
+    """The plain-language warning for a saturated client (None when it was not)."""
+    if not health.get("saturated"):
+        return None
+    return (
+        f"load generator saturated: {health.get('reason')}; "
+        "these numbers measure the client, not the server"
+    )

@@ -1,0 +1,67 @@
+"""`aifactory report RUN`: render a run's report page again from its saved files.
+
+A run folder keeps summary.json, records.parquet and metrics.parquet; rebuilding from them lets
+a newer version draw an old run, or a run cut short get the page it never wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from pytest_aifactory.cluster.registry import RunNotFound, resolve_run
+
+Subcommands = Any  # argparse's private _SubParsersAction
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _error(message: str) -> None:
+    print(f"aifactory: {message}", file=sys.stderr)
+
+
+def run_folder(ref: str) -> Path:
+    """A folder is taken as it is (a run copied from elsewhere has no entry in this machine's
+    run index); anything else is resolved as a run id, prefix or `latest`."""
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return path
+    return resolve_run(ref).root
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pytest_aifactory.report.build import ReportError, build_report
+
+    try:
+        root = run_folder(args.run)
+    except RunNotFound as err:
+        _error(str(err))
+        return EXIT_USAGE
+    output = Path(args.output) if args.output else None
+    if output is not None and output.is_dir():
+        output = output / "report.html"
+    try:
+        page = build_report(root, output)
+    except ReportError as err:
+        _error(str(err))
+        return EXIT_USAGE
+    except OSError as err:
+        _error(f"cannot write the report: {err.strerror or err}")
+        return EXIT_FAILED
+    print(page)
+    return EXIT_OK
+
+
+def register_report(subcommands: Subcommands) -> None:
+    report = subcommands.add_parser(
+        "report", help="build a run's report.html again from its saved files"
+    )
+    report.add_argument("run", metavar="RUN", help="run id, unique prefix, folder or `latest`")
+    report.add_argument(
+        "-o",
+        "--output",
+        metavar="PATH",
+        help="write the page here (default: RUN/report.html); charts go to a folder beside it",
+    )
+    report.set_defaults(func=cmd_report)

@@ -1,0 +1,637 @@
+"""Runs side by side: each test's statistics per run, the change against the first (baseline)
+run, and which changes count as regressions.
+
+Tests are matched across runs by client and load level, so a recipe may gain or lose levels
+between runs and the rest still compares. Better or worse follows each metric's direction in
+`metrics/catalog.py`: a lower TTFT is better, a lower throughput is worse. A regression gate
+gives each metric a tolerance (`output_throughput:5%`): the metric regressed when it moved the
+wrong way by more than that.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pytest_aifactory.metrics.catalog import METRICS, STATISTICS, higher_is_better
+from pytest_aifactory.tabulate import format_table
+
+Verdict = Literal["better", "worse", "same"]
+TestKey = tuple[str, str]
+"""(client, level_label): what makes a test of one run the same test in another."""
+
+SUMMARY_FILE = "summary.json"
+DEFAULT_STATISTICS: tuple[str, ...] = ("p50", "p99")
+"""Statistics shown by default for each per-request metric."""
+DEFAULT_SKIPPED: frozenset[str] = frozenset(
+    {"output_tokens", "input_tokens", "queue_ms", "achieved_rate"}
+)
+"""Not shown by default: properties of the workload or of the client, not of the service."""
+
+
+class CompareError(Exception):
+    """A run that cannot be read or a metric or tolerance that makes no sense; the message is
+    meant for the user."""
+
+
+# -- runs ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunView:
+    """One run as saved in its summary.json."""
+
+    root: Path
+    summary: dict[str, Any] = field(repr=False)
+
+    @property
+    def run_id(self) -> str:
+        return str(self.summary.get("run_id") or self.root.name)
+
+    @property
+    def recipe(self) -> str:
+        return str((self.summary.get("recipe") or {}).get("name") or "")
+
+    @property
+    def started_at(self) -> str:
+        return str(self.summary.get("started_at") or "")
+
+    @property
+    def status(self) -> str:
+        return str(self.summary.get("status") or "")
+
+    @property
+    def verdict(self) -> str:
+        return str(self.summary.get("verdict") or "")
+
+    @property
+    def tests(self) -> list[dict[str, Any]]:
+        return list(self.summary.get("tests") or [])
+
+    def tests_by_key(self) -> dict[TestKey, dict[str, Any]]:
+        """The first test of each (client, level); a later duplicate is left out."""
+        found: dict[TestKey, dict[str, Any]] = {}
+        for test in self.tests:
+            found.setdefault(test_key(test), test)
+        return found
+
+
+def test_key(test: Mapping[str, Any]) -> TestKey:
+    return (str(test.get("client") or ""), str(test.get("level_label") or ""))
+
+
+def test_label(key: TestKey) -> str:
+    client, level = key
+    return f"{client}[{level}]"
+
+
+def read_run_folder(folder: Path) -> RunView:
+    """The run saved in `folder` (its summary.json)."""
+    path = folder / SUMMARY_FILE
+    try:
+        summary = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CompareError(f"{folder}: no {SUMMARY_FILE} there (not a run folder)") from None
+    except (OSError, ValueError) as err:
+        raise CompareError(f"{path}: unreadable ({err})") from None
+    if not isinstance(summary, dict):
+        raise CompareError(f"{path}: not a run summary")
+    return RunView(root=folder.resolve(), summary=summary)
+
+
+def load_run(ref: str | Path) -> RunView:
+    """A run by folder, or by anything `aifactory` accepts for a run: id, id prefix, `latest`."""
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return read_run_folder(path)
+    from pytest_aifactory.cluster.registry import RunNotFound, resolve_run
+
+    try:
+        record = resolve_run(str(ref))
+    except RunNotFound as err:
+        raise CompareError(str(err)) from None
+    return read_run_folder(record.root)
+
+
+def previous_run(run: RunView, folder: Path | None = None) -> RunView | None:
+    """The latest run of the same recipe saved in the same folder before `run` started, that
+    completed and measured something; None when there is none."""
+    folder = folder or run.root.parent
+    candidates: list[RunView] = []
+    for child in folder.iterdir() if folder.is_dir() else ():
+        if not (child / SUMMARY_FILE).is_file() or child.resolve() == run.root:
+            continue
+        try:
+            other = read_run_folder(child)
+        except CompareError:
+            continue
+        if (
+            other.recipe == run.recipe
+            and other.status == "complete"
+            and other.tests
+            and (other.started_at, other.run_id) < (run.started_at, run.run_id)
+        ):
+            candidates.append(other)
+    return max(candidates, key=lambda r: (r.started_at, r.run_id), default=None)
+
+
+# -- metric keys --------------------------------------------------------------------------------
+
+
+def known_metric_keys() -> str:
+    """What a metric key may be, for error messages."""
+    per_request = [name for name, info in METRICS.items() if info.per_request]
+    per_level = [name for name, info in METRICS.items() if not info.per_request]
+    return (
+        f"{', '.join(f'{name}.STAT' for name in per_request)} "
+        f"(STAT: {', '.join(STATISTICS)}); {', '.join(per_level)}"
+    )
+
+
+def check_metric_key(key: str) -> str:
+    """`key` itself when it names a statistic of a per-request metric (`ttft_ms.p99`) or a
+    per-level metric (`output_throughput`); else a CompareError saying what would be right."""
+    metric, _, statistic = key.partition(".")
+    info = METRICS.get(metric)
+    if info is None:
+        raise CompareError(f"unknown metric '{key}'; known: {known_metric_keys()}")
+    if info.per_request and statistic not in STATISTICS:
+        wanted = "needs a statistic" if not statistic else f"has no statistic '{statistic}'"
+        raise CompareError(
+            f"'{key}': {metric} {wanted}: {metric}.STAT with STAT one of {', '.join(STATISTICS)}"
+        )
+    if not info.per_request and statistic:
+        raise CompareError(f"'{key}': {metric} is one value per level; write just '{metric}'")
+    return key
+
+
+def parse_metrics(text: str) -> list[str]:
+    """`ttft_ms.p99,output_throughput` -> checked keys, in the given order, without repeats."""
+    keys = [part.strip() for part in text.split(",") if part.strip()]
+    if not keys:
+        raise CompareError("no metrics given; e.g. ttft_ms.p99,output_throughput")
+    return list(dict.fromkeys(check_metric_key(key) for key in keys))
+
+
+_TOLERANCE = re.compile(r"^(?P<key>[A-Za-z0-9_.]+)\s*:\s*(?P<value>[0-9]*\.?[0-9]+)\s*%$")
+
+
+def parse_tolerances(text: str) -> dict[str, float]:
+    """`ttft_ms.p99:10%,output_throughput:5%` -> {'ttft_ms.p99': 0.1, 'output_throughput': 0.05}.
+
+    The `%` is required, so `output_throughput:5` cannot be read as 500%; every bad part is
+    named in the error.
+    """
+    tolerances: dict[str, float] = {}
+    parts = [part.strip() for part in text.split(",")]
+    if not any(parts):
+        raise CompareError("empty tolerance spec; e.g. ttft_ms.p99:10%,output_throughput:5%")
+    for part in parts:
+        if not part:
+            continue
+        match = _TOLERANCE.match(part)
+        if match is None:
+            raise CompareError(
+                f"tolerance '{part}': expected METRIC:PERCENT%, e.g. output_throughput:5%"
+            )
+        key = check_metric_key(match["key"])
+        if key in tolerances:
+            raise CompareError(f"tolerance '{part}': {key} is given twice")
+        tolerances[key] = float(match["value"]) / 100.0
+    return tolerances
+
+
+def metric_value(test: Mapping[str, Any], key: str) -> float | None:
+    """A test's value of `ttft_ms.p99` (per_request) or `output_throughput` (per_level)."""
+    metric, _, statistic = key.partition(".")
+    if statistic:
+        value = ((test.get("per_request") or {}).get(metric) or {}).get(statistic)
+    else:
+        value = (test.get("per_level") or {}).get(metric)
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def metric_unit(key: str) -> str:
+    info = METRICS.get(key.partition(".")[0])
+    return info.unit if info else ""
+
+
+def default_metrics(runs: Sequence[RunView]) -> list[str]:
+    """The keys the runs have values for: p50 and p99 of each per-request metric, then each
+    per-level metric, in the catalogue's order."""
+    present_request: set[str] = set()
+    present_level: set[str] = set()
+    for run in runs:
+        for test in run.tests:
+            present_request.update(test.get("per_request") or {})
+            present_level.update(
+                name for name, value in (test.get("per_level") or {}).items() if value is not None
+            )
+    keys: list[str] = []
+    for name, info in METRICS.items():
+        if name in DEFAULT_SKIPPED:
+            continue
+        if info.per_request and name in present_request:
+            keys.extend(f"{name}.{stat}" for stat in DEFAULT_STATISTICS)
+    keys.extend(
+        name
+        for name, info in METRICS.items()
+        if not info.per_request and name in present_level and name not in DEFAULT_SKIPPED
+    )
+    return keys
+
+
+# -- comparing ----------------------------------------------------------------------------------
+
+
+def judge(metric: str, baseline: float | None, value: float | None) -> Verdict | None:
+    """Better, worse or the same as the baseline in the metric's own direction."""
+    if baseline is None or value is None:
+        return None
+    if value == baseline:
+        return "same"
+    improved = value > baseline if higher_is_better(metric) else value < baseline
+    return "better" if improved else "worse"
+
+
+def change_percent(baseline: float | None, value: float | None) -> float | None:
+    """Relative change in %; None without both values or from a zero baseline to non-zero."""
+    if baseline is None or value is None:
+        return None
+    if baseline == 0:
+        return 0.0 if value == 0 else None
+    return (value - baseline) / abs(baseline) * 100.0
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run's value of one metric of one test, and how it moved from the baseline."""
+
+    value: float | None
+    change: float | None = None
+    verdict: Verdict | None = None
+
+
+@dataclass(frozen=True)
+class Row:
+    client: str
+    level_label: str
+    level: float | None
+    metric: str
+    cells: tuple[Cell, ...]
+    """One per run, the baseline first."""
+
+    @property
+    def test(self) -> str:
+        return test_label((self.client, self.level_label))
+
+    @property
+    def unit(self) -> str:
+        return metric_unit(self.metric)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    runs: tuple[RunView, ...]
+    metrics: tuple[str, ...]
+    rows: tuple[Row, ...]
+    tests: tuple[TestKey, ...]
+    """Every test of any run, the baseline's first and in its order."""
+    missing: tuple[str, ...] = ()
+    """Lines saying which test a run lacks."""
+
+    @property
+    def baseline(self) -> RunView:
+        return self.runs[0]
+
+
+def _level(tests: Iterable[dict[str, Any] | None]) -> float | None:
+    for test in tests:
+        if test is not None and isinstance(test.get("level"), int | float):
+            return float(test["level"])
+    return None
+
+
+def compare_runs(runs: Sequence[RunView], metrics: Sequence[str] | None = None) -> Comparison:
+    """Every test of every run against the first run (the baseline).
+
+    `metrics`: the keys to compare (checked); default `default_metrics(runs)`. Rows are kept only
+    where some run has a value.
+    """
+    if len(runs) < 2:
+        raise CompareError("comparing needs at least two runs")
+    keys = [check_metric_key(k) for k in metrics] if metrics else default_metrics(runs)
+    by_run = [run.tests_by_key() for run in runs]
+    order = list(dict.fromkeys(key for tests in by_run for key in tests))
+    rows: list[Row] = []
+    missing: list[str] = []
+    for key in order:
+        tests = [tests.get(key) for tests in by_run]
+        missing.extend(
+            f"{test_label(key)}: not in {run.run_id}"
+            for run, test in zip(runs, tests, strict=True)
+            if test is None
+        )
+        for metric in keys:
+            values = [metric_value(t, metric) if t is not None else None for t in tests]
+            if all(v is None for v in values):
+                continue
+            base = values[0]
+            cells = [Cell(base)]
+            cells.extend(
+                Cell(v, change_percent(base, v), judge(metric, base, v)) for v in values[1:]
+            )
+            rows.append(Row(key[0], key[1], _level(tests), metric, tuple(cells)))
+    return Comparison(tuple(runs), tuple(keys), tuple(rows), tuple(order), tuple(missing))
+
+
+# -- the regression gate ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Regression:
+    """A metric of a test that moved the wrong way by more than its tolerance."""
+
+    run_id: str
+    baseline_run_id: str
+    client: str
+    level_label: str
+    metric: str
+    baseline: float
+    value: float | None
+    """None: the test ran but gave no value (every request failed)."""
+    change: float | None
+    tolerance: float
+    """A fraction: 0.05 for 5%."""
+
+    @property
+    def test(self) -> str:
+        return test_label((self.client, self.level_label))
+
+    def describe(self) -> str:
+        """`chat[concurrency=4] output_throughput: 33.9 -> 12.1 tok/s (-64.3%, worse than the
+        5% tolerance)`."""
+        unit = f" {metric_unit(self.metric)}".rstrip()
+        value = "no value" if self.value is None else format_value(self.value)
+        change = "" if self.change is None else f"{self.change:+.1f}%, "
+        return (
+            f"{self.test} {self.metric}: {format_value(self.baseline)} -> {value}{unit} "
+            f"({change}worse than the {self.tolerance * 100:g}% tolerance)"
+        )
+
+
+def regressed(metric: str, baseline: float, value: float | None, tolerance: float) -> bool:
+    """Worse than the tolerance in the metric's direction: for lower-is-better metrics
+    value > baseline * (1 + tolerance), for higher-is-better value < baseline * (1 - tolerance).
+    A missing value where the baseline had one counts as regressed."""
+    if value is None:
+        return True
+    if higher_is_better(metric):
+        return value < baseline * (1.0 - tolerance)
+    return value > baseline * (1.0 + tolerance)
+
+
+def regressions(comparison: Comparison, tolerances: Mapping[str, float]) -> list[Regression]:
+    """Each (later run, test, metric with a tolerance) that regressed against the baseline.
+
+    Only tests both runs have are judged: a level the recipe dropped is not a regression.
+    """
+    base_run = comparison.baseline
+    base_tests = base_run.tests_by_key()
+    found: list[Regression] = []
+    for run in comparison.runs[1:]:
+        tests = run.tests_by_key()
+        for key, base_test in base_tests.items():
+            test = tests.get(key)
+            if test is None:
+                continue
+            for metric, tolerance in tolerances.items():
+                baseline = metric_value(base_test, metric)
+                if baseline is None:
+                    continue
+                value = metric_value(test, metric)
+                if regressed(metric, baseline, value, tolerance):
+                    found.append(
+                        Regression(
+                            run.run_id,
+                            base_run.run_id,
+                            key[0],
+                            key[1],
+                            metric,
+                            baseline,
+                            value,
+                            change_percent(baseline, value),
+                            tolerance,
+                        )
+                    )
+    return found
+
+
+def unchecked_metrics(comparison: Comparison, tolerances: Mapping[str, float]) -> list[str]:
+    """Metrics with a tolerance that no test of the baseline and a later run both measured, so
+    the gate could not check them (a typo'd client kind, a metric these runs do not have)."""
+    base_tests = comparison.baseline.tests_by_key()
+    later = [run.tests_by_key() for run in comparison.runs[1:]]
+    unchecked = []
+    for metric in tolerances:
+        checked = any(
+            metric_value(test, metric) is not None and key in tests
+            for key, test in base_tests.items()
+            for tests in later
+        )
+        if not checked:
+            unchecked.append(metric)
+    return unchecked
+
+
+# -- text ---------------------------------------------------------------------------------------
+
+
+def format_value(value: float | None) -> str:
+    """Enough digits to see a few-percent change at any magnitude."""
+    if value is None:
+        return ""
+    magnitude = abs(value)
+    if magnitude >= 100 or value == 0:
+        return f"{value:.1f}"
+    if magnitude >= 1:
+        return f"{value:.2f}"
+    return f"{value:#.3g}"
+
+
+def format_change(cell: Cell) -> str:
+    if cell.verdict is None:
+        return ""
+    if cell.verdict == "same":
+        return "same"
+    change = "" if cell.change is None else f"{cell.change:+.1f}% "
+    return f"{change}{cell.verdict}"
+
+
+def run_letters(count: int) -> list[str]:
+    """A, B, ... Z, then R27, R28, ...: short column names for the runs."""
+    return [chr(ord("A") + i) if i < 26 else f"R{i + 1}" for i in range(count)]
+
+
+def format_runs(comparison: Comparison) -> str:
+    """Which letter is which run."""
+    letters = run_letters(len(comparison.runs))
+    rows = [
+        (
+            f"{letter} (baseline)" if i == 0 else letter,
+            run.run_id,
+            run.recipe,
+            run.status,
+            run.verdict,
+        )
+        for i, (letter, run) in enumerate(zip(letters, comparison.runs, strict=True))
+    ]
+    return format_table(("RUN", "ID", "RECIPE", "STATUS", "VERDICT"), rows)
+
+
+def format_comparison(comparison: Comparison) -> str:
+    """The runs' legend, then one line per test and metric: each run's value and each later
+    run's change against the baseline, `better` or `worse` in the metric's direction."""
+    letters = run_letters(len(comparison.runs))
+    headers = ["TEST", "METRIC", "UNIT", letters[0]]
+    for letter in letters[1:]:
+        headers.extend([letter, f"{letter} vs {letters[0]}"])
+    rows = []
+    for row in comparison.rows:
+        line: list[object] = [row.test, row.metric, row.unit, format_value(row.cells[0].value)]
+        for cell in row.cells[1:]:
+            line.extend([format_value(cell.value), format_change(cell)])
+        rows.append(line)
+    right = set(range(3, len(headers)))
+    parts = [format_runs(comparison), ""]
+    if rows:
+        parts.append(format_table(headers, rows, right=right))
+    else:
+        parts.append("no test and metric in common")
+    parts.extend(comparison.missing)
+    return "\n".join(parts)
+
+
+# -- a finished session against its baseline ----------------------------------------------------
+
+LAST = "last"
+
+
+@dataclass
+class RunCheck:
+    """What comparing a session's run with its baseline found (for the terminal and reports)."""
+
+    run: RunView
+    baseline: RunView | None
+    comparison: Comparison | None = None
+    tolerances: dict[str, float] | None = None
+    found: list[Regression] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)
+    html: Path | None = None
+    note: str = ""
+    """Why nothing was compared (no earlier run), or what went wrong writing the page."""
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.found)
+
+
+def check_run(
+    run_root: Path,
+    baseline: str | RunView = LAST,
+    tolerances: Mapping[str, float] | None = None,
+    write_html: bool = True,
+) -> RunCheck:
+    """Compares a finished run with `baseline` (`last`: the latest earlier complete run of the
+    same recipe in the same folder) and, given tolerances, lists its regressions. Without a
+    baseline it says so in `note` and finds no regression: a first run has nothing to lose."""
+    run = read_run_folder(run_root)
+    base = previous_run(run) if baseline == LAST else baseline
+    if isinstance(base, str):
+        base = load_run(base)
+    if base is None:
+        note = (
+            f"no earlier complete run of recipe '{run.recipe}' in {run.root.parent}: "
+            "nothing to compare with"
+        )
+        return RunCheck(run, None, tolerances=dict(tolerances or {}) or None, note=note)
+    metrics = default_metrics([base, run])
+    metrics.extend(key for key in tolerances or {} if key not in metrics)
+    comparison = compare_runs([base, run], metrics)
+    check = RunCheck(run, base, comparison, tolerances=dict(tolerances) if tolerances else None)
+    if tolerances:
+        check.found = regressions(comparison, tolerances)
+        check.unchecked = unchecked_metrics(comparison, tolerances)
+    if write_html:
+        from pytest_aifactory.report.compare_html import default_html_path, write_comparison_html
+
+        try:
+            check.html = write_comparison_html(
+                comparison, default_html_path(comparison), check.found, check.tolerances
+            )
+        except (OSError, ValueError) as err:
+            check.note = f"comparison page not written: {err}"
+    return check
+
+
+@dataclass
+class BaselineCheck:
+    """A session's `--compare` / `--fail-on-regression`: checked before the run (a bad spec or
+    an unknown run stops the session at once), done once the run is saved."""
+
+    baseline: RunView | str = LAST
+    tolerances: dict[str, float] | None = None
+    result: RunCheck | None = None
+    error: str = ""
+
+    def run(self, run_root: Path) -> RunCheck | None:
+        """Never raises: a run that cannot be compared is said in `error`, not a crash at the
+        end of a long benchmark."""
+        try:
+            self.result = check_run(run_root, self.baseline, self.tolerances)
+        except CompareError as err:
+            self.error = str(err)
+        return self.result
+
+    @property
+    def failed(self) -> bool:
+        return self.result is not None and self.result.failed
+
+    def report_lines(self) -> list[tuple[str, bool]]:
+        """What the terminal summary shows: (line, is it bad news)."""
+        if self.error:
+            return [(f"comparison failed: {self.error}", True)]
+        result = self.result
+        if result is None:
+            return []
+        lines: list[tuple[str, bool]] = []
+        if result.comparison is not None:
+            lines.extend((line, False) for line in format_comparison(result.comparison).split("\n"))
+        if result.html is not None:
+            lines.append((f"comparison page: {result.html}", False))
+        if result.note:
+            lines.append((result.note, False))
+        if result.tolerances is None or result.comparison is None:
+            return lines
+        lines.extend((f"not checked (no test has it): {m}", False) for m in result.unchecked)
+        spec = ", ".join(f"{k}:{v * 100:g}%" for k, v in result.tolerances.items())
+        if not result.found:
+            lines.append((f"no regression beyond the tolerances ({spec})", False))
+            return lines
+        names = ", ".join(dict.fromkeys(r.metric for r in result.found))
+        lines.append(
+            (f"REGRESSION: {len(result.found)} value(s) worse than tolerated: {names}", True)
+        )
+        lines.extend((f"  {r.describe()}", True) for r in result.found)
+        return lines

@@ -1,0 +1,643 @@
+"""The run's report page: one HTML file that opens anywhere, with no network.
+
+Clusters have no internet and reports are mailed around, so Vega, Vega-Lite and vega-embed are
+inlined once and each chart travels as its Vega-Lite spec, drawn by vega-embed as SVG when the
+page opens. Everything taken from a run (recipe names, notes, server errors) is escaped: a
+note may quote a server's HTML error page.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import html
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_aifactory import __version__
+from pytest_aifactory.metrics.catalog import METRICS
+from pytest_aifactory.metrics.stats import json_safe
+from pytest_aifactory.monitor.window import CROSS_CHECK_TOLERANCE
+
+STAT_COLUMNS: tuple[str, ...] = ("mean", "p50", "p90", "p99", "p999", "max")
+STAT_METRICS: tuple[str, ...] = ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms", "queue_ms")
+LEVEL_METRICS: tuple[tuple[str, str], ...] = (
+    ("request_throughput", "req/s"),
+    ("output_throughput", "tok/s"),
+    ("total_token_throughput", "tok/s"),
+    ("goodput", "req/s"),
+    ("achieved_rate", "req/s"),
+    ("error_rate", ""),
+    ("duration_s", "s"),
+)
+
+
+@dataclass(frozen=True)
+class ChartView:
+    """One chart as the page shows it: its spec, a unique element id, and its files."""
+
+    name: str
+    element_id: str
+    title: str
+    spec: Mapping[str, Any]
+    files: Mapping[str, str] = field(default_factory=dict)
+    """Format (`svg`, `png`) -> link relative to the page."""
+
+
+# -- the JavaScript --------------------------------------------------------------------------
+
+
+def _cache_dir() -> Path:
+    from pytest_aifactory.services.models import cache_dir
+
+    return cache_dir() / "vega"
+
+
+@functools.cache
+def vega_bundle() -> str:
+    """Vega, Vega-Lite and vega-embed as one script defining `vegaEmbed` (about 1 MB).
+
+    Bundling takes seconds, so the bundle is kept in the user's cache, one file per vl-convert
+    and Vega-Lite version; a cache that cannot be written only costs the time again.
+    """
+    import vl_convert as vlc
+
+    from pytest_aifactory.report.charts import vegalite_version
+
+    version = vegalite_version()
+    path = _cache_dir() / f"vega-bundle-{vlc.__version__}-vl{version or 'latest'}.js"
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        pass
+    bundle = vlc.javascript_bundle(vl_version=version)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(bundle, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return bundle
+
+
+def _inline_script(code: str) -> str:
+    """A `<script>` element; `</script` inside the code would end it early, so it is broken up
+    (it can only occur inside a string or a regular expression, where `<\\/` means the same)."""
+    code = code.replace("</script", "<\\/script").replace("</SCRIPT", "<\\/SCRIPT")
+    return f"<script>{code}</script>"
+
+
+EMBED_SCRIPT = """
+(function () {
+  function logger(el) {
+    var level = 2;
+    function say(method, args) {
+      console[method].apply(console, ["chart " + el.id + ":"].concat([].slice.call(args)));
+    }
+    var log = {
+      level: function (value) {
+        if (arguments.length) { level = value; return log; }
+        return level;
+      },
+      error: function () {
+        el.dataset.rendered = "error";
+        say("error", arguments);
+        return log;
+      },
+      warn: function () {
+        el.dataset.warnings = String(Number(el.dataset.warnings || 0) + 1);
+        say("warn", arguments);
+        return log;
+      },
+      info: function () { return log; },
+      debug: function () { return log; }
+    };
+    return log;
+  }
+  document.querySelectorAll("div.chart[data-spec]").forEach(function (el) {
+    var spec;
+    try {
+      spec = JSON.parse(document.getElementById(el.dataset.spec).textContent);
+    } catch (err) {
+      el.dataset.rendered = "error";
+      el.textContent = "chart spec unreadable: " + err;
+      console.error("chart " + el.id + ": " + err);
+      return;
+    }
+    // every chart carries its data: a fetch is a broken spec, and there is no network anyway
+    function refuse(uri) {
+      el.dataset.rendered = "error";
+      console.error("chart " + el.id + ": would fetch " + uri);
+      return Promise.reject(new Error("no data outside the page: " + uri));
+    }
+    var loader = {load: refuse, sanitize: refuse, http: refuse, file: refuse};
+    var options = {
+      renderer: "svg", actions: false, mode: "vega-lite", logger: logger(el), loader: loader
+    };
+    vegaEmbed(el, spec, options)
+      .then(function (result) { return result.view.runAsync(); })
+      .then(function () {
+        if (el.dataset.rendered !== "error") { el.dataset.rendered = "true"; }
+      })
+      .catch(function (err) {
+        el.dataset.rendered = "error";
+        el.textContent = "chart failed: " + err;
+        console.error("chart " + el.id + ": " + err);
+      });
+  });
+})();
+"""
+"""Draws every chart container from its JSON spec. Vega-Lite's messages go through a logger
+that names the chart and marks its container: `data-rendered` ends `true` or `error`, and
+`data-warnings` counts warnings; a spec that would fetch data is an error."""
+
+
+def json_for_script(data: Any) -> str:
+    """JSON safe inside a `<script type="application/json">` element: `<`, `>` and `&` are
+    written as escapes, so no text in the data can close the element or open a comment."""
+    try:
+        text = json.dumps(data, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError):  # NaN, numpy numbers: made plain only when present
+        text = json.dumps(json_safe(data), separators=(",", ":"), allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def chart_html(view: ChartView) -> str:
+    """A chart's figure: the container vega-embed draws into, its spec, and file links."""
+    spec_id = f"{view.element_id}-spec"
+    links = " ".join(
+        f'<a href="{_e(href)}">{_e(fmt.upper())}</a>' for fmt, href in sorted(view.files.items())
+    )
+    caption = _e(view.title) + (f' <span class="files">{links}</span>' if links else "")
+    return (
+        f'<figure class="chart-figure" data-chart="{_e(view.name)}">'
+        f'<div class="chart" id="{_e(view.element_id)}" data-spec="{_e(spec_id)}"></div>'
+        f'<script type="application/json" id="{_e(spec_id)}">{json_for_script(view.spec)}'
+        "</script>"
+        f"<figcaption>{caption}</figcaption></figure>"
+    )
+
+
+# -- formatting ------------------------------------------------------------------------------
+
+
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _finite(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def fmt_number(value: Any, unit: str = "") -> str:
+    """Four significant digits, thousands separated; `—` for no value."""
+    number = _finite(value)
+    if number is None:
+        return "—"
+    if number == 0:
+        text = "0"
+    elif abs(number) >= 10_000:
+        text = f"{number:,.0f}"
+    elif abs(number) >= 1:
+        text = f"{number:,.4g}" if abs(number) >= 1000 else f"{number:.4g}"
+    else:
+        text = f"{number:.3g}"
+    return f"{text} {unit}".rstrip() if unit and unit != "ratio" else text
+
+
+def fmt_percent(value: Any, signed: bool = False) -> str:
+    number = _finite(value)
+    if number is None:
+        return "—"
+    return f"{number:+.1%}" if signed else f"{number:.1%}"
+
+
+def fmt_time(value: Any) -> str:
+    """An ISO timestamp as `2026-11-27 05:37:49 UTC`; anything else as given."""
+    if not value:
+        return "—"
+    try:
+        moment = dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        return str(value)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.UTC)
+        return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _duration(start: Any, end: Any) -> str:
+    try:
+        seconds = (
+            dt.datetime.fromisoformat(str(end)) - dt.datetime.fromisoformat(str(start))
+        ).total_seconds()
+    except (TypeError, ValueError):
+        return "—"
+    return f"{seconds:.1f} s"
+
+
+def _badge(passed: bool | None, yes: str = "PASS", no: str = "FAIL") -> str:
+    if passed is None:
+        return '<span class="badge unknown">—</span>'
+    return f'<span class="badge {"pass" if passed else "fail"}">{yes if passed else no}</span>'
+
+
+def _unit(metric: str) -> str:
+    info = METRICS.get(metric)
+    return info.unit if info else ""
+
+
+def _table(headers: Sequence[str], rows: Sequence[str], css: str) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    return (
+        f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    )
+
+
+def slug(text: str) -> str:
+    """Lower-case letters, digits and dashes: usable as an element id and a file name."""
+    out = []
+    for char in text.lower():
+        out.append(char if char.isascii() and char.isalnum() else "-")
+    return "-".join(part for part in "".join(out).split("-") if part)[:80] or "x"
+
+
+# -- sections --------------------------------------------------------------------------------
+
+
+def slo_table(test: Mapping[str, Any]) -> str:
+    """Objective, statistic, value, bound, margin and verdict of each SLO of one test."""
+    outcomes = test.get("slo") or []
+    if not outcomes:
+        return '<p class="muted">No SLOs bound this client.</p>'
+    rows = []
+    for outcome in outcomes:
+        metric = str(outcome.get("metric") or "")
+        statistic = outcome.get("statistic")
+        unit = str(outcome.get("unit") or _unit(metric))
+        bound = outcome.get("bound")
+        relation = {"max": "≤", "min": "≥"}.get(str(bound), str(bound or ""))
+        value = outcome.get("value")
+        shown = fmt_number(value, unit)
+        if _finite(value) is None and outcome.get("detail"):
+            shown = f'no value <span class="detail">({_e(outcome["detail"])})</span>'
+        else:
+            shown = _e(shown)
+        passed = bool(outcome.get("passed"))
+        rows.append(
+            f'<tr class="{"pass" if passed else "fail"}">'
+            f"<td><code>{_e(metric)}</code></td>"
+            f"<td>{_e(statistic or '—')}</td>"
+            f'<td class="num">{shown}</td>'
+            f'<td class="num">{_e(relation)} {_e(fmt_number(outcome.get("limit"), unit))}</td>'
+            f'<td class="num">{_e(fmt_percent(outcome.get("margin"), signed=True))}</td>'
+            f'<td class="result">{_badge(passed)}</td></tr>'
+        )
+    return _table(("Objective", "Statistic", "Value", "Bound", "Margin", "Result"), rows, "slo")
+
+
+def _messages(items: Sequence[Any], css: str, label: str) -> str:
+    if not items:
+        return ""
+    lines = "".join(f"<li>{_e(item)}</li>" for item in items)
+    return f'<div class="messages {css}"><strong>{_e(label)}</strong><ul>{lines}</ul></div>'
+
+
+def cross_check_table(test: Mapping[str, Any]) -> str:
+    """The server's own count beside the clients' for the same quantity; over the tolerance
+    (10%) the row is flagged: one side miscounts."""
+    checks = test.get("cross_checks") or []
+    if not checks:
+        return ""
+    rows = []
+    for check in checks:
+        difference = _finite(check.get("difference"))
+        flagged = bool(check.get("flagged")) or (
+            difference is not None and abs(difference) > CROSS_CHECK_TOLERANCE
+        )
+        verdict = (
+            f'<span class="badge fail">more than {CROSS_CHECK_TOLERANCE:.0%} apart</span>'
+            if flagged
+            else ('<span class="badge pass">agree</span>' if difference is not None else "—")
+        )
+        rows.append(
+            f'<tr class="{"fail" if flagged else ""}">'
+            f"<td><code>{_e(check.get('metric'))}</code></td>"
+            f"<td>{_e(check.get('service') or '—')}</td>"
+            f'<td class="num">{_e(fmt_number(check.get("client")))}</td>'
+            f'<td class="num">{_e(fmt_number(check.get("server")))}</td>'
+            f'<td class="num">{_e(fmt_percent(difference, signed=True))}</td>'
+            f"<td>{verdict}</td></tr>"
+        )
+    table = _table(
+        ("Quantity", "Service", "Clients", "Server", "Difference", "Check"), rows, "cross-checks"
+    )
+    return f"<h4>Server vs client</h4>{table}"
+
+
+def stats_table(test: Mapping[str, Any]) -> str:
+    """Per-request statistics and the level's rates, as the summary holds them."""
+    per_request = test.get("per_request") or {}
+    rows = []
+    for metric in STAT_METRICS:
+        stats = per_request.get(metric)
+        if not isinstance(stats, Mapping):
+            continue
+        cells = "".join(
+            f'<td class="num">{_e(fmt_number(stats.get(name)))}</td>' for name in STAT_COLUMNS
+        )
+        rows.append(f"<tr><td><code>{_e(metric)}</code></td>{cells}</tr>")
+    per_level = test.get("per_level") or {}
+    rates = [
+        f"<dt>{_e(name.replace('_', ' '))}</dt><dd>{_e(fmt_number(per_level.get(name), unit))}</dd>"
+        for name, unit in LEVEL_METRICS
+        if name in per_level
+    ]
+    counts = test.get("counts") or {}
+    count_items = [
+        f"<dt>{_e(name)}</dt><dd>{_e(fmt_number(counts.get(name)))}</dd>"
+        for name in ("sent", "completed", "failed", "good")
+        if name in counts
+    ]
+    parts = []
+    if count_items or rates:
+        parts.append(f'<dl class="rates">{"".join(count_items + rates)}</dl>')
+    if rows:
+        parts.append(_table(("Metric (ms)", *STAT_COLUMNS), rows, "stats"))
+    errors = test.get("errors") or {}
+    if errors:
+        error_rows = [
+            f'<tr><td>{_e(kind)}</td><td class="num">{_e(fmt_number(count))}</td></tr>'
+            for kind, count in errors.items()
+        ]
+        parts.append(_table(("Error kind", "Failed requests"), error_rows, "errors"))
+    return "".join(parts)
+
+
+def _charts(views: Sequence[ChartView]) -> str:
+    if not views:
+        return ""
+    return f'<div class="charts">{"".join(chart_html(v) for v in views)}</div>'
+
+
+def level_section(test: Mapping[str, Any], anchor: str, views: Sequence[ChartView]) -> str:
+    passed = test.get("passed")
+    meta = " · ".join(
+        part
+        for part in (
+            f"level {_e(test.get('level_label') or test.get('level'))}",
+            f"{_e(test.get('kind'))} client" if test.get("kind") else "",
+            f"{_e(fmt_time(test.get('started_at')))} → {_e(fmt_time(test.get('ended_at')))}",
+            _e(_duration(test.get("started_at"), test.get("ended_at"))),
+        )
+        if part
+    )
+    return (
+        f'<section class="test" id="{_e(anchor)}" data-test-id="{_e(test.get("test_id"))}">'
+        f"<h3>{_e(test.get('name') or test.get('test_id'))} {_badge(passed)}</h3>"
+        f'<p class="meta">{meta}</p>'
+        f"<h4>Service-level objectives</h4>{slo_table(test)}"
+        f"{_messages(test.get('notes') or [], 'notes', 'Notes')}"
+        f"{_messages(test.get('warnings') or [], 'warnings', 'Warnings')}"
+        f"{cross_check_table(test)}"
+        f'<details class="stats"><summary>Statistics</summary>{stats_table(test)}</details>'
+        f"{_charts(views)}</section>"
+    )
+
+
+def _sweep_level(over: str, step: Mapping[str, Any] | None, anchors: Mapping[str, str]) -> str:
+    if not step:
+        return "—"
+    anchor = anchors.get(str(step.get("test_id")), "")
+    text = f"{_e(over)}={_e(fmt_number(step.get('level')))}"
+    return f'<a href="#{_e(anchor)}">{text}</a>' if anchor else text
+
+
+def capacity_section(summary: Mapping[str, Any], anchors: Mapping[str, str]) -> str:
+    """Each capacity search's result and its evidence: the level that held, the one above it
+    that broke (and why), and every level measured on the way."""
+    sweeps = summary.get("sweeps") or []
+    if not sweeps:
+        return ""
+    rows = []
+    for sweep in sweeps:
+        over = str(sweep.get("over") or "")
+        capacity = sweep.get("capacity")
+
+        failed = sweep.get("failed_at")
+        if capacity is None:
+            shown = "none: the lowest level broke an SLO"
+        elif sweep.get("reached_max"):
+            shown = f"≥ {_e(fmt_number(capacity))} (every level up to the sweep's max held)"
+        else:
+            shown = _e(fmt_number(capacity))
+        steps = ", ".join(
+            f"{fmt_number(s.get('level'))} {'✓' if s.get('passed') else '✗'}"
+            for s in sweep.get("steps") or []
+        )
+        ok = capacity is not None and not sweep.get("below_min_capacity")
+        rows.append(
+            f'<tr class="{"pass" if ok else "fail"}"><td>{_e(sweep.get("client"))}</td>'
+            f'<td>{_e(over)}</td><td class="num">{shown}</td>'
+            f"<td>{_sweep_level(over, sweep.get('passed_at'), anchors)}</td>"
+            f"<td>{_sweep_level(over, failed, anchors)}</td>"
+            f"<td>{_e((failed or {}).get('breaches') or '')}</td><td>{_e(steps)}</td></tr>"
+        )
+    headers = ("Client", "Over", "Capacity", "Held", "Broke", "Why it broke", "Levels measured")
+    return "<h2>Capacity</h2>" + _table(headers, rows, "capacity")
+
+
+def overview_table(tests: Sequence[Mapping[str, Any]], anchors: Mapping[str, str]) -> str:
+    rows = []
+    for test in tests:
+        counts = test.get("counts") or {}
+        per_level = test.get("per_level") or {}
+        ttft = ((test.get("per_request") or {}).get("ttft_ms") or {}).get("p99")
+        anchor = anchors.get(str(test.get("test_id")), "")
+        rows.append(
+            f'<tr class="{"pass" if test.get("passed") else "fail"}">'
+            f'<td><a href="#{_e(anchor)}">{_e(test.get("name") or test.get("test_id"))}</a></td>'
+            f"<td>{_e(test.get('client'))}</td><td>{_e(test.get('level_label'))}</td>"
+            f"<td>{_badge(test.get('passed'))}</td>"
+            f'<td class="num">{_e(fmt_number(counts.get("sent")))}</td>'
+            f'<td class="num">{_e(fmt_number(counts.get("failed")))}</td>'
+            f'<td class="num">{_e(fmt_number(per_level.get("request_throughput")))}</td>'
+            f'<td class="num">{_e(fmt_number(per_level.get("output_throughput")))}</td>'
+            f'<td class="num">{_e(fmt_number(ttft))}</td></tr>'
+        )
+    headers = ("Test", "Client", "Level", "Result", "Sent", "Failed", "req/s", "tok/s")
+    return _table((*headers, "TTFT p99 (ms)"), rows, "overview")
+
+
+def _facts(summary: Mapping[str, Any]) -> str:
+    recipe = summary.get("recipe") or {}
+    environment = summary.get("environment") or {}
+    monitoring = summary.get("monitoring") or {}
+    items = [
+        ("Run", summary.get("run_id")),
+        ("Status", summary.get("status")),
+        ("Started", fmt_time(summary.get("started_at"))),
+        ("Written", fmt_time(summary.get("written_at"))),
+        ("Recipe file", recipe.get("path")),
+        ("Host", environment.get("hostname")),
+        ("Monitoring", monitoring.get("mode")),
+        ("Version", summary.get("aifactory_version")),
+    ]
+    cells = "".join(
+        f"<dt>{_e(k)}</dt><dd>{_e(v if v not in (None, '') else '—')}</dd>" for k, v in items
+    )
+    return f'<dl class="facts">{cells}</dl>'
+
+
+def services_table(summary: Mapping[str, Any]) -> str:
+    services = summary.get("services") or {}
+    if not services:
+        return ""
+    rows = []
+    for name, info in services.items():
+        info = info if isinstance(info, Mapping) else {}
+        rows.append(
+            f"<tr><td>{_e(name)}</td><td>{_e(info.get('kind'))}</td>"
+            f"<td>{_e(info.get('url') or '—')}</td><td>{_e(info.get('node') or '—')}</td>"
+            f'<td class="num">{_e(fmt_number(info.get("health_wait_s"), "s"))}</td></tr>'
+        )
+    return "<h2>Services</h2>" + _table(
+        ("Service", "Kind", "URL", "Node", "Health wait"), rows, "services"
+    )
+
+
+def _details(summary: Mapping[str, Any]) -> str:
+    recipe = summary.get("recipe") or {}
+    parts = []
+    if recipe.get("document") is not None:
+        text = json.dumps(json_safe(recipe["document"]), indent=2)
+        parts.append(f"<details><summary>Recipe</summary><pre>{_e(text)}</pre></details>")
+    if summary.get("environment"):
+        text = json.dumps(json_safe(summary["environment"]), indent=2)
+        parts.append(f"<details><summary>Environment</summary><pre>{_e(text)}</pre></details>")
+    return "".join(parts)
+
+
+STYLE = """
+:root { --pass: #1a7f37; --pass-bg: #dafbe1; --fail: #cf222e; --fail-bg: #ffebe9;
+        --warn: #9a6700; --warn-bg: #fff8c5; --muted: #57606a; --line: #d0d7de; }
+* { box-sizing: border-box; }
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2328;
+       margin: 0 auto; padding: 24px; max-width: 1500px; }
+h1 { margin: 0 0 4px; font-size: 26px; }
+h2 { margin-top: 36px; border-bottom: 2px solid var(--line); }
+h3 { margin: 28px 0 4px; } h4 { margin: 16px 0 6px; }
+.description, .muted, .meta { color: var(--muted); margin: 4px 0; }
+.badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px;
+         font-weight: 600; vertical-align: middle; }
+.badge.pass { color: var(--pass); background: var(--pass-bg); }
+.badge.fail { color: var(--fail); background: var(--fail-bg); }
+.badge.unknown { color: var(--muted); background: #eaeef2; }
+.verdict { font-size: 16px; padding: 3px 14px; margin-left: 8px; }
+dl.facts, dl.rates { display: grid; grid-template-columns: max-content auto max-content auto;
+                     gap: 2px 14px; margin: 12px 0; }
+dl.rates { grid-template-columns: repeat(4, max-content auto); }
+dt { color: var(--muted); } dd { margin: 0; font-variant-numeric: tabular-nums; }
+table { border-collapse: collapse; margin: 6px 0 10px; }
+th, td { border-bottom: 1px solid var(--line); padding: 4px 10px; text-align: left; }
+th { background: #f6f8fa; font-weight: 600; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.fail td { background: var(--fail-bg); } tr.pass td.result { background: var(--pass-bg); }
+.messages { border-left: 4px solid var(--line); padding: 4px 12px; margin: 10px 0; }
+.messages ul { margin: 4px 0; padding-left: 18px; }
+.messages.notes { border-color: #0969da; background: #ddf4ff; }
+.messages.warnings, .messages.problems { border-color: var(--warn); background: var(--warn-bg); }
+.detail { color: var(--muted); font-size: 12px; }
+.charts { display: flex; flex-wrap: wrap; gap: 18px; margin-top: 12px; }
+figure.chart-figure { margin: 0; padding: 8px; border: 1px solid var(--line); border-radius: 6px;
+                      overflow-x: auto; max-width: 100%; }
+figcaption { color: var(--muted); font-size: 12px; margin-top: 4px; }
+figcaption .files a { margin-left: 6px; }
+pre { background: #f6f8fa; padding: 10px; overflow-x: auto; font-size: 12px; }
+footer { margin-top: 40px; color: var(--muted); font-size: 12px; }
+"""
+
+
+def render_report(
+    summary: Mapping[str, Any],
+    client_charts: Mapping[str, Sequence[ChartView]],
+    test_charts: Mapping[str, Sequence[ChartView]],
+    test_anchors: Mapping[str, str],
+    client_anchors: Mapping[str, str],
+    problems: Sequence[str] = (),
+    script: str | None = None,
+) -> str:
+    """The whole page. `test_anchors`/`client_anchors`: element id of each test (by test id)
+    and client section; `problems`: what could not be read from the run; `script`: the Vega
+    bundle (by default `vega_bundle()`)."""
+    recipe = summary.get("recipe") or {}
+    name = str(recipe.get("name") or summary.get("run_id") or "run")
+    tests = list(summary.get("tests") or [])
+    verdict = summary.get("verdict")
+    verdict_badge = (
+        f'<span class="badge verdict {"pass" if verdict == "pass" else "fail"}">'
+        f"{_e(str(verdict or 'no verdict').upper())}</span>"
+    )
+    monitoring = summary.get("monitoring") or {}
+    monitor_notes = [*(monitoring.get("warnings") or [])]
+    if monitoring.get("note"):
+        monitor_notes.insert(0, monitoring["note"])
+
+    clients = list(dict.fromkeys(str(t.get("client") or "") for t in tests))
+    sections = []
+    for client in clients:
+        client_tests = [t for t in tests if str(t.get("client") or "") == client]
+        client_tests.sort(key=lambda t: (_finite(t.get("level")) or 0.0, str(t.get("started_at"))))
+        body = "".join(
+            level_section(
+                t, test_anchors[str(t.get("test_id"))], test_charts.get(str(t.get("test_id")), ())
+            )
+            for t in client_tests
+        )
+        sections.append(
+            f'<section class="client" id="{_e(client_anchors[client])}">'
+            f"<h2>Client {_e(client)}</h2>{_charts(client_charts.get(client, ()))}{body}</section>"
+        )
+    if not tests:
+        sections.append('<p class="muted">This run recorded no test.</p>')
+
+    bundle = script if script is not None else vega_bundle()
+    generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return "".join(
+        [
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{_e(name)} · {_e(summary.get('run_id'))}</title>",
+            f"<style>{STYLE}</style></head><body>",
+            f"<header><h1>{_e(name)} {verdict_badge}</h1>",
+            f'<p class="description">{_e(recipe.get("description"))}</p>'
+            if recipe.get("description")
+            else "",
+            _facts(summary),
+            "</header>",
+            _messages(problems, "problems", "Not shown"),
+            _messages(monitor_notes, "warnings", "Monitoring"),
+            capacity_section(summary, test_anchors),
+            "<h2>Tests</h2>" + overview_table(tests, test_anchors) if tests else "",
+            services_table(summary),
+            *sections,
+            _details(summary),
+            f"<footer>Rendered by pytest-aifactory {_e(__version__)} on {_e(generated)} from the "
+            "run's saved files.</footer>",
+            _inline_script(bundle),
+            _inline_script(EMBED_SCRIPT),
+            "</body></html>\n",
+        ]
+    )
