@@ -95,6 +95,8 @@ class RunMonitor:
         self.pushgateway: Endpoint | None = None
         self.client: PrometheusClient | None = None
         self.scraper: DirectScraper | None = None
+        self._push_url: str | None = None
+        """A worker's: the controller's pushgateway (the controller has `pushgateway`)."""
         self.warnings: list[str] = []
         """Run-level warnings (each said once), also written to the summary."""
         self._lost_reported = False
@@ -175,9 +177,8 @@ class RunMonitor:
         from pytest_aifactory.monitor.scraper import DirectScraper
 
         self.mode = "scrape"
-        kinds = sorted({s.kind for s in self.services.recipe.services.values()})
         by_role = {
-            "service": [s for kind in kinds for s in service_series(kind)],
+            "service": [s for kind in self._recipe_kinds() for s in service_series(kind)],
             "node": [*NODE_SERIES, *GPU_SERIES],
             "pushgateway": list(CLIENT_SERIES),
             "prometheus": [],
@@ -225,7 +226,7 @@ class RunMonitor:
     def push_url(self) -> str | None:
         if self.pushgateway is not None:
             return self.pushgateway.url
-        return getattr(self, "_push_url", None)
+        return self._push_url
 
     @property
     def node_exporter(self) -> NodeExporterOrder | None:
@@ -393,11 +394,12 @@ class RunMonitor:
             self.say(text)
 
     def _all_series(self, kinds: Any = ()) -> list[Series]:
-        kinds = list(dict.fromkeys(kinds)) or sorted(
-            {s.kind for s in self.services.recipe.services.values()}
-        )
+        kinds = list(dict.fromkeys(kinds)) or self._recipe_kinds()
         found = [s for kind in kinds for s in service_series(kind)]
         return [*found, *NODE_SERIES, *GPU_SERIES, *CLIENT_SERIES]
+
+    def _recipe_kinds(self) -> list[str]:
+        return sorted({s.kind for s in self.services.recipe.services.values()})
 
     def summary(self) -> dict[str, Any]:
         return {
