@@ -119,16 +119,24 @@ def test_counters_reach_the_pushgateway_per_process_and_run(pushgateway: str) ->
         done(other_process, tokens=3)
         other_run.on_sent()
 
-        def both() -> list[ClientCounters] | None:
-            rows = fetch_client_counters(pushgateway, "run-a")
-            return rows if [r.completed for r in rows] == [3, 1] else None
+        expected = [
+            ClientCounters("chat", "concurrency=4", "n1", "0", 3, 1, 30, 1),
+            ClientCounters("chat", "concurrency=4", "n1", "1", 1, 0, 3, 0),
+        ]
+        seen: list[list[ClientCounters]] = []
 
-        rows = wait_for(both, timeout=10, what="counters of run-a")
+        def both() -> bool:
+            # a push may carry a snapshot taken between two updates: wait for the settled one
+            seen.append(fetch_client_counters(pushgateway, "run-a"))
+            return seen[-1] == expected
+
+        try:
+            wait_for(both, timeout=10, what="counters of run-a")
+        except AssertionError as err:
+            raise AssertionError(f"the gateway never showed {expected}; last: {seen[-1:]}") from err
     finally:
         for pusher in (mine, other_process, other_run):
             pusher.close()
-    assert rows[0] == ClientCounters("chat", "concurrency=4", "n1", "0", 3, 1, 30, 1)
-    assert rows[1] == ClientCounters("chat", "concurrency=4", "n1", "1", 1, 0, 3, 0)
     assert mine.pushes >= 2
     assert mine.push_errors == 0
     # the final push: nothing is in flight once the load has ended
