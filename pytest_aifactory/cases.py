@@ -99,6 +99,8 @@ def process_specs(
     heartbeat_path: str | None,
     barrier_dir: Path | None = None,
     api_key: str | None = None,
+    service_env: dict[str, str] | None = None,
+    service_kind: str = "",
 ) -> list[LoadSpec]:
     """The shares of each client process, indexed by the process's rank in the client job.
 
@@ -127,13 +129,8 @@ def process_specs(
         if load.max_concurrency
         else [None] * len(active)
     )
-    dataset = DatasetSpec(
-        kind=client.dataset.kind,
-        input_tokens=client.dataset.input_tokens,
-        output_tokens=client.dataset.output_tokens,
-        seed=client.dataset.seed,
-        ignore_eos=client.dataset.ignore_eos,
-    )
+    dataset = DatasetSpec(**client.dataset.model_dump())
+    options = client.options()
     specs = []
     for rank, slot in enumerate(active):
         specs.append(
@@ -162,6 +159,9 @@ def process_specs(
                 processes=len(active),
                 barrier_dir=str(barrier_dir) if barrier_dir else None,
                 heartbeat_path=heartbeat_path,
+                options=options,
+                service_env=dict(service_env or {}),
+                service_kind=service_kind,
             )
         )
     return specs

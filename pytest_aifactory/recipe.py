@@ -36,6 +36,15 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from pytest_aifactory.client_options import (
+    CLIENT_KINDS_WITHOUT_SERVICE,
+    OPTIONS_BY_KIND,
+    FioOptions,
+    S3Options,
+    SqlOptions,
+    TritonOptions,
+    VectorDbOptions,
+)
 from pytest_aifactory.metrics.catalog import (
     METRICS,
     SLO_STATISTICS,
@@ -393,14 +402,32 @@ def _format_level(level: float) -> str:
 
 
 class Dataset(_Section):
-    """What to send. `random`: prompts of exactly `input_tokens` tokens asking for exactly
-    `output_tokens` tokens (the end-of-sequence token is ignored where the server allows)."""
+    """What to send. For LLM clients, `random`: prompts of exactly `input_tokens` tokens asking
+    for exactly `output_tokens` tokens (the end-of-sequence token is ignored where the server
+    allows). For vector clients: `random` uniform vectors, `clustered` Gaussian clusters (how
+    real embeddings look), or `file`, a user's own vectors (.npy or .parquet at `path`,
+    relative to the recipe); `count` vectors of `dim` dimensions are stored and `queries` of
+    them searched for their `k` nearest neighbours."""
 
-    kind: Literal["random"] = "random"
+    kind: Literal["random", "clustered", "file"] = "random"
     input_tokens: PositiveInt = 128
     output_tokens: PositiveInt = 64
     seed: Int = 0
     ignore_eos: bool = True
+    dim: PositiveInt = 128
+    count: PositiveInt = 10_000
+    queries: PositiveInt = 200
+    k: PositiveInt = 10
+    clusters: PositiveInt = 32
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _file_has_path(self) -> Dataset:
+        if self.kind == "file" and not self.path:
+            _fail("a dataset of kind 'file' needs path: a .npy or .parquet file", ("path",))
+        if self.path is not None and self.kind != "file":
+            _fail(f"path is for kind 'file' (this dataset is kind '{self.kind}')", ("path",))
+        return self
 
 
 class Sweep(_Section):
@@ -514,10 +541,14 @@ class Load(_Section):
 
 
 class Client(_Section):
-    """A load generator aimed at one service; it runs as nodes x processes_per_node jobs."""
+    """A load generator aimed at one service; it runs as nodes x processes_per_node jobs.
+
+    `service` may be left out only by kinds that work without one (`vectordb` with FAISS in
+    the client job, `fio` on the client's file system). Each kind other than `openai` reads its
+    own section, named like the kind (see `client_options`)."""
 
     kind: ClientKind
-    service: str
+    service: str | None = Field(default=None, validate_default=True)
     api: Literal["completions", "chat"] = "completions"
     model: str | None = None
     """Model name sent in requests; None lets the service decide (the name it serves)."""
@@ -525,6 +556,38 @@ class Client(_Section):
     processes_per_node: PositiveInt = 1
     dataset: Dataset = Field(default_factory=Dataset)
     load: Load = Field(default_factory=Load)
+    vectordb: VectorDbOptions | None = None
+    s3: S3Options | None = None
+    sql: SqlOptions | None = None
+    fio: FioOptions | None = None
+    triton: TritonOptions | None = None
+
+    @field_validator("service")
+    @classmethod
+    def _service(cls, value: str | None, info: ValidationInfo) -> str | None:
+        kind = info.data.get("kind")
+        if value is None and kind is not None and kind not in CLIENT_KINDS_WITHOUT_SERVICE:
+            _fail(f"required for a client of kind '{kind}': the name of a service it loads")
+        return value
+
+    @model_validator(mode="after")
+    def _own_section(self) -> Client:
+        for section in OPTIONS_BY_KIND:
+            if section != self.kind and getattr(self, section) is not None:
+                _fail(
+                    f"the {section} section is for clients of kind '{section}' "
+                    f"(this client is kind '{self.kind}')",
+                    (section,),
+                )
+        section_model = OPTIONS_BY_KIND.get(self.kind)
+        if section_model is not None and getattr(self, self.kind) is None:
+            setattr(self, self.kind, section_model())
+        return self
+
+    def options(self) -> dict[str, Any]:
+        """The kind's own section as plain data ({} for kinds without one)."""
+        section = getattr(self, self.kind, None) if self.kind in OPTIONS_BY_KIND else None
+        return section.model_dump(mode="json") if section is not None else {}
 
 
 # -- monitoring and reports ---------------------------------------------------------------------
@@ -848,7 +911,17 @@ def _is_model_path(model: str, base_dir: Path) -> bool:
 
 
 def resolve_paths(data: dict[str, Any], base_dir: Path) -> None:
-    """Make model, container image and bind source paths relative to the recipe's folder."""
+    """Make model, container image, bind source, dataset file and fio directory paths relative
+    to the recipe's folder."""
+    clients = data.get("clients")
+    for client in clients.values() if isinstance(clients, dict) else []:
+        if not isinstance(client, dict):
+            continue
+        for section, key in (("dataset", "path"), ("fio", "directory")):
+            part = client.get(section)
+            value = part.get(key) if isinstance(part, dict) else None
+            if isinstance(value, str) and value.strip() and "${" not in value:
+                part[key] = _absolute(value, base_dir)
     services = data.get("services")
     if not isinstance(services, dict):
         return

@@ -43,6 +43,7 @@ SHARED_ENDPOINT_FIELDS = (
     "metrics_url",
     "node",
     "nodes",
+    "client_env",
 )
 """What a worker needs of a service the controller started (plain values: sent over execnet)."""
 CLIENT_STOP_GRACE_S = 30.0
@@ -150,7 +151,8 @@ class AIFactorySession:
             run, _, services = self._ensure_started()
             endpoints: dict[str, dict[str, Any]] = {}
             failures: dict[str, str] = {}
-            for name in dict.fromkeys(c.service for c in self.recipe.clients.values()):
+            used = (c.service for c in self.recipe.clients.values() if c.service is not None)
+            for name in dict.fromkeys(used):
                 try:
                     endpoint = services.endpoint(name)
                 except ServiceStartError as err:
@@ -436,20 +438,27 @@ class AIFactorySession:
             raise CaseError(str(err)) from None
 
         client = self.recipe.clients[case.client]
-        try:
-            endpoint = services.endpoint(client.service)
-        except ServiceStartError as err:
-            raise CaseError(str(err)) from None
+        endpoint: Endpoint | None = None
+        if client.service is not None:
+            try:
+                endpoint = services.endpoint(client.service)
+            except ServiceStartError as err:
+                raise CaseError(str(err)) from None
         case_slug = slug(name)
         specs = process_specs(
             case,
             client,
-            base_url=endpoint.url,
-            model=client.model or endpoint.served_model or client.service,
+            base_url=endpoint.url if endpoint else "",
+            model=client.model
+            or (endpoint.served_model if endpoint else None)
+            or client.service
+            or "",
             records_path=lambda i: run.records_path(case_slug, i),
             progress_path=lambda i: run.progress_path(case_slug, i),
             heartbeat_path=str(run.heartbeat_path),
             barrier_dir=run.root / "barrier" / case_slug,
+            service_env=endpoint.client_env if endpoint else None,
+            service_kind=endpoint.kind if endpoint else "",
         )
         monitor = self.monitor
         if monitor is not None and monitor.mode != "off":
@@ -501,18 +510,24 @@ class AIFactorySession:
         from pytest_aifactory.loadgen.records import read_records
         from pytest_aifactory.loadgen.selfcheck import client_stats_path, read_client_stats
         from pytest_aifactory.metrics import slo as slo_eval
-        from pytest_aifactory.metrics.stats import client_health, saturation_note, summarize_llm
+        from pytest_aifactory.metrics.stats import client_health, saturation_note
+        from pytest_aifactory.metrics.summaries import summarize
 
+        client = self.recipe.clients[case.client]
         records = read_records(Path(s.records_path) for s in specs)
         measured = records[records["phase"] == "measure"] if "phase" in records else records
         requested_rate = case.level if case.mode == "rate" else None
         objectives = self.recipe.objectives(case.client)
-        summary = summarize_llm(measured, requested_rate=requested_rate, objectives=objectives)
+        summary = summarize(
+            client.kind, records, requested_rate=requested_rate, objectives=objectives
+        )
         outcomes = slo_eval.evaluate(summary, objectives)
         ended_at = time.time()
         warnings = self._server_view(test_id, name, started_at, ended_at, records, summary)
         client_stats = read_client_stats([client_stats_path(s.records_path) for s in specs])
-        summary["load_generator"] = client_health(measured, client_stats)
+        summary["load_generator"] = client_health(
+            measured, client_stats, cpu_is_workload=client.service is None
+        )
         saturated = saturation_note(summary["load_generator"])
         if saturated:
             warnings = [*warnings, saturated]
@@ -569,7 +584,7 @@ class AIFactorySession:
         case: LoadCase,
         handle: JobHandle,
         progress_paths: list[Path],
-        endpoint: Endpoint,
+        endpoint: Endpoint | None,
     ) -> list[str]:
         """Wait for the client job, showing progress; say what went wrong, lose nothing."""
         from pytest_aifactory.services.manager import LOG_TAIL_LINES
@@ -578,7 +593,11 @@ class AIFactorySession:
         notes: list[str] = []
         service_died = False
 
+        def died() -> bool:
+            return endpoint is not None and not endpoint.alive()
+
         def death_note() -> str:
+            assert endpoint is not None
             # first line as before (reports match on it), then why: the service's last words
             note = (
                 f"service '{endpoint.name}' died during the load "
@@ -592,7 +611,7 @@ class AIFactorySession:
         try:
             while not handle.finished():
                 self._show_progress(case, progress_paths, final=False)
-                if not service_died and not endpoint.alive():
+                if not service_died and died():
                     service_died = True
                     notes.append(death_note())
                 time.sleep(PROGRESS_EVERY_S)
@@ -600,7 +619,7 @@ class AIFactorySession:
             if not handle.finished():
                 self.executor.cancel(handle)
         self._show_progress(case, progress_paths, final=True)
-        if not service_died and not endpoint.alive():  # died as the load ended, between polls
+        if not service_died and died():  # died as the load ended, between polls
             notes.append(death_note())
         errors = handle.task_errors()
         for index, error in errors.items():

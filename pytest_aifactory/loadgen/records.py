@@ -43,12 +43,22 @@ RECORD_FIELDS: tuple[str, ...] = (
     "content_events",
     "http_status",
     "error",
+    "op",
+    "latency_ms",
+    "ttfb_ms",
+    "bytes",
+    "items",
+    "recall",
+    "extra",
 )
-"""Column names of a record, in file and DataFrame order (see METRICS.md)."""
+"""Column names of a record, in file and DataFrame order (see METRICS.md). The LLM fields come
+first; `op` to `extra` serve the other kinds: the operation's name, its latency, an object GET's
+time to first byte, payload bytes, items handled (vectors, rows, I/Os), a query's recall@k, and
+a kind's own detail as a JSON object."""
 
-STRING_COLUMNS = ("client", "level_label", "node", "phase", "error")
+STRING_COLUMNS = ("client", "level_label", "node", "phase", "error", "op")
 INT_COLUMNS = ("process", "request_id", "content_events")
-NULLABLE_INT_COLUMNS = ("output_tokens", "input_tokens", "http_status")
+NULLABLE_INT_COLUMNS = ("output_tokens", "input_tokens", "http_status", "bytes", "items")
 FLOAT_COLUMNS = (
     "scheduled_ts",
     "send_ts",
@@ -58,9 +68,15 @@ FLOAT_COLUMNS = (
     "ttft_ms",
     "e2el_ms",
     "tpot_ms",
+    "latency_ms",
+    "ttfb_ms",
+    "recall",
 )
 BOOL_COLUMNS = ("tokens_estimated",)
 LIST_COLUMNS = ("itl_ms",)
+JSON_COLUMNS = ("extra",)
+"""Held as JSON text in DataFrames and Parquet (a kind's detail has no fixed shape); read a
+cell back with `extra_of`."""
 
 
 class Clock:
@@ -192,7 +208,30 @@ def records_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
             index=frame.index,
             dtype=object,
         )
+    for column in JSON_COLUMNS:
+        frame[column] = frame[column].map(_json_text).astype(str)
     return frame.reset_index(drop=True)
+
+
+def _json_text(value: Any) -> str:
+    if value is None or isinstance(value, str):
+        return value or ""
+    if isinstance(value, float) and value != value:  # NaN from a column without values
+        return ""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+
+
+def extra_of(value: Any) -> dict[str, Any]:
+    """A record's `extra` cell as a dict ({} when it has none)."""
+    if isinstance(value, dict):
+        return value
+    if not isinstance(value, str) or not value:
+        return {}
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
 
 
 def read_records(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:

@@ -7,7 +7,7 @@ it refers to driver state, so the same spec runs in a local process or on a Slur
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pytest_aifactory.monitor.node_exporter import NodeExporterOrder
@@ -23,6 +23,15 @@ class DatasetSpec:
     output_tokens: int = 64
     seed: int = 0
     ignore_eos: bool = True
+    dim: int = 128
+    """Vector kinds: `random` (uniform), `clustered` (Gaussian mixture of `clusters` centres),
+    `file` (a user's .npy/.parquet at `path`); `count` vectors stored, `queries` searched for
+    their `k` nearest."""
+    count: int = 10_000
+    queries: int = 200
+    k: int = 10
+    clusters: int = 32
+    path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,3 +71,10 @@ class LoadSpec:
     run_id: str = ""
     node_exporter: NodeExporterOrder | None = None
     """Run the node's exporter while the load runs (the run is monitored)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """The client kind's own section of the recipe (`vectordb:`, `s3:`, `sql:`, `fio:`,
+    `triton:`), as plain data."""
+    service_env: dict[str, str] = field(default_factory=dict)
+    """What the service told its clients (credentials, bucket, database name)."""
+    service_kind: str = ""
+    """Kind of the service the client talks to; empty when it has none (FAISS, fio)."""

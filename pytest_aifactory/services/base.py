@@ -29,7 +29,9 @@ class HealthCheck:
 
 @dataclass(frozen=True)
 class ServicePlan:
-    """Everything a job needs to run one service: argv with `{host}`/`{port}` placeholders."""
+    """Everything a job needs to run one service: argv with `{host}`/`{port}` placeholders, and
+    `{scratch}` (in argv and env values) for a fresh private folder on the node's local disk
+    that is removed when the service ends."""
 
     name: str
     argv: list[str]
@@ -43,6 +45,9 @@ class ServicePlan:
     worker_argv: list[str] | None = None
     """What ranks other than 0 of a multi-node service run (placeholders as in `argv`, plus
     `{head_host}` and `{head_port}`); None: every rank runs `argv`."""
+    client_env: dict[str, str] = field(default_factory=dict)
+    """What its clients must be told (per-run credentials, bucket, database name); they get it
+    as `LoadSpec.service_env`."""
 
 
 class ServiceKind:

@@ -16,11 +16,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,6 +45,8 @@ POLL_S = 0.2
 STOP_GRACE_S = 10.0
 SIGNAL_GRACE_S = 1.0
 AUTO_HOST = "auto"
+SCRATCH = "{scratch}"
+"""Placeholder of a service's private data folder on the node's local disk."""
 """`ServiceLaunch.host` meaning "this node's own address", resolved inside the job."""
 
 
@@ -167,12 +171,36 @@ def _wait_for_head(
         time.sleep(POLL_S)
 
 
-def _command(launch: ServiceLaunch, place: TaskPlace, port: int, head: Rendezvous) -> list[str]:
+def _command(
+    launch: ServiceLaunch, place: TaskPlace, port: int, head: Rendezvous, scratch: str
+) -> list[str]:
     from pytest_aifactory.cluster.container import wrap_command
 
     argv = launch.argv if place.rank == 0 or launch.worker_argv is None else launch.worker_argv
     argv = fill_placeholders(argv, place.host, port, head.host, head.port)
+    argv = [arg.replace(SCRATCH, scratch) for arg in argv] if scratch else argv
     return wrap_command(argv, launch.container, launch.gpus) if launch.container else argv
+
+
+def _wants_scratch(launch: ServiceLaunch) -> bool:
+    texts = [*launch.argv, *(launch.worker_argv or []), *launch.env.values()]
+    return any(SCRATCH in text for text in texts)
+
+
+@contextlib.contextmanager
+def _scratch_dir(launch: ServiceLaunch, node: str) -> Iterator[str]:
+    """A private folder on the node's local disk for the service's data (a database, stored
+    objects), removed when the service ends: a benchmark's data is not worth keeping, and
+    node-local disks on clusters are small and shared. Empty when the plan does not use it."""
+    if not _wants_scratch(launch):
+        yield ""
+        return
+    base = os.environ.get("TMPDIR") or tempfile.gettempdir()
+    path = tempfile.mkdtemp(prefix=f"aifactory-{launch.name}-{node}-", dir=base)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def run_service(launch: ServiceLaunch) -> int:
@@ -186,20 +214,24 @@ def run_service(launch: ServiceLaunch) -> int:
         return _serve(launch, place, job_started_at)
 
 
+def _should_stop(launch: ServiceLaunch, stop_requested: list[int]) -> bool:
+    if stop_requested:
+        print("aifactory: job cancelled, stopping", file=sys.stderr, flush=True)
+        return True
+    if driver_gone(launch.heartbeat_path):
+        print("aifactory: driver is gone, stopping", file=sys.stderr, flush=True)
+        return True
+    return False
+
+
 def _serve(launch: ServiceLaunch, place: TaskPlace, job_started_at: float) -> int:
-    rank, world_size = place.rank, place.world_size
+    rank = place.rank
     stop_requested: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda sig, _frame: stop_requested.append(sig))
 
     def should_stop() -> bool:
-        if stop_requested:
-            print("aifactory: job cancelled, stopping", file=sys.stderr, flush=True)
-            return True
-        if driver_gone(launch.heartbeat_path):
-            print("aifactory: driver is gone, stopping", file=sys.stderr, flush=True)
-            return True
-        return False
+        return _should_stop(launch, stop_requested)
 
     port = launch.port or free_port(place.host)
     head = Rendezvous(
@@ -210,8 +242,27 @@ def _serve(launch: ServiceLaunch, place: TaskPlace, job_started_at: float) -> in
         if found is None:
             return 0
         head = found
-    argv = _command(launch, place, port, head)
-    env = {**os.environ, **launch.env, "AIFACTORY_SERVICE": launch.name}
+    with _scratch_dir(launch, place.node) as scratch:
+        return _run_server(launch, place, port, head, scratch, job_started_at, stop_requested)
+
+
+def _run_server(
+    launch: ServiceLaunch,
+    place: TaskPlace,
+    port: int,
+    head: Rendezvous,
+    scratch: str,
+    job_started_at: float,
+    stop_requested: list[int],
+) -> int:
+    rank, world_size = place.rank, place.world_size
+
+    def should_stop() -> bool:
+        return _should_stop(launch, stop_requested)
+
+    argv = _command(launch, place, port, head, scratch)
+    service_env = {k: v.replace(SCRATCH, scratch) for k, v in launch.env.items()}
+    env = {**os.environ, **service_env, "AIFACTORY_SERVICE": launch.name}
     env.update(
         {
             "AIFACTORY_HOST": place.host,

@@ -68,6 +68,8 @@ class Endpoint:
     """When the job spawned the server process (on a multi-node service: its last rank's)."""
     healthy_at: float | None = None
     """When the health check first passed."""
+    client_env: dict[str, str] = field(default_factory=dict)
+    """What clients of this service must be told (credentials, bucket, database name)."""
 
     def alive(self) -> bool:
         return self.job is None or not self.job.finished()
@@ -252,6 +254,7 @@ class ServiceManager:
             started_s=elapsed,
             nodes=rendezvous.nodes,
             health=plan.health,
+            client_env=dict(plan.client_env),
             submitted_at=submitted_at,
             job_started_at=rendezvous.job_started_at,
             launched_at=rendezvous.launched_at,

@@ -1,0 +1,26 @@
+"""Storage benchmark: object storage (S3 API), file systems (fio) and relational databases
+(PostgreSQL), one test per client and load level of the recipe.
+
+    pytest benchmarks/test_storage.py --recipe recipes/s3.yaml
+    pytest benchmarks/test_storage.py --recipe recipes/fio.yaml
+    pytest benchmarks/test_storage.py --recipe recipes/postgres.yaml
+
+Each test starts the client's service if it has one and is not running yet, drives the load
+level from client jobs, and fails when any of the recipe's service-level objectives is broken.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from pytest_aifactory.cases import LoadCase
+from pytest_aifactory.session import CaseResult, assert_slos
+
+pytestmark = pytest.mark.aifactory_clients("s3", "fio", "sql")
+
+
+def test_storage(aifactory_load: Callable[[LoadCase], CaseResult], load_case: LoadCase) -> None:
+    result = aifactory_load(load_case)
+    assert_slos(result)
