@@ -16,9 +16,11 @@ demo: setup
 	$(VENV)/bin/pytest benchmarks/test_inference.py --recipe $(RECIPE) -v $(PYTEST_ARGS)
 
 # as root, the tests run against a development Slurm cluster that is torn down afterwards
-# (and chromium, for the check that reports render in a real browser)
+# (and chromium, for the check that reports render in a real browser; fio, PostgreSQL and the
+# vLLM CPU build, for the service families' tests)
 test: setup lint
 	bash scripts/install-browser.sh
+	bash scripts/install-services.sh
 	bash scripts/with-slurm.sh $(VENV)/bin/pytest tests/ $(PYTEST_ARGS)
 
 lint: setup

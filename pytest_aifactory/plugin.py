@@ -241,29 +241,54 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return f"{value:.{digits}f}"
 
 
+def _summary_rows(tests: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """The end-of-session table: LLM serving's usual columns when every test is an LLM
+    client, else each kind's headline latency and throughput (see `report.headline`)."""
+    from pytest_aifactory.report.headline import headline_of, headline_values
+
+    def common(test: dict[str, Any]) -> tuple[str, str, str]:
+        counts = test.get("counts", {})
+        verdict = "PASS" if test["passed"] else "FAIL"
+        return test["name"], verdict, f"{counts.get('completed', 0)}/{counts.get('sent', 0)}"
+
+    if all(test.get("kind", "openai") == "openai" for test in tests):
+        llm = [("test", "verdict", "ok/sent", "TTFT p50", "TTFT p99", "TPOT p50", "out tok/s")]
+        for test in tests:
+            per_request = test.get("per_request", {})
+            llm.append(
+                (
+                    *common(test),
+                    _fmt(per_request.get("ttft_ms", {}).get("p50")),
+                    _fmt(per_request.get("ttft_ms", {}).get("p99")),
+                    _fmt(per_request.get("tpot_ms", {}).get("p50")),
+                    _fmt(test.get("per_level", {}).get("output_throughput")),
+                )
+            )
+        return llm
+    rows = [("test", "verdict", "ok/sent", "latency", "p50", "p99", "throughput")]
+    for test in tests:
+        head = headline_of(test.get("kind"))
+        values = headline_values(test)
+        rows.append(
+            (
+                *common(test),
+                head.latency,
+                _fmt(values["latency_p50"], 2),
+                _fmt(values["latency_p99"], 2),
+                f"{_fmt(values['throughput'])} {head.throughput_label}",
+            )
+        )
+    return rows
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     driver = config.stash.get(SESSION_KEY, None)
     if driver is None or driver.run is None:
         return
     tr = terminalreporter
     tr.section(f"aifactory: {driver.recipe.name}")
-    header = ("test", "verdict", "ok/sent", "TTFT p50", "TTFT p99", "TPOT p50", "out tok/s")
-    rows = [header]
-    for test in driver.test_entries():
-        counts = test.get("counts", {})
-        per_request = test.get("per_request", {})
-        per_level = test.get("per_level", {})
-        rows.append(
-            (
-                test["name"],
-                "PASS" if test["passed"] else "FAIL",
-                f"{counts.get('completed', 0)}/{counts.get('sent', 0)}",
-                _fmt(per_request.get("ttft_ms", {}).get("p50")),
-                _fmt(per_request.get("ttft_ms", {}).get("p99")),
-                _fmt(per_request.get("tpot_ms", {}).get("p50")),
-                _fmt(per_level.get("output_throughput")),
-            )
-        )
+    rows = _summary_rows(driver.test_entries())
+    header = rows[0]
     if len(rows) > 1:
         widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
         for i, row in enumerate(rows):

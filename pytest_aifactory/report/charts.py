@@ -19,14 +19,26 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-LATENCY_METRICS: tuple[str, ...] = ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms")
-"""Per-request latencies drawn as distributions, in the order METRICS.md lists them."""
+from pytest_aifactory.report.headline import headline_of, headline_values
+
+LATENCY_METRICS: tuple[str, ...] = (
+    "ttft_ms",
+    "tpot_ms",
+    "itl_ms",
+    "e2el_ms",
+    "latency_ms",
+    "ttfb_ms",
+)
+"""Per-request latencies drawn as distributions, in the order METRICS.md lists them (a kind
+draws those its records have: LLM serving the first four, operations the last two)."""
 
 LATENCY_TITLES: dict[str, str] = {
     "ttft_ms": "TTFT (ms)",
     "tpot_ms": "TPOT (ms)",
     "itl_ms": "ITL (ms, pooled)",
     "e2el_ms": "E2E latency (ms)",
+    "latency_ms": "Latency (ms)",
+    "ttfb_ms": "Time to first byte (ms)",
 }
 
 CHART_TITLES: dict[str, str] = {
@@ -299,21 +311,32 @@ def client_throughput(records: pd.DataFrame, start: float, end: float) -> pd.Dat
     """
     ok = succeeded_mask(records)
     ends = _numeric(records, "end_ts")[ok]
-    tokens = np.nan_to_num(_numeric(records, "output_tokens")[ok], nan=0.0)
+    raw_tokens = _numeric(records, "output_tokens")[ok]
+    tokens = np.nan_to_num(raw_tokens, nan=0.0)
     keep = np.isfinite(ends)
     edges, width = _edges(start, end)
     done, _ = np.histogram(ends[keep], edges)
-    generated, _ = np.histogram(ends[keep], edges, weights=tokens[keep])
     starts = edges[:-1] - start
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
-            "t": np.concatenate([starts, starts]),
-            "panel": ["requests"] * len(starts) + ["tokens"] * len(starts),
-            "name": ["client: completed req/s"] * len(starts)
-            + ["client: output tok/s"] * len(starts),
-            "value": np.concatenate([done / width, generated / width]),
+            "t": starts,
+            "panel": ["requests"] * len(starts),
+            "name": ["client: completed req/s"] * len(starts),
+            "value": done / width,
         }
     )
+    if not np.isfinite(raw_tokens).any() and len(records):
+        return frame  # a kind without tokens (vector search, storage): requests only
+    generated, _ = np.histogram(ends[keep], edges, weights=tokens[keep])
+    tokens_frame = pd.DataFrame(
+        {
+            "t": starts,
+            "panel": ["tokens"] * len(starts),
+            "name": ["client: output tok/s"] * len(starts),
+            "value": generated / width,
+        }
+    )
+    return pd.concat([frame, tokens_frame], ignore_index=True)
 
 
 def error_timeline(records: pd.DataFrame, start: float, end: float) -> pd.DataFrame:
@@ -512,23 +535,28 @@ def client_tests(summary: Mapping[str, Any], client: str) -> list[dict[str, Any]
 
 
 def client_levels(summary: Mapping[str, Any], client: str) -> pd.DataFrame:
-    """One row per load level of a client: throughputs, goodput and TTFT percentiles."""
+    """One row per load level of a client: throughputs, goodput, and the p50 and p99 of its
+    kind's headline latency (TTFT for LLM serving; see `report.headline`), with the names of
+    the headline figures in `throughput_name` / `latency_name`."""
     rows = []
     for test in client_tests(summary, client):
         per_level = test.get("per_level") or {}
-        ttft = (test.get("per_request") or {}).get("ttft_ms") or {}
+        head = headline_of(test.get("kind"))
+        values = headline_values(test)
         rows.append(
             {
                 "level": _number(test.get("level")),
                 "level_label": str(test.get("level_label") or test.get("level") or ""),
                 "mode": str(test.get("mode") or ""),
                 "passed": bool(test.get("passed")),
-                "output_throughput": _number(per_level.get("output_throughput")),
+                "throughput": _number(values["throughput"]),
+                "throughput_name": f"{head.throughput} ({head.throughput_label})",
                 "request_throughput": _number(per_level.get("request_throughput")),
                 "goodput": _number(per_level.get("goodput")),
                 "achieved_rate": _number(per_level.get("achieved_rate")),
-                "ttft_p50": _number(ttft.get("p50")),
-                "ttft_p99": _number(ttft.get("p99")),
+                "latency_p50": _number(values["latency_p50"]),
+                "latency_p99": _number(values["latency_p99"]),
+                "latency_name": head.latency_label,
             }
         )
     return pd.DataFrame(rows)
@@ -698,34 +726,39 @@ def errors_chart(errors: pd.DataFrame, span: float, title: str = "") -> alt.Char
 
 
 def throughput_latency_chart(levels: pd.DataFrame, title: str = "") -> alt.LayerChart | None:
-    """Output throughput against TTFT p50 and p99, one point per level in load order: where
-    the line turns upward, more load buys latency and no throughput (the knee)."""
+    """The kind's headline throughput against its headline latency's p50 and p99 (output
+    tokens/s against TTFT for LLM serving), one point per level in load order: where the line
+    turns upward, more load buys latency and no throughput (the knee)."""
+    if not len(levels):
+        return None
+    latency_name = str(levels["latency_name"].iloc[0])
+    throughput_name = str(levels["throughput_name"].iloc[0])
     data = levels.melt(
-        id_vars=["level", "level_label", "output_throughput", "passed"],
-        value_vars=["ttft_p50", "ttft_p99"],
+        id_vars=["level", "level_label", "throughput", "passed"],
+        value_vars=["latency_p50", "latency_p99"],
         var_name="statistic",
-        value_name="ttft_ms",
+        value_name="latency_ms",
     )
-    data["statistic"] = data["statistic"].str.replace("ttft_", "TTFT ", regex=False)
-    data = data.dropna(subset=["output_throughput", "ttft_ms"])
+    data["statistic"] = data["statistic"].str.replace("latency_", f"{latency_name} ", regex=False)
+    data = data.dropna(subset=["throughput", "latency_ms"])
     if not len(data):
         return None
     base = alt.Chart(data).encode(
-        x=alt.X("output_throughput:Q", title="output throughput (tok/s)"),
-        y=alt.Y("ttft_ms:Q", title="TTFT (ms)"),
+        x=alt.X("throughput:Q", title=throughput_name),
+        y=alt.Y("latency_ms:Q", title=f"{latency_name} (ms)"),
         color=alt.Color("statistic:N", title=None),
         order=alt.Order("level:Q"),
         tooltip=[
             alt.Tooltip("level_label:N", title="level"),
             alt.Tooltip("statistic:N"),
-            alt.Tooltip("output_throughput:Q", title="tok/s", format=".1f"),
-            alt.Tooltip("ttft_ms:Q", title="TTFT ms", format=".1f"),
+            alt.Tooltip("throughput:Q", title=throughput_name, format=".1f"),
+            alt.Tooltip("latency_ms:Q", title=f"{latency_name} ms", format=".2f"),
             alt.Tooltip("passed:N", title="SLOs held"),
         ],
     )
     lines = base.mark_line(point=True)
     labels = (
-        base.transform_filter(alt.datum.statistic == "TTFT p99")
+        base.transform_filter(alt.datum.statistic == f"{latency_name} p99")
         .mark_text(align="left", dx=6, dy=-6, fontSize=10)
         .encode(text="level_label:N")
     )

@@ -23,13 +23,32 @@ from pytest_aifactory import __version__
 from pytest_aifactory.metrics.catalog import METRICS
 from pytest_aifactory.metrics.stats import json_safe
 from pytest_aifactory.monitor.window import CROSS_CHECK_TOLERANCE
+from pytest_aifactory.report.headline import headline_of, headline_values
 
 STAT_COLUMNS: tuple[str, ...] = ("mean", "p50", "p90", "p99", "p999", "max")
-STAT_METRICS: tuple[str, ...] = ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms", "queue_ms")
+STAT_METRICS: tuple[str, ...] = (
+    "ttft_ms",
+    "tpot_ms",
+    "itl_ms",
+    "e2el_ms",
+    "latency_ms",
+    "ttfb_ms",
+    "clat_ms",
+    "queue_ms",
+)
 LEVEL_METRICS: tuple[tuple[str, str], ...] = (
     ("request_throughput", "req/s"),
     ("output_throughput", "tok/s"),
     ("total_token_throughput", "tok/s"),
+    ("qps", "q/s"),
+    ("recall_at_k", ""),
+    ("insert_throughput", "vec/s"),
+    ("index_build_s", "s"),
+    ("ops_s", "op/s"),
+    ("throughput_mib_s", "MiB/s"),
+    ("tps", "tx/s"),
+    ("bw_mib_s", "MiB/s"),
+    ("iops", "op/s"),
     ("goodput", "req/s"),
     ("achieved_rate", "req/s"),
     ("error_rate", ""),
@@ -353,7 +372,7 @@ def stats_table(test: Mapping[str, Any]) -> str:
     rows = []
     for metric in STAT_METRICS:
         stats = per_request.get(metric)
-        if not isinstance(stats, Mapping):
+        if not isinstance(stats, Mapping) or all(v is None for v in stats.values()):
             continue
         cells = "".join(
             f'<td class="num">{_e(fmt_number(stats.get(name)))}</td>' for name in STAT_COLUMNS
@@ -383,7 +402,42 @@ def stats_table(test: Mapping[str, Any]) -> str:
             for kind, count in errors.items()
         ]
         parts.append(_table(("Error kind", "Failed requests"), error_rows, "errors"))
+    parts.append(operations_table(test))
     return "".join(parts)
+
+
+def operations_table(test: Mapping[str, Any]) -> str:
+    """A mix's figures per operation (S3's PUT, GET, LIST, DELETE; a vector client's
+    queries), where the kind records operations."""
+    by_op = test.get("by_op") or {}
+    if not by_op:
+        return ""
+    rows = []
+    for name, figures in by_op.items():
+        latency = figures.get("latency_ms") or {}
+        ttfb = figures.get("ttfb_ms") or {}
+        cells = [
+            fmt_number(figures.get("count")),
+            fmt_number(figures.get("failed")),
+            fmt_number(figures.get("ops_s")),
+            fmt_number(figures.get("throughput_mib_s")),
+            fmt_number(latency.get("p50")),
+            fmt_number(latency.get("p99")),
+            fmt_number(ttfb.get("p99")),
+        ]
+        row_cells = "".join(f'<td class="num">{_e(c)}</td>' for c in cells)
+        rows.append(f"<tr><td><code>{_e(name)}</code></td>{row_cells}</tr>")
+    headers = (
+        "Operation",
+        "Sent",
+        "Failed",
+        "op/s",
+        "MiB/s",
+        "latency p50 (ms)",
+        "latency p99 (ms)",
+        "TTFB p99 (ms)",
+    )
+    return _table(headers, rows, "operations")
 
 
 def _charts(views: Sequence[ChartView]) -> str:
@@ -463,8 +517,8 @@ def overview_table(tests: Sequence[Mapping[str, Any]], anchors: Mapping[str, str
     rows = []
     for test in tests:
         counts = test.get("counts") or {}
-        per_level = test.get("per_level") or {}
-        ttft = ((test.get("per_request") or {}).get("ttft_ms") or {}).get("p99")
+        head = headline_of(test.get("kind"))
+        values = headline_values(test)
         anchor = anchors.get(str(test.get("test_id")), "")
         rows.append(
             f'<tr class="{"pass" if test.get("passed") else "fail"}">'
@@ -473,12 +527,13 @@ def overview_table(tests: Sequence[Mapping[str, Any]], anchors: Mapping[str, str
             f"<td>{_badge(test.get('passed'))}</td>"
             f'<td class="num">{_e(fmt_number(counts.get("sent")))}</td>'
             f'<td class="num">{_e(fmt_number(counts.get("failed")))}</td>'
-            f'<td class="num">{_e(fmt_number(per_level.get("request_throughput")))}</td>'
-            f'<td class="num">{_e(fmt_number(per_level.get("output_throughput")))}</td>'
-            f'<td class="num">{_e(fmt_number(ttft))}</td></tr>'
+            f'<td class="num">{_e(fmt_number(values["throughput"]))} '
+            f"{_e(head.throughput_label)}</td>"
+            f'<td class="num">{_e(fmt_number(values["latency_p99"]))} '
+            f"<small>{_e(head.latency_label)}</small></td></tr>"
         )
-    headers = ("Test", "Client", "Level", "Result", "Sent", "Failed", "req/s", "tok/s")
-    return _table((*headers, "TTFT p99 (ms)"), rows, "overview")
+    headers = ("Test", "Client", "Level", "Result", "Sent", "Failed", "Throughput")
+    return _table((*headers, "Latency p99 (ms)"), rows, "overview")
 
 
 def _facts(summary: Mapping[str, Any]) -> str:
