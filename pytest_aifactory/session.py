@@ -185,7 +185,9 @@ class AIFactorySession:
         self.monitor = self._make_monitor(self.run, self.services)
         self.monitor.attach()
         for name, fields in self._handoff["endpoints"].items():
-            self.services.endpoints[name] = Endpoint(**fields)
+            endpoint = Endpoint(**fields)
+            self.services.endpoints[name] = endpoint
+            self.services.learn_secrets({}, endpoint.client_env)
         for name, message in self._handoff["failures"].items():
             self.services.failures[name] = ServiceStartError(message)
 
@@ -358,6 +360,7 @@ class AIFactorySession:
             run_store.save_part(self.run, self.worker_id, tests, records)
         else:
             from pytest_aifactory.monitor.run_monitor import merge_metrics
+            from pytest_aifactory.report.manifest import write_manifest
 
             merge_metrics(self.run.root)
             run_store.save_run(
@@ -370,6 +373,7 @@ class AIFactorySession:
                 services=self._service_summary(),
                 monitoring=self.monitor.summary() if self.monitor is not None else None,
             )
+            write_manifest(self.run.root)
 
     def _service_summary(self) -> dict[str, dict[str, Any]]:
         if self.services is None:
@@ -523,7 +527,9 @@ class AIFactorySession:
         )
         outcomes = slo_eval.evaluate(summary, objectives)
         ended_at = time.time()
-        warnings = self._server_view(test_id, name, started_at, ended_at, records, summary)
+        warnings = self._server_view(
+            test_id, name, started_at, ended_at, records, summary, client.service
+        )
         client_stats = read_client_stats([client_stats_path(s.records_path) for s in specs])
         summary["load_generator"] = client_health(
             measured, client_stats, cpu_is_workload=client.service is None
@@ -555,10 +561,14 @@ class AIFactorySession:
         ended_at: float,
         records: pd.DataFrame,
         summary: dict[str, Any],
+        service: str | None = None,
     ) -> list[str]:
         """The window's server and node series from monitoring, the server's figures and their
         cross-check against the clients' (added to `summary`); returns warnings. Never fails:
-        the clients' results stand whatever happened to monitoring."""
+        the clients' results stand whatever happened to monitoring. `service`: the one the
+        clients loaded, whose request count must match theirs."""
+        from pytest_aifactory.metrics.stats import succeeded
+
         if self.monitor is None or self.monitor.mode == "off" or self.services is None:
             return []
         kinds = {n: e.kind for n, e in self.services.endpoints.items()}
@@ -566,9 +576,20 @@ class AIFactorySession:
         span = 0.0
         if len(records):
             span = float(records["end_ts"].max() - records["send_ts"].min())
+        # every request the server saw, warmup included (setup work is not a request)
+        sent = records[records["phase"] != "setup"] if len(records) else records
+        requests = float(succeeded(sent).sum()) if len(sent) else 0.0
         try:
             window = self.monitor.collect(
-                test_id, slug(name), started_at, ended_at, kinds, tokens, span
+                test_id,
+                slug(name),
+                started_at,
+                ended_at,
+                kinds,
+                tokens,
+                span,
+                client_requests=requests,
+                client_service=service,
             )
         except Exception as err:  # monitoring must never cost the measured data
             return [f"monitoring: collecting server metrics failed: {err}"]

@@ -45,13 +45,15 @@ def write_recipe(path: Path, document: dict[str, Any]) -> Path:
     return path
 
 
-def benchmark_command(recipe: Path, report_dir: Path, *args: str) -> list[str]:
+def benchmark_command(
+    recipe: Path, report_dir: Path, *args: str, benchmark: Path = BENCHMARK
+) -> list[str]:
     """The benchmark suite on `recipe`, as a user would type it."""
     return [
         sys.executable,
         "-m",
         "pytest",
-        str(BENCHMARK),
+        str(benchmark),
         "--recipe",
         str(recipe),
         "--report-dir",
@@ -77,10 +79,12 @@ def run_benchmark(
     *args: str,
     timeout: float = 600,
     env: dict[str, str] | None = None,
+    benchmark: Path = BENCHMARK,
 ) -> Session:
+    """Run a benchmark module (default: the LLM serving one) on `recipe` in a subprocess."""
     report_dir = tmp_path / "reports"
     proc = subprocess.run(
-        benchmark_command(recipe, report_dir, *args),
+        benchmark_command(recipe, report_dir, *args, benchmark=benchmark),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -157,3 +157,19 @@ def test_the_compare_command_gives_the_same_verdicts(
     out = capsys.readouterr().out
     assert "no regression beyond the tolerances" in out
     assert f"A (baseline)  {ids[0]}" in out
+
+
+def test_a_run_altered_after_it_was_written_is_not_compared(
+    runs: Runs, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the real runs carry a manifest of their data files
+    manifest = json.loads((runs.roots["A"] / "manifest.json").read_text())
+    assert {"summary.json", "records.parquet", "benchmark.json"} <= set(manifest["files"])
+    altered = tmp_path / runs.roots["A"].name
+    shutil.copytree(runs.roots["A"], altered)
+    records = altered / "records.parquet"
+    records.write_bytes(records.read_bytes()[:-100])  # a torn copy
+    assert main(["compare", str(altered), str(runs.roots["B"]), "--no-html"]) == 2
+    err = capsys.readouterr().err
+    assert "records.parquet: changed since the run wrote it" in err
+    assert "Traceback" not in err

@@ -49,6 +49,16 @@ LATENCIES: dict[str, tuple[str, str, str]] = {
         "seconds per request (end-to-end latency)",
         "each round is one request; ops is 1/mean, not a throughput",
     ),
+    "latency": (
+        "latency_ms",
+        "seconds per operation (query, object operation, transaction, inference)",
+        "each round is one operation; ops is 1/mean, not a throughput",
+    ),
+    "ttfb": (
+        "ttfb_ms",
+        "seconds to the first byte of an object GET",
+        "each round is one GET; ops is 1/mean, not a throughput",
+    ),
 }
 """Entry suffix -> (record column, what a value is, how to read the entry)."""
 

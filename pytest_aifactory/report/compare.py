@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pytest_aifactory.metrics.catalog import METRICS, STATISTICS, higher_is_better
+from pytest_aifactory.report.manifest import manifest_problems
 from pytest_aifactory.tabulate import format_table
 
 Verdict = Literal["better", "worse", "same"]
@@ -101,6 +102,12 @@ def read_run_folder(folder: Path) -> RunView:
         raise CompareError(f"{path}: unreadable ({err})") from None
     if not isinstance(summary, dict):
         raise CompareError(f"{path}: not a run summary")
+    problems = manifest_problems(folder)
+    if problems:
+        raise CompareError(
+            "refusing to compare a run whose data changed after it was written: "
+            + "; ".join(problems)
+        )
     return RunView(root=folder.resolve(), summary=summary)
 
 

@@ -11,7 +11,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -182,6 +182,23 @@ class ServiceManager:
         resources = JobResources(nodes=service.nodes, gpus_per_node=service.gpus_per_node)
         return self.launch(name, service.kind, plan, resources, service.health_timeout_s)
 
+    def learn_secrets(
+        self, env: Mapping[str, str], client_env: Mapping[str, str], argv: Iterable[str] = ()
+    ) -> None:
+        """A kind's per-run credentials are made when it is planned, after the run's redactor
+        was built from the recipe: teach it them before anything can print them."""
+        from pytest_aifactory.redact import secrets_from_args, secrets_from_env
+
+        redactor = self.run.redactor
+        if redactor is None:
+            return
+        for value in [
+            *secrets_from_env(env),
+            *secrets_from_env(client_env),
+            *secrets_from_args(argv),
+        ]:
+            redactor.add(value)
+
     def launch(
         self,
         name: str,
@@ -195,6 +212,7 @@ class ServiceManager:
     ) -> Endpoint:
         """Submit `plan` as a job and wait until it is healthy (also used for the run's own
         monitoring servers, which are not recipe services)."""
+        self.learn_secrets(plan.env, plan.client_env, plan.argv)
         if plan.port is not None and not port_is_free(plan.host, plan.port):
             raise ServiceStartError(
                 f"service '{name}': port {plan.port} on {plan.host} is already taken"
@@ -245,7 +263,8 @@ class ServiceManager:
             url=base_url(rendezvous.host, rendezvous.port),
             served_model=plan.served_model,
             metrics_url=(
-                base_url(rendezvous.host, rendezvous.port) + plan.metrics_path
+                base_url(rendezvous.host, rendezvous.port + plan.metrics_port_offset)
+                + plan.metrics_path
                 if plan.metrics_path
                 else None
             ),
