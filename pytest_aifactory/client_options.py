@@ -58,8 +58,9 @@ class VectorDbOptions(_Options):
     """Collection name on the server; default: one made from the client, level and run."""
     keep_collection: bool = False
     load_timeout_s: PositiveFloat = 3600.0
-    threads: PositiveInt | None = None
-    """FAISS: OpenMP threads per process (default: FAISS's own, one per core)."""
+    threads: PositiveInt = 1
+    """FAISS: OpenMP threads per query (the load's concurrency runs queries side by side;
+    loading uses one per core)."""
 
     @field_validator("collection")
     @classmethod
@@ -214,14 +215,25 @@ FIO_RESERVED_OPTIONS: frozenset[str] = frozenset(
 """fio options the client sets itself: results, file names and the load level depend on them."""
 
 
+TritonDatatype = Literal[
+    "BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64",
+    "FP16", "FP32", "FP64",
+]  # fmt: skip
+
+
 class TritonOptions(_Options):
-    """The model to call and how: protocol, inputs' shape and type, batch size."""
+    """How each inference is sent to the client's `model` (default: the one model the service
+    serves). `protocol`: http, or grpc on the service's port + 1 (Triton's 8000/8001 layout).
+    Each request carries `batch_size` items; every input of the model gets random values of
+    `dtype` in `shape` per item (without the batch dimension). Left out, both come from the
+    model's own description, a variable dimension taken as 16."""
 
     protocol: Literal["http", "grpc"] = "http"
-    model: str | None = None
+    model_version: str = ""
+    """A version number; empty: the server's choice (the latest)."""
     batch_size: PositiveInt = 1
-    shape: list[PositiveInt] = Field(default_factory=lambda: [16])
-    dtype: str = "FP32"
+    shape: list[PositiveInt] | None = None
+    dtype: TritonDatatype | None = None
 
 
 OPTIONS_BY_KIND: dict[str, type[_Options]] = {
