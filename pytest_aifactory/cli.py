@@ -103,7 +103,9 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         _error(f"{folder}: no such folder")
         return EXIT_USAGE
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    # sub-folders hold a site's versions (recipes/meluxina/): listed after the folder's own
+    found = [p for p in folder.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()]
+    files = sorted(found, key=lambda p: (len(p.relative_to(folder).parts), str(p)))
     if not files:
         print(f"no recipes in {folder}", file=sys.stderr)
         return EXIT_OK
