@@ -96,7 +96,7 @@ def test_service_job_runs_its_server_through_the_runtime(
     run = RunDir.create(tmp_path / "reports", make_run_id("container"))
     launch = ServiceLaunch(
         name="web",
-        argv=[sys.executable, "-m", "http.server", "{port}", "--bind", "{host}"],
+        argv=[sys.executable, "-m", "http.server", "{port}", "--bind", "{host}", "-d", "{scratch}"],
         rendezvous_path=str(run.rendezvous_path("web")),
         container=Container(image=image, binds=[f"{tmp_path}:/work"]),
         gpus=True,
@@ -110,11 +110,17 @@ def test_service_job_runs_its_server_through_the_runtime(
             time.sleep(0.1)
         info = read_rendezvous(run.rendezvous_path("web"))
         assert info is not None
-        assert json.loads(record.read_text()) == [
+        recorded = json.loads(record.read_text())
+        # the service's scratch folder is made on the host and bound into the image
+        scratch = recorded[-1]
+        assert Path(scratch).name.startswith("aifactory-web-")
+        assert recorded == [
             "exec",
             "--nv",
             "--bind",
             f"{tmp_path}:/work",
+            "--bind",
+            scratch,
             image,
             sys.executable,
             "-m",
@@ -122,6 +128,8 @@ def test_service_job_runs_its_server_through_the_runtime(
             str(info.port),
             "--bind",
             "127.0.0.1",
+            "-d",
+            scratch,
         ]
     finally:
         executor.cancel_all()

@@ -179,7 +179,12 @@ def _command(
     argv = launch.argv if place.rank == 0 or launch.worker_argv is None else launch.worker_argv
     argv = fill_placeholders(argv, place.host, port, head.host, head.port)
     argv = [arg.replace(SCRATCH, scratch) for arg in argv] if scratch else argv
-    return wrap_command(argv, launch.container, launch.gpus) if launch.container else argv
+    if launch.container is None:
+        return argv
+    container = launch.container
+    if scratch:  # the server in the image must see its data folder at the same path
+        container = container.model_copy(update={"binds": [*container.binds, scratch]})
+    return wrap_command(argv, container, launch.gpus)
 
 
 def _wants_scratch(launch: ServiceLaunch) -> bool:
