@@ -38,6 +38,9 @@ class VectorDbOptions(_Options):
     `batch_size`. The HNSW and IVF settings apply where the engine has them; HNSW searches at
     least `k` candidates whatever `ef_search` says.
 
+    Every level loads its own collection (so each level measures loading too), unless
+    `reuse_collection`: then a collection already holding this dataset with these index
+    settings (on the service, from an earlier level or run) is queried as it is, and kept.
     With several processes, one collection serves them all: process 0 loads it while the
     others wait (up to `load_timeout_s`), and drops it when all are done unless
     `keep_collection`. FAISS lives in each process's memory, so each builds its own."""
@@ -57,6 +60,7 @@ class VectorDbOptions(_Options):
     collection: str | None = None
     """Collection name on the server; default: one made from the client, level and run."""
     keep_collection: bool = False
+    reuse_collection: bool = False
     load_timeout_s: PositiveFloat = 3600.0
     threads: PositiveInt = 1
     """FAISS: OpenMP threads per query (the load's concurrency runs queries side by side;
@@ -137,15 +141,17 @@ class SqlOptions(_Options):
 class FioOptions(_Options):
     """One fio job kind, run by every process of the client on its own files in `directory`.
 
-    The load level is fio's iodepth: in concurrency mode the I/Os each fio job keeps in flight;
-    in rate mode the I/Os per second of the process (fio's rate_iops, shared by its `numjobs`
-    jobs), at most `rate_iodepth` in flight. Only asynchronous engines (libaio, io_uring) keep
+    The load level is fio's iodepth. As for every kind a level is shared among the client's
+    processes; in concurrency mode a process's share is the iodepth of each of its fio jobs, in
+    rate mode its I/Os per second (fio's rate_iops, split over its `numjobs` jobs) with at most
+    `rate_iodepth` in flight. Only asynchronous engines (libaio, io_uring) keep
     more than one I/O in flight, and with `direct: false` the page cache is measured as well.
     Each of the `numjobs` fio jobs of each process works on its own file of `size` bytes for
     `runtime_s` seconds after `ramp_time_s` unmeasured ones (with `time_based: false`, until
     the file was read or written once, if sooner). `directory` defaults to a private folder on
     the node's local disk ($TMPDIR or /tmp); fio's files are removed afterwards unless
     `keep_files`. `args`: further fio options, each `--name=value` (e.g. `--rwmixread=70`).
+    The load's `requests`, `duration_s` and `warmup_requests` do not apply to fio.
     """
 
     rw: Literal["read", "write", "randread", "randwrite", "rw", "readwrite", "randrw"] = "randread"

@@ -71,6 +71,8 @@ class CaseResult:
     (once the search is over) its outcome."""
     started_at: float = 0.0
     ended_at: float = 0.0
+    error_hint: str = ""
+    """The commonest error of the failed requests (redacted), for the failure message."""
 
     @property
     def passed(self) -> bool:
@@ -83,7 +85,24 @@ class CaseResult:
         breaches = slo_eval.failure_message(self.case.client, self.case.label, self.outcomes)
         if breaches:
             lines.append(breaches)
+        if self.error_hint:
+            lines.append(self.error_hint)
         return "\n".join(lines)
+
+
+def error_example(records: pd.DataFrame) -> str:
+    """The commonest error text of a level's failed requests, so a failing test says why they
+    failed without opening the records."""
+    if not len(records) or "error" not in records:
+        return ""
+    rows = records[records["phase"] == "measure"] if "phase" in records else records
+    errors = rows["error"].fillna("").astype(str)
+    errors = errors[errors != ""]
+    if not len(errors):
+        return ""
+    counts = errors.value_counts()
+    text, count = str(counts.index[0]), int(counts.iloc[0])
+    return f"{count} of {len(rows)} requests failed with: {text[:300]}"
 
 
 def make_executor(
@@ -537,6 +556,8 @@ class AIFactorySession:
         saturated = saturation_note(summary["load_generator"])
         if saturated:
             warnings = [*warnings, saturated]
+        hint = error_example(measured)
+        redactor = self.run.redactor if self.run is not None else None
         result = CaseResult(
             test_id=test_id,
             name=name,
@@ -548,6 +569,7 @@ class AIFactorySession:
             warnings=warnings,
             started_at=started_at,
             ended_at=ended_at,
+            error_hint=redactor.text(hint) if redactor is not None else hint,
         )
         self.results.append(result)
         self._save()

@@ -96,6 +96,16 @@ def _accepts(port: int) -> bool:
     return True
 
 
+def _ready(server: Server) -> bool:
+    try:
+        server.connect().close()
+    except psycopg.OperationalError as err:
+        if "starting up" in str(err):
+            return False
+        raise
+    return True
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
     """One server for the module, run exactly as a job runs the plan."""
@@ -115,7 +125,10 @@ def server() -> Iterator[Server]:
         wait_for(lambda: _accepts(port) or proc.poll() is not None, 60, "postgres listening")
         if proc.poll() is not None:
             raise AssertionError(f"postgres ended: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-        yield Server(port, plan.client_env, proc.pid, scratch)
+        server = Server(port, plan.client_env, proc.pid, scratch)
+        # listening is not ready: the server refuses sessions while it starts up
+        wait_for(lambda: _ready(server), 60, "postgres accepting sessions")
+        yield server
     finally:
         proc.terminate()
         try:
