@@ -69,10 +69,10 @@ class VectorDbOptions(_Options):
     @field_validator("collection")
     @classmethod
     def _vector_collection(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{2,254}", value):
+        if value is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{1,253}[A-Za-z0-9]", value):
             raise ValueError(
-                "expected 3-255 letters, digits and '_', not starting with a digit (a name "
-                f"both Chroma and Milvus accept), got {value!r}"
+                "expected 3-255 letters, digits and '_', starting with a letter and ending "
+                f"with a letter or digit (a name both Chroma and Milvus accept), got {value!r}"
             )
         return value
 

@@ -1,0 +1,45 @@
+"""`kind: milvus`: Milvus Lite's gRPC server, its data in the job's scratch folder.
+
+`milvus-lite server` comes with the milvus-lite package and speaks the Milvus API that pymilvus
+clients use (`MilvusClient("http://host:port")`); being gRPC, its health check is a TCP connect.
+It has no Prometheus endpoint. A full Milvus deployment elsewhere is used as an `external`
+service with `vectordb.engine: milvus`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pytest_aifactory.services.base import HealthCheck, ServiceKind, ServicePlan, service_kind
+from pytest_aifactory.services.vector_support import check_clients, find_command
+
+if TYPE_CHECKING:
+    from pytest_aifactory.recipe import Recipe, Service
+
+
+@service_kind("milvus")
+class MilvusService(ServiceKind):
+    default_health = HealthCheck(http_path=None)
+
+    def plan(self, name: str, service: Service, recipe: Recipe) -> ServicePlan:
+        check_clients(name, recipe, "milvus", ("flat", "hnsw", "ivf"))
+        argv = [
+            str(find_command("milvus-lite", "milvus-lite", name)),
+            "server",
+            "--data-dir",
+            "{scratch}",
+            "--host",
+            "{host}",
+            "--port",
+            "{port}",
+            *service.args,
+        ]
+        return ServicePlan(
+            name=name,
+            argv=argv,
+            env=dict(service.env),
+            host=service.host or "127.0.0.1",
+            port=None if service.port == "auto" else int(service.port),
+            health=self.health(service),
+            metrics_path=self.metrics_path(service),
+        )
