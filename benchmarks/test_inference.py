@@ -15,7 +15,7 @@ import pytest
 from pytest_aifactory.cases import LoadCase
 from pytest_aifactory.session import CaseResult, assert_slos
 
-pytestmark = pytest.mark.aifactory_clients("openai")
+pytestmark = pytest.mark.aifactory_clients("openai", "triton")
 
 
 def test_serving(aifactory_load: Callable[[LoadCase], CaseResult], load_case: LoadCase) -> None:

@@ -101,10 +101,23 @@ CLIENT_KIND_FAMILIES: dict[str, tuple[str, ...]] = {
 }
 
 
+SHARED_REQUEST_METRICS: dict[str, tuple[str, ...]] = {
+    "vectordb": ("request_throughput", "goodput", "queue_ms"),
+    "s3": ("request_throughput", "goodput", "queue_ms"),
+    "sql": ("request_throughput", "goodput", "queue_ms"),
+    "triton": ("request_throughput", "goodput", "queue_ms"),
+}
+"""LLM-family metrics that mean the same for an operation-based kind (completed operations
+per second, operations meeting every per-request objective, the client's own queueing)."""
+
+
 def metrics_for_client_kind(kind: str) -> dict[str, MetricInfo]:
     """Metric names an SLO of a client of this kind may use."""
     families = CLIENT_KIND_FAMILIES.get(kind, ("any",))
-    return {name: info for name, info in METRICS.items() if info.family in families}
+    shared = SHARED_REQUEST_METRICS.get(kind, ())
+    return {
+        name: info for name, info in METRICS.items() if info.family in families or name in shared
+    }
 
 
 def higher_is_better(metric: str) -> bool:

@@ -300,9 +300,13 @@ class RunMonitor:
         services: Mapping[str, str],
         client_output_tokens: float,
         client_span_s: float,
+        client_requests: float | None = None,
+        client_service: str | None = None,
     ) -> WindowResult:
         """Samples of every series over the test's window, the server's token count (after the
-        final scrape) and its cross-check against the clients'. `services`: name -> kind."""
+        final scrape) and its cross-check against the clients'. `services`: name -> kind.
+        `client_requests`: the requests the clients completed (warmup included), checked
+        against the request counter of `client_service`, the service they loaded."""
         result = WindowResult(samples=empty_samples())
         if self.mode == "off":
             return result
@@ -327,20 +331,33 @@ class RunMonitor:
         for name, kind in services.items():
             from pytest_aifactory.services.base import get_kind
 
-            tokens_series = get_kind(kind).generated_tokens_series
+            service_kind = get_kind(kind)
+            mine = result.samples[result.samples["service"] == name]
+
+            def increase(series: str, mine: pd.DataFrame = mine) -> float | None:
+                return counter_increase(mine, series, started_at, ended_at)
+
+            figures = service_kind.server_figures(increase)
+            if figures:
+                result.server.setdefault(name, {}).update(figures)
+            count_series = service_kind.request_count_series
+            if count_series and client_requests is not None and name == client_service:
+                _check_requests(result, name, client_requests, increase(count_series))
+            tokens_series = service_kind.generated_tokens_series
             if tokens_series is None:
                 continue
-            mine = result.samples[result.samples["service"] == name]
-            server_tokens = counter_increase(mine, tokens_series, started_at, ended_at)
-            result.server[name] = {
-                "output_tokens": server_tokens,
-                "output_throughput": (
-                    server_tokens / client_span_s
-                    if server_tokens is not None and client_span_s > 0
-                    else None
-                ),
-                "series": tokens_series,
-            }
+            server_tokens = increase(tokens_series)
+            result.server.setdefault(name, {}).update(
+                {
+                    "output_tokens": server_tokens,
+                    "output_throughput": (
+                        server_tokens / client_span_s
+                        if server_tokens is not None and client_span_s > 0
+                        else None
+                    ),
+                    "series": tokens_series,
+                }
+            )
             check = {
                 **cross_check("output_tokens", client_output_tokens, server_tokens),
                 "service": name,
@@ -413,6 +430,22 @@ class RunMonitor:
     def stop(self) -> None:
         if self.scraper is not None:
             self.scraper.stop()
+
+
+def _check_requests(
+    result: WindowResult, service: str, client: float, server: float | None
+) -> None:
+    """The server's count of successful requests against the clients' own."""
+    check = {**cross_check("requests", client, server), "service": service}
+    result.cross_checks.append(check)
+    warning = cross_check_warning(check, service)
+    if warning:
+        result.warnings.append(warning)
+    if server is None:
+        result.warnings.append(
+            f"monitoring: the server's request counter of '{service}' does not cover the "
+            "test window; no cross-check"
+        )
 
 
 def merge_metrics(run_root: Any) -> None:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pytest_aifactory.monitor.series import Series
     from pytest_aifactory.recipe import Recipe, Service
 
@@ -48,6 +50,9 @@ class ServicePlan:
     client_env: dict[str, str] = field(default_factory=dict)
     """What its clients must be told (per-run credentials, bucket, database name); they get it
     as `LoadSpec.service_env`."""
+    metrics_port_offset: int = 0
+    """`metrics_path` answers on `{port}` plus this (Triton serves metrics on a port of its
+    own)."""
 
 
 class ServiceKind:
@@ -61,6 +66,9 @@ class ServiceKind:
     generated_tokens_series: ClassVar[str | None] = None
     """The series (a counter) of output tokens the server generated, cross-checked against the
     clients' count; None for kinds that do not generate tokens."""
+    request_count_series: ClassVar[str | None] = None
+    """The series (a counter) of requests the server answered successfully, cross-checked
+    against the clients' successful requests; None for kinds that do not count them."""
 
     def plan(self, name: str, service: Service, recipe: Recipe) -> ServicePlan:
         raise NotImplementedError
@@ -72,6 +80,12 @@ class ServiceKind:
 
     def metrics_path(self, service: Service) -> str | None:
         return service.metrics or self.default_metrics_path
+
+    def server_figures(self, increase: Callable[[str], float | None]) -> dict[str, float | None]:
+        """The kind's own figures for one test from its counters: `increase(series)` is how
+        much a series of `metric_series` grew over the test (None when not covered). Shown
+        in the summary under `server.<service>`; none by default."""
+        return {}
 
 
 _KINDS: dict[str, type[ServiceKind]] = {}
