@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from pytest_aifactory.cluster.rendezvous import free_port_block, port_is_free
 from pytest_aifactory.loadgen.triton import (
     ModelInfo,
     TritonSetupError,
@@ -63,6 +64,8 @@ def test_default_plan_serves_the_shipped_repository_with_the_bundled_server() ->
     assert plan.health.http_path == "/v2/health/ready"
     assert plan.metrics_path == "/metrics"
     assert plan.metrics_port_offset == 2
+    # HTTP, gRPC and metrics: chosen together, so none of them is taken by someone else
+    assert plan.ports == 3
 
 
 def test_shipped_repository_is_a_triton_repository() -> None:
@@ -356,3 +359,8 @@ def test_split_url() -> None:
     assert split_url("http://[::1]:8000") == ("[::1]", 8000)
     with pytest.raises(TritonSetupError):
         split_url("http://host-without-port")
+
+
+def test_a_block_of_ports_is_free_together() -> None:
+    first = free_port_block("127.0.0.1", 3)
+    assert all(port_is_free("127.0.0.1", first + i) for i in range(3))

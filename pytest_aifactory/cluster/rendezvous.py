@@ -62,6 +62,18 @@ def free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
+def free_port_block(host: str, count: int, attempts: int = 50) -> int:
+    """The first of `count` consecutive ports free now on `host`, for servers that listen on
+    a port and the ones after it (Triton: HTTP, gRPC, metrics)."""
+    for _ in range(attempts):
+        first = free_port(host)
+        if first + count - 1 <= 65535 and all(
+            port_is_free(host, first + i) for i in range(1, count)
+        ):
+            return first
+    raise OSError(f"no {count} consecutive free ports on {host} after {attempts} tries")
+
+
 def port_is_free(host: str, port: int) -> bool:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:

@@ -53,6 +53,8 @@ class ServicePlan:
     metrics_port_offset: int = 0
     """`metrics_path` answers on `{port}` plus this (Triton serves metrics on a port of its
     own)."""
+    ports: int = 1
+    """Consecutive ports the server listens on from `{port}` (all chosen free together)."""
 
 
 class ServiceKind:

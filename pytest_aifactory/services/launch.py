@@ -31,6 +31,7 @@ from pytest_aifactory.cluster.node import LOOPBACK, node_address, node_name
 from pytest_aifactory.cluster.rendezvous import (
     Rendezvous,
     free_port,
+    free_port_block,
     read_rendezvous,
     write_rendezvous,
 )
@@ -75,6 +76,8 @@ class ServiceLaunch:
     """How long a rank waits for the others (rank 0 announcing itself, every rank being up)."""
     node_exporter: NodeExporterOrder | None = None
     """Run the node's exporter beside the server (the run is monitored)."""
+    ports: int = 1
+    """Consecutive ports the server listens on, from the one chosen for `{port}`."""
 
 
 @dataclass(frozen=True)
@@ -238,7 +241,9 @@ def _serve(launch: ServiceLaunch, place: TaskPlace, job_started_at: float) -> in
     def should_stop() -> bool:
         return _should_stop(launch, stop_requested)
 
-    port = launch.port or free_port(place.host)
+    port = launch.port or (
+        free_port_block(place.host, launch.ports) if launch.ports > 1 else free_port(place.host)
+    )
     head = Rendezvous(
         launch.name, place.host, port, place.node, os.getpid(), job_started_at=job_started_at
     )

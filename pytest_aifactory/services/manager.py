@@ -227,6 +227,7 @@ class ServiceManager:
             port=plan.port,
             heartbeat_path=None if self.keep else str(self.run.heartbeat_path),
             node_exporter=self.node_exporter,
+            ports=plan.ports,
         )
         local_keep = self.keep and self.executor.name == "local"
         if local_keep:

@@ -233,6 +233,7 @@ class TritonService(ServiceKind):
             health=self.health(service),
             metrics_path=self.metrics_path(service),
             metrics_port_offset=METRICS_PORT_OFFSET,
+            ports=METRICS_PORT_OFFSET + 1,
             served_model=models[0] if len(models) == 1 else None,
         )
 
