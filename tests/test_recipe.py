@@ -91,7 +91,7 @@ def test_generic_service_kinds_validate() -> None:
 
 
 def test_the_shipped_recipes_validate() -> None:
-    vllm = load_recipe(REPO / "recipes" / "vllm.yaml", environ={})
+    vllm = load_recipe(REPO / "recipes" / "meluxina" / "vllm.yaml", environ={})
     assert vllm.platform.executor == "slurm"
     service = vllm.services["llm"]
     assert service.model == "meta-llama/Llama-3.1-8B-Instruct"  # a hub id, not a path
@@ -105,9 +105,13 @@ def test_the_shipped_recipes_validate() -> None:
         "output_throughput",
         "error_rate",
     }
-    scratch = load_recipe(REPO / "recipes" / "vllm.yaml", environ={"SCRATCH": "/scratch/me"})
+    scratch = load_recipe(
+        REPO / "recipes" / "meluxina" / "vllm.yaml", environ={"SCRATCH": "/scratch/me"}
+    )
     assert scratch.services["llm"].container.image == "/scratch/me/vllm.sif"  # type: ignore[union-attr]
     load_recipe(REPO / "recipes" / "llamacpp-smollm2.yaml", environ={})
+    cpu = load_recipe(REPO / "recipes" / "vllm.yaml", environ={})
+    assert (cpu.platform.executor, cpu.services["llm"].model) == ("local", "smollm2-135m")
 
 
 def test_defaults_fill_a_minimal_recipe(tmp_path: Path) -> None:

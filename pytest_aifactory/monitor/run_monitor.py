@@ -111,7 +111,8 @@ class RunMonitor:
             return
         from pytest_aifactory.monitor.prometheus_config import write_config
 
-        config = write_config(self.run.root, self.interval_s)
+        self.run.api_key()  # made now: Prometheus reads it for its first scrape
+        config = write_config(self.run.root, self.interval_s, self.run.api_key_path)
         binary = find_prometheus()
         if binary is None:
             self._start_scraper("no Prometheus binary found")

@@ -84,6 +84,7 @@ class DirectScraper:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._auth = _bearer(self.run_root / "secrets" / "api_key")
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -137,7 +138,8 @@ class DirectScraper:
         url = target.url
         started = time.time()
         try:
-            response = requests.get(url, timeout=self.timeout_s)
+            headers = self._auth if target.group == "services" else None
+            response = requests.get(url, timeout=self.timeout_s, headers=headers)
             response.raise_for_status()
             self._keep(target, started, response.text)
         except (requests.RequestException, ValueError) as err:
@@ -225,3 +227,12 @@ class DirectScraper:
         frame["value"] = values[mask]
         frame["origin"] = ORIGIN
         return normalize(frame)
+
+
+def _bearer(key_file: Path) -> dict[str, str] | None:
+    """The run's API key as a header for its services (as Prometheus sends it)."""
+    try:
+        key = key_file.read_text().strip()
+    except OSError:
+        return None
+    return {"Authorization": f"Bearer {key}"} if key else None

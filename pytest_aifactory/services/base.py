@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from pytest_aifactory.recipe import Recipe, Service
 
 
+API_KEY_SETTING = "AIFACTORY_API_KEY"
+"""The client setting (`ServicePlan.client_env`) that holds the key clients must send."""
+
+
 class ServiceConfigError(Exception):
     """The recipe asks for something this machine cannot provide (missing binary or model)."""
 
@@ -68,6 +72,10 @@ class ServiceKind:
     generated_tokens_series: ClassVar[str | None] = None
     """The series (a counter) of output tokens the server generated, cross-checked against the
     clients' count; None for kinds that do not generate tokens."""
+    api_key_env: ClassVar[str | None] = None
+    """The variable through which the server takes an API key (`LLAMA_API_KEY`,
+    `VLLM_API_KEY`): the run's key is given that way, never on the command line where `ps`
+    shows it to every user of the node. None: the kind takes no key."""
     request_count_series: ClassVar[str | None] = None
     """The series (a counter) of requests the server answered successfully, cross-checked
     against the clients' successful requests; None for kinds that do not count them."""

@@ -121,6 +121,7 @@ class LlamaCppService(ServiceKind):
     default_metrics_path = "/metrics"
     metric_series = METRIC_SERIES
     generated_tokens_series = "llamacpp_generated_tokens"
+    api_key_env = "LLAMA_API_KEY"
 
     def plan(self, name: str, service: Service, recipe: Recipe) -> ServicePlan:
         model_ref = service.model or "smollm2-135m"

@@ -13,13 +13,21 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_aifactory.cluster.base import JobExecutor, JobHandle, JobResources, SubmitError
 from pytest_aifactory.cluster.registry import KeptService
 from pytest_aifactory.cluster.rendezvous import Rendezvous, port_is_free, read_rendezvous
-from pytest_aifactory.cluster.rundir import RunDir
-from pytest_aifactory.services.base import HealthCheck, ServiceConfigError, ServicePlan, get_kind
+from pytest_aifactory.cluster.rundir import RunDir, read_client_settings
+from pytest_aifactory.services.base import (
+    API_KEY_SETTING,
+    HealthCheck,
+    ServiceConfigError,
+    ServiceKind,
+    ServicePlan,
+    get_kind,
+)
 from pytest_aifactory.services.health import base_url, is_healthy
 from pytest_aifactory.services.launch import ServiceLaunch, run_service
 
@@ -157,6 +165,9 @@ class ServiceManager:
         healthy_at = time.time()
         self.on_phase(name, "reused", 0.0, f"{kept.address} kept by run {kept.run_id}")
         service = kept.service
+        # its credentials are the run's that started it
+        client_env = read_client_settings(Path(kept.run_dir), name)
+        self.learn_secrets({}, client_env)
         return Endpoint(
             name=name,
             kind=kind,
@@ -169,6 +180,7 @@ class ServiceManager:
             health=HealthCheck(http_path=service.health_path),
             reused_from=kept,
             healthy_at=healthy_at,
+            client_env=client_env,
         )
 
     def _start(self, name: str) -> Endpoint:
@@ -179,8 +191,27 @@ class ServiceManager:
             raise ServiceStartError(str(err)) from None
         if plan.external_url is not None:
             return self._check_external(name, service.kind, plan, service.health_timeout_s)
+        plan = self._with_api_key(get_kind(service.kind), plan)
+        if plan.client_env:
+            self.run.save_client_settings(name, plan.client_env)
         resources = JobResources(nodes=service.nodes, gpus_per_node=service.gpus_per_node)
         return self.launch(name, service.kind, plan, resources, service.health_timeout_s)
+
+    def _with_api_key(self, kind: ServiceKind, plan: ServicePlan) -> ServicePlan:
+        """Lock a server that takes an API key with the run's (unless the recipe gave its own
+        in the service's env), and tell its clients the key to send."""
+        variable = kind.api_key_env
+        if variable is None:
+            return plan
+        from pytest_aifactory.redact import secrets_from_args
+
+        given = secrets_from_args(plan.argv)  # `--api-key X` in the recipe's args
+        key = plan.env.get(variable) or (given[0] if given else self.run.api_key())
+        return replace(
+            plan,
+            env={**plan.env, variable: key},
+            client_env={**plan.client_env, API_KEY_SETTING: key},
+        )
 
     def learn_secrets(
         self, env: Mapping[str, str], client_env: Mapping[str, str], argv: Iterable[str] = ()

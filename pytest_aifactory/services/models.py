@@ -89,3 +89,10 @@ def resolve_gguf(model: str, service: str) -> Path:
             "nor an existing model file"
         )
     return path
+
+
+def hf_model_dir(key: str) -> Path | None:
+    """The Hugging Face folder made from catalogue model `key` by `scripts/install-vllm.sh`
+    (servers without a GGUF loader need one), when that conversion has completed."""
+    folder = cache_dir() / "models" / f"{key}-hf"
+    return folder if (folder / ".aifactory-converted").is_file() else None

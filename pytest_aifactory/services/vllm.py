@@ -4,7 +4,17 @@ The server is started as `python -m vllm.entrypoints.openai.api_server` rather t
 `vllm` command: the module works in every build (the CPU build's `vllm` command does not). The
 Python that runs it is `AIFACTORY_VLLM_PYTHON` (the recipe's `env`, then the environment),
 else `python3` inside a container (the driver's own interpreter is not in the image), else the
-driver's interpreter.
+environment `scripts/install-vllm.sh` made in the cache (vLLM's CPU build, kept apart because
+it pins its own torch and transformers), else the driver's interpreter when it has vLLM.
+
+A catalogue key as `model` (`smollm2-135m`) is served from the Hugging Face folder the install
+script converted from the key's GGUF file (vLLM's CPU build reads no GGUF), under the key's name.
+Without GPUs (`gpus_per_node: 0`) the kind adds what the CPU build needs unless the recipe says
+otherwise: bfloat16 weights on CPUs that compute bfloat16 natively and float32 on the others
+(where emulated bfloat16 is about half as fast), a 2048-token context, a 2 GiB KV cache
+(`VLLM_CPU_KVCACHE_SPACE`; the CPU build reserves memory from that, not from a GPU fraction)
+and eager mode: compiling the model takes minutes at every start on a small machine (the
+compiled artefacts are not reused) and, for a small model, serves no faster.
 
 Parallelism comes from the recipe's `tensor_parallel_size` / `pipeline_parallel_size`, else
 from `--tensor-parallel-size` / `--pipeline-parallel-size` in `args`, else from the
@@ -35,6 +45,7 @@ from pytest_aifactory.services.base import (
     ServicePlan,
     service_kind,
 )
+from pytest_aifactory.services.models import CATALOGUE, cache_dir, hf_model_dir, package_dir
 
 if TYPE_CHECKING:
     from pytest_aifactory.recipe import Recipe, Service
@@ -47,6 +58,18 @@ SERVED_NAME_FLAG = "--served-model-name"
 EXECUTOR_FLAG = "--distributed-executor-backend"
 HOST_IP_ENV = "VLLM_HOST_IP"
 """The address vLLM's processes on a node announce; it must be the one Ray knows the node by."""
+INSTALL_SCRIPT = "scripts/install-vllm.sh"
+CPU_VENV = "vllm-cpu-venv"
+CPU_VENV_STAMP = ".aifactory-vllm"
+"""Written by the install script once the environment is complete."""
+DTYPE_FLAG = "--dtype"
+CPU_DEFAULT_ARGS = (("--max-model-len", "2048"),)
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+"""/proc/cpuinfo flags of CPUs that compute bfloat16 natively (x86 AVX-512/AMX, Arm)."""
+CPU_DEFAULT_ENV = {"VLLM_CPU_KVCACHE_SPACE": "2"}
+EAGER_FLAG = "--enforce-eager"
+COMPILE_FLAGS = (EAGER_FLAG, "--no-enforce-eager", "--compilation-config", "-cc", "-O")
+"""Flags by which a recipe chooses for itself whether the model is compiled."""
 
 
 @dataclass(frozen=True)
@@ -122,11 +145,80 @@ def served_name(model: str, args: list[str]) -> str:
     return Path(model.rstrip("/")).name or model
 
 
-def vllm_python(service: Service) -> str:
+def cpu_venv() -> Path:
+    """Where `scripts/install-vllm.sh` puts vLLM's CPU build (outside any clone)."""
+    return cache_dir() / CPU_VENV
+
+
+def installed_python() -> Path | None:
+    """The Python of the install script's environment, once the script has completed."""
+    venv = cpu_venv()
+    python = venv / "bin" / "python"
+    return python if (venv / CPU_VENV_STAMP).is_file() and python.is_file() else None
+
+
+def vllm_python(name: str, service: Service) -> str:
     explicit = service.env.get(PYTHON_ENV) or os.environ.get(PYTHON_ENV)
     if explicit:
         return explicit
-    return "python3" if service.container is not None else sys.executable
+    if service.container is not None:
+        return "python3"
+    installed = installed_python()
+    if installed is not None:
+        return str(installed)
+    if package_dir("vllm") is not None:
+        return sys.executable
+    raise ServiceConfigError(
+        f"service '{name}': vLLM is not installed: run {INSTALL_SCRIPT} (vLLM's CPU build, "
+        f"into {cpu_venv()}) or set {PYTHON_ENV} to the Python of an environment with vLLM"
+    )
+
+
+def model_source(name: str, model: str) -> str:
+    """What vLLM loads for the recipe's `model`: the converted folder of a catalogue key, else
+    the hub id or path as given."""
+    if model not in CATALOGUE:
+        return model
+    folder = hf_model_dir(model)
+    if folder is None:
+        raise ServiceConfigError(
+            f"service '{name}': model '{model}' has no Hugging Face folder for vLLM yet (vLLM "
+            f"cannot load its GGUF file): run {INSTALL_SCRIPT}, which converts smollm2-135m"
+        )
+    return str(folder)
+
+
+def chooses_compilation(args: list[str]) -> bool:
+    return has_flag(args, COMPILE_FLAGS) or any(
+        arg.startswith("-O") and arg[2:].lstrip("=.").isdigit() for arg in args
+    )
+
+
+def cpu_dtype(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """bfloat16 where the CPU computes it natively, else float32: emulated bfloat16 served
+    SmolLM2 at half float32's speed with 4 streams (AVX-512 without BF16, 2 cores)."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "bfloat16"
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() in ("flags", "Features"):
+            return "bfloat16" if BF16_CPU_FLAGS & set(value.split()) else "float32"
+    return "bfloat16"  # vLLM's own choice for CPUs when nothing is known
+
+
+def cpu_defaults(args: list[str]) -> list[str]:
+    """The CPU build's settings the recipe's `args` do not give themselves."""
+    added: list[str] = []
+    if not has_flag(args, (DTYPE_FLAG,)):
+        added += [DTYPE_FLAG, cpu_dtype()]
+    for flag, value in CPU_DEFAULT_ARGS:
+        if not has_flag(args, (flag,)):
+            added += [flag, value]
+    if not chooses_compilation(args):
+        added.append(EAGER_FLAG)
+    return added
 
 
 def ray_executable(python: str, service: Service) -> str:
@@ -222,23 +314,26 @@ class VllmService(ServiceKind):
     default_metrics_path = "/metrics"
     metric_series = METRIC_SERIES
     generated_tokens_series = "vllm_generated_tokens"
+    api_key_env = "VLLM_API_KEY"
 
     def plan(self, name: str, service: Service, recipe: Recipe) -> ServicePlan:
         if not service.model:
             raise ServiceConfigError(
-                f"service '{name}': kind vllm needs 'model': a hub id (org/name) or the path "
-                "of a model folder"
+                f"service '{name}': kind vllm needs 'model': a catalogue key (smollm2-135m), "
+                "a hub id (org/name) or the path of a model folder"
             )
         args = list(service.args)
         sizes = parallelism(name, service)
-        served = served_name(service.model, args)
-        python = vllm_python(service)
+        source = model_source(name, service.model)
+        served = served_name(service.model, args)  # a catalogue key keeps its name
+        python = vllm_python(name, service)
+        on_cpu = service.gpus_per_node == 0
         server = [
             python,
             "-m",
             API_SERVER_MODULE,
             "--model",
-            service.model,
+            source,
             "--host",
             "{host}",
             "--port",
@@ -253,8 +348,10 @@ class VllmService(ServiceKind):
             server += ["--tensor-parallel-size", str(sizes.tensor)]
         if sizes.pipeline_flag:
             server += ["--pipeline-parallel-size", str(sizes.pipeline)]
+        if on_cpu:
+            server += cpu_defaults(args)
         server += args
-        env = {"HF_HUB_OFFLINE": "1", **service.env}
+        env = {"HF_HUB_OFFLINE": "1", **(CPU_DEFAULT_ENV if on_cpu else {}), **service.env}
         argv, worker_argv = server, None
         if multi_node:
             port = ray_port(name, service)
