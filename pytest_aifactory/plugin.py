@@ -226,7 +226,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
     if driver is None:
         return
     interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
-    driver.finish("interrupted" if interrupted else "complete")
+    if not driver.finish("interrupted" if interrupted else "complete"):
+        session.exitstatus = pytest.ExitCode.INTERRUPTED
+        return
     check = session.config.stash.get(BASELINE_KEY, None)
     if check is None or interrupted or driver.run is None or driver.role == "worker":
         return

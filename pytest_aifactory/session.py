@@ -280,10 +280,13 @@ class AIFactorySession:
     def _phase(self, service: str, phase: str, elapsed: float, detail: str) -> None:
         self.terminal.line(f"{service}: {phase} ({elapsed:.1f} s) {detail}".rstrip())
 
-    def finish(self, status: str) -> None:
-        """Cancel every job and write the final summary; safe to call more than once."""
+    def finish(self, status: str) -> bool:
+        """Cancel every job and write the final summary; safe to call more than once.
+
+        Returns False when a signal interrupted the last step, writing the report: the run is
+        then saved as interrupted and `aifactory report RUN` writes the report later."""
         if self.run is None:
-            return
+            return True
         if self.status == "running":
             self.status = status
         assert self.executor is not None
@@ -293,7 +296,7 @@ class AIFactorySession:
             self.executor.cancel_all()
             self.run.collect_logs()
             self._save()
-            return
+            return True
         if self.monitor is not None:
             self.monitor.stop()
         kept = self._kept_services()
@@ -317,8 +320,19 @@ class AIFactorySession:
                 kept=[e.job for e in kept if e.job is not None],
             )
         self._save()
-        self._export_dashboard()
-        self._build_report()
+        try:
+            self._export_dashboard()
+            self._build_report()
+        except KeyboardInterrupt:
+            # every job is stopped and every record saved already: only the page is missing
+            self.status = "interrupted"
+            self._save()
+            self.terminal.line(
+                f"interrupted while writing the report; the run is saved: "
+                f"`aifactory report {self.run.run_id}` writes it"
+            )
+            return False
+        return True
 
     def _build_report(self) -> None:
         """`report.html` from what the run saved (`aifactory report RUN` rebuilds it later)."""

@@ -94,3 +94,102 @@ def test_signal_under_load_stops_every_job_and_keeps_records(
     assert len(records) >= 6
     assert sorted(records["process"].unique()) == [0, 1]
     assert "Traceback" not in output.split("KeyboardInterrupt")[0]
+
+
+def start_benchmark(tmp_path: Path, document: dict, *args: str) -> subprocess.Popen[str]:
+    recipe = write_recipe(tmp_path / "recipe.yaml", document)
+    return subprocess.Popen(
+        benchmark_command(recipe, tmp_path / "reports", *args),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=benchmark_env(tmp_path),
+    )
+
+
+def stop_with(proc: subprocess.Popen[str], signum: signal.Signals) -> str:
+    try:
+        proc.send_signal(signum)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return output
+
+
+@pytest.mark.parametrize(
+    ("signum", "executor"),
+    [(signal.SIGINT, "local"), (signal.SIGTERM, "slurm")],
+    ids=["SIGINT-local", "SIGTERM-slurm"],
+)
+def test_signal_while_a_service_starts_cancels_it(
+    tmp_path: Path, signum: signal.Signals, executor: str, request: pytest.FixtureRequest
+) -> None:
+    if executor == "slurm":
+        request.getfixturevalue("slurm_cluster")
+    marker = f"{abs(hash(tmp_path)) % 10**6 + 10**6}"
+    # never listens: the session waits for it to become healthy until the signal comes
+    command = f'python3 -c "import time; time.sleep({marker})"'
+    document = {
+        "name": "interrupted-start",
+        "services": {"svc": {"kind": "command", "command": command, "health_timeout_s": 300}},
+        "clients": {"chat": {"kind": "openai", "service": "svc", "load": {"requests": 2}}},
+        "monitor": {"prometheus": False},
+    }
+    proc = start_benchmark(tmp_path, document, "--executor", executor)
+    try:
+        wait_for(lambda: processes_matching(f"time.sleep({marker})"), 120, "service started")
+    except AssertionError:
+        proc.kill()
+        raise
+    output = stop_with(proc, signum)
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, output
+    assert wait_for(lambda: not processes_matching(f"time.sleep({marker})"), timeout=15)
+    (run,) = list((tmp_path / "reports").iterdir())
+    if executor == "slurm":
+        assert wait_for(lambda: run.name not in squeue_names(), timeout=30)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert "Traceback" not in output.split("KeyboardInterrupt")[0]
+
+
+def test_signal_while_the_report_is_written_keeps_the_run(tmp_path: Path) -> None:
+    document = {
+        "name": "interrupted-report",
+        "services": {"llm": {"kind": "llamacpp", "args": ["--parallel", "2"]}},
+        "clients": {
+            "chat": {
+                "kind": "openai",
+                "service": "llm",
+                "dataset": {"input_tokens": 16, "output_tokens": 8},
+                "load": {"levels": [1, 2], "requests": 6},
+            }
+        },
+        "monitor": {"prometheus": False},
+    }
+    proc = start_benchmark(tmp_path, document)
+    reports = tmp_path / "reports"
+    try:
+        # the report's chart folder appears first, the page last, seconds later
+        wait_for(lambda: list(reports.glob("*/report")), 300, "report being written", 0.01)
+    except AssertionError:
+        proc.kill()
+        raise
+    output = stop_with(proc, signal.SIGINT)
+    (run,) = list(reports.iterdir())
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, output
+    assert "interrupted while writing the report" in output
+    assert f"aifactory report {run.name}" in output
+    assert "Traceback" not in output
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert len(summary["tests"]) == 2
+    assert len(pd.read_parquet(run / "records.parquet")) == 12
+    assert not processes_matching(str(run))
+    # what was interrupted can be done later from the saved run
+    from pytest_aifactory.cli import main
+
+    assert main(["report", str(run)]) == 0
+    assert (run / "report.html").is_file()
