@@ -91,6 +91,26 @@ class CaseResult:
         return "\n".join(lines)
 
 
+def shortfall(index: int, error: str, spec: LoadSpec, measured: pd.DataFrame) -> dict[str, Any]:
+    """What a client process that ended early left undone: its requests sent against its
+    share, or its time run against the level's duration; what it did send is kept."""
+    mine = measured[measured["process"] == index] if "process" in measured else measured
+    sent = len(mine)
+    entry: dict[str, Any] = {"process": index, "node": spec.node, "error": error, "sent": sent}
+    if spec.requests:
+        missing = max(spec.requests - sent, 0)
+        entry.update(expected=spec.requests, missing=missing)
+        done = f"it sent {sent} of its {spec.requests} requests ({missing} missing)"
+    else:
+        span = 0.0
+        if sent:
+            span = float(mine["end_ts"].max() - mine["send_ts"].min())
+        entry.update(ran_s=span, expected_s=spec.duration_s)
+        done = f"it ran {span:.1f} s of {spec.duration_s:g} s ({sent} requests sent)"
+    entry["note"] = f"client process {index} ended early: {error}; {done}"
+    return entry
+
+
 def error_example(records: pd.DataFrame) -> str:
     """The commonest error text of a level's failed requests, so a failing test says why they
     failed without opening the records."""
@@ -528,13 +548,15 @@ class AIFactorySession:
         except SubmitError as err:
             raise CaseError(f"client '{case.client}' could not be submitted: {err}") from None
         try:
-            notes = self._watch(case, handle, [Path(s.progress_path) for s in specs], endpoint)
+            notes, ended_early = self._watch(
+                case, handle, [Path(s.progress_path) for s in specs], endpoint
+            )
         except KeyboardInterrupt:
             # keep what this case measured before the interruption in the saved run
             self.status = "interrupted"
             self._collect(case, test_id, name, specs, started_at, ["interrupted during the load"])
             raise
-        return self._collect(case, test_id, name, specs, started_at, notes)
+        return self._collect(case, test_id, name, specs, started_at, notes, ended_early)
 
     def _collect(
         self,
@@ -544,6 +566,7 @@ class AIFactorySession:
         specs: list[LoadSpec],
         started_at: float,
         notes: list[str],
+        ended_early: dict[int, str] | None = None,
     ) -> CaseResult:
         """Merge the processes' records, compute the statistics, judge the SLOs, save."""
         from pytest_aifactory.loadgen.records import read_records
@@ -560,6 +583,14 @@ class AIFactorySession:
         summary = summarize(
             client.kind, records, requested_rate=requested_rate, objectives=objectives
         )
+        if ended_early:
+            shortfalls = [
+                shortfall(index, error, specs[index], measured)
+                for index, error in sorted(ended_early.items())
+                if index < len(specs)
+            ]
+            summary["ended_early"] = shortfalls
+            notes = [*(s["note"] for s in shortfalls), *notes]
         outcomes = slo_eval.evaluate(summary, objectives)
         ended_at = time.time()
         warnings = self._server_view(
@@ -644,8 +675,9 @@ class AIFactorySession:
         handle: JobHandle,
         progress_paths: list[Path],
         endpoint: Endpoint | None,
-    ) -> list[str]:
-        """Wait for the client job, showing progress; say what went wrong, lose nothing."""
+    ) -> tuple[list[str], dict[int, str]]:
+        """Wait for the client job, showing progress; say what went wrong, lose nothing.
+        Returns the notes and, per client process that ended early, its error."""
         from pytest_aifactory.services.manager import LOG_TAIL_LINES
 
         assert self.executor is not None
@@ -681,12 +713,10 @@ class AIFactorySession:
         if not service_died and died():  # died as the load ended, between polls
             notes.append(death_note())
         errors = handle.task_errors()
-        for index, error in errors.items():
-            notes.append(f"client process {index} ended early: {error}")
         if errors:
             redactor = self.run.redactor if self.run is not None else None
             notes.append(handle.log_tail(LOG_TAIL_LINES, redactor=redactor))
-        return notes
+        return notes, errors
 
     def _show_progress(self, case: LoadCase, paths: list[Path], final: bool) -> None:
         from pytest_aifactory.loadgen.progress import read_progress
