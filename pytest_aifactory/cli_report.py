@@ -1,7 +1,8 @@
 """`aifactory report RUN`: render a run's report page again from its saved files.
 
 A run folder keeps summary.json, records.parquet and metrics.parquet; rebuilding from them lets
-a newer version draw an old run, or a run cut short get the page it never wrote.
+a newer version draw an old run, or a run cut short get the page it never wrote. A run whose
+driver died before writing its summary gets one rebuilt from its raw records first.
 """
 
 from __future__ import annotations
@@ -30,6 +31,25 @@ def run_folder(ref: str) -> Path:
     return resolve_run(ref).root
 
 
+def _needs_rebuild(root: Path) -> str:
+    """Why the run's summary must be rebuilt from its records ("" when it need not): the
+    session never wrote it, it is unreadable, or the session died before its end."""
+    import json
+
+    path = root / "summary.json"
+    if not (root / "records").is_dir():
+        return ""
+    if not path.is_file():
+        return "the session wrote no summary"
+    try:
+        status = json.loads(path.read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return "its summary is unreadable"
+    if status == "running":
+        return "the session ended without finishing its summary"
+    return ""
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from pytest_aifactory.report.build import ReportError, build_report
 
@@ -41,6 +61,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else None
     if output is not None and output.is_dir():
         output = output / "report.html"
+    reason = "asked to" if args.from_records else _needs_rebuild(root)
+    if reason:
+        from pytest_aifactory.report.recover import RecoverError, recover_run
+
+        try:
+            rebuilt = recover_run(root)
+        except RecoverError as err:
+            _error(f"cannot rebuild the summary from the records: {err}")
+            return EXIT_USAGE
+        print(f"{rebuilt}: rebuilt from the run's records ({reason})", file=sys.stderr)
     try:
         page = build_report(root, output)
     except ReportError as err:
@@ -63,5 +93,11 @@ def register_report(subcommands: Subcommands) -> None:
         "--output",
         metavar="PATH",
         help="write the page here (default: RUN/report.html); charts go to a folder beside it",
+    )
+    report.add_argument(
+        "--from-records",
+        action="store_true",
+        help="rebuild summary.json and records.parquet from the raw records first (done by "
+        "itself when the session wrote no summary or died before finishing it)",
     )
     report.set_defaults(func=cmd_report)

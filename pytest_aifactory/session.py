@@ -21,6 +21,7 @@ from pytest_aifactory.cluster.local import LocalJobExecutor
 from pytest_aifactory.cluster.registry import JobRegistry, KeptService, find_kept_services
 from pytest_aifactory.cluster.rundir import RunDir, make_run_id
 from pytest_aifactory.redact import run_redactor
+from pytest_aifactory.report.recover import save_recipe
 from pytest_aifactory.services.base import API_KEY_SETTING
 from pytest_aifactory.services.manager import Endpoint, ServiceManager
 
@@ -239,6 +240,11 @@ class AIFactorySession:
         if self.run is None:
             self.run = RunDir.create(self.report_dir, make_run_id(self.recipe.name))
             self.run.redactor = run_redactor(self.recipe)
+            save_recipe(
+                self.run.root,
+                self.recipe,
+                self.run.redactor.data(self.recipe.model_dump(mode="json")),
+            )
             self.run.start_heartbeat()
             self.executor = make_executor(
                 self.executor_name, self.run, self.recipe, self.slurm_overrides

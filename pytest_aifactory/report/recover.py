@@ -1,0 +1,125 @@
+"""A run's summary rebuilt from its raw records alone.
+
+The records are written by the client processes while the load runs; summary.json and
+records.parquet only by the driver, after each test. A driver killed outright (SIGKILL, a lost
+login node, a full disk at the wrong moment) leaves the records and no summary, or one that
+lacks the last tests. The recipe the run was started with is saved beside them
+(`recipe.json`), so every statistic and SLO verdict can be computed again, by the same
+functions, from what was measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pytest_aifactory.cases import LoadCase, cases_for, sweep_step
+from pytest_aifactory.loadgen.records import read_records
+from pytest_aifactory.recipe import Recipe
+
+RECIPE_FILE = "recipe.json"
+RECOVERED_NOTE = "summary rebuilt from the raw records (the session did not write it)"
+
+
+class RecoverError(Exception):
+    """The run cannot be rebuilt; the message says why, in one line."""
+
+
+def save_recipe(root: Path, recipe: Recipe, redacted: Any) -> Path:
+    """The run's recipe as it was validated (`redacted`: the document with secrets masked:
+    statistics and verdicts need no credentials), written 0600 when the run starts."""
+    path = root / RECIPE_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"path": str(recipe.path), "document": redacted}, fh, indent=2)
+    return path
+
+
+def load_saved_recipe(root: Path) -> Recipe:
+    path = root / RECIPE_FILE
+    try:
+        saved = json.loads(path.read_text())
+        recipe = Recipe.model_validate(saved["document"])
+    except FileNotFoundError:
+        raise RecoverError(f"{root}: no {RECIPE_FILE} (run written by an older version)") from None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise RecoverError(f"{path}: unreadable ({err})") from None
+    recipe._path = Path(saved.get("path") or "")
+    return recipe
+
+
+def _case_of(recipe: Recipe, client: str, label: str) -> LoadCase | None:
+    for case in cases_for(recipe):
+        if case.client == client and case.label == label:
+            return case
+    spec = recipe.clients.get(client)
+    if spec is not None and spec.load.mode == "sweep":  # a level the capacity search chose
+        sweep = LoadCase(client, spec.kind, "sweep", 0.0, "sweep", f"{client}-sweep")
+        level = float(label.partition("=")[2] or 0)
+        return sweep_step(sweep, spec, level)
+    return None
+
+
+def recover_tests(root: Path, recipe: Recipe) -> tuple[list[dict[str, Any]], pd.DataFrame]:
+    """One summary entry per test whose records are in the run, in the order they ran."""
+    from pytest_aifactory.metrics import slo as slo_eval
+    from pytest_aifactory.metrics.summaries import summarize
+    from pytest_aifactory.report.run_store import results_records, test_entry
+    from pytest_aifactory.session import CaseResult
+
+    results: list[CaseResult] = []
+    for folder in sorted(p for p in (root / "records").glob("*") if p.is_dir()):
+        records = read_records(sorted(folder.glob("p*.jsonl")))
+        if not len(records):
+            continue
+        client, label = str(records["client"].iloc[0]), str(records["level_label"].iloc[0])
+        case = _case_of(recipe, client, label)
+        if case is None:
+            continue  # not this recipe's client (a hand-copied folder): nothing to judge
+        measured = records[records["phase"] == "measure"]
+        requested = case.level if case.mode == "rate" else None
+        objectives = recipe.objectives(client)
+        summary = summarize(case.kind, records, requested_rate=requested, objectives=objectives)
+        starts = pd.to_numeric(measured["send_ts"], errors="coerce").dropna()
+        ends = pd.to_numeric(records["end_ts"], errors="coerce").dropna()
+        results.append(
+            CaseResult(
+                test_id=folder.name,
+                name=folder.name,
+                case=case,
+                records=records,
+                summary=summary,
+                outcomes=slo_eval.evaluate(summary, objectives),
+                notes=[],
+                warnings=[RECOVERED_NOTE],
+                started_at=float(starts.min()) if len(starts) else 0.0,
+                ended_at=float(ends.max()) if len(ends) else 0.0,
+            )
+        )
+    results.sort(key=lambda r: r.started_at)
+    return [test_entry(r) for r in results], results_records(results)
+
+
+def recover_run(root: Path) -> Path:
+    """Write summary.json, records.parquet, benchmark.json and the manifest again from the
+    run's records and saved recipe; returns the summary's path."""
+    from pytest_aifactory.cluster.rundir import RunDir
+    from pytest_aifactory.report.manifest import write_manifest
+    from pytest_aifactory.report.run_store import save_run
+
+    recipe = load_saved_recipe(root)
+    tests, records = recover_tests(root, recipe)
+    if not tests:
+        raise RecoverError(f"{root}: no records of this run's clients to rebuild from")
+    started = min(
+        (pd.Timestamp(t["started_at"]).timestamp() for t in tests if t.get("started_at")),
+        default=0.0,
+    )
+    run = RunDir.open(root)
+    save_run(run, recipe, tests, records, "recovered", started)
+    write_manifest(root)
+    return root / "summary.json"
