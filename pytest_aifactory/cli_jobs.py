@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import codecs
 import collections
+import contextlib
 import datetime as dt
 import glob
+import io
 import json
 import re
 import sys
@@ -40,6 +42,7 @@ from pytest_aifactory.loadgen.live import (
     progress_counters,
 )
 from pytest_aifactory.monitor.layout import read_endpoints
+from pytest_aifactory.redact import Redactor
 from pytest_aifactory.tabulate import format_table
 
 Subcommands = Any  # argparse's private _SubParsersAction
@@ -102,12 +105,36 @@ def _count(number: int, noun: str) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     if args.watch:
         return _watch_command(args)
+    record = None
     if args.run is not None:
         record = _resolve(args.run)
         if record is None:
             return EXIT_USAGE
-        return _status_of_run(record, args.json)
-    return _status_of_runs(args.json)
+    # what status shows is pasted into tickets and chats: secrets never reach it
+    shown = io.StringIO()
+    with contextlib.redirect_stdout(shown):
+        code = _status_of_run(record, args.json) if record else _status_of_runs(args.json)
+    sys.stdout.write(_status_redactor(record).text(shown.getvalue()))
+    return code
+
+
+def _status_redactor(record: RunRecord | None) -> Redactor:
+    """Every secret the run keeps (its API key, its services' credentials), and whatever looks
+    like one (`user:pass@`, `Bearer ...`, `--api-key X`)."""
+    from pytest_aifactory.cluster.rundir import read_client_settings
+    from pytest_aifactory.redact import secrets_from_env
+
+    redactor = Redactor()
+    if record is None:
+        return redactor
+    secrets = Path(record.run_dir) / "secrets"
+    with contextlib.suppress(OSError):
+        redactor.add((secrets / "api_key").read_text().strip())
+    for settings in secrets.glob("*.client.json"):
+        service = settings.name.removesuffix(".client.json")
+        for value in secrets_from_env(read_client_settings(Path(record.run_dir), service)):
+            redactor.add(value)
+    return redactor
 
 
 def _status_of_runs(as_json: bool) -> int:

@@ -300,3 +300,37 @@ def test_format_table_aligns_columns() -> None:
         "a                5s  -",
         "service-llm  12m03s  -",
     ]
+
+
+def test_status_shows_no_secret(
+    tmp_path: Path, state_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = JobRecord(
+        name="service-store",
+        role="service",
+        job_id="9",
+        executor="local",
+        state="FINISHED",
+        endpoint="http://admin:hunter2-secret@127.0.0.1:9000",
+        stdout=str(tmp_path / "x.out"),
+        stderr=str(tmp_path / "x.err"),
+        submitted_at=dt.datetime.now(dt.UTC),
+    )
+    record = synthetic_run(tmp_path, [job])
+    secrets = Path(record.run_dir) / "secrets"
+    secrets.mkdir()
+    (secrets / "api_key").write_text("run-key-0123456789abcdefghij")
+    (secrets / "store.client.json").write_text(
+        json.dumps({"AIFACTORY_S3_SECRET_KEY": "s3-secret-0123456789abcdef", "BUCKET": "b1"})
+    )
+    for args in (("status", record.run_id), ("status", record.run_id, "--json"), ("status",)):
+        status, out, _ = cli(capsys, *args)
+        assert status == 0
+        assert "hunter2-secret" not in out
+        assert "127.0.0.1:9000" in out or args == ("status",)
+    # the run's own secrets too, wherever a job record would carry them
+    job.endpoint = "http://127.0.0.1:9000/?key=run-key-0123456789abcdefghij"
+    write_run(record.model_copy(update={"jobs": [job]}))
+    status, out, _ = cli(capsys, "status", record.run_id, "--json")
+    assert "run-key-0123456789abcdefghij" not in out
+    assert "***" in out
