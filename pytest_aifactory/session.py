@@ -49,6 +49,8 @@ SHARED_ENDPOINT_FIELDS = (
 )
 """What a worker needs of a service the controller started (plain values: sent over execnet)."""
 CLIENT_STOP_GRACE_S = 30.0
+SERVICE_DEATH_GRACE_S = 3.0
+"""How long a service job that may have died as the load ended gets to say so."""
 
 
 class CaseError(Exception):
@@ -716,13 +718,32 @@ class AIFactorySession:
             if not handle.finished():
                 self.executor.cancel(handle)
         self._show_progress(case, progress_paths, final=True)
-        if not service_died and died():  # died as the load ended, between polls
+        if not service_died and self._died_at_the_end(endpoint, progress_paths):
             notes.append(death_note())
         errors = handle.task_errors()
         if errors:
             redactor = self.run.redactor if self.run is not None else None
             notes.append(handle.log_tail(LOG_TAIL_LINES, redactor=redactor))
         return notes, errors
+
+    def _died_at_the_end(self, endpoint: Endpoint | None, progress_paths: list[Path]) -> bool:
+        """Whether the service died as the load ended, between two polls. A server killed
+        outright fails every later request at once, so the load can end before its job has
+        noticed the death: when requests failed, give the job a moment to say so."""
+        from pytest_aifactory.loadgen.progress import read_progress
+
+        if endpoint is None:
+            return False
+        if not endpoint.alive():
+            return True
+        if not int((read_progress(progress_paths) or {}).get("failed") or 0):
+            return False
+        deadline = time.monotonic() + SERVICE_DEATH_GRACE_S
+        while time.monotonic() < deadline:
+            if not endpoint.alive():
+                return True
+            time.sleep(0.1)
+        return False
 
     def _show_progress(self, case: LoadCase, paths: list[Path], final: bool) -> None:
         from pytest_aifactory.loadgen.progress import read_progress
