@@ -13,7 +13,9 @@ installed (`--guidellm`, or `$GUIDELLM`, or `guidellm` on PATH; install it in it
 environment: `python -m venv /tmp/guidellm-venv && /tmp/guidellm-venv/bin/pip install
 guidellm gguf`). GuideLLM 0.8 builds its synthetic prompts with a Hugging Face tokenizer; with no
 hub to download one from, it reads SmolLM2's tokenizer out of the GGUF file (which needs the
-`gguf` package in GuideLLM's environment). Prints numbers, asserts nothing: it is a measurement.
+`gguf` package in GuideLLM's environment). Then vLLM's own serving benchmark (`vllm bench
+serve`, from the environment `scripts/install-vllm.sh` makes, with the converted SmolLM2's
+tokenizer) at an unlimited rate. Prints numbers, asserts nothing: it is a measurement.
 """
 
 from __future__ import annotations
@@ -255,6 +257,85 @@ def ceiling_scenario(url: str, seconds: float) -> dict[str, Any]:
     }
 
 
+# -- vLLM's serving benchmark --------------------------------------------------------------------
+
+VLLM_BENCH = """
+import argparse, json, sys
+from vllm.benchmarks.serve import add_cli_args, main
+parser = argparse.ArgumentParser()
+add_cli_args(parser)
+result = main(parser.parse_args(sys.argv[1:]))
+keep = ("completed", "failed", "duration", "request_throughput", "output_throughput",
+        "median_ttft_ms", "p99_ttft_ms", "median_itl_ms")
+print("AIFACTORY-RESULT " + json.dumps({k: result.get(k) for k in keep}), flush=True)
+"""
+
+
+def vllm_bench_python(option: str | None) -> str | None:
+    """The Python of an environment with vLLM (its CPU build, as `scripts/install-vllm.sh`
+    leaves it), or None."""
+    if option:
+        return option
+    from pytest_aifactory.services.vllm import installed_python
+
+    found = installed_python()
+    return str(found) if found else None
+
+
+def run_vllm_bench(
+    python: str, url: str, prompts: int, timeout_s: float = 600.0
+) -> tuple[dict[str, Any] | None, str]:
+    """vLLM's serving benchmark (`vllm bench serve`) at an unlimited request rate with at most
+    GUIDELLM_CONCURRENCY in flight: as many requests as one process of it can drive."""
+    from pytest_aifactory.services.models import hf_model_dir
+
+    tokenizer = hf_model_dir("smollm2-135m")
+    if tokenizer is None:
+        return None, "no converted SmolLM2 tokenizer folder (run scripts/install-vllm.sh)"
+    args = [
+        python,
+        "-c",
+        VLLM_BENCH,
+        "--backend",
+        "openai",
+        "--base-url",
+        url,
+        "--endpoint",
+        "/v1/completions",
+        "--model",
+        "token-server",
+        "--tokenizer",
+        str(tokenizer),
+        "--dataset-name",
+        "random",
+        "--random-input-len",
+        str(INPUT_TOKENS),
+        "--random-output-len",
+        str(OUTPUT_TOKENS),
+        "--ignore-eos",
+        "--num-prompts",
+        str(prompts),
+        "--request-rate",
+        "inf",
+        "--max-concurrency",
+        str(GUIDELLM_CONCURRENCY),
+        "--disable-tqdm",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    try:
+        done = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired:
+        return None, f"vLLM's benchmark did not finish within {timeout_s:g} s"
+    for line in done.stdout.splitlines():
+        if line.startswith("AIFACTORY-RESULT "):
+            result = json.loads(line.split(" ", 1)[1])
+            result["achieved"] = result["request_throughput"]
+            result["events_per_s"] = result["achieved"] * OUTPUT_TOKENS
+            return result, ""
+    tail = (done.stderr or done.stdout)[-1500:]
+    return None, f"vLLM's benchmark exited {done.returncode}: {tail}"
+
+
 # -- main --------------------------------------------------------------------------------------
 
 
@@ -270,6 +351,12 @@ def main() -> None:
     parser.add_argument("--start-rate", type=float, default=100.0)
     parser.add_argument("--guidellm", default=None, help="the guidellm executable")
     parser.add_argument("--guidellm-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--vllm-python",
+        default=None,
+        help="Python of an environment with vLLM (default: the one scripts/install-vllm.sh made)",
+    )
+    parser.add_argument("--vllm-prompts", type=int, default=4000)
     args = parser.parse_args()
     rows: list[tuple[str, int, dict[str, Any]]] = []
     with TokenServer(tokens=OUTPUT_TOKENS) as server:
@@ -305,6 +392,18 @@ def main() -> None:
                 rows.append(("guidellm", workers, figures))
         else:
             print(f"GuideLLM not run: {why}")
+        python = vllm_bench_python(args.vllm_python)
+        if python is None:
+            print("vLLM's benchmark not run: no vLLM environment (scripts/install-vllm.sh)")
+        else:
+            server.reset()
+            result, why = run_vllm_bench(python, server.url, args.vllm_prompts)
+            if result is None:
+                print(f"  vLLM's benchmark failed: {why}")
+            else:
+                result["server_requests"] = server.stats()["requests"]
+                print(f"  vllm bench serve: {json.dumps(result)}", flush=True)
+                rows.append(("vllm", 1, result))
     print()
     print("tool      procs  strict/s  kept_up/s  events/s  queue_ms_p99  cpu%max  per_proc/s")
     per_proc: dict[tuple[str, int], float] = {}
@@ -332,13 +431,18 @@ def main() -> None:
         f" {GUIDELLM_CONCURRENCY} in flight), successful requests / measured window; procs = its"
         " worker processes (it also runs a main process)."
     )
-    for procs in (1, 2):
-        mine, theirs = per_proc.get(("ours", procs)), per_proc.get(("guidellm", procs))
-        if mine and theirs:
-            print(
-                f"ratio ours (kept_up) / guidellm per process, {procs} process(es): "
-                f"{mine / theirs:.1f}x"
-            )
+    print(
+        f"vllm: `vllm bench serve`, unlimited rate with up to {GUIDELLM_CONCURRENCY} in flight,"
+        " completed requests / its duration (one process)."
+    )
+    for peer in ("guidellm", "vllm"):
+        for procs in (1, 2):
+            mine, theirs = per_proc.get(("ours", procs)), per_proc.get((peer, procs))
+            if mine and theirs:
+                print(
+                    f"ratio ours (kept_up) / {peer} per process, {procs} process(es): "
+                    f"{mine / theirs:.1f}x"
+                )
 
 
 if __name__ == "__main__":
