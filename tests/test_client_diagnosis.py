@@ -108,6 +108,10 @@ def test_health_verdicts() -> None:
     stalled = client_health(frame([0.1] * 100), [process(40.0, lag=50.0)])
     assert stalled["saturated"]
     assert "event loop" in stalled["reason"]
+    # FAISS searching inside the client, fio: the client's own work is the workload
+    workload = client_health(frame([5.0] * 100), [process(99.0, lag=50.0)], cpu_is_workload=True)
+    assert not workload["saturated"]
+    assert workload["queue_ms_p99"] == 5.0  # still reported
     unknown = client_health(frame([]), [])
     assert not unknown["saturated"]
     assert unknown["cpu_percent"]["max"] is None

@@ -48,6 +48,11 @@ def short_recipe() -> dict[str, Any]:
     return document
 
 
+def node_name(line: str) -> str:
+    """`PASSED path::test_x[id]` or `FAILED path::test_x[id] - message` -> `test_x[id]`."""
+    return line.rsplit("::", 1)[-1].split(" - ", 1)[0]
+
+
 @pytest.mark.skipif(not _installed(), reason="PostgreSQL is not installed")
 def test_recipe_slos_hold_and_an_impossible_one_fails(tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path / "postgres.yaml", short_recipe())
@@ -75,8 +80,8 @@ def test_recipe_slos_hold_and_an_impossible_one_fails(tmp_path: Path) -> None:
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1, output[-4000:]
     lines = output.splitlines()
-    passed = {line.rsplit("::", 1)[-1] for line in lines if line.startswith("PASSED")}
-    failed = [line.rsplit("::", 1)[-1] for line in lines if line.startswith("FAILED")]
+    passed = {node_name(line) for line in lines if line.startswith("PASSED")}
+    failed = [node_name(line) for line in lines if line.startswith("FAILED")]
     assert passed == {
         "test_storage[tpcb-concurrency-1]",
         "test_storage[tpcb-concurrency-4]",

@@ -66,6 +66,11 @@ def independent_recall() -> float:
     )
 
 
+def node_name(line: str) -> str:
+    """`PASSED path::test_x[id]` or `FAILED path::test_x[id] - message` -> `test_x[id]`."""
+    return line.rsplit("::", 1)[-1].split(" - ", 1)[0]
+
+
 @pytest.mark.skipif(
     not ((BIN / "chroma").is_file() and (BIN / "milvus-lite").is_file()),
     reason="chromadb or milvus-lite is not installed",
@@ -98,8 +103,8 @@ def test_recipe_slos_hold_and_an_impossible_one_fails(tmp_path: Path) -> None:
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1, output[-4000:]
     lines = output.splitlines()
-    passed = {line.rsplit("::", 1)[-1] for line in lines if line.startswith("PASSED")}
-    failed = [line.rsplit("::", 1)[-1] for line in lines if line.startswith("FAILED")]
+    passed = {node_name(line) for line in lines if line.startswith("PASSED")}
+    failed = [node_name(line) for line in lines if line.startswith("FAILED")]
     assert passed == {
         "test_vectordb[faiss-flat-concurrency-1]",
         "test_vectordb[faiss-hnsw-concurrency-4]",

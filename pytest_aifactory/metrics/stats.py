@@ -267,7 +267,8 @@ def client_health(
     makes waiting part of the load), or when its event loop woke late (lag p99 above
     `LOOP_LAG_SATURATED_MS`). Then the latencies include the client's own delays.
     `cpu_is_workload`: the client job itself is what is measured (FAISS searching in the
-    client, fio), so its busy CPU says nothing about saturation.
+    client, fio), so its busy CPU, late sends and late wake-ups are the workload's, not a
+    bottleneck in front of it: never judged saturated.
     """
     rows = measured(records)
     queue = describe(distribution(rows, "queue_ms"))
@@ -280,18 +281,20 @@ def client_health(
     capped = any(bool(p.get("queue_capped")) for p in processes)
     events = sum(int(p.get("events") or 0) for p in processes)
     walls = [float(p["wall_s"]) for p in processes if p.get("wall_s")]
-    reasons: list[str] = []
-    if cpu and max(cpu) >= CPU_SATURATED_PERCENT and not cpu_is_workload:
-        reasons.append(f"a client process used {max(cpu):.0f}% of a CPU core")
     queue_p99 = queue["p99"]
     ttft = describe(distribution(rows, "ttft_ms"))["p50"]
     if not math.isfinite(ttft):  # kinds without tokens: the operation's own latency
         ttft = describe(distribution(rows, "latency_ms"))["p50"]
     material = MATERIAL_SHARE * ttft if math.isfinite(ttft) else 0.0
-    if not capped and math.isfinite(queue_p99) and queue_p99 > max(QUEUE_SATURATED_MS, material):
-        reasons.append(f"requests were sent late (queue_ms p99 {queue_p99:.2f} ms)")
-    if lags and max(lags) > max(LOOP_LAG_SATURATED_MS, material):
-        reasons.append(f"the client's event loop woke late (lag p99 {max(lags):.1f} ms)")
+    late = not capped and math.isfinite(queue_p99) and queue_p99 > max(QUEUE_SATURATED_MS, material)
+    reasons: list[str] = []
+    if not cpu_is_workload:  # else the client's own work is what is measured
+        if cpu and max(cpu) >= CPU_SATURATED_PERCENT:
+            reasons.append(f"a client process used {max(cpu):.0f}% of a CPU core")
+        if late:
+            reasons.append(f"requests were sent late (queue_ms p99 {queue_p99:.2f} ms)")
+        if lags and max(lags) > max(LOOP_LAG_SATURATED_MS, material):
+            reasons.append(f"the client's event loop woke late (lag p99 {max(lags):.1f} ms)")
     return json_safe(
         {
             "processes": len(processes),
