@@ -19,7 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from pytest_aifactory.metrics.histogram import LogHistogram
+
 TICK_S = 0.005
+LAG_BATCH = 2000
+"""Lag samples kept as they come before joining the histogram (10 s of ticks)."""
 """Interval of the event-loop lag probe: short enough to catch stalls, cheap enough to ignore."""
 
 
@@ -60,6 +64,8 @@ class ClientMeter:
         self._cpu_s: float | None = None
         self._wall_s: float | None = None
         self._lags_ns: list[int] = []
+        """Recent samples, folded into `_lags` (constant memory over any duration)."""
+        self._lags = LogHistogram()
         self._probe: asyncio.Task[None] | None = None
         self._loop_kind = ""
 
@@ -89,15 +95,21 @@ class ClientMeter:
                 before = time.perf_counter_ns()
                 await asyncio.sleep(TICK_S)
                 lags.append(time.perf_counter_ns() - before - tick_ns)
+                if len(lags) >= LAG_BATCH:
+                    self._fold_lags()
+
+    def _fold_lags(self) -> None:
+        self._lags.add(np.asarray(self._lags_ns, dtype=float) / 1e6)
+        self._lags_ns.clear()
 
     def snapshot(self) -> dict[str, Any]:
         cpu_s = self._cpu_s
         wall_s = self._wall_s
-        lags = np.asarray(self._lags_ns, dtype=float) / 1e6
+        self._fold_lags()
         lag: dict[str, float | None] = dict.fromkeys(("p50", "p99", "max"))
-        if lags.size:
-            p50, p99 = np.percentile(lags, [50, 99])
-            lag = {"p50": float(p50), "p99": float(p99), "max": float(lags.max())}
+        if self._lags.total:
+            p50, p99 = self._lags.quantiles([0.5, 0.99])
+            lag = {"p50": float(p50), "p99": float(p99), "max": float(self._lags.maximum)}
         return {
             "process": self.process,
             "pid": os.getpid(),

@@ -19,6 +19,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from pytest_aifactory.metrics.histogram import LogHistogram as BaseLogHistogram
 from pytest_aifactory.report.headline import headline_of, headline_values
 
 LATENCY_METRICS: tuple[str, ...] = (
@@ -163,64 +164,15 @@ def cdf_points(values: Iterable[float] | np.ndarray, points: int = CDF_POINTS) -
     return pd.DataFrame({"value": np.quantile(array, probabilities), "fraction": probabilities})
 
 
-class LogHistogram:
-    """A distribution kept as counts in log-like bins, for values too many to hold at once.
-
-    A bin is a float64's exponent and the top 8 bits of its mantissa (the value's bits shifted
-    right), so binning needs no logarithm: each octave has 256 bins, 0.2-0.4% wide, and a CDF
-    read back from the counts differs from the exact one by less than a chart can show.
-    Values are clamped to [1e-3, 1e7]; the exact minimum and maximum are kept beside.
-    """
-
-    LOW = 1e-3
-    HIGH = 1e7
-    _SHIFT = 52 - 8
-    _FIRST = int(np.array(LOW).view(np.int64)) >> _SHIFT
-    _LAST = int(np.array(HIGH).view(np.int64)) >> _SHIFT
-
-    def __init__(self) -> None:
-        self.counts = np.zeros(self._LAST - self._FIRST + 1, np.int64)
-        self.minimum = math.inf
-        self.maximum = -math.inf
-
-    @property
-    def total(self) -> int:
-        return int(self.counts.sum())
-
-    def add(self, values: np.ndarray) -> None:
-        array = np.asarray(values, dtype=np.float64)
-        finite = np.isfinite(array)
-        if not finite.all():
-            array = array[finite]
-        if array.size == 0:
-            return
-        self.minimum = min(self.minimum, float(array.min()))
-        self.maximum = max(self.maximum, float(array.max()))
-        codes = np.clip(array, self.LOW, self.HIGH).view(np.int64)
-        codes >>= self._SHIFT
-        codes -= self._FIRST
-        self.counts += np.bincount(codes, minlength=self.counts.size)
-
-    def _edges(self) -> np.ndarray:
-        codes = np.arange(self._FIRST, self._LAST + 2, dtype=np.int64) << self._SHIFT
-        return codes.view(np.float64)
+class LogHistogram(BaseLogHistogram):
+    """A `metrics.histogram.LogHistogram` that draws its CDF."""
 
     def cdf(self, points: int = CDF_POINTS) -> pd.DataFrame:
         """(value, fraction) points at `cdf_probabilities`, interpolated inside a bin."""
-        total = self.total
-        if total == 0:
+        if self.total == 0:
             return cdf_points(np.empty(0))
-        cumulative = np.cumsum(self.counts) / total
         probabilities = cdf_probabilities(points)
-        index = np.searchsorted(cumulative, probabilities, side="left")
-        index = np.minimum(index, self.counts.size - 1)
-        before = np.where(index > 0, cumulative[index - 1], 0.0)
-        width = cumulative[index] - before
-        inside = np.where(width > 0, (probabilities - before) / np.where(width > 0, width, 1), 1)
-        edges = self._edges()
-        low, high = edges[index], edges[index + 1]
-        values = low + np.clip(inside, 0.0, 1.0) * (high - low)
-        values = np.clip(values, self.minimum, self.maximum)
+        values = self.quantiles(probabilities)
         values[0], values[-1] = self.minimum, self.maximum
         return pd.DataFrame({"value": values, "fraction": probabilities})
 
