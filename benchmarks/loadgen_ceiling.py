@@ -54,17 +54,25 @@ zero-delay server keeps in flight, so it does not limit the rate."""
 
 
 def _spec(
-    folder: Path, url: str, rate: float, process: int, processes: int, seconds: float
+    folder: Path,
+    url: str,
+    rate: float,
+    process: int,
+    processes: int,
+    seconds: float,
+    in_flight: int | None = None,
 ) -> LoadSpec:
+    """A Poisson rate, or, with `in_flight`, a closed loop keeping that many requests in flight
+    (as the peers' throughput modes do)."""
     import pytest_aifactory.loadgen.openai  # noqa: F401
 
     return LoadSpec(
         start_at=time.time() + 5.0 if processes > 1 else None,
         client="ceiling",
         kind="openai",
-        level_label=f"rate={rate:g}",
-        mode="rate",
-        level=rate / processes,
+        level_label=f"rate={rate:g}" if in_flight is None else f"concurrency={in_flight}",
+        mode="rate" if in_flight is None else "concurrency",
+        level=rate / processes if in_flight is None else in_flight // processes,
         base_url=url,
         model="token-server",
         records_path=str(folder / f"p{process:04d}.jsonl"),
@@ -79,9 +87,11 @@ def _spec(
     )
 
 
-def ours(url: str, rate: float, processes: int, seconds: float) -> dict[str, Any]:
+def ours(
+    url: str, rate: float, processes: int, seconds: float, in_flight: int | None = None
+) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix="ceiling-"))
-    specs = [_spec(folder, url, rate, p, processes, seconds) for p in range(processes)]
+    specs = [_spec(folder, url, rate, p, processes, seconds, in_flight) for p in range(processes)]
     start = specs[0].start_at
     specs = [dataclasses.replace(s, start_at=start) for s in specs]
     if processes == 1:
@@ -367,6 +377,15 @@ def main() -> None:
                 ("ours", processes, ceiling(server.url, processes, args.seconds, args.start_rate))
             )
             print(f"  server self-check: {json.dumps(server.stats())}", flush=True)
+        for processes in (1, 2):
+            # the peers' way: as many requests as possible, GUIDELLM_CONCURRENCY in flight
+            server.reset()
+            flat_out = ours(server.url, 0.0, processes, 10.0, in_flight=GUIDELLM_CONCURRENCY)
+            flat_out["achieved"] = flat_out["completed_per_s"]
+            print(
+                f"  ours {processes} proc, {GUIDELLM_CONCURRENCY} in flight: {json.dumps(flat_out)}"
+            )
+            rows.append(("ours-128", processes, flat_out))
         tool = find_tool(args.guidellm, "GUIDELLM", "guidellm")
         why = (
             "GuideLLM not found: pass --guidellm or set GUIDELLM (see the docstring)"
@@ -415,6 +434,9 @@ def main() -> None:
             events, queue, cpu = (
                 best.get(k) for k in ("events_per_s", "queue_ms_p99", "cpu_percent_max")
             )
+        elif tool_name == "ours-128":
+            strict, rate, events = None, found["achieved"], found["events_per_s"]
+            queue, cpu = None, found["cpu_percent_max"]
         else:
             strict, rate, queue, cpu = None, found["achieved"], None, None
             events = found["events_per_s"]
@@ -435,14 +457,19 @@ def main() -> None:
         f"vllm: `vllm bench serve`, unlimited rate with up to {GUIDELLM_CONCURRENCY} in flight,"
         " completed requests / its duration (one process)."
     )
-    for peer in ("guidellm", "vllm"):
-        for procs in (1, 2):
-            mine, theirs = per_proc.get(("ours", procs)), per_proc.get((peer, procs))
-            if mine and theirs:
-                print(
-                    f"ratio ours (kept_up) / {peer} per process, {procs} process(es): "
-                    f"{mine / theirs:.1f}x"
-                )
+    print(
+        f"ours-128: closed loop with {GUIDELLM_CONCURRENCY} in flight for 10 s, completed"
+        " requests / first send to last completion (the peers' way of measuring)."
+    )
+    for mine_name in ("ours", "ours-128"):
+        for peer in ("guidellm", "vllm"):
+            for procs in (1, 2):
+                mine, theirs = per_proc.get((mine_name, procs)), per_proc.get((peer, procs))
+                if mine and theirs:
+                    print(
+                        f"ratio {mine_name} / {peer} per process, {procs} process(es): "
+                        f"{mine / theirs:.1f}x"
+                    )
 
 
 if __name__ == "__main__":
