@@ -39,6 +39,17 @@ class Session:
         (run,) = self.run_dirs()
         return json.loads((run / "summary.json").read_text())
 
+    def verdicts(self) -> tuple[set[str], list[str]]:
+        """The test names pytest's `-rA` summary lists as passed and as failed (whatever the
+        terminal's width adds after them)."""
+
+        def name(line: str) -> str:
+            return line.rsplit("::", 1)[-1].split(" - ", 1)[0]
+
+        lines = self.output.splitlines()
+        passed = {name(line) for line in lines if line.startswith("PASSED")}
+        return passed, [name(line) for line in lines if line.startswith("FAILED")]
+
 
 def write_recipe(path: Path, document: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(document, sort_keys=False))
@@ -93,6 +104,18 @@ def run_benchmark(
         check=False,
     )
     return Session(proc.returncode, proc.stdout, proc.stderr, report_dir)
+
+
+def start_benchmark(tmp_path: Path, recipe: Path, *args: str) -> subprocess.Popen[str]:
+    """The benchmark suite on `recipe`, running in the background (to signal or kill it)."""
+    return subprocess.Popen(
+        benchmark_command(recipe, tmp_path / "reports", *args),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=benchmark_env(tmp_path),
+    )
 
 
 def wait_for(

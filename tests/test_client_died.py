@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 from pathlib import Path
 
 import psutil
 import pytest
 
 from tests.helpers import (
-    benchmark_command,
-    benchmark_env,
     processes_matching,
+    start_benchmark,
     wait_for,
     write_recipe,
 )
@@ -59,14 +57,7 @@ def test_a_killed_client_process_is_named_with_its_missing_load(tmp_path: Path) 
     }
     recipe = write_recipe(tmp_path / "recipe.yaml", document)
     reports = tmp_path / "reports"
-    proc = subprocess.Popen(
-        benchmark_command(recipe, reports),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=benchmark_env(tmp_path),
-    )
+    proc = start_benchmark(tmp_path, recipe)
     try:
         wait_for(lambda: list(reports.glob("*/records/*/p0001.jsonl")), 180, "client started")
         (records_1,) = reports.glob("*/records/*/p0001.jsonl")

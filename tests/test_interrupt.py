@@ -11,9 +11,8 @@ import pandas as pd
 import pytest
 
 from tests.helpers import (
-    benchmark_command,
-    benchmark_env,
     processes_matching,
+    start_benchmark,
     wait_for,
     write_recipe,
 )
@@ -59,14 +58,7 @@ def test_signal_under_load_stops_every_job_and_keeps_records(
         request.getfixturevalue("slurm_cluster")
     recipe = write_recipe(tmp_path / "recipe.yaml", long_load_recipe())
     report_dir = tmp_path / "reports"
-    proc = subprocess.Popen(
-        benchmark_command(recipe, report_dir, "--executor", executor),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=benchmark_env(tmp_path),
-    )
+    proc = start_benchmark(tmp_path, recipe, "--executor", executor)
     try:
         wait_for(lambda: measured_lines(report_dir) >= 6, timeout=120, what="load")
         (run,) = list(report_dir.iterdir())
@@ -94,18 +86,6 @@ def test_signal_under_load_stops_every_job_and_keeps_records(
     assert len(records) >= 6
     assert sorted(records["process"].unique()) == [0, 1]
     assert "Traceback" not in output.split("KeyboardInterrupt")[0]
-
-
-def start_benchmark(tmp_path: Path, document: dict, *args: str) -> subprocess.Popen[str]:
-    recipe = write_recipe(tmp_path / "recipe.yaml", document)
-    return subprocess.Popen(
-        benchmark_command(recipe, tmp_path / "reports", *args),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=benchmark_env(tmp_path),
-    )
 
 
 def stop_with(proc: subprocess.Popen[str], signum: signal.Signals) -> str:
@@ -138,7 +118,9 @@ def test_signal_while_a_service_starts_cancels_it(
         "clients": {"chat": {"kind": "openai", "service": "svc", "load": {"requests": 2}}},
         "monitor": {"prometheus": False},
     }
-    proc = start_benchmark(tmp_path, document, "--executor", executor)
+    proc = start_benchmark(
+        tmp_path, write_recipe(tmp_path / "recipe.yaml", document), "--executor", executor
+    )
     try:
         wait_for(lambda: processes_matching(f"time.sleep({marker})"), 120, "service started")
     except AssertionError:
@@ -169,7 +151,7 @@ def test_signal_while_the_report_is_written_keeps_the_run(tmp_path: Path) -> Non
         },
         "monitor": {"prometheus": False},
     }
-    proc = start_benchmark(tmp_path, document)
+    proc = start_benchmark(tmp_path, write_recipe(tmp_path / "recipe.yaml", document))
     reports = tmp_path / "reports"
     try:
         # the report's chart folder appears first, the page last, seconds later

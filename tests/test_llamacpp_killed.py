@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -15,9 +14,8 @@ import pandas as pd
 import pytest
 
 from tests.helpers import (
-    benchmark_command,
-    benchmark_env,
     processes_matching,
+    start_benchmark,
     wait_for,
     write_recipe,
 )
@@ -51,14 +49,7 @@ def test_killed_server_gives_error_records_and_a_named_failure(tmp_path: Path) -
     }
     recipe = write_recipe(tmp_path / "recipe.yaml", document)
     reports = tmp_path / "reports"
-    proc = subprocess.Popen(
-        benchmark_command(recipe, reports),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=benchmark_env(tmp_path),
-    )
+    proc = start_benchmark(tmp_path, recipe)
     try:
         (records,) = wait_for(lambda: list(reports.glob("*/records/*/p0000.jsonl")), 180, "load")
         wait_for(lambda: len(records.read_text().splitlines()) >= 4, 60, "some answers")

@@ -4,8 +4,6 @@ client jobs, the recipe's own SLOs, and an impossible one that must fail naming 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +11,7 @@ import pytest
 import yaml
 
 from pytest_aifactory.services import postgres_entry
-from tests.helpers import REPO, benchmark_env, processes_matching, write_recipe
+from tests.helpers import REPO, processes_matching, run_benchmark, write_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -48,40 +46,13 @@ def short_recipe() -> dict[str, Any]:
     return document
 
 
-def node_name(line: str) -> str:
-    """`PASSED path::test_x[id]` or `FAILED path::test_x[id] - message` -> `test_x[id]`."""
-    return line.rsplit("::", 1)[-1].split(" - ", 1)[0]
-
-
 @pytest.mark.skipif(not _installed(), reason="PostgreSQL is not installed")
 def test_recipe_slos_hold_and_an_impossible_one_fails(tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path / "postgres.yaml", short_recipe())
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            str(BENCHMARK),
-            "--recipe",
-            str(recipe),
-            "--report-dir",
-            str(tmp_path / "reports"),
-            "-p",
-            "no:cacheprovider",
-            "-rA",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-        env=benchmark_env(tmp_path),
-        check=False,
-    )
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 1, output[-4000:]
-    lines = output.splitlines()
-    passed = {node_name(line) for line in lines if line.startswith("PASSED")}
-    failed = [node_name(line) for line in lines if line.startswith("FAILED")]
+    session = run_benchmark(tmp_path, recipe, "-rA", timeout=300, benchmark=BENCHMARK)
+    output = session.output
+    assert session.returncode == 1, output[-4000:]
+    passed, failed = session.verdicts()
     assert passed == {
         "test_storage[tpcb-concurrency-1]",
         "test_storage[tpcb-concurrency-4]",

@@ -5,7 +5,6 @@ that must fail naming its metric, with the reported recall checked against our o
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.helpers import REPO, benchmark_env, processes_matching, write_recipe
+from tests.helpers import REPO, processes_matching, run_benchmark, write_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -66,11 +65,6 @@ def independent_recall() -> float:
     )
 
 
-def node_name(line: str) -> str:
-    """`PASSED path::test_x[id]` or `FAILED path::test_x[id] - message` -> `test_x[id]`."""
-    return line.rsplit("::", 1)[-1].split(" - ", 1)[0]
-
-
 @pytest.mark.skipif(
     not ((BIN / "chroma").is_file() and (BIN / "milvus-lite").is_file()),
     reason="chromadb or milvus-lite is not installed",
@@ -79,32 +73,12 @@ def test_recipe_slos_hold_and_an_impossible_one_fails(tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path / "vectordb.yaml", short_recipe())
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            str(BENCHMARK),
-            "--recipe",
-            str(recipe),
-            "--report-dir",
-            str(tmp_path / "reports"),
-            "-p",
-            "no:cacheprovider",
-            "-rA",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=400,
-        cwd=tmp_path,
-        env=benchmark_env(tmp_path, {"TMPDIR": str(scratch)}),
-        check=False,
+    session = run_benchmark(
+        tmp_path, recipe, "-rA", timeout=400, env={"TMPDIR": str(scratch)}, benchmark=BENCHMARK
     )
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 1, output[-4000:]
-    lines = output.splitlines()
-    passed = {node_name(line) for line in lines if line.startswith("PASSED")}
-    failed = [node_name(line) for line in lines if line.startswith("FAILED")]
+    output = session.output
+    assert session.returncode == 1, output[-4000:]
+    passed, failed = session.verdicts()
     assert passed == {
         "test_vectordb[faiss-flat-concurrency-1]",
         "test_vectordb[faiss-hnsw-concurrency-4]",

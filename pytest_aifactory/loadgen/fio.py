@@ -42,6 +42,7 @@ from pytest_aifactory.loadgen.live import LivePusher
 from pytest_aifactory.loadgen.progress import WRITE_EVERY_S, Progress, write_json_atomic
 from pytest_aifactory.loadgen.records import RECORD_FIELDS, Clock, RecordWriter
 from pytest_aifactory.loadgen.registry import client_kind
+from pytest_aifactory.loadgen.signals import install_stop_signals, restore_signals
 from pytest_aifactory.loadgen.spec import LoadSpec
 
 STATUS_INTERVAL_S = 1.0
@@ -434,20 +435,7 @@ class FioProcess:
         self._stop.set()
 
     def _install_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                previous = signal.getsignal(sig)
-                loop.add_signal_handler(sig, self._on_signal)
-            except (ValueError, RuntimeError, NotImplementedError):
-                continue  # not the main thread: the caller keeps its own handling
-            self._saved_signals[sig] = previous
+        self._saved_signals = install_stop_signals(self._on_signal)
 
     def _restore_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig, previous in self._saved_signals.items():
-            with contextlib.suppress(ValueError, RuntimeError):
-                loop.remove_signal_handler(sig)
-                if previous is not None:
-                    signal.signal(sig, previous)
-        self._saved_signals.clear()
+        restore_signals(self._saved_signals)

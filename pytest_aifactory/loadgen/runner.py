@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import math
 import os
-import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -27,6 +26,7 @@ from pytest_aifactory.loadgen.records import RECORD_FIELDS, Clock, RecordWriter
 from pytest_aifactory.loadgen.registry import CLIENT_KINDS, client_kind, get_client_kind
 from pytest_aifactory.loadgen.schedule import arrival_offsets
 from pytest_aifactory.loadgen.selfcheck import ClientMeter, client_stats_path
+from pytest_aifactory.loadgen.signals import install_stop_signals, restore_signals
 from pytest_aifactory.loadgen.spec import LoadSpec
 
 __all__ = ["CLIENT_KINDS", "LoadDriver", "SendFn", "client_kind", "run_load"]
@@ -419,20 +419,7 @@ class LoadDriver:
 
     def _install_signals(self) -> None:
         """SIGINT/SIGTERM end the load cleanly (a second one stops waiting for cleanup)."""
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                previous = signal.getsignal(sig)
-                loop.add_signal_handler(sig, self._on_signal)
-            except (ValueError, RuntimeError, NotImplementedError):
-                continue  # not the main thread: the caller keeps its own handling
-            self._saved_signals[sig] = previous
+        self._saved_signals = install_stop_signals(self._on_signal)
 
     def _restore_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig, previous in self._saved_signals.items():
-            with contextlib.suppress(ValueError, RuntimeError):
-                loop.remove_signal_handler(sig)
-                if previous is not None:
-                    signal.signal(sig, previous)
-        self._saved_signals.clear()
+        restore_signals(self._saved_signals)
