@@ -40,7 +40,7 @@ from pytest_aifactory.loadgen.fio_job import (
 )
 from pytest_aifactory.loadgen.live import LivePusher
 from pytest_aifactory.loadgen.progress import WRITE_EVERY_S, Progress, write_json_atomic
-from pytest_aifactory.loadgen.records import RECORD_FIELDS, Clock, RecordWriter
+from pytest_aifactory.loadgen.records import Clock, RecordWriter, new_record
 from pytest_aifactory.loadgen.registry import client_kind
 from pytest_aifactory.loadgen.signals import install_stop_signals, restore_signals
 from pytest_aifactory.loadgen.spec import LoadSpec
@@ -325,20 +325,7 @@ class FioProcess:
     # -- records -------------------------------------------------------------------------------
 
     def _new_record(self, request_id: int) -> dict[str, Any]:
-        record: dict[str, Any] = dict.fromkeys(RECORD_FIELDS)
-        record.update(
-            client=self.spec.client,
-            level_label=self.spec.level_label,
-            node=self.node,
-            process=self.spec.process,
-            request_id=request_id,
-            phase="measure",
-            itl_ms=[],
-            tokens_estimated=False,
-            content_events=0,
-            error="",
-        )
-        return record
+        return new_record(self.spec, self.node, request_id, "measure")
 
     def _add(self, record: dict[str, Any]) -> None:
         assert self.writer is not None

@@ -79,6 +79,28 @@ JSON_COLUMNS = ("extra",)
 cell back with `extra_of`."""
 
 
+def new_record(
+    spec: Any, node: str, request_id: int, phase: str, scheduled_ts: float | None = None
+) -> dict[str, Any]:
+    """A record of one operation of a load process (`spec` is its `LoadSpec`): every field
+    present, its identity filled in, its measurements empty."""
+    record: dict[str, Any] = dict.fromkeys(RECORD_FIELDS)
+    record.update(
+        client=spec.client,
+        level_label=spec.level_label,
+        node=node,
+        process=spec.process,
+        request_id=request_id,
+        phase=phase,
+        scheduled_ts=scheduled_ts,
+        itl_ms=[],
+        tokens_estimated=False,
+        content_events=0,
+        error="",
+    )
+    return record
+
+
 class Clock:
     """Wall-clock timestamps with monotonic precision.
 

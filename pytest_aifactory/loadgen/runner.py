@@ -22,7 +22,7 @@ from pytest_aifactory.cluster.rundir import HEARTBEAT_STALE_S
 from pytest_aifactory.loadgen.barrier import agreed_start
 from pytest_aifactory.loadgen.live import LivePusher
 from pytest_aifactory.loadgen.progress import WRITE_EVERY_S, Progress
-from pytest_aifactory.loadgen.records import RECORD_FIELDS, Clock, RecordWriter
+from pytest_aifactory.loadgen.records import Clock, RecordWriter, new_record
 from pytest_aifactory.loadgen.registry import CLIENT_KINDS, client_kind, get_client_kind
 from pytest_aifactory.loadgen.schedule import arrival_offsets
 from pytest_aifactory.loadgen.selfcheck import ClientMeter, client_stats_path
@@ -286,21 +286,8 @@ class LoadDriver:
     # -- one request ---------------------------------------------------------------------------
 
     def new_record(self, request_id: int, phase: str, scheduled_ns: int) -> dict[str, Any]:
-        record: dict[str, Any] = dict.fromkeys(RECORD_FIELDS)
-        record.update(
-            client=self.spec.client,
-            level_label=self.spec.level_label,
-            node=self.node,
-            process=self.spec.process,
-            request_id=request_id,
-            phase=phase,
-            scheduled_ts=self.clock.wall(scheduled_ns),
-            itl_ms=[],
-            tokens_estimated=False,
-            content_events=0,
-            error="",
-        )
-        return record
+        scheduled_ts = self.clock.wall(scheduled_ns)
+        return new_record(self.spec, self.node, request_id, phase, scheduled_ts)
 
     async def _one(self, send: SendFn, request_id: int, phase: str, scheduled_ns: int) -> None:
         record = self.new_record(request_id, phase, scheduled_ns)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -82,6 +82,19 @@ class ServiceKind:
 
     def plan(self, name: str, service: Service, recipe: Recipe) -> ServicePlan:
         raise NotImplementedError
+
+    def plan_for(self, name: str, service: Service, argv: list[str], **fields: Any) -> ServicePlan:
+        """A plan with what every kind takes from the recipe as it is (env, bind address,
+        port, health check, metrics path); `fields` add to or replace it."""
+        settings: dict[str, Any] = {
+            "env": dict(service.env),
+            "host": service.host or "127.0.0.1",
+            "port": None if service.port == "auto" else int(service.port),
+            "health": self.health(service),
+            "metrics_path": self.metrics_path(service),
+            **fields,
+        }
+        return ServicePlan(name=name, argv=argv, **settings)
 
     def health(self, service: Service) -> HealthCheck:
         if service.health is not None:

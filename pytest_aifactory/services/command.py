@@ -31,13 +31,9 @@ class CommandService(ServiceKind):
             argv = shlex.split(service.command)
         except ValueError as err:
             raise ServiceConfigError(f"service '{name}': cannot split command: {err}") from None
-        return ServicePlan(
-            name=name,
-            argv=[*argv, *service.args],
-            env=dict(service.env),
-            host=service.host or "127.0.0.1",
-            port=None if service.port == "auto" else int(service.port),
-            health=self.health(service),
-            metrics_path=self.metrics_path(service),
+        return self.plan_for(
+            name,
+            service,
+            [*argv, *service.args],
             served_model=service.model,
         )

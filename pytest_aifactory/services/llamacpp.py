@@ -149,13 +149,9 @@ class LlamaCppService(ServiceKind):
             *defaults,
             *args,
         ]
-        return ServicePlan(
-            name=name,
-            argv=argv,
-            env=dict(service.env),
-            host=service.host or "127.0.0.1",
-            port=None if service.port == "auto" else int(service.port),
-            health=self.health(service),
-            metrics_path=self.metrics_path(service),
+        return self.plan_for(
+            name,
+            service,
+            argv,
             served_model=served,
         )

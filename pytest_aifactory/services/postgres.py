@@ -98,13 +98,10 @@ class PostgresService(ServiceKind):
             argv += ["--", *service.args]
         env = {k: v for k, v in service.env.items() if k != BIN_ENV}
         env[PASSWORD_ENV] = password
-        return ServicePlan(
-            name=name,
-            argv=argv,
+        return self.plan_for(
+            name,
+            service,
+            argv,
             env=env,
-            host=service.host or "127.0.0.1",
-            port=None if service.port == "auto" else int(service.port),
-            health=self.health(service),
-            metrics_path=self.metrics_path(service),
             client_env={USER_ENV: user, PASSWORD_ENV: password, DATABASE_ENV: database},
         )

@@ -211,12 +211,11 @@ class S3Service(ServiceKind):
         region = (
             env.get("NANIO_REGION") or env.get("MINIO_SITE_REGION") or env.get("MINIO_REGION")
         ) or REGION
-        return ServicePlan(
-            name=name,
-            argv=argv,
+        return self.plan_for(
+            name,
+            service,
+            argv,
             env=env,
-            host=service.host or "127.0.0.1",
-            port=None if service.port == "auto" else int(service.port),
             health=health,
             metrics_path=metrics,
             served_model=server,

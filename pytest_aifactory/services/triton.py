@@ -224,14 +224,11 @@ class TritonService(ServiceKind):
         if service.args:
             argv += ["--", *service.args]
         env = {k: v for k, v in service.env.items() if k != SERVER_ENV}
-        return ServicePlan(
-            name=name,
-            argv=argv,
+        return self.plan_for(
+            name,
+            service,
+            argv,
             env=env,
-            host=service.host or "127.0.0.1",
-            port=None if service.port == "auto" else int(service.port),
-            health=self.health(service),
-            metrics_path=self.metrics_path(service),
             metrics_port_offset=METRICS_PORT_OFFSET,
             ports=METRICS_PORT_OFFSET + 1,
             served_model=models[0] if len(models) == 1 else None,

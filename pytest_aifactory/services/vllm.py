@@ -384,14 +384,11 @@ class VllmService(ServiceKind):
             ]
             if HOST_IP_ENV not in service.env:
                 worker_argv = ["env", f"{HOST_IP_ENV}={{host}}", *worker_argv]
-        return ServicePlan(
-            name=name,
-            argv=argv,
+        return self.plan_for(
+            name,
+            service,
+            argv,
             worker_argv=worker_argv,
             env=env,
-            host=service.host or "127.0.0.1",
-            port=None if service.port == "auto" else int(service.port),
-            health=self.health(service),
-            metrics_path=self.metrics_path(service),
             served_model=served,
         )
