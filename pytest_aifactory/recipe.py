@@ -181,6 +181,7 @@ def _scalar(value: Any) -> Any:
 
 Int = Annotated[int, BeforeValidator(_not_bool)]
 PositiveInt = Annotated[int, BeforeValidator(_not_bool), Field(ge=1)]
+PortNumber = Annotated[int, BeforeValidator(_not_bool), Field(ge=1, le=65535)]
 NonNegativeInt = Annotated[int, BeforeValidator(_not_bool), Field(ge=0)]
 PositiveFloat = Annotated[float, BeforeValidator(_not_bool), Field(gt=0)]
 Text = Annotated[str, BeforeValidator(_as_text)]
@@ -597,12 +598,16 @@ class Monitor(_Section):
     """`prometheus: true` monitors the run: Prometheus where its binary exists (else the
     endpoints are scraped directly), a node exporter beside every service and client, a
     pushgateway for the clients' live counters. `partition`: where the Slurm executor runs
-    Prometheus and the pushgateway (default: the run's partition)."""
+    Prometheus and the pushgateway (default: the run's partition). `gpu_exporter_port`: where
+    a node's DCGM exporter answers (GPU sites run one as a system service); without one there,
+    a job on a GPU node starts `dcgm-exporter` itself where the binary exists; null: no GPU
+    series."""
 
     prometheus: bool = True
     scrape_interval_s: PositiveFloat = 1.0
     partition: str | None = None
     start_timeout_s: PositiveFloat = 60.0
+    gpu_exporter_port: PortNumber | None = 9400
 
 
 class ReportSettings(_Section):

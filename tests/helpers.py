@@ -17,6 +17,19 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARK = REPO / "benchmarks" / "test_inference.py"
+ARTIFACTS = Path(os.environ.get("AIFACTORY_TEST_ARTIFACTS") or REPO / "test-artifacts")
+"""Files a test keeps for people to look at after the run (screenshots), outside pytest's
+rotating temporary folders."""
+
+
+def keep_artifact(path: Path, name: str) -> Path:
+    """A copy of `path` as `ARTIFACTS/name`, replacing an older one."""
+    import shutil
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    kept = ARTIFACTS / name
+    shutil.copyfile(path, kept)
+    return kept
 
 
 @dataclass

@@ -6,6 +6,8 @@ import json
 import os
 import signal
 import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +16,18 @@ import pytest
 
 from pytest_aifactory.monitor.run_monitor import find_prometheus
 from tests.helpers import (
+    REPO,
     Session,
     benchmark_command,
     benchmark_env,
+    keep_artifact,
     processes_matching,
     run_benchmark,
+    running_server,
     wait_for,
     write_recipe,
 )
+from tests.test_report_chromium import CHROMIUM, assert_every_chart_drawn
 
 pytestmark = [
     pytest.mark.slow,
@@ -29,9 +35,14 @@ pytestmark = [
 ]
 
 REQUESTS = 10
+DCGM_STAND_IN = REPO / "tests" / "dcgm_exporter.py"
 
 
-def recipe_document(levels: list[int], output_tokens: int = 32) -> dict[str, Any]:
+def recipe_document(
+    levels: list[int], output_tokens: int = 32, gpu_exporter: str | None = None
+) -> dict[str, Any]:
+    """`gpu_exporter`: the address of a DCGM exporter on the node (else none is looked for)."""
+    gpu_port = int(gpu_exporter.rsplit(":", 1)[1]) if gpu_exporter else None
     return {
         "name": "monitored-smollm2",
         "services": {
@@ -56,14 +67,26 @@ def recipe_document(levels: list[int], output_tokens: int = 32) -> dict[str, Any
             }
         },
         "slo": {"chat": {"error_rate": {"max": 0.0}}},
-        "monitor": {"prometheus": True, "scrape_interval_s": 0.5},
+        "monitor": {"prometheus": True, "scrape_interval_s": 0.5, "gpu_exporter_port": gpu_port},
     }
 
 
 @pytest.fixture(scope="module")
-def monitored_run(tmp_path_factory: pytest.TempPathFactory) -> Session:
+def gpu_exporter() -> Iterator[str]:
+    """The node's DCGM exporter (a stand-in: this machine has no GPU), serving two GPUs."""
+    with running_server(
+        lambda address: [sys.executable, str(DCGM_STAND_IN), "--address", address, "--gpus", "2"],
+        "/metrics",
+        "DCGM exporter",
+    ) as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def monitored_run(tmp_path_factory: pytest.TempPathFactory, gpu_exporter: str) -> Session:
     tmp_path = tmp_path_factory.mktemp("monitored")
-    recipe = write_recipe(tmp_path / "recipe.yaml", recipe_document([1, 4]))
+    document = recipe_document([1, 4], gpu_exporter=gpu_exporter)
+    recipe = write_recipe(tmp_path / "recipe.yaml", document)
     session = run_benchmark(tmp_path, recipe, "-v")
     assert session.returncode == 0, session.output
     return session
@@ -91,6 +114,12 @@ def test_metrics_parquet_holds_server_and_node_series_per_test(monitored_run: Se
         assert llama["timestamp"].max() >= ended
         cpu = window[window["series"] == "node_cpu_seconds"]
         assert {"mode", "cpu"} <= set(json.loads(cpu["labels"].iloc[0]))
+        gpu = window[window["series"] == "gpu_utilization"]
+        assert set(gpu["node"]) == set(cpu["node"])
+        assert {json.loads(labels)["gpu"] for labels in gpu["labels"]} == {"0", "1"}
+        assert gpu["value"].between(0, 100).all()
+        assert gpu["timestamp"].min() <= started
+        assert gpu["timestamp"].max() >= ended
 
 
 def test_server_token_count_agrees_with_clients(monitored_run: Session) -> None:
@@ -162,8 +191,10 @@ def test_killing_prometheus_mid_run_keeps_the_benchmark(tmp_path: Path) -> None:
     assert not processes_matching(str(run))
 
 
-def test_without_prometheus_the_endpoints_are_scraped_directly(tmp_path: Path) -> None:
-    recipe = write_recipe(tmp_path / "recipe.yaml", recipe_document([2]))
+def test_without_prometheus_the_endpoints_are_scraped_directly(
+    tmp_path: Path, gpu_exporter: str
+) -> None:
+    recipe = write_recipe(tmp_path / "recipe.yaml", recipe_document([2], gpu_exporter=gpu_exporter))
     session = run_benchmark(tmp_path, recipe, "-v", env={"AIFACTORY_PROMETHEUS": ""})
     assert session.returncode == 0, session.output
     assert session.output.count("no Prometheus binary found") == 1, session.output
@@ -172,7 +203,9 @@ def test_without_prometheus_the_endpoints_are_scraped_directly(tmp_path: Path) -
     (run,) = session.run_dirs()
     metrics = pd.read_parquet(run / "metrics.parquet")
     assert (metrics["origin"] == "scrape").all()
-    assert {"llamacpp_generated_tokens", "node_cpu_seconds"} <= set(metrics["series"])
+    assert {"llamacpp_generated_tokens", "node_cpu_seconds", "gpu_utilization"} <= set(
+        metrics["series"]
+    )
     (test,) = summary["tests"]
     (check,) = test["cross_checks"]
     assert check["server"] == pytest.approx(check["client"], rel=0.02)
@@ -211,3 +244,17 @@ def test_grafana_dashboard_replays_the_run(monitored_run: Session) -> None:
     cpu = [e for e in answered if "node_cpu_seconds_total" in e]
     assert cpu
     assert all(answered[e] for e in cpu), cpu
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is not installed")
+def test_the_runs_report_draws_client_server_node_and_gpu_series(
+    monitored_run: Session, tmp_path: Path
+) -> None:
+    """The report of this real run (not a synthetic one) draws every chart in a real browser,
+    with the server's, the node's and the GPU's series on the client's time axis."""
+    (run,) = monitored_run.run_dirs()
+    page = run / "report.html"
+    for panel in ("output tokens/s", "server requests", "node CPU busy %", "GPU utilization %"):
+        assert panel in page.read_text(encoding="utf-8"), panel
+    shot = assert_every_chart_drawn(page, tmp_path)
+    print(f"screenshot: {keep_artifact(shot, 'monitored-run-report.png')}")

@@ -311,6 +311,12 @@ ERRORS = {
         "clients.chat.load.requests",
         "requests (per level) or duration_s",
     ),
+    "gpu-exporter-port": (
+        "name: t\nmonitor:\n  gpu_exporter_port: 94000\n",
+        3,
+        "monitor.gpu_exporter_port",
+        "must be at most 65535, got 94000",
+    ),
     "health-both": (
         "name: t\nservices:\n  w:\n    kind: command\n    command: x\n"
         "    health: {http: /, tcp: true}\n",

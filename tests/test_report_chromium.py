@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from pytest_aifactory.report.build import build_report
+from tests.helpers import keep_artifact
 from tests.test_report_build import PNG_SIGNATURE, chart_ids, rich_run
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -127,15 +128,11 @@ def report_page(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_report(rich_run(tmp_path_factory.mktemp("chromium") / "run"))
 
 
-def test_every_chart_renders_offline_without_console_errors(
-    report_page: Path, tmp_path: Path
-) -> None:
-    expected = chart_ids(report_page.read_text(encoding="utf-8"))
-    assert len(expected) >= 11
-
-    dom, console, shot = open_in_chromium(report_page, tmp_path)
-    print(f"screenshot of the report: {shot}")
-
+def assert_every_chart_drawn(page: Path, workdir: Path) -> Path:
+    """Open the page offline: no console output, every chart container drawn with SVG marks;
+    returns the screenshot."""
+    expected = chart_ids(page.read_text(encoding="utf-8"))
+    dom, console, shot = open_in_chromium(page, workdir)
     assert console == [], f"console output: {console}"
     charts = census(dom)
     assert sorted(charts) == sorted(expected)
@@ -150,6 +147,15 @@ def test_every_chart_renders_offline_without_console_errors(
     assert not_drawn == {}, f"charts not drawn: {not_drawn}"
     assert shot.read_bytes()[:8] == PNG_SIGNATURE
     assert shot.stat().st_size > 20_000  # a blank page compresses to far less
+    return shot
+
+
+def test_every_chart_renders_offline_without_console_errors(
+    report_page: Path, tmp_path: Path
+) -> None:
+    assert len(chart_ids(report_page.read_text(encoding="utf-8"))) >= 11
+    shot = assert_every_chart_drawn(report_page, tmp_path)
+    print(f"screenshot of the report: {keep_artifact(shot, 'report-screenshot.png')}")
 
 
 def test_broken_charts_are_caught(report_page: Path, tmp_path: Path) -> None:

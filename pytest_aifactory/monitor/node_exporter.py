@@ -1,4 +1,5 @@
-"""A node exporter on every node that runs a service or a client, started by the job itself.
+"""A node exporter on every node that runs a service or a client, started by the job itself
+(with the node's GPU exporter where it has one: see gpu_exporter).
 
 A node of a cluster is usually allocated to one job at a time, so the exporter cannot be a job
 of its own: it runs as a child of the service or client task already there. Several tasks on one
@@ -19,7 +20,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pytest_aifactory.cluster.child import die_with_parent, stop_child
 from pytest_aifactory.cluster.rendezvous import free_port
+from pytest_aifactory.monitor.gpu_exporter import DEFAULT_PORT as DEFAULT_GPU_PORT
+from pytest_aifactory.monitor.gpu_exporter import gpu_exporter
 from pytest_aifactory.monitor.layout import monitor_dir
 from pytest_aifactory.monitor.targets import Target, base_labels, remove_target, write_target
 
@@ -31,10 +35,12 @@ STOP_GRACE_S = 3.0
 
 @dataclass(frozen=True)
 class NodeExporterOrder:
-    """What a job needs to run its node's exporter (pickled with the job's other orders)."""
+    """What a job needs to run its node's exporters (pickled with the job's other orders)."""
 
     run_root: str
     run_id: str
+    gpu_exporter_port: int | None = DEFAULT_GPU_PORT
+    """Where a node's own DCGM exporter answers; None: no GPU series."""
 
 
 def find_node_exporter() -> str | None:
@@ -52,10 +58,10 @@ def exporter_argv(binary: str, host: str, port: int) -> list[str]:
 
 @contextlib.contextmanager
 def node_exporter(order: NodeExporterOrder | None, node: str, host: str) -> Iterator[None]:
-    """Run this node's exporter for the duration of the block, unless another task of the run
-    on this node already does (or there is no exporter binary: then nothing, silently)."""
-    binary = find_node_exporter() if order is not None else None
-    if order is None or binary is None:
+    """Run this node's exporters (node series, and GPU series where the node has a DCGM
+    exporter) for the duration of the block, unless another task of the run on this node
+    already does."""
+    if order is None:
         yield
         return
     run_root = Path(order.run_root)
@@ -64,33 +70,39 @@ def node_exporter(order: NodeExporterOrder | None, node: str, host: str) -> Iter
     lock = os.open(lock_dir / f"{node}.lock", os.O_CREAT | os.O_RDWR, 0o600)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:  # another task of this run on this node runs it
+    except OSError:  # another task of this run on this node runs them
         os.close(lock)
         yield
         return
-    proc: subprocess.Popen[bytes] | None = None
     try:
-        proc = _spawn(binary, host)
-        if proc is not None:
-            port = int(proc.args[1].rsplit(":", 1)[1])  # type: ignore[index]
-            target = Target(
-                "nodes",
-                node,
-                f"{host}:{port}",
-                labels=base_labels(order.run_id, "node", node),
-            )
-            write_target(run_root, target)
-        yield
+        with (
+            _node_series(run_root, order.run_id, node, host),
+            gpu_exporter(run_root, order.run_id, node, host, order.gpu_exporter_port),
+        ):
+            yield
     finally:
-        if proc is not None:
-            remove_target(run_root, "nodes", node)
-            _stop(proc)
         os.close(lock)
 
 
-def _spawn(binary: str, host: str) -> subprocess.Popen[bytes] | None:
-    from pytest_aifactory.services.launch import _die_with_parent
+@contextlib.contextmanager
+def _node_series(run_root: Path, run_id: str, node: str, host: str) -> Iterator[None]:
+    """The node exporter, announced as a target while it runs (nothing without its binary)."""
+    binary = find_node_exporter()
+    proc = _spawn(binary, host) if binary is not None else None
+    if proc is None:
+        yield
+        return
+    port = int(proc.args[1].rsplit(":", 1)[1])  # type: ignore[index]
+    labels = base_labels(run_id, "node", node)
+    write_target(run_root, Target("nodes", node, f"{host}:{port}", labels=labels))
+    try:
+        yield
+    finally:
+        remove_target(run_root, "nodes", node)
+        stop_child(proc, STOP_GRACE_S)
 
+
+def _spawn(binary: str, host: str) -> subprocess.Popen[bytes] | None:
     for _ in range(3):  # the port may be taken between choosing and binding it
         argv = exporter_argv(binary, host, free_port(host))
         try:
@@ -98,7 +110,7 @@ def _spawn(binary: str, host: str) -> subprocess.Popen[bytes] | None:
                 argv,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         except OSError as err:
             print(f"aifactory: node exporter not started: {err}", file=sys.stderr, flush=True)
@@ -109,14 +121,3 @@ def _spawn(binary: str, host: str) -> subprocess.Popen[bytes] | None:
             return proc
     print("aifactory: node exporter did not stay up", file=sys.stderr, flush=True)
     return None
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()

@@ -143,7 +143,7 @@ class RunMonitor:
                 self._announce(PUSHGATEWAY, "pushgateway", self.pushgateway, "/metrics")
         # services and clients run their node's exporter; the monitoring jobs do not (on a
         # cluster they sit on a separate partition, and they may die without the node going)
-        self.services.node_exporter = NodeExporterOrder(str(self.run.root), self.run.run_id)
+        self.services.node_exporter = self._exporter_order()
         self._publish(self.mode)
         self.say(
             f"monitoring: {self.mode} every {self.interval_s:g} s"
@@ -221,7 +221,12 @@ class RunMonitor:
             self.client = PrometheusClient(endpoints.prometheus_url)
         self._push_url = endpoints.pushgateway_url
         if self.mode != "off":
-            self.services.node_exporter = NodeExporterOrder(str(self.run.root), self.run.run_id)
+            self.services.node_exporter = self._exporter_order()
+
+    def _exporter_order(self) -> NodeExporterOrder:
+        return NodeExporterOrder(
+            str(self.run.root), self.run.run_id, self.settings.gpu_exporter_port
+        )
 
     @property
     def push_url(self) -> str | None:

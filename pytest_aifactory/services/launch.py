@@ -14,7 +14,6 @@ give that command as `worker_argv`; `AIFACTORY_ROLE` tells a shared command whic
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pytest_aifactory.cluster.child import die_with_parent, stop_child
 from pytest_aifactory.cluster.node import LOOPBACK, node_address, node_name
 from pytest_aifactory.cluster.rendezvous import (
     Rendezvous,
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     from pytest_aifactory.monitor.node_exporter import NodeExporterOrder
     from pytest_aifactory.recipe import Container
 
-_PR_SET_PDEATHSIG = 1
 POLL_S = 0.2
 STOP_GRACE_S = 10.0
 SIGNAL_GRACE_S = 1.0
@@ -90,13 +89,6 @@ class TaskPlace:
     host: str
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: the kernel sends SIGTERM when this job's process dies."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def fill_placeholders(
     argv: list[str], host: str, port: int, head_host: str | None = None, head_port: int = 0
 ) -> list[str]:
@@ -141,18 +133,6 @@ def read_ranks(rendezvous_path: str | os.PathLike[str], world_size: int) -> list
     """Every rank's rendezvous, in rank order, or fewer when some ranks are not up yet."""
     found = [read_rendezvous(rank_path(rendezvous_path, r)) for r in range(world_size)]
     return [info for info in found if info is not None]
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        proc.terminate()
-    try:
-        proc.wait(timeout=STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _wait_for_head(
@@ -290,7 +270,7 @@ def _run_server(
         f"aifactory: starting {who} on {place.node}: {' '.join(argv)}", file=sys.stderr, flush=True
     )
     try:
-        proc = subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(argv, env=env, preexec_fn=die_with_parent)
     except OSError as err:
         raise ServiceExited(f"cannot start {argv[0]}: {err.strerror or err}") from None
     mine = Rendezvous(
@@ -313,7 +293,7 @@ def _run_server(
     try:
         while proc.poll() is None:
             if should_stop():
-                _stop(proc)
+                stop_child(proc, STOP_GRACE_S)
                 return 0
             if not announced:
                 ranks = read_ranks(launch.rendezvous_path, world_size)
@@ -328,7 +308,7 @@ def _run_server(
                     )
             time.sleep(POLL_S)
     finally:
-        _stop(proc)
+        stop_child(proc, STOP_GRACE_S)
     if _cancelled_with_job(proc.returncode, stop_requested):
         print("aifactory: job cancelled, server stopped", file=sys.stderr, flush=True)
         return 0

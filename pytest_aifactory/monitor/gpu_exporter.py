@@ -1,0 +1,121 @@
+"""GPU series from NVIDIA's DCGM exporter, on every node that runs a service or a client.
+
+GPU sites usually run dcgm-exporter as a system service (port 9400 by default), and a second
+exporter beside it would compete for the DCGM host engine: so a node's own exporter is used
+when it answers there. Where none answers but the node has a GPU and the `dcgm-exporter` binary,
+the job starts one for its lifetime, as it does the node exporter. Either way the exporter is
+announced as a `nodes` target, so its samples carry the node's name and the run's labels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from pytest_aifactory.cluster.child import die_with_parent, stop_child
+from pytest_aifactory.cluster.rendezvous import free_port
+from pytest_aifactory.monitor.targets import Target, base_labels, remove_target, write_target
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+DCGM_BINARY = "dcgm-exporter"
+DEFAULT_PORT = 9400
+PROBE_TIMEOUT_S = 2.0
+DCGM_MARKER = b"DCGM_FI_"
+PROBE_LIMIT_BYTES = 4 * 1024 * 1024
+STARTUP_S = 15.0
+"""dcgm-exporter brings up its host engine before it serves: a few seconds."""
+STOP_GRACE_S = 5.0
+
+
+def answers_dcgm(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether `host:port` serves DCGM metrics (not merely anything on that port)."""
+    try:
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=timeout_s) as reply:
+            return DCGM_MARKER in reply.read(PROBE_LIMIT_BYTES)
+    except (OSError, ValueError, urllib.error.URLError):
+        return False
+
+
+def gpus_present() -> bool:
+    """Whether the driver lists a GPU on this node (`nvidia-smi -L`)."""
+    binary = shutil.which("nvidia-smi")
+    if binary is None:
+        return False
+    try:
+        listed = subprocess.run(
+            [binary, "-L"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return listed.returncode == 0 and "GPU " in listed.stdout
+
+
+def target_name(node: str) -> str:
+    return f"{node}-gpu"
+
+
+@contextlib.contextmanager
+def gpu_exporter(
+    run_root: Path, run_id: str, node: str, host: str, port: int | None
+) -> Iterator[str | None]:
+    """Announce this node's DCGM exporter (the site's at `host:port`, else one started here)
+    for the duration of the block; yields its address, or None where the node has none."""
+    if port is None:
+        yield None
+        return
+    address = f"{host}:{port}"
+    proc: subprocess.Popen[bytes] | None = None
+    if not answers_dcgm(address):
+        binary = shutil.which(DCGM_BINARY)
+        proc = _spawn(binary, host) if binary is not None and gpus_present() else None
+        if proc is None:
+            yield None
+            return
+        address = str(proc.args[-1])  # type: ignore[index]
+    labels = base_labels(run_id, "node", node)
+    write_target(run_root, Target("nodes", target_name(node), address, labels=labels))
+    try:
+        yield address
+    finally:
+        remove_target(run_root, "nodes", target_name(node))
+        if proc is not None:
+            stop_child(proc, STOP_GRACE_S)
+
+
+def _spawn(binary: str, host: str) -> subprocess.Popen[bytes] | None:
+    address = f"{host}:{free_port(host)}"
+    try:
+        proc = subprocess.Popen(
+            [binary, "--address", address],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
+        )
+    except OSError as err:
+        print(f"aifactory: GPU exporter not started: {err}", file=sys.stderr, flush=True)
+        return None
+    deadline = time.monotonic() + STARTUP_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            print(
+                f"aifactory: GPU exporter ended at start (exit {proc.returncode})",
+                file=sys.stderr,
+                flush=True,
+            )
+            return None
+        if answers_dcgm(address, timeout_s=1.0):
+            print(f"aifactory: GPU exporter on {address}", file=sys.stderr, flush=True)
+            return proc
+        time.sleep(0.2)
+    print(f"aifactory: GPU exporter silent after {STARTUP_S:g} s", file=sys.stderr, flush=True)
+    stop_child(proc, STOP_GRACE_S)
+    return None
