@@ -249,6 +249,31 @@ def test_the_table_shows_values_changes_and_the_runs(pair: tuple[Path, Path]) ->
     assert row.split()[-2:] == ["-20.0%", "better"]
 
 
+def test_three_runs_each_against_the_first(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    third = save_run(tmp_path, "run-c", [level_test("chat", 1, throughput=120.0)])
+    comparison = compare_runs([load_run(p) for p in (*pair, third)], ["output_throughput"])
+    cells = cell(comparison, "chat[concurrency=1]", "output_throughput", run=2)
+    assert (cells.value, cells.verdict) == (120.0, "better")
+    assert cells.change == pytest.approx(20.0)
+    assert "chat[concurrency=4]: not in run-c" in comparison.missing
+    header = next(ln for ln in format_comparison(comparison).splitlines() if ln.startswith("TEST"))
+    assert header.split() == [
+        "TEST",
+        "METRIC",
+        "UNIT",
+        "A",
+        "B",
+        "B",
+        "vs",
+        "A",
+        "C",
+        "C",
+        "vs",
+        "A",
+    ]
+    assert [r.run_id for r in regressions(comparison, {"output_throughput": 0.05})] == ["run-b"]
+
+
 def test_unchecked_tolerances_are_named(pair: tuple[Path, Path]) -> None:
     comparison = compare_runs([load_run(p) for p in pair])
     assert unchecked_metrics(comparison, {"qps": 0.1, "output_throughput": 0.1}) == ["qps"]
