@@ -10,8 +10,11 @@ so samples at different times differ, as a busy GPU's do. No real part can show 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import sys
 import time
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 FIELDS = (
@@ -40,15 +43,15 @@ def exposition(gpus: int, now: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def serve(address: str, gpus: int) -> None:
-    host, port = address.rsplit(":", 1)
+def metrics_handler(exposition: Callable[[], str]) -> type[BaseHTTPRequestHandler]:
+    """A request handler serving `exposition()` at `/metrics` in Prometheus' text format."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path.split("?", 1)[0] != "/metrics":
                 self.send_error(404)
                 return
-            body = exposition(gpus, time.time()).encode()
+            body = exposition().encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/plain; version=0.0.4")
             self.send_header("Content-Length", str(len(body)))
@@ -58,7 +61,26 @@ def serve(address: str, gpus: int) -> None:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    ThreadingHTTPServer((host or "0.0.0.0", int(port)), Handler).serve_forever()
+    return Handler
+
+
+def serve(address: str, gpus: int) -> None:
+    host, port = address.rsplit(":", 1)
+    handler = metrics_handler(lambda: exposition(gpus, time.time()))
+    ThreadingHTTPServer((host or "0.0.0.0", int(port)), handler).serve_forever()
+
+
+@contextlib.contextmanager
+def running_stand_in(gpus: int = 2) -> Iterator[str]:
+    """This stand-in on a free 127.0.0.1 port for the block (its address), stopped by PID."""
+    from tests.helpers import running_server
+
+    with running_server(
+        lambda address: [sys.executable, __file__, "--address", address, "--gpus", str(gpus)],
+        "/metrics",
+        "DCGM exporter stand-in",
+    ) as address:
+        yield address
 
 
 def main() -> None:

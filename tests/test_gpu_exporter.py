@@ -19,6 +19,7 @@ from pytest_aifactory.monitor.node_exporter import (
 )
 from pytest_aifactory.monitor.series import NODE_LABEL, ROLE_LABEL, RUN_LABEL
 from pytest_aifactory.monitor.targets import Target, read_targets
+from tests.dcgm_exporter import running_stand_in
 from tests.helpers import REPO, processes_matching, running_server
 
 STAND_IN = REPO / "tests" / "dcgm_exporter.py"
@@ -28,11 +29,7 @@ HOST = "127.0.0.1"
 @pytest.fixture
 def site_exporter() -> Iterator[str]:
     """A DCGM exporter already running on the node, as GPU sites run one."""
-    with running_server(
-        lambda address: [sys.executable, str(STAND_IN), "--address", address, "--gpus", "2"],
-        "/metrics",
-        "DCGM exporter",
-    ) as address:
+    with running_stand_in() as address:
         yield address
 
 

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,15 +14,14 @@ import pandas as pd
 import pytest
 
 from pytest_aifactory.monitor.run_monitor import find_prometheus
+from tests.dcgm_exporter import running_stand_in
 from tests.helpers import (
-    REPO,
     Session,
     benchmark_command,
     benchmark_env,
     keep_artifact,
     processes_matching,
     run_benchmark,
-    running_server,
     wait_for,
     write_recipe,
 )
@@ -35,7 +33,6 @@ pytestmark = [
 ]
 
 REQUESTS = 10
-DCGM_STAND_IN = REPO / "tests" / "dcgm_exporter.py"
 
 
 def recipe_document(
@@ -74,11 +71,7 @@ def recipe_document(
 @pytest.fixture(scope="module")
 def gpu_exporter() -> Iterator[str]:
     """The node's DCGM exporter (a stand-in: this machine has no GPU), serving two GPUs."""
-    with running_server(
-        lambda address: [sys.executable, str(DCGM_STAND_IN), "--address", address, "--gpus", "2"],
-        "/metrics",
-        "DCGM exporter",
-    ) as address:
+    with running_stand_in(gpus=2) as address:
         yield address
 
 

@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +19,7 @@ from pytest_aifactory.monitor.scraper import DirectScraper
 from pytest_aifactory.monitor.series import NODE_SERIES
 from pytest_aifactory.monitor.targets import Target, base_labels, write_target
 from pytest_aifactory.services.llamacpp import METRIC_SERIES as LLAMACPP_SERIES
+from tests.dcgm_exporter import metrics_handler
 from tests.helpers import running_server, wait_for
 
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
@@ -42,17 +43,18 @@ def node_exporter() -> Iterator[str]:
         yield address
 
 
-class LlamaMetrics(BaseHTTPRequestHandler):
+class LlamaCounter:
     """`/metrics` as llama-server writes it; every scrape generated 5 more tokens."""
 
-    predicted = 0
-    lock = threading.Lock()
+    def __init__(self) -> None:
+        self.predicted = 0
+        self.lock = threading.Lock()
 
-    def do_GET(self) -> None:
-        with LlamaMetrics.lock:
-            LlamaMetrics.predicted += 5
-            predicted = LlamaMetrics.predicted
-        body = (
+    def __call__(self) -> str:
+        with self.lock:
+            self.predicted += 5
+            predicted = self.predicted
+        return (
             "# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed.\n"
             "# TYPE llamacpp:prompt_tokens_total counter\n"
             "llamacpp:prompt_tokens_total 640\n"
@@ -65,20 +67,12 @@ class LlamaMetrics(BaseHTTPRequestHandler):
             "# HELP llamacpp:not_catalogued_total Something no series names.\n"
             "# TYPE llamacpp:not_catalogued_total counter\n"
             "llamacpp:not_catalogued_total 7\n"
-        ).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        )
 
 
 @pytest.fixture
 def llama_metrics() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), LlamaMetrics)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), metrics_handler(LlamaCounter()))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import signal
 import subprocess
+import sys
 
 _PR_SET_PDEATHSIG = 1
 
@@ -30,3 +31,18 @@ def stop_child(proc: subprocess.Popen[bytes], grace_s: float) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def start_quiet_child(argv: list[str], what: str) -> subprocess.Popen[bytes] | None:
+    """A helper process (an exporter) with no output of its own, dying with this task; None,
+    said on stderr, when it cannot be started."""
+    try:
+        return subprocess.Popen(
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
+        )
+    except OSError as err:
+        print(f"aifactory: {what} not started: {err}", file=sys.stderr, flush=True)
+        return None

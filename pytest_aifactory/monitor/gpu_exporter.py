@@ -19,7 +19,7 @@ import urllib.request
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from pytest_aifactory.cluster.child import die_with_parent, stop_child
+from pytest_aifactory.cluster.child import start_quiet_child, stop_child
 from pytest_aifactory.cluster.rendezvous import free_port
 from pytest_aifactory.monitor.targets import Target, base_labels, remove_target, write_target
 
@@ -93,15 +93,8 @@ def gpu_exporter(
 
 def _spawn(binary: str, host: str) -> subprocess.Popen[bytes] | None:
     address = f"{host}:{free_port(host)}"
-    try:
-        proc = subprocess.Popen(
-            [binary, "--address", address],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            preexec_fn=die_with_parent,
-        )
-    except OSError as err:
-        print(f"aifactory: GPU exporter not started: {err}", file=sys.stderr, flush=True)
+    proc = start_quiet_child([binary, "--address", address], "GPU exporter")
+    if proc is None:
         return None
     deadline = time.monotonic() + STARTUP_S
     while time.monotonic() < deadline:

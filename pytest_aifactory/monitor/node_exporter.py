@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_aifactory.cluster.child import die_with_parent, stop_child
+from pytest_aifactory.cluster.child import start_quiet_child, stop_child
 from pytest_aifactory.cluster.rendezvous import free_port
 from pytest_aifactory.monitor.gpu_exporter import DEFAULT_PORT as DEFAULT_GPU_PORT
 from pytest_aifactory.monitor.gpu_exporter import gpu_exporter
@@ -105,15 +105,8 @@ def _node_series(run_root: Path, run_id: str, node: str, host: str) -> Iterator[
 def _spawn(binary: str, host: str) -> subprocess.Popen[bytes] | None:
     for _ in range(3):  # the port may be taken between choosing and binding it
         argv = exporter_argv(binary, host, free_port(host))
-        try:
-            proc = subprocess.Popen(
-                argv,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                preexec_fn=die_with_parent,
-            )
-        except OSError as err:
-            print(f"aifactory: node exporter not started: {err}", file=sys.stderr, flush=True)
+        proc = start_quiet_child(argv, "node exporter")
+        if proc is None:
             return None
         time.sleep(0.2)
         if proc.poll() is None:
