@@ -224,6 +224,7 @@ class AIFactorySession:
         self.executor = make_executor(
             self.executor_name, self.run, self.recipe, self.slurm_overrides
         )
+        self.registry = JobRegistry.attach(self.run, self.executor, self.worker_id)
         self.services = ServiceManager(self.recipe, self.run, self.executor)
         self.monitor = self._make_monitor(self.run, self.services)
         self.monitor.attach()
@@ -321,8 +322,10 @@ class AIFactorySession:
         if self.role == "worker":  # the controller stops the services and merges the run
             if self.monitor is not None:
                 self.monitor.stop()
-            self.executor.cancel_all()
+            cancelled = self.executor.cancel_all()
             self.run.collect_logs()
+            if self.registry is not None:
+                self.registry.finish(self.status, self.executor.handles, cancelled=cancelled)
             self._save()
             return True
         if self.monitor is not None:

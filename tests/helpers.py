@@ -5,15 +5,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from pytest_aifactory.services.base import ServicePlan
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARK = REPO / "benchmarks" / "test_inference.py"
@@ -190,3 +196,84 @@ def running_server(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def accepts(host: str, port: int) -> bool:
+    """Something accepts TCP connections on `host:port`: how to tell that a server which speaks
+    no HTTP (PostgreSQL) is listening."""
+    try:
+        socket.create_connection((host, port), timeout=0.2).close()
+    except OSError:
+        return False
+    return True
+
+
+@dataclass
+class RunningPlan:
+    """A service plan's server running on this machine, with its output (stdout and stderr)
+    kept in an unnamed file, shown when the server ends before a test could use it."""
+
+    what: str
+    host: str
+    port: int
+    process: subprocess.Popen[bytes]
+    scratch: Path
+    """The folder that replaced `{scratch}`: the server's data, for tests to look into."""
+    output: IO[bytes]
+
+    def output_tail(self, size: int = 2000) -> str:
+        """The end of what the server wrote. Read at an offset: the file position is shared
+        with the server, and moving it would make the server write over its earlier lines."""
+        fd = self.output.fileno()
+        end = os.fstat(fd).st_size
+        start = max(0, end - size)
+        return os.pread(fd, end - start, start).decode(errors="replace")
+
+    def wait_until(self, predicate: Callable[[], Any], what: str, timeout: float = 60.0) -> None:
+        """Wait for `predicate` while the server runs; when the server ends first, fail at once
+        with its last output rather than after `timeout` with nothing to go on."""
+        from pytest_aifactory.services.launch import describe_exit
+
+        wait_for(lambda: self.process.poll() is not None or predicate(), timeout, what)
+        returncode = self.process.poll()
+        if returncode is not None:
+            raise AssertionError(
+                f"{self.what} {describe_exit(returncode)} before {what}:\n{self.output_tail()}"
+            )
+
+
+@contextlib.contextmanager
+def running_plan(
+    plan: ServicePlan, what: str, timeout: float = 60.0, host: str = "127.0.0.1"
+) -> Iterator[RunningPlan]:
+    """`plan`'s server for the block, started as a job starts it: its placeholders filled
+    (`{port}` a free port, the first of a free block for a server on several; `{scratch}` a
+    fresh folder in the temporary directory, where a server account other than this one can
+    reach it) and `plan.env` over this process's environment. Yielded once its port accepts
+    connections; then stopped by its PID (and with this process, were pytest killed) and its
+    scratch folder removed, so that nothing outlives the block."""
+    from pytest_aifactory.cluster.child import die_with_parent, stop_child
+    from pytest_aifactory.cluster.rendezvous import free_port, free_port_block
+    from pytest_aifactory.services.launch import SCRATCH, STOP_GRACE_S, fill_placeholders
+
+    port = free_port_block(host, plan.ports) if plan.ports > 1 else free_port(host)
+    scratch = Path(tempfile.mkdtemp(prefix=f"aifactory-{what}-test-"))
+    argv = [arg.replace(SCRATCH, str(scratch)) for arg in fill_placeholders(plan.argv, host, port)]
+    env = {key: value.replace(SCRATCH, str(scratch)) for key, value in plan.env.items()}
+    try:
+        with tempfile.TemporaryFile() as output:
+            proc = subprocess.Popen(
+                argv,
+                env={**os.environ, **env},
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,
+            )
+            try:
+                running = RunningPlan(what, host, port, proc, scratch, output)
+                running.wait_until(lambda: accepts(host, port), f"{what} listening", timeout)
+                yield running
+            finally:
+                stop_child(proc, STOP_GRACE_S)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

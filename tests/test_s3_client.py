@@ -6,11 +6,6 @@ stopped by its PID; the client runs in this process through `run_load`.
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +14,6 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from pytest_aifactory.cluster.rendezvous import free_port
 from pytest_aifactory.loadgen.records import read_records
 from pytest_aifactory.loadgen.runner import run_load
 from pytest_aifactory.loadgen.s3_objects import ObjectSet
@@ -28,7 +22,7 @@ from pytest_aifactory.metrics.operations import summarize_operations
 from pytest_aifactory.recipe import Recipe
 from pytest_aifactory.services.base import get_kind
 from pytest_aifactory.services.s3 import SECRET_KEY_ENV
-from tests.helpers import wait_for
+from tests.helpers import running_plan
 
 HOST = "127.0.0.1"
 
@@ -38,14 +32,6 @@ class Server:
     port: int
     client_env: dict[str, str]
     data_dir: Path
-
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection((HOST, port), timeout=0.2).close()
-    except OSError:
-        return False
-    return True
 
 
 @pytest.fixture(scope="module")
@@ -59,28 +45,8 @@ def server() -> Iterator[Server]:
         }
     )
     plan = get_kind("s3").plan("store", document.services["store"], document)
-    port = free_port(HOST)
-    scratch = Path(tempfile.mkdtemp(prefix="aifactory-s3-test-"))
-    fill = {"{scratch}": str(scratch), "{host}": HOST, "{port}": str(port)}
-    argv = []
-    for arg in plan.argv:
-        for placeholder, value in fill.items():
-            arg = arg.replace(placeholder, value)
-        argv.append(arg)
-    proc = subprocess.Popen(argv, env={**os.environ, **plan.env}, stderr=subprocess.PIPE)
-    try:
-        wait_for(lambda: _accepts(port) or proc.poll() is not None, 60, "nanio listening")
-        if proc.poll() is not None:
-            raise AssertionError(f"nanio ended: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-        yield Server(port, plan.client_env, scratch)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        shutil.rmtree(scratch, ignore_errors=True)
+    with running_plan(plan, "nanio", host=HOST) as running:
+        yield Server(running.port, plan.client_env, running.scratch)
 
 
 def load(

@@ -21,6 +21,7 @@ import yaml
 from submitit.slurm.slurm import _make_sbatch_string
 
 from pytest_aifactory.cluster.base import JobResources
+from pytest_aifactory.cluster.jobids import parse_job_id
 from pytest_aifactory.cluster.local import LocalJobExecutor
 from pytest_aifactory.cluster.node import node_address, node_name, parse_node_addr
 from pytest_aifactory.cluster.rendezvous import Rendezvous, read_rendezvous, write_rendezvous
@@ -168,6 +169,22 @@ def test_squeue_lines_are_read_per_job_and_array_element() -> None:
     assert entries["13_2"].reason == "Resources"
     assert "14_1" in entries
     assert "14_0" not in entries
+
+
+def test_shown_job_ids_stand_for_each_array_task() -> None:
+    assert parse_job_id("43_[0-2]").ids == ("43_0", "43_1", "43_2")
+    assert parse_job_id("43_[0-2]").array == "43"
+    assert parse_job_id("12_[0-3%2]").ids == ("12_0", "12_1", "12_2", "12_3")
+    assert parse_job_id("12_[1,3-5]").ids == ("12_1", "12_3", "12_4", "12_5")
+    assert parse_job_id("12_[1,3-5%4]").ids == ("12_1", "12_3", "12_4", "12_5")
+    assert parse_job_id("12_[7]").ids == ("12_7",)
+    # a malformed part does not hide the tasks the others name
+    assert parse_job_id("12_[1,,-2,4]").ids == ("12_1", "12_4")
+    single = parse_job_id("14_1")
+    assert (single.ids, single.array) == (("14_1",), "14")
+    for plain in ("12", "12+0", "12.batch", "12_x", "12_[0-2"):
+        assert parse_job_id(plain).ids == (plain,)
+        assert parse_job_id(plain).array is None
 
 
 def test_node_address_comes_from_scontrol_output() -> None:

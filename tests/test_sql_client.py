@@ -9,11 +9,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +34,7 @@ from pytest_aifactory.recipe import Recipe
 from pytest_aifactory.redact import Redactor, secrets_from_env
 from pytest_aifactory.services import postgres_entry
 from pytest_aifactory.services.base import ServiceConfigError, ServicePlan, get_kind
-from tests.helpers import wait_for
+from tests.helpers import running_plan
 
 HOST = "127.0.0.1"
 
@@ -88,14 +85,6 @@ class Server:
         )
 
 
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection((HOST, port), timeout=0.2).close()
-    except OSError:
-        return False
-    return True
-
-
 def _ready(server: Server) -> bool:
     try:
         server.connect().close()
@@ -112,31 +101,11 @@ def server() -> Iterator[Server]:
     if not _installed():
         pytest.skip(NOT_INSTALLED)
     plan = plan_of({"args": ["-c", "max_connections=40"]})
-    port = free_port(HOST)
-    scratch = Path(tempfile.mkdtemp(prefix="aifactory-sql-test-"))
-    fill = {"{scratch}": str(scratch), "{host}": HOST, "{port}": str(port)}
-    argv = []
-    for arg in plan.argv:
-        for placeholder, value in fill.items():
-            arg = arg.replace(placeholder, value)
-        argv.append(arg)
-    proc = subprocess.Popen(argv, env={**os.environ, **plan.env}, stderr=subprocess.PIPE)
-    try:
-        wait_for(lambda: _accepts(port) or proc.poll() is not None, 60, "postgres listening")
-        if proc.poll() is not None:
-            raise AssertionError(f"postgres ended: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-        server = Server(port, plan.client_env, proc.pid, scratch)
+    with running_plan(plan, "postgres", host=HOST) as running:
+        server = Server(running.port, plan.client_env, running.process.pid, running.scratch)
         # listening is not ready: the server refuses sessions while it starts up
-        wait_for(lambda: _ready(server), 60, "postgres accepting sessions")
+        running.wait_until(lambda: _ready(server), "postgres accepting sessions")
         yield server
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def load_spec(

@@ -9,7 +9,6 @@ requests the client completed.
 
 from __future__ import annotations
 
-import subprocess
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,16 +19,14 @@ import numpy as np
 import psutil
 import pytest
 
-from pytest_aifactory.cluster.rendezvous import free_port
 from pytest_aifactory.loadgen.records import read_records
 from pytest_aifactory.loadgen.runner import run_load
 from pytest_aifactory.loadgen.spec import LoadSpec
 from pytest_aifactory.loadgen.triton import TritonSetupError
 from pytest_aifactory.recipe import Recipe
-from pytest_aifactory.services.base import ServiceConfigError, get_kind
-from pytest_aifactory.services.launch import fill_placeholders
+from pytest_aifactory.services.base import ServiceConfigError, ServicePlan, get_kind
 from pytest_aifactory.services.triton import METRICS_PORT_OFFSET
-from tests.helpers import answers, wait_for
+from tests.helpers import answers, running_plan
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +54,7 @@ class Server:
         )
 
 
-def _plan_argv() -> list[str]:
+def _plan() -> ServicePlan:
     document = Recipe.model_validate(
         {
             "name": "triton-client-test",
@@ -66,37 +63,17 @@ def _plan_argv() -> list[str]:
         }
     )
     try:
-        plan = get_kind("triton").plan("infer", document.services["infer"], document)
+        return get_kind("triton").plan("infer", document.services["infer"], document)
     except ServiceConfigError as err:
         pytest.skip(str(err))
-    return plan.argv
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    scratch = tmp_path_factory.mktemp("triton-scratch")
-    port = free_port(HOST)
-    argv = [
-        a.replace("{scratch}", str(scratch)) for a in fill_placeholders(_plan_argv(), HOST, port)
-    ]
-    log = (scratch / "server.log").open("w")
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_for(
-            lambda: answers(f"http://{HOST}:{port}/v2/health/ready") or proc.poll() is not None,
-            timeout=60,
-            what="tritonserver ready",
-        )
-        assert proc.poll() is None, (scratch / "server.log").read_text()
-        yield Server(port, proc.pid)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+def server() -> Iterator[Server]:
+    with running_plan(_plan(), "tritonserver", host=HOST) as running:
+        ready = f"http://{HOST}:{running.port}/v2/health/ready"
+        running.wait_until(lambda: answers(ready), "tritonserver ready")
+        yield Server(running.port, running.process.pid)
 
 
 def spec_for(tmp_path: Path, server: Server, **changes: Any) -> LoadSpec:

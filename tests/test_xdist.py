@@ -60,6 +60,13 @@ def test_two_workers_one_run_each_service_once(
         "service-alpha",
         "service-beta",
     ]
+    # the workers' client jobs are the run's too: status and stop find them
+    clients = [j for j in jobs if j["role"] == "client"]
+    assert len(clients) == 4, clients
+    assert {j["worker"] for j in clients} == {"gw0", "gw1"}
+    ended = "FINISHED" if executor == "local" else "COMPLETED"
+    assert {j["state"] for j in clients} == {ended}, clients
+    assert {j["worker"] for j in jobs if j["role"] != "client"} == {None}
     if executor == "slurm":
         sacct = subprocess.run(
             ["sacct", "-n", "-X", "-P", "-S", "now-1hour", "-o", "JobName"],

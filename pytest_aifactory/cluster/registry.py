@@ -12,7 +12,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -26,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 import psutil
 from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field
+
+from pytest_aifactory.cluster.jobids import parse_job_id
 
 if TYPE_CHECKING:
     from pytest_aifactory.cluster.base import JobExecutor, JobHandle
@@ -132,6 +133,8 @@ class JobRecord(_Record):
     pids: list[ProcessRef] = Field(default_factory=list)
     kept: bool = False
     service: ServiceRecord | None = None
+    worker: str | None = None
+    """The pytest-xdist worker that submitted it (None: the driver itself)."""
 
 
 class ReusedService(_Record):
@@ -347,9 +350,11 @@ class JobRegistry:
     Writing is best effort: a full disk must not stop a benchmark, only its bookkeeping.
     """
 
-    def __init__(self, record: RunRecord) -> None:
+    def __init__(self, record: RunRecord, worker: str | None = None) -> None:
         self.record = record
         self.executor_name = record.executor
+        self.worker = worker
+        """Set in a pytest-xdist worker: it adds its own jobs to the driver's jobs.json."""
         self._jobs: dict[tuple[str, str], JobRecord] = {}
 
     @classmethod
@@ -379,6 +384,17 @@ class JobRegistry:
         registry.save()
         return registry
 
+    @classmethod
+    def attach(cls, run: RunDir, executor: JobExecutor, worker: str) -> JobRegistry | None:
+        """A pytest-xdist worker's registry: the client jobs it submits are the run's jobs too,
+        so `aifactory status` and `aifactory stop` see them. None without the driver's file."""
+        record = read_run(run.root)
+        if record is None:
+            return None
+        registry = cls(record.model_copy(update={"jobs": []}), worker=worker)
+        executor.listeners.append(registry.submitted)
+        return registry
+
     def _job(self, handle: JobHandle) -> JobRecord:
         key = (handle.name, handle.job_id)
         job = self._jobs.get(key)
@@ -394,6 +410,7 @@ class JobRegistry:
                 stdout=str(handle.stdout_path),
                 stderr=str(handle.stderr_path),
                 submitted_at=from_timestamp(handle.submitted_at),
+                worker=self.worker,
             )
             process = getattr(handle.job, "_process", None)
             if process is not None:
@@ -459,14 +476,29 @@ class JobRegistry:
                 job.state = "CANCELLED"
             elif job.state != "CANCELLED":  # an earlier call cancelled it
                 job.state = handle.state()
-        self.record.status = status
-        self.record.ended_at = utcnow()
+        if self.worker is None:  # the run's status is the driver's to say
+            self.record.status = status
+            self.record.ended_at = utcnow()
         self.save()
 
     def save(self) -> None:
+        """The driver writes the run with the workers' jobs it finds in the file; a worker
+        replaces only its own jobs in the driver's record."""
         with contextlib.suppress(OSError, TimeoutError):
-            write_run(self.record)
-            update_index(self.record.run_dir, index_entry(self.record))
+            path = jobs_path(self.record.root)
+            with _lock(path):
+                on_disk = read_run(self.record.root)
+                if self.worker is None:
+                    theirs = [j for j in on_disk.jobs if j.worker] if on_disk else []
+                    record = self.record.model_copy(update={"jobs": [*self.record.jobs, *theirs]})
+                elif on_disk is None:
+                    return
+                else:
+                    others = [j for j in on_disk.jobs if j.worker != self.worker]
+                    record = on_disk.model_copy(update={"jobs": [*others, *self.record.jobs]})
+                write_private_json(path, record.model_dump(mode="json"))
+            if self.worker is None:
+                update_index(self.record.run_dir, index_entry(self.record))
 
 
 # -- what lives now -----------------------------------------------------------------------------
@@ -527,22 +559,6 @@ def _slurm(argv: list[str]) -> str | None:
     return "" if "Invalid job id" in done.stderr else None
 
 
-_ARRAY_RANGE = re.compile(r"^(\d+)_\[([\d,\-]+)(?:%\d+)?\]$")
-
-
-def _job_ids(shown: str) -> list[str]:
-    """`43_[0-2]` (tasks of a job array still waiting, shown as one line) -> 43_0, 43_1, 43_2."""
-    match = _ARRAY_RANGE.match(shown)
-    if match is None:
-        return [shown]
-    ids = []
-    for part in match.group(2).split(","):
-        low, _, high = part.partition("-")
-        if low.isdigit() and (high or low).isdigit():
-            ids.extend(f"{match.group(1)}_{i}" for i in range(int(low), int(high or low) + 1))
-    return ids
-
-
 def _expand_nodes(nodelist: str) -> list[str]:
     if not nodelist or nodelist in ("(null)", "None assigned"):
         return []
@@ -571,7 +587,7 @@ def slurm_states(job_ids: list[str]) -> dict[str, SlurmState] | None:
     for line in queue.splitlines():
         shown, _, rest = line.strip().partition("|")
         state, _, nodes = rest.partition("|")
-        for job_id in _job_ids(shown):
+        for job_id in parse_job_id(shown).ids:
             if job_id in job_ids:
                 found[job_id] = SlurmState(state.strip(), _expand_nodes(nodes.strip()))
     missing = [j for j in job_ids if j not in found]
@@ -581,7 +597,7 @@ def slurm_states(job_ids: list[str]) -> dict[str, SlurmState] | None:
         )
         for line in (accounting or "").splitlines():
             shown, _, state = line.strip().partition("|")
-            for job_id in _job_ids(shown):
+            for job_id in parse_job_id(shown).ids:
                 if job_id in missing and state.strip():
                     found[job_id] = SlurmState(state.split()[0], [])
     for job_id in missing:

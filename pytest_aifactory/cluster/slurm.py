@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import submitit
-from submitit.slurm.slurm import read_job_id
 
 from pytest_aifactory.cluster.base import JobExecutor, JobHandle, JobResources, SubmitError
+from pytest_aifactory.cluster.jobids import parse_job_id
 from pytest_aifactory.cluster.rundir import RunDir
 
 if TYPE_CHECKING:
@@ -186,20 +186,11 @@ def parse_squeue(text: str) -> dict[str, QueueEntry]:
             continue
         job_id, state, reason = parts[0], parts[1], "|".join(parts[2:])
         entry = QueueEntry(state=state, reason=reason)
-        try:
-            ranges = read_job_id(job_id)
-        except (ValueError, IndexError):
-            entries[job_id] = entry
-            continue
-        for group in ranges:
-            entries.setdefault(group[0], entry)
-            if len(group) == 1:
-                entries[group[0]] = entry
-            elif len(group) == 2:
-                entries[f"{group[0]}_{group[1]}"] = entry
-            else:
-                for index in range(int(group[1]), int(group[2]) + 1):
-                    entries[f"{group[0]}_{index}"] = entry
+        shown = parse_job_id(job_id)
+        for one in shown.ids:
+            entries[one] = entry
+        if shown.array is not None:
+            entries.setdefault(shown.array, entry)
     return entries
 
 
