@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Installs Prometheus, its node exporter and pushgateway from the distribution (Debian/Ubuntu)
-# when they are missing and we may (root with apt). Without them runs still work: the endpoints
-# are scraped directly and the run says so.
+# Installs Prometheus, its node exporter, pushgateway and PostgreSQL exporter from the
+# distribution (Debian/Ubuntu) when they are missing and we may (root with apt). Without them
+# runs still work: the endpoints are scraped directly and the run says so (a PostgreSQL service
+# without the exporter has no server metrics).
 set -euo pipefail
-wanted=(prometheus prometheus-node-exporter prometheus-pushgateway)
+wanted=(prometheus prometheus-node-exporter prometheus-pushgateway prometheus-postgres-exporter)
 missing=()
 for pkg in "${wanted[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")

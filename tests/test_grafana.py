@@ -125,7 +125,9 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
 
 
 def full_board() -> dict[str, Any]:
-    return dashboard(RUN_ID, ["llamacpp", "vllm", "command"], START, END)
+    return dashboard(
+        RUN_ID, ["llamacpp", "vllm", "triton", "s3", "postgres", "command"], START, END
+    )
 
 
 def test_every_panel_query_is_valid_promql(prometheus: Prometheus) -> None:
@@ -184,6 +186,9 @@ def test_dashboard_layout() -> None:
     assert titles == [
         "Clients",
         "Services: llamacpp",
+        "Services: postgres",
+        "Services: s3",
+        "Services: triton",
         "Services: vllm",  # command services have no metrics: no row
         "Nodes",
         "GPUs (DCGM exporter; empty where none runs)",
@@ -208,7 +213,9 @@ def test_dashboard_layout() -> None:
     assert 'sum by (client) (aifactory_client_in_flight{aif_run="$run"})' in exprs
 
 
-@pytest.mark.parametrize(("kind", "other"), [("llamacpp", "vllm"), ("vllm", "llamacpp")])
+@pytest.mark.parametrize(
+    ("kind", "other"), [("llamacpp", "vllm"), ("vllm", "llamacpp"), ("postgres", "llamacpp")]
+)
 def test_dashboard_of_a_kind_has_its_series(kind: str, other: str) -> None:
     exprs = "\n".join(panel_queries(dashboard(RUN_ID, [kind], START, END)))
     declared = service_series(kind)

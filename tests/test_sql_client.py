@@ -34,6 +34,7 @@ from pytest_aifactory.recipe import Recipe
 from pytest_aifactory.redact import Redactor, secrets_from_env
 from pytest_aifactory.services import postgres_entry
 from pytest_aifactory.services.base import ServiceConfigError, ServicePlan, get_kind
+from pytest_aifactory.services.postgres import find_exporter
 from tests.helpers import running_plan
 
 HOST = "127.0.0.1"
@@ -146,6 +147,32 @@ def test_plan_makes_a_password_per_run_and_keeps_it_off_the_command_line() -> No
     text = Redactor().text(f"env {PASSWORD_ENV}={password} user=aifactory")
     assert password not in text
     assert "user=aifactory" in text
+
+
+@pytest.mark.skipif(find_exporter() is None, reason="the PostgreSQL exporter is not installed")
+def test_a_monitored_server_gets_its_exporter_on_the_next_port() -> None:
+    plan = plan_of()
+    assert plan.exporter is not None
+    assert (plan.metrics_path, plan.metrics_port_offset, plan.ports) == ("/metrics", 1, 2)
+    assert "--web.listen-address={host}:{metrics_port}" in plan.exporter.argv
+    password = plan.client_env[PASSWORD_ENV]
+    assert not any(password in arg for arg in plan.exporter.argv)
+    assert plan.exporter.env["DATA_SOURCE_PASS"] == password
+    # its own queries run in the maintenance database, not among the benchmark's transactions
+    assert plan.exporter.env["DATA_SOURCE_URI"].startswith("{host}:{port}/postgres?")
+    assert plan.exporter.env["DATA_SOURCE_NAME"] == ""
+
+
+def test_without_monitoring_or_exporter_the_server_has_no_metrics(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    document = recipe()
+    document.monitor.prometheus = False
+    unmonitored = get_kind("postgres").plan("db", document.services["db"], document)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no exporter anywhere
+    for plan in (unmonitored, plan_of()):
+        assert plan.exporter is None
+        assert (plan.metrics_path, plan.ports) == (None, 1)
 
 
 def test_plan_names_a_folder_that_is_no_postgresql_bin_folder(tmp_path: Path) -> None:

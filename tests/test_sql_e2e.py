@@ -3,15 +3,18 @@ client jobs, the recipe's own SLOs, and an impossible one that must fail naming 
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import yaml
 
 from pytest_aifactory.services import postgres_entry
-from tests.helpers import REPO, processes_matching, run_benchmark, write_recipe
+from pytest_aifactory.services.postgres import find_exporter
+from tests.helpers import REPO, Session, processes_matching, run_benchmark, write_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -28,8 +31,8 @@ def _installed() -> bool:
 
 
 def short_recipe() -> dict[str, Any]:
-    """The shipped recipe with fewer transactions per level, no Prometheus, and one more client
-    whose throughput objective no server can meet."""
+    """The shipped recipe with fewer transactions per level and one more client whose
+    throughput objective no server can meet."""
     document = yaml.safe_load(RECIPE.read_text())
     for client in document["clients"].values():
         client["load"].pop("duration_s", None)
@@ -42,7 +45,7 @@ def short_recipe() -> dict[str, Any]:
         "load": {"mode": "concurrency", "levels": [1], "requests": 20},
     }
     document["slo"]["impossible"] = {"tps": {"min": 1_000_000}}
-    document["monitor"] = {"prometheus": False}
+    document["monitor"] = {"prometheus": True, "scrape_interval_s": 0.5}
     return document
 
 
@@ -61,3 +64,27 @@ def test_recipe_slos_hold_and_an_impossible_one_fails(tmp_path: Path) -> None:
     assert failed == ["test_storage[impossible-concurrency-1]"], output[-4000:]
     assert re.search(r"impossible\[concurrency=1\] tps = [\d.]+ tx/s < min 1000000", output)
     assert not processes_matching(str(tmp_path))  # the server and its jobs are gone
+    if find_exporter() is not None:
+        server_counts_agree_with_the_clients(session)
+
+
+def server_counts_agree_with_the_clients(session: Session) -> None:
+    """The exporter beside the server counted each test's transactions: every one the clients
+    committed (warmup included), plus a few of the server's own (setup, autovacuum)."""
+    (run,) = session.run_dirs()
+    records = pd.read_parquet(run / "records.parquet")
+    for test in session.summary()["tests"]:
+        (check,) = test["cross_checks"]
+        mine = records[(records["test_id"] == test["test_id"]) & (records["phase"] != "setup")]
+        committed = float((mine["error"].fillna("") == "").sum())
+        assert check["client"] == committed
+        assert 0 <= check["server"] - committed <= check["server_extra_allowed"], check
+        assert not check["flagged"]
+        figures = test["server"]["db"]
+        assert figures["transactions"] == check["server"]
+        assert figures["rollbacks"] == 0
+        assert 0 < figures["buffer_hit_ratio"] <= 1
+    metrics = pd.read_parquet(run / "metrics.parquet")
+    sessions = metrics[metrics["series"] == "postgres_sessions"]
+    assert sessions["value"].max() >= 4  # the 4 sessions of tpcb at concurrency 4
+    assert {json.loads(labels)["datname"] for labels in sessions["labels"]} == {"aifactory"}

@@ -348,7 +348,9 @@ class RunMonitor:
                 result.server.setdefault(name, {}).update(figures)
             count_series = service_kind.request_count_series
             if count_series and client_requests is not None and name == client_service:
-                _check_requests(result, name, client_requests, increase(count_series))
+                server_requests = increase(count_series)
+                extra = service_kind.server_extra_requests
+                _check_requests(result, name, client_requests, server_requests, extra)
             tokens_series = service_kind.generated_tokens_series
             if tokens_series is None:
                 continue
@@ -439,10 +441,10 @@ class RunMonitor:
 
 
 def _check_requests(
-    result: WindowResult, service: str, client: float, server: float | None
+    result: WindowResult, service: str, client: float, server: float | None, extra: float = 0.0
 ) -> None:
     """The server's count of successful requests against the clients' own."""
-    check = {**cross_check("requests", client, server), "service": service}
+    check = {**cross_check("requests", client, server, extra), "service": service}
     result.cross_checks.append(check)
     warning = cross_check_warning(check, service)
     if warning:

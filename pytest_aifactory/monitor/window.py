@@ -90,25 +90,31 @@ def counter_increase(
     return total
 
 
-def cross_check(metric: str, client: float, server: float | None) -> dict[str, Any]:
-    """The client's and the server's figure for one quantity, and whether they disagree."""
-    if server is None:
-        return {
-            "metric": metric,
-            "client": client,
-            "server": None,
-            "difference": None,
-            "flagged": False,
-        }
-    reference = max(abs(server), abs(client))
-    difference = 0.0 if reference == 0 else (client - server) / reference
-    return {
+def cross_check(
+    metric: str, client: float, server: float | None, server_extra: float = 0.0
+) -> dict[str, Any]:
+    """The client's and the server's figure for one quantity, and whether they disagree.
+
+    `server_extra`: how many more the server may count in a window without the clients'
+    doing (a database's own background transactions): within it, a server ahead is no
+    disagreement, however small the load."""
+    check: dict[str, Any] = {
         "metric": metric,
         "client": client,
         "server": server,
-        "difference": difference,
-        "flagged": abs(difference) > CROSS_CHECK_TOLERANCE,
+        "difference": None,
+        "flagged": False,
     }
+    if server_extra:
+        check["server_extra_allowed"] = server_extra
+    if server is None:
+        return check
+    reference = max(abs(server), abs(client))
+    difference = 0.0 if reference == 0 else (client - server) / reference
+    explained = 0 <= server - client <= server_extra
+    check["difference"] = difference
+    check["flagged"] = abs(difference) > CROSS_CHECK_TOLERANCE and not explained
+    return check
 
 
 def cross_check_warning(check: dict[str, Any], service: str) -> str | None:

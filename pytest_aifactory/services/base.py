@@ -34,6 +34,16 @@ class HealthCheck:
 
 
 @dataclass(frozen=True)
+class MetricsExporter:
+    """The exporter of a server that serves no metrics itself (PostgreSQL): the service's job
+    runs it beside the server and stops it with it. `argv` and `env` take the plan's
+    placeholders and `{metrics_port}`, the port the plan's metrics are scraped on."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ServicePlan:
     """Everything a job needs to run one service: argv with `{host}`/`{port}` placeholders, and
     `{scratch}` (in argv and env values) for a fresh private folder on the node's local disk
@@ -59,6 +69,8 @@ class ServicePlan:
     own)."""
     ports: int = 1
     """Consecutive ports the server listens on from `{port}` (all chosen free together)."""
+    exporter: MetricsExporter | None = None
+    """Serves `metrics_path` on `{port}` + `metrics_port_offset` for the server."""
 
 
 class ServiceKind:
@@ -79,6 +91,9 @@ class ServiceKind:
     request_count_series: ClassVar[str | None] = None
     """The series (a counter) of requests the server answered successfully, cross-checked
     against the clients' successful requests; None for kinds that do not count them."""
+    server_extra_requests: ClassVar[float] = 0.0
+    """How many more requests than the clients sent the server may count in a test window
+    by its own doing (a database's background transactions), before the check flags it."""
 
     def plan(self, name: str, service: Service, recipe: Recipe) -> ServicePlan:
         raise NotImplementedError

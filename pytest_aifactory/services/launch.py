@@ -40,6 +40,7 @@ from pytest_aifactory.cluster.rundir import driver_gone
 if TYPE_CHECKING:
     from pytest_aifactory.monitor.node_exporter import NodeExporterOrder
     from pytest_aifactory.recipe import Container
+    from pytest_aifactory.services.base import MetricsExporter
 
 POLL_S = 0.2
 STOP_GRACE_S = 10.0
@@ -77,6 +78,9 @@ class ServiceLaunch:
     """Run the node's exporter beside the server (the run is monitored)."""
     ports: int = 1
     """Consecutive ports the server listens on, from the one chosen for `{port}`."""
+    exporter: MetricsExporter | None = None
+    """Run beside the server by rank 0 (a server without metrics of its own)."""
+    metrics_port_offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -273,6 +277,7 @@ def _run_server(
         proc = subprocess.Popen(argv, env=env, preexec_fn=die_with_parent)
     except OSError as err:
         raise ServiceExited(f"cannot start {argv[0]}: {err.strerror or err}") from None
+    exporter = _start_exporter(launch, place, port, scratch) if rank == 0 else None
     mine = Rendezvous(
         launch.name,
         place.host,
@@ -309,10 +314,47 @@ def _run_server(
             time.sleep(POLL_S)
     finally:
         stop_child(proc, STOP_GRACE_S)
+        if exporter is not None:
+            stop_child(exporter, STOP_GRACE_S)
     if _cancelled_with_job(proc.returncode, stop_requested):
         print("aifactory: job cancelled, server stopped", file=sys.stderr, flush=True)
         return 0
     raise ServiceExited(f"{who} {describe_exit(proc.returncode)}")
+
+
+def _start_exporter(
+    launch: ServiceLaunch, place: TaskPlace, port: int, scratch: str
+) -> subprocess.Popen[bytes] | None:
+    """The server's metrics exporter, its output in the job's log. Monitoring must not cost the
+    benchmark: an exporter that cannot start is said in the log, and the server runs on."""
+    if launch.exporter is None:
+        return None
+    metrics_port = str(port + launch.metrics_port_offset)
+
+    def fill(text: str) -> str:
+        return text.replace("{metrics_port}", metrics_port).replace(SCRATCH, scratch)
+
+    argv = [fill(a) for a in fill_placeholders(launch.exporter.argv, place.host, port)]
+    env = {
+        key: fill(fill_placeholders([value], place.host, port)[0])
+        for key, value in launch.exporter.env.items()
+    }
+    print(f"aifactory: starting exporter: {' '.join(argv)}", file=sys.stderr, flush=True)
+    try:
+        return subprocess.Popen(
+            argv,
+            env={**os.environ, **env},
+            stdout=sys.stderr,
+            stderr=sys.stderr,
+            preexec_fn=die_with_parent,
+        )
+    except OSError as err:
+        print(
+            f"aifactory: exporter not started ({err.strerror or err}): no server metrics",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
 
 
 def _cancelled_with_job(returncode: int, stop_requested: list[int]) -> bool:

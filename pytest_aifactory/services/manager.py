@@ -259,6 +259,8 @@ class ServiceManager:
             heartbeat_path=None if self.keep else str(self.run.heartbeat_path),
             node_exporter=self.node_exporter,
             ports=plan.ports,
+            exporter=plan.exporter,
+            metrics_port_offset=plan.metrics_port_offset,
         )
         local_keep = self.keep and self.executor.name == "local"
         if local_keep:

@@ -5,6 +5,11 @@ then becomes the server. Each run gets its own password (generated here, never w
 recipe); the server gets it through the job's environment, the clients through
 `ServicePlan.client_env` as user, password and database name.
 
+PostgreSQL serves no metrics itself: where the Prometheus PostgreSQL exporter is installed and
+the run is monitored, the job runs it beside the server (on the next port), reading the
+benchmark database's statistics (transactions, rollbacks, buffer hits, rows, sessions); its
+committed transactions are cross-checked against the clients'.
+
 Where the binaries are: `model` (a PostgreSQL bin folder), else `AIFACTORY_POSTGRES_BIN` (in the
 service's env or the driver's), else the newest /usr/lib/postgresql/*/bin, else PATH. In a
 container the image's own PostgreSQL is found at run time unless one of those names it.
@@ -14,13 +19,17 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pytest_aifactory.monitor.series import Series, SeriesType
 from pytest_aifactory.services import postgres_entry
 from pytest_aifactory.services.base import (
     HealthCheck,
+    MetricsExporter,
     ServiceConfigError,
     ServiceKind,
     ServicePlan,
@@ -36,6 +45,64 @@ PASSWORD_ENV = postgres_entry.PASSWORD_ENV
 DATABASE_ENV = "AIFACTORY_PG_DATABASE"
 DEFAULT_USER = "aifactory"
 DEFAULT_DATABASE = "aifactory"
+EXPORTERS = ("prometheus-postgres-exporter", "postgres_exporter")
+EXPORTER_QUERIES = Path(__file__).with_name("postgres_exporter.yaml")
+
+
+def _series(name: str, column: str, kind: SeriesType, unit: str, help_text: str) -> Series:
+    return Series(f"postgres_{name}", f"aifactory_pg_{column}", kind, "service", unit, help_text)
+
+
+METRIC_SERIES = (
+    _series("transactions", "xact_commit", "counter", "transactions", "transactions committed"),
+    _series("rollbacks", "xact_rollback", "counter", "transactions", "transactions rolled back"),
+    _series("blocks_hit", "blks_hit", "counter", "blocks", "blocks found in shared buffers"),
+    _series("blocks_read", "blks_read", "counter", "blocks", "blocks read from disk"),
+    _series("rows_fetched", "tup_fetched", "counter", "rows", "rows fetched by index scans"),
+    _series("rows_inserted", "tup_inserted", "counter", "rows", "rows inserted"),
+    _series("rows_updated", "tup_updated", "counter", "rows", "rows updated"),
+    _series("deadlocks", "deadlocks", "counter", "deadlocks", "deadlocks detected"),
+    _series("sessions", "numbackends", "gauge", "sessions", "sessions connected"),
+)
+"""From the exporter's query of the benchmark database's row of pg_stat_database."""
+
+
+def find_exporter() -> str | None:
+    for name in EXPORTERS:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def exporter_for(user: str, password: str) -> MetricsExporter | None:
+    """The exporter the job runs beside the server, or None where none is installed. It signs
+    in to the `postgres` database, so that its own queries are not among the benchmark
+    database's transactions; the password reaches it through the environment only."""
+    binary = find_exporter()
+    if binary is None:
+        return None
+    return MetricsExporter(
+        argv=[
+            binary,
+            "--web.listen-address={host}:{metrics_port}",
+            "--disable-default-metrics",
+            "--disable-settings-metrics",
+            "--no-collector.database",
+            "--no-collector.bgwriter",
+            f"--extend.query-path={EXPORTER_QUERIES}",
+            "--log.level=warn",
+        ],
+        env={
+            # a DSN or credential files set for a site's own exporter would win over these
+            "DATA_SOURCE_NAME": "",
+            "DATA_SOURCE_USER_FILE": "",
+            "DATA_SOURCE_PASS_FILE": "",
+            "DATA_SOURCE_URI": "{host}:{port}/postgres?sslmode=disable",
+            "DATA_SOURCE_USER": user,
+            "DATA_SOURCE_PASS": password,
+        },
+    )
 
 
 def bin_dir(name: str, service: Service) -> Path | None:
@@ -73,6 +140,11 @@ def entry_command(in_container: bool) -> list[str]:
 @service_kind("postgres")
 class PostgresService(ServiceKind):
     default_health = HealthCheck(http_path=None)
+    metric_series = METRIC_SERIES
+    request_count_series = "postgres_transactions"
+    server_extra_requests = 100.0
+    """Each client process's setup (the advisory lock, the look for loaded tables, the load
+    itself) and autovacuum's work count as transactions too: a few dozen per test here."""
 
     def plan(self, name: str, service: Service, recipe: Recipe) -> ServicePlan:
         found = bin_dir(name, service)
@@ -98,10 +170,25 @@ class PostgresService(ServiceKind):
             argv += ["--", *service.args]
         env = {k: v for k, v in service.env.items() if k != BIN_ENV}
         env[PASSWORD_ENV] = password
+        exporter = exporter_for(user, password) if recipe.monitor.prometheus else None
+        metrics = {"metrics_path": "/metrics", "metrics_port_offset": 1, "ports": 2}
         return self.plan_for(
             name,
             service,
             argv,
             env=env,
             client_env={USER_ENV: user, PASSWORD_ENV: password, DATABASE_ENV: database},
+            exporter=exporter,
+            **(metrics if exporter is not None else {}),
         )
+
+    def server_figures(self, increase: Callable[[str], float | None]) -> dict[str, float | None]:
+        """Transactions and rollbacks the server counted over the test, and the share of
+        block reads served from shared buffers (a falling share: the data outgrew memory)."""
+        hit, read = increase("postgres_blocks_hit"), increase("postgres_blocks_read")
+        looked_up = (hit or 0.0) + (read or 0.0)
+        return {
+            "transactions": increase("postgres_transactions"),
+            "rollbacks": increase("postgres_rollbacks"),
+            "buffer_hit_ratio": (hit or 0.0) / looked_up if looked_up else None,
+        }
