@@ -1,15 +1,26 @@
-"""Child processes of a job's task (servers, exporters): they die with the task and are stopped
-with a grace period, so nothing a job started outlives it."""
+"""Child processes of a job's task (servers, exporters): found on PATH, dying with the task and
+stopped with a grace period, so nothing a job started outlives it."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import shutil
 import signal
 import subprocess
 import sys
 
 _PR_SET_PDEATHSIG = 1
+
+
+def first_on_path(*names: str) -> str | None:
+    """The first of `names` on PATH: distributions and upstream name one program differently
+    (`prometheus-node-exporter` and `node_exporter`)."""
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
 
 
 def die_with_parent() -> None:

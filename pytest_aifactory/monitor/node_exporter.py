@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_aifactory.cluster.child import start_quiet_child, stop_child
+from pytest_aifactory.cluster.child import first_on_path, start_quiet_child, stop_child
 from pytest_aifactory.cluster.rendezvous import free_port
 from pytest_aifactory.monitor.gpu_exporter import DEFAULT_PORT as DEFAULT_GPU_PORT
 from pytest_aifactory.monitor.gpu_exporter import gpu_exporter
@@ -44,11 +43,7 @@ class NodeExporterOrder:
 
 
 def find_node_exporter() -> str | None:
-    for name in BINARIES:
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
+    return first_on_path(*BINARIES)
 
 
 def exporter_argv(binary: str, host: str, port: int) -> list[str]:

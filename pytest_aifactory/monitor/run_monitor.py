@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from pytest_aifactory.cluster.child import first_on_path
 from pytest_aifactory.monitor.layout import (
     MonitorEndpoints,
     MonitorMode,
@@ -134,7 +135,7 @@ class RunMonitor:
                 self.mode = "prometheus"
                 self.client = PrometheusClient(self.prometheus.url)
                 self._announce(PROMETHEUS, "prometheus", self.prometheus, "/metrics")
-        gateway = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
+        gateway = first_on_path("prometheus-pushgateway", "pushgateway")
         if gateway is not None:
             self.pushgateway = self._launch(
                 PUSHGATEWAY, [gateway, "--web.listen-address={host}:{port}"]

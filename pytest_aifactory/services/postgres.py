@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pytest_aifactory.cluster.child import first_on_path
 from pytest_aifactory.monitor.series import Series, SeriesType
 from pytest_aifactory.services import postgres_entry
 from pytest_aifactory.services.base import (
@@ -68,11 +68,7 @@ METRIC_SERIES = (
 
 
 def find_exporter() -> str | None:
-    for name in EXPORTERS:
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
+    return first_on_path(*EXPORTERS)
 
 
 def exporter_for(user: str, password: str) -> MetricsExporter | None:
