@@ -572,6 +572,31 @@ def test_counter_rates_survive_a_restart() -> None:
     }
 
 
+def test_requests_the_server_answered_join_the_clients_panel() -> None:
+    times = np.arange(T0, T0 + 11.0, 1.0)
+    transactions = pd.DataFrame(
+        {
+            "series": "postgres_transactions",
+            "metric": "aifactory_pg_xact_commit",
+            "source": "service",
+            "service": "db",
+            "node": "n0",
+            "instance": "127.0.0.1:5433",
+            "labels": json.dumps({"datname": "aifactory"}),
+            "timestamp": times,
+            "value": 200.0 * np.arange(len(times)),
+        }
+    )
+    frame = ch.server_timeline(transactions, T0, T0 + 10, ("postgres",))
+    answered = frame[frame["panel"] == "requests-client"]
+    assert set(answered["name"]) == {"db: postgres_transactions/s (server)"}
+    assert len(answered) == 10
+    assert np.allclose(answered["value"], 200.0)
+    # llama.cpp counts no answered requests: its panels are as before
+    llama = ch.server_timeline(level_samples("t", T0, T0 + 20, 50.0), T0, T0 + 20, ("llamacpp",))
+    assert "requests-client" not in set(llama["panel"])
+
+
 def test_client_throughput_bins() -> None:
     frame = level_records("t", "chat", "c=1", T0, 40, concurrency=1)
     start, end = ch.window_of({}, frame)

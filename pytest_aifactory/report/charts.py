@@ -8,6 +8,7 @@ run's report page and anyone who wants one chart of a test (pytest-html, noteboo
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -324,6 +325,19 @@ def _catalogue(name: str, kinds: tuple[str, ...]) -> tuple[str, str, str] | None
     return (series.type, series.unit, series.source) if series else None
 
 
+def _answered(kinds: Collection[str]) -> set[str]:
+    """The counters of requests the service kinds answered (`request_count_series`)."""
+    from pytest_aifactory.services.base import ServiceConfigError, get_kind
+
+    found = set()
+    for kind in kinds:
+        with contextlib.suppress(ServiceConfigError):
+            series = get_kind(kind).request_count_series
+            if series:
+                found.add(series)
+    return found
+
+
 def _kinds(summary: Mapping[str, Any]) -> tuple[str, ...]:
     services = summary.get("services") or {}
     return tuple(sorted({str(s.get("kind")) for s in services.values() if s.get("kind")}))
@@ -400,9 +414,11 @@ def server_timeline(
 ) -> pd.DataFrame:
     """Server and node series of one window, ready to plot: columns `t, panel, name, value`.
 
-    Panels: `tokens` (generated tokens/s from the service's raw counter), `requests` (the
-    service's request gauges: processing, deferred, running, waiting), `cpu` (node CPU busy %)
-    and `gpu` (GPU utilization %). `generated` names the token counters to use (the summary's
+    Panels: `tokens` (generated tokens/s from the service's raw counter), `requests-client`
+    (requests/s the server counted answering, beside the client's completed requests: Triton's
+    successes, PostgreSQL's transactions), `requests` (the service's request gauges:
+    processing, deferred, running, waiting), `cpu` (node CPU busy %) and `gpu` (GPU
+    utilization %). `generated` names the token counters to use (the summary's
     `server[*].series`); without it, service counters named `*_generated_tokens` are used.
     """
     empty = pd.DataFrame(
@@ -436,6 +452,12 @@ def server_timeline(
         rates = _counter_rates(tokens)
         label = rates["series"].str.replace(r"^[a-z0-9]+_", "", regex=True).str.replace("_", " ")
         parts.append(rates.assign(panel="tokens", name=_line_name(label, rates, "/s (server)")))
+
+    answered = rows[(rows["source"] == "service") & rows["series"].isin(_answered(kinds))]
+    if len(answered):
+        rates = _counter_rates(answered)
+        name = _line_name(rates["series"], rates, "/s (server)")
+        parts.append(rates.assign(panel="requests-client", name=name))
 
     gauges = [
         n
