@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from pytest_aifactory.cli import main
+from pytest_aifactory.report.build import build_report
 from pytest_aifactory.report.charts import CDF_POINTS
 from pytest_aifactory.report.compare import (
     CompareError,
@@ -25,6 +26,7 @@ from pytest_aifactory.report.compare import (
     unchecked_metrics,
 )
 from pytest_aifactory.report.compare_html import write_comparison_html
+from pytest_aifactory.report.manifest import write_manifest
 from tests.helpers import run_benchmark, write_recipe
 
 
@@ -303,6 +305,35 @@ def test_previous_run_is_the_latest_earlier_complete_run_of_the_recipe(tmp_path:
     assert found.run_id == "mid"
     assert previous_run(load_run(tmp_path / "old")) is None
     assert previous_run(load_run(later)).run_id == "now"  # type: ignore[union-attr]
+
+
+def test_an_altered_previous_run_gives_way_to_the_one_before(tmp_path: Path) -> None:
+    save_run(tmp_path, "old", [level_test("chat", 1)], started_at="2026-01-01T00:00:00+00:00")
+    mid = save_run(tmp_path, "mid", [level_test("chat", 1)], started_at="2026-01-01T01:00:00+00:00")
+    now = save_run(tmp_path, "now", [level_test("chat", 1)], started_at="2026-01-01T02:00:00+00:00")
+    for root in (tmp_path / "old", mid):
+        write_manifest(root)
+    assert previous_run(load_run(now)).run_id == "mid"  # type: ignore[union-attr]
+    summary = json.loads((mid / "summary.json").read_text())
+    summary["tests"][0]["per_level"]["output_throughput"] = 1e9  # edited by hand
+    (mid / "summary.json").write_text(json.dumps(summary))
+    assert previous_run(load_run(now)).run_id == "old"  # type: ignore[union-attr]
+
+
+def test_the_report_compares_the_run_with_the_previous_one(tmp_path: Path) -> None:
+    first = save_run(tmp_path, "run-a", [level_test("chat", 1), level_test("chat", 4)])
+    second = save_run(
+        tmp_path, "run-b", [level_test("chat", 1, ttft_p99=80.0, throughput=90.0)], recipe="demo"
+    )
+    page = build_report(second).read_text(encoding="utf-8")
+    start = page.index('<section id="previous-run">')
+    section = page[start : page.index("</section>", start)]
+    assert "<a href='../run-a/report.html'>run-a</a>" in section
+    assert "<td class='num worse'>-10.0% worse</td>" in section  # output throughput fell
+    assert "<td class='num better'>-20.0% better</td>" in section  # TTFT p99 fell
+    assert "chat[concurrency=4]: not in run-b" in section
+    first_page = build_report(first).read_text(encoding="utf-8")
+    assert 'id="previous-run"' not in first_page  # nothing before the first run
 
 
 def test_a_folder_without_a_summary_is_not_a_run(tmp_path: Path) -> None:

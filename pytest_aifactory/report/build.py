@@ -20,6 +20,7 @@ import pandas as pd
 
 from pytest_aifactory.report import charts as ch
 from pytest_aifactory.report.html_report import ChartView, render_report, slug
+from pytest_aifactory.report.previous import previous_section
 from pytest_aifactory.report.run_store import atomic_write
 
 REPORT_NAME = "report.html"
@@ -285,6 +286,7 @@ def build_report(
         test_anchors,
         client_anchors,
         problems=problems,
+        previous=previous_section(run_root, summary, REPORT_NAME),
     )
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(target, page)

@@ -91,8 +91,8 @@ def test_label(key: TestKey) -> str:
     return f"{client}[{level}]"
 
 
-def read_run_folder(folder: Path) -> RunView:
-    """The run saved in `folder` (its summary.json)."""
+def _unchecked_run(folder: Path) -> RunView:
+    """The run saved in `folder` as its summary says, its data not yet checked."""
     path = folder / SUMMARY_FILE
     try:
         summary = json.loads(path.read_text())
@@ -102,13 +102,22 @@ def read_run_folder(folder: Path) -> RunView:
         raise CompareError(f"{path}: unreadable ({err})") from None
     if not isinstance(summary, dict):
         raise CompareError(f"{path}: not a run summary")
-    problems = manifest_problems(folder)
+    return RunView(root=folder.resolve(), summary=summary)
+
+
+def _check_data(run: RunView) -> RunView:
+    problems = manifest_problems(run.root)
     if problems:
         raise CompareError(
             "refusing to compare a run whose data changed after it was written: "
             + "; ".join(problems)
         )
-    return RunView(root=folder.resolve(), summary=summary)
+    return run
+
+
+def read_run_folder(folder: Path) -> RunView:
+    """The run saved in `folder` (its summary.json), its data checked against its manifest."""
+    return _check_data(_unchecked_run(folder))
 
 
 def load_run(ref: str | Path) -> RunView:
@@ -134,7 +143,7 @@ def previous_run(run: RunView, folder: Path | None = None) -> RunView | None:
         if not (child / SUMMARY_FILE).is_file() or child.resolve() == run.root:
             continue
         try:
-            other = read_run_folder(child)
+            other = _unchecked_run(child)
         except CompareError:
             continue
         if (
@@ -144,7 +153,13 @@ def previous_run(run: RunView, folder: Path | None = None) -> RunView | None:
             and (other.started_at, other.run_id) < (run.started_at, run.run_id)
         ):
             candidates.append(other)
-    return max(candidates, key=lambda r: (r.started_at, r.run_id), default=None)
+    # the data of the latest is checked first: a folder of many runs is not read whole
+    for other in sorted(candidates, key=lambda r: (r.started_at, r.run_id), reverse=True):
+        try:
+            return _check_data(other)
+        except CompareError:  # altered after it was written: the one before it, then
+            continue
+    return None
 
 
 # -- metric keys --------------------------------------------------------------------------------

@@ -586,6 +586,8 @@ def _details(summary: Mapping[str, Any]) -> str:
 
 
 STYLE = """
+td.better { background: #e3f6e3; color: #145214; }
+td.worse { background: #fbe3e3; color: #8a1212; }
 :root { --pass: #1a7f37; --pass-bg: #dafbe1; --fail: #cf222e; --fail-bg: #ffebe9;
         --warn: #9a6700; --warn-bg: #fff8c5; --muted: #57606a; --line: #d0d7de; }
 * { box-sizing: border-box; }
@@ -633,10 +635,12 @@ def render_report(
     client_anchors: Mapping[str, str],
     problems: Sequence[str] = (),
     script: str | None = None,
+    previous: str = "",
 ) -> str:
     """The whole page. `test_anchors`/`client_anchors`: element id of each test (by test id)
     and client section; `problems`: what could not be read from the run; `script`: the Vega
-    bundle (by default `vega_bundle()`)."""
+    bundle (by default `vega_bundle()`); `previous`: the section comparing the run with the
+    previous one."""
     recipe = summary.get("recipe") or {}
     name = str(recipe.get("name") or summary.get("run_id") or "run")
     tests = list(summary.get("tests") or [])
@@ -686,6 +690,7 @@ def render_report(
             _messages(monitor_notes, "warnings", "Monitoring"),
             capacity_section(summary, test_anchors),
             "<h2>Tests</h2>" + overview_table(tests, test_anchors) if tests else "",
+            previous,
             services_table(summary),
             *sections,
             _details(summary),
