@@ -9,6 +9,7 @@ import pytest
 
 from pytest_aifactory.cases import LoadCase
 from pytest_aifactory.monitor.run_monitor import RunMonitor
+from pytest_aifactory.report.junit import junit_properties
 from pytest_aifactory.session import AIFactorySession, CaseError, CaseResult
 
 SESSION_KEY = pytest.StashKey["AIFactorySession | None"]()
@@ -43,6 +44,8 @@ def aifactory_load(
             message = str(err)
         else:
             request.node.stash[RESULT_KEY] = result
+            run_id = aifactory.run.run_id if aifactory.run is not None else None
+            request.node.user_properties.extend(junit_properties(result, run_id))
             for text in result.warnings:
                 warnings.warn(AIFactoryWarning(text), stacklevel=2)
             return result

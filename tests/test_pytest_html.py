@@ -1,5 +1,7 @@
 """pytest-html reports of a benchmark session: each test carries its SLO table, its charts as
 images and a link to the run's report; the summary names the recipe, the run and its verdict.
+The same session's JUnit XML, what CI servers read, carries each objective and names the broken
+one.
 
 The service is the project's streaming test server run as a `command` service (it stands in for
 an LLM server: the report, not the server, is under test here).
@@ -12,6 +14,7 @@ import json
 import re
 import sys
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 
@@ -56,7 +59,8 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Session:
     recipe = write_recipe(tmp / "recipe.yaml", recipe_document())
     # a first run: the gate has nothing to compare with, says so and fails nothing
     gate = ("--fail-on-regression", "output_throughput:50%")
-    return run_benchmark(tmp, recipe, "--html=out/report.html", *gate, timeout=180)
+    reports = ("--html=out/report.html", "--junitxml=out/junit.xml")
+    return run_benchmark(tmp, recipe, *reports, *gate, timeout=180)
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +140,24 @@ def test_the_summary_says_the_gate_had_no_baseline(page: str) -> None:
         r"[^<]*: nothing to compare with</p>",
         html.unescape(page),
     )
+
+
+def test_junit_xml_names_the_broken_objective_and_carries_every_one(session: Session) -> None:
+    root = ElementTree.parse(session.report_dir.parent / "out" / "junit.xml").getroot()
+    cases = {case.get("name"): case for case in root.iter("testcase")}
+    (run,) = session.run_dirs()
+    for name, case in cases.items():
+        properties = {p.get("name"): p.get("value") for p in case.iter("property")}
+        assert properties["aifactory.run"] == run.name, name
+        assert properties["aifactory.level"] == "concurrency=2", name
+    chat = cases["test_serving[chat-concurrency-2]"]
+    assert chat.find("failure") is None
+    properties = {p.get("name"): p.get("value") for p in chat.iter("property")}
+    assert re.fullmatch(r"[\d.]+ ms \(max 60000\): pass", properties["slo.chat.ttft_ms.p99"])
+    assert properties["slo.chat.error_rate"] == "0.0 ratio (max 0): pass"
+    strict = cases["test_serving[strict-concurrency-2]"]
+    failure = strict.find("failure")
+    assert failure is not None
+    assert "strict[concurrency=2] ttft_ms.p50 = " in (failure.get("message") or "")
+    properties = {p.get("name"): p.get("value") for p in strict.iter("property")}
+    assert properties["slo.strict.ttft_ms.p50"].endswith("(max 0.001): fail")
