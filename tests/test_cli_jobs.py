@@ -17,12 +17,21 @@ from typing import Any
 import psutil
 import pytest
 import requests
+import yaml
 
 from pytest_aifactory.cli import main
 from pytest_aifactory.cluster import registry
 from pytest_aifactory.cluster.registry import JobRecord, RunRecord, process_ref, write_run
 from pytest_aifactory.tabulate import format_table
-from tests.helpers import REPO, processes_matching, run_benchmark, write_recipe
+from tests.helpers import (
+    REPO,
+    benchmark_command,
+    benchmark_env,
+    processes_matching,
+    run_benchmark,
+    wait_for,
+    write_recipe,
+)
 
 
 @pytest.fixture
@@ -334,3 +343,45 @@ def test_status_shows_no_secret(
     status, out, _ = cli(capsys, "status", record.run_id, "--json")
     assert "run-key-0123456789abcdefghij" not in out
     assert "***" in out
+
+
+def test_ctrl_c_in_the_terminal_keeps_the_kept_service(
+    tmp_path: Path, state_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A terminal's Ctrl-C is a SIGINT to the session's whole process group: the session stops
+    as interrupted, but a service it was asked to keep stays up (as on Slurm) until `stop`."""
+    www = tmp_path / f"www-{uuid.uuid4().hex[:8]}"
+    document = yaml.safe_load(web_recipe(tmp_path, www).read_text())
+    document["clients"]["chat"]["load"] = {"levels": [1], "duration_s": 120}
+    recipe = write_recipe(tmp_path / "long.yaml", document)
+    output = tmp_path / "session.log"
+    with output.open("w") as sink:
+        session = subprocess.Popen(
+            benchmark_command(recipe, tmp_path / "reports", "--keep-services", "-s"),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            env=benchmark_env(tmp_path, state_env),
+            start_new_session=True,  # a process group of its own, as a shell gives a command
+        )
+    try:
+        run = wait_for(lambda: next((tmp_path / "reports").glob("*/"), None), 60, "run folder")
+        wait_for(lambda: any((run / "records").glob("*/*.jsonl")), 60, "the load running")
+        os.killpg(session.pid, signal.SIGINT)
+        assert session.wait(timeout=60) == pytest.ExitCode.INTERRUPTED, output.read_text()
+        jobs = json.loads((run / "jobs.json").read_text())
+        (service,) = [j for j in jobs["jobs"] if j["role"] == "service"]
+        assert service["kept"] is True, output.read_text()
+        (server_pid,) = [p["pid"] for p in service["pids"] if p["role"] == "server"]
+        assert not gone(server_pid)
+        assert requests.get(f"http://{service['endpoint']}/", timeout=5).status_code == 200
+        status, out, _ = cli(capsys, "stop", run.name)
+        assert status == 0, out
+        wait_for(lambda: gone(server_pid), 15, "the kept server stopped")
+    finally:
+        if session.poll() is None:
+            os.killpg(session.pid, signal.SIGKILL)
+            session.wait()
+        main(["stop", "--all"])
+        capsys.readouterr()
+    assert processes_matching(str(www)) == []

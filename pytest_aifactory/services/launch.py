@@ -78,6 +78,9 @@ class ServiceLaunch:
     """Run the node's exporter beside the server (the run is monitored)."""
     ports: int = 1
     """Consecutive ports the server listens on, from the one chosen for `{port}`."""
+    own_session: bool = False
+    """A local service kept after the session: the task leaves the driver's process group (and
+    session), so a Ctrl-C in the driver's terminal does not reach it or its server."""
     exporter: MetricsExporter | None = None
     """Run beside the server by rank 0 (a server without metrics of its own)."""
     metrics_port_offset: int = 0
@@ -219,7 +222,13 @@ def _should_stop(launch: ServiceLaunch, stop_requested: list[int]) -> bool:
 def _serve(launch: ServiceLaunch, place: TaskPlace, job_started_at: float) -> int:
     rank = place.rank
     stop_requested: list[int] = []
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    stop_signals = [signal.SIGTERM, signal.SIGINT]
+    if launch.own_session:  # stopped by SIGTERM only (`aifactory stop`, a cancel)
+        with contextlib.suppress(OSError):  # already a session leader
+            os.setsid()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stop_signals.remove(signal.SIGINT)
+    for signum in stop_signals:
         signal.signal(signum, lambda sig, _frame: stop_requested.append(sig))
 
     def should_stop() -> bool:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -257,6 +259,7 @@ class ServiceManager:
             host=plan.host,
             port=plan.port,
             heartbeat_path=None if self.keep else str(self.run.heartbeat_path),
+            own_session=self.keep and self.executor.name == "local",
             node_exporter=self.node_exporter,
             ports=plan.ports,
             exporter=plan.exporter,
@@ -268,7 +271,7 @@ class ServiceManager:
         start = time.monotonic()
         submitted_at = time.time()
         try:
-            with _detached_stdio() if local_keep else contextlib.nullcontext():
+            with _detached() if local_keep else contextlib.nullcontext():
                 job = self.executor.submit(
                     run_service,
                     launch,
@@ -397,6 +400,28 @@ class ServiceManager:
         for endpoint in self.endpoints.values():
             if endpoint.job is not None:
                 self.executor.cancel(endpoint.job)
+
+
+@contextlib.contextmanager
+def _detached() -> Iterator[None]:
+    """How a local job that outlives the driver is started: without the driver's terminal
+    (its stdio), and deaf to the Ctrl-C typed there. The terminal sends SIGINT to the driver's
+    whole process group; submitit's job controller, started meanwhile with SIGINT ignored,
+    keeps ignoring it, and the job's task leaves the group (`ServiceLaunch.own_session`)."""
+    with _detached_stdio(), _sigint_ignored():
+        yield
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager
