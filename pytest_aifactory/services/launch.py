@@ -84,6 +84,7 @@ class ServiceLaunch:
     exporter: MetricsExporter | None = None
     """Run beside the server by rank 0 (a server without metrics of its own)."""
     metrics_port_offset: int = 0
+    """The exporter's `{metrics_port}` is the server's port plus this."""
 
 
 @dataclass(frozen=True)
