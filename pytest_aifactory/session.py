@@ -413,31 +413,39 @@ class AIFactorySession:
         return [test_entry(r) for r in self.results]
 
     def _save(self) -> None:
+        """While the session runs, after each test: the summary (every statistic so far). Once
+        it ends, however it ends: the records, the merged metrics and the manifest too. Writing
+        those after each test would cost time growing with the square of the run's size; a
+        driver killed outright still leaves its clients' raw records for `aifactory report`."""
         from pytest_aifactory.report import run_store
 
         assert self.run is not None
+        final = self.status != "running"
+        records: pd.DataFrame | None = None
         if self.role == "controller":
-            tests, records = run_store.load_parts(self.run)
+            tests, records = run_store.load_parts(self.run, with_records=final)
         else:
             tests = [run_store.test_entry(r) for r in self.results]
-            records = run_store.results_records(self.results)
+            records = run_store.results_records(self.results) if final else None
         if self.role == "worker":
             run_store.save_part(self.run, self.worker_id, tests, records)
-        else:
-            from pytest_aifactory.monitor.run_monitor import merge_metrics
-            from pytest_aifactory.report.manifest import write_manifest
+            return
+        from pytest_aifactory.monitor.run_monitor import merge_metrics
+        from pytest_aifactory.report.manifest import write_manifest
 
+        if final:
             merge_metrics(self.run.root)
-            run_store.save_run(
-                self.run,
-                self.recipe,
-                tests,
-                records,
-                self.status,
-                self.started_at,
-                services=self._service_summary(),
-                monitoring=self.monitor.summary() if self.monitor is not None else None,
-            )
+        run_store.save_run(
+            self.run,
+            self.recipe,
+            tests,
+            records if final else None,
+            self.status,
+            self.started_at,
+            services=self._service_summary(),
+            monitoring=self.monitor.summary() if self.monitor is not None else None,
+        )
+        if final:
             write_manifest(self.run.root)
 
     def _service_summary(self) -> dict[str, dict[str, Any]]:

@@ -4,6 +4,9 @@ verdicts and report from the raw records and the recipe saved with the run."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,15 @@ import pytest
 from pytest_aifactory.cli import main
 from pytest_aifactory.report.manifest import manifest_problems
 from pytest_aifactory.report.recover import RECOVERED_NOTE
-from tests.helpers import REPO, run_benchmark, write_recipe
+from tests.helpers import (
+    REPO,
+    benchmark_command,
+    benchmark_env,
+    processes_matching,
+    run_benchmark,
+    wait_for,
+    write_recipe,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -87,3 +98,57 @@ def test_rebuilding_needs_the_saved_recipe(
     (bare / "records").mkdir(parents=True)
     assert main(["report", str(bare), "--from-records"]) == 2
     assert "no recipe.json" in capsys.readouterr().err
+
+
+def test_a_driver_killed_outright_leaves_what_report_rebuilds(tmp_path: Path) -> None:
+    """SIGKILL after the first of three levels: the summary written after that test is there
+    (status running), the records were not merged yet; `aifactory report` merges and judges
+    every level the clients measured."""
+    document = {
+        "name": "killed-fio",
+        "clients": {
+            "disk": {
+                "kind": "fio",
+                "fio": {"rw": "randread", "bs": "4k", "size": "8M", "runtime_s": 1},
+                "load": {"mode": "concurrency", "levels": [1, 2, 4]},
+            }
+        },
+        "slo": {"disk": {"iops": {"min": 1.0}}},
+        "monitor": {"prometheus": False},
+    }
+    recipe = write_recipe(tmp_path / "recipe.yaml", document)
+    session = subprocess.Popen(
+        benchmark_command(recipe, tmp_path / "reports", benchmark=STORAGE),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+        env=benchmark_env(tmp_path),
+        start_new_session=True,
+    )
+    try:
+        run = wait_for(lambda: next((tmp_path / "reports").glob("*/"), None), 60, "run folder")
+
+        def tests_saved() -> int:
+            try:
+                return len(json.loads((run / "summary.json").read_text())["tests"])
+            except (OSError, ValueError, KeyError):
+                return 0
+
+        wait_for(lambda: tests_saved() >= 1, 120, "the first test saved")
+        os.killpg(session.pid, signal.SIGKILL)
+        session.wait(timeout=30)
+    finally:
+        if session.poll() is None:
+            os.killpg(session.pid, signal.SIGKILL)
+            session.wait()
+    left = json.loads((run / "summary.json").read_text())
+    assert left["status"] == "running"
+    assert not (run / "records.parquet").exists()
+    assert main(["report", str(run)]) == 0
+    rebuilt = json.loads((run / "summary.json").read_text())
+    assert rebuilt["status"] == "recovered"
+    assert len(rebuilt["tests"]) >= len(left["tests"])
+    assert all(t["counts"]["completed"] > 0 for t in rebuilt["tests"])
+    assert (run / "records.parquet").is_file()
+    assert manifest_problems(run) == []
+    assert not processes_matching(str(tmp_path))

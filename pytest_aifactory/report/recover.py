@@ -1,11 +1,11 @@
 """A run's summary rebuilt from its raw records alone.
 
-The records are written by the client processes while the load runs; summary.json and
-records.parquet only by the driver, after each test. A driver killed outright (SIGKILL, a lost
-login node, a full disk at the wrong moment) leaves the records and no summary, or one that
-lacks the last tests. The recipe the run was started with is saved beside them
-(`recipe.json`), so every statistic and SLO verdict can be computed again, by the same
-functions, from what was measured.
+The records are written by the client processes while the load runs; summary.json by the
+driver after each test, records.parquet once the session ends. A driver killed outright
+(SIGKILL, a lost login node, a full disk at the wrong moment) leaves the records and no
+summary, or one that lacks the last tests and has no records.parquet beside it. The recipe
+the run was started with is saved beside them (`recipe.json`), so every statistic and SLO
+verdict can be computed again, by the same functions, from what was measured.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Writes a run to disk: summary.json, records.parquet and the pytest-benchmark JSON.
 
-Rewritten after every test, so an interrupted session still leaves a readable run with all
-that was measured up to then. Under pytest-xdist each worker writes its part (`parts/`), and
-the controller merges the parts into the one run.
+The summary is rewritten after every test, the records once the session ends (however it
+ends: an interrupted session still leaves a readable run with all that was measured up to
+then). Under pytest-xdist each worker writes its part (`parts/`), and the controller merges
+the parts into the one run.
 """
 
 from __future__ import annotations
@@ -124,16 +125,19 @@ def save_run(
     run: RunDir,
     recipe: Recipe,
     tests: list[dict[str, Any]],
-    records: pd.DataFrame,
+    records: pd.DataFrame | None,
     status: str,
     started_at: float,
     services: dict[str, dict[str, Any]] | None = None,
     monitoring: dict[str, Any] | None = None,
 ) -> None:
-    """`services`: per service, where it ran and how long it took to become usable;
-    `monitoring`: how the run was monitored and what went wrong with it."""
+    """`records`: None while the session runs (the summary alone is written); `services`: per
+    service, where it ran and how long it took to become usable; `monitoring`: how the run was
+    monitored and what went wrong with it."""
     summary = build_summary(run, recipe, tests, status, started_at, services, monitoring)
     atomic_write(run.root / "summary.json", json.dumps(redacted(run, summary), indent=2))
+    if records is None:
+        return
     if len(records):
         write_parquet(records, run.root / "records.parquet")
     if tests:
@@ -143,21 +147,24 @@ def save_run(
 # -- parts written by pytest-xdist workers ---------------------------------------------------
 
 
-def save_part(run: RunDir, worker: str, tests: list[dict[str, Any]], records: pd.DataFrame) -> None:
+def save_part(
+    run: RunDir, worker: str, tests: list[dict[str, Any]], records: pd.DataFrame | None
+) -> None:
+    """`records`: None while the worker runs (its tests' entries alone are written)."""
     parts = run.root / "parts"
     parts.mkdir(exist_ok=True, mode=0o700)
     atomic_write(parts / f"{worker}.json", json.dumps(redacted(run, tests), indent=2))
-    if len(records):
+    if records is not None and len(records):
         write_parquet(records, parts / f"{worker}.parquet")
 
 
-def load_parts(run: RunDir) -> tuple[list[dict[str, Any]], pd.DataFrame]:
+def load_parts(run: RunDir, with_records: bool = True) -> tuple[list[dict[str, Any]], pd.DataFrame]:
     tests: list[dict[str, Any]] = []
     frames: list[pd.DataFrame] = []
     parts = run.root / "parts"
     for path in sorted(parts.glob("*.json")):
         tests.extend(json.loads(path.read_text()))
-        if path.with_suffix(".parquet").exists():
+        if with_records and path.with_suffix(".parquet").exists():
             frames.append(read_parquet(path.with_suffix(".parquet")))
     tests.sort(key=lambda t: t.get("started_at") or "")
     records = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
