@@ -37,7 +37,6 @@ from pytest_aifactory.monitor.grafana import (
     write_replay_config,
 )
 from pytest_aifactory.monitor.layout import metrics_path, read_endpoints
-from pytest_aifactory.monitor.samples import normalize
 from pytest_aifactory.monitor.series import Series, find_series
 from pytest_aifactory.tabulate import format_table
 
@@ -225,14 +224,16 @@ def render_table(entries: list[dict[str, Any]]) -> str:
 
 
 def _read_samples(record: RunRecord) -> pd.DataFrame:
-    path = metrics_path(record.root)
-    if not path.is_file():
+    from pytest_aifactory.monitor.run_monitor import read_metrics
+
+    try:
+        frame = read_metrics(record.root)
+    except Exception as err:  # pyarrow raises its own types for a damaged file
+        raise UsageError(f"cannot read the samples of {record.root}: {err}") from None
+    if frame is None:
         why = _why_no_monitoring(record.root)
         raise UsageError(f"run {_run_id(record)} has no metrics.parquet: {why}")
-    try:
-        return normalize(pd.read_parquet(path))
-    except Exception as err:  # pyarrow raises its own types for a damaged file
-        raise UsageError(f"cannot read {path}: {err}") from None
+    return frame
 
 
 def _filter(args: argparse.Namespace, record: RunRecord, frame: pd.DataFrame) -> pd.DataFrame:

@@ -14,7 +14,12 @@ import yaml
 from pytest_aifactory.cli import main
 from pytest_aifactory.cluster import registry
 from pytest_aifactory.cluster.registry import RunRecord, index_entry, update_index, write_run
-from pytest_aifactory.monitor.layout import MonitorEndpoints, metrics_path, write_endpoints
+from pytest_aifactory.monitor.layout import (
+    MonitorEndpoints,
+    metrics_parts_dir,
+    metrics_path,
+    write_endpoints,
+)
 from pytest_aifactory.monitor.samples import SAMPLE_COLUMNS, normalize
 
 RUN_ID = "20240501T100000Z-demo"
@@ -246,6 +251,25 @@ def test_runs_found_by_id_prefix_and_latest(
     status, _, err = cli(capsys, "metrics", "20230101")
     assert status == 2
     assert err == f"aifactory: no run '20230101' (latest: {RUN_ID})\n"
+
+
+def test_a_run_still_going_shows_its_windows_so_far(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """metrics.parquet is merged when the session ends; before (or when its driver was
+    killed), the samples of each test window already collected are read."""
+    merged = make_run(tmp_path / "merged")
+    status, whole, err = cli(capsys, "metrics", str(merged))
+    assert status == 0, err
+    going = make_run(tmp_path / "going", with_metrics=False)
+    samples = _samples()
+    parts = metrics_parts_dir(going)
+    parts.mkdir(parents=True)
+    for index, (_, window) in enumerate(samples.groupby("test_id", sort=True)):
+        window.to_parquet(parts / f"window-{index}.parquet", index=False)
+    status, out, err = cli(capsys, "metrics", str(going))
+    assert status == 0, err
+    assert table(out) == table(whole)
 
 
 def test_run_without_metrics(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

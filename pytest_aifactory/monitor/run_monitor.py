@@ -21,12 +21,13 @@ from pytest_aifactory.monitor.layout import (
     MonitorEndpoints,
     MonitorMode,
     metrics_parts_dir,
+    metrics_path,
     read_endpoints,
     write_endpoints,
 )
 from pytest_aifactory.monitor.node_exporter import NodeExporterOrder
 from pytest_aifactory.monitor.query import PrometheusClient, PrometheusUnavailable
-from pytest_aifactory.monitor.samples import empty_samples
+from pytest_aifactory.monitor.samples import empty_samples, normalize
 from pytest_aifactory.monitor.series import (
     CLIENT_SERIES,
     GPU_SERIES,
@@ -47,6 +48,8 @@ from pytest_aifactory.monitor.window import (
 )
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from pytest_aifactory.cluster.rundir import RunDir
     from pytest_aifactory.monitor.scraper import DirectScraper
     from pytest_aifactory.recipe import Monitor
@@ -457,14 +460,27 @@ def _check_requests(
         )
 
 
-def merge_metrics(run_root: Any) -> None:
-    """Every test window's samples in one `metrics.parquet` at the run's root."""
-    from pytest_aifactory.monitor.layout import metrics_path
-
+def _window_parts(run_root: Path) -> pd.DataFrame | None:
     parts = sorted(metrics_parts_dir(run_root).glob("*.parquet"))
     if not parts:
+        return None
+    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+
+
+def merge_metrics(run_root: Path) -> None:
+    """Every test window's samples in one `metrics.parquet` at the run's root (once the
+    session ends)."""
+    frame = _window_parts(run_root)
+    if frame is None:
         return
-    frame = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
     tmp = metrics_path(run_root).with_suffix(".parquet.tmp")
     frame.to_parquet(tmp, index=False)
     tmp.replace(metrics_path(run_root))
+
+
+def read_metrics(run_root: Path) -> pd.DataFrame | None:
+    """The run's samples: `metrics.parquet`, or while the session runs (or after its driver
+    was killed) the test windows' samples so far. None when it kept none."""
+    path = metrics_path(run_root)
+    frame = pd.read_parquet(path) if path.is_file() else _window_parts(run_root)
+    return None if frame is None else normalize(frame)

@@ -55,12 +55,9 @@ def load_summary(run_root: Path) -> dict[str, Any]:
 
 def load_metrics(run_root: Path) -> pd.DataFrame | None:
     """The run's samples (None when it kept none)."""
-    from pytest_aifactory.monitor.samples import normalize
+    from pytest_aifactory.monitor.run_monitor import read_metrics
 
-    path = run_root / METRICS_NAME
-    if not path.is_file():
-        return None
-    return normalize(pd.read_parquet(path))
+    return read_metrics(run_root)
 
 
 class PooledGaps:
