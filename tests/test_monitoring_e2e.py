@@ -112,8 +112,8 @@ def test_metrics_parquet_holds_server_and_node_series_per_test(monitored_run: Se
         assert {json.loads(labels)["gpu"] for labels in gpu["labels"]} == {"0", "1"}
         assert gpu["value"].between(0, 100).all()
         # like the node's, the GPU exporter's first scrape is not awaited before the first
-        # test: its samples span the window from within a scrape interval of its start
-        assert gpu["timestamp"].min() <= started + 2 * 0.5
+        # test: its samples span the window from within a few scrape intervals of its start
+        assert gpu["timestamp"].min() <= started + 3.0
         assert gpu["timestamp"].max() >= ended
 
 
