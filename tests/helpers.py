@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -135,6 +136,34 @@ def start_benchmark(tmp_path: Path, recipe: Path, *args: str) -> subprocess.Pope
         text=True,
         env=benchmark_env(tmp_path),
     )
+
+
+@contextlib.contextmanager
+def benchmark_in_own_group(
+    tmp_path: Path,
+    recipe: Path,
+    *args: str,
+    benchmark: Path = BENCHMARK,
+    env: dict[str, str] | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """The benchmark suite in a process group of its own, as a shell starts a command, so a test
+    can signal the whole group as a terminal does; its output goes to `session.log`. The group
+    is killed if it is still there at the end of the block."""
+    with (tmp_path / "session.log").open("w") as sink:
+        session = subprocess.Popen(
+            benchmark_command(recipe, tmp_path / "reports", *args, benchmark=benchmark),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            env=benchmark_env(tmp_path, env),
+            start_new_session=True,
+        )
+    try:
+        yield session
+    finally:
+        if session.poll() is None:
+            os.killpg(session.pid, signal.SIGKILL)
+            session.wait()
 
 
 def wait_for(

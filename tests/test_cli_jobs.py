@@ -25,8 +25,7 @@ from pytest_aifactory.cluster.registry import JobRecord, RunRecord, process_ref,
 from pytest_aifactory.tabulate import format_table
 from tests.helpers import (
     REPO,
-    benchmark_command,
-    benchmark_env,
+    benchmark_in_own_group,
     processes_matching,
     run_benchmark,
     wait_for,
@@ -355,20 +354,14 @@ def test_ctrl_c_in_the_terminal_keeps_the_kept_service(
     document["clients"]["chat"]["load"] = {"levels": [1], "duration_s": 120}
     recipe = write_recipe(tmp_path / "long.yaml", document)
     output = tmp_path / "session.log"
-    with output.open("w") as sink:
-        session = subprocess.Popen(
-            benchmark_command(recipe, tmp_path / "reports", "--keep-services", "-s"),
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-            env=benchmark_env(tmp_path, state_env),
-            start_new_session=True,  # a process group of its own, as a shell gives a command
-        )
     try:
-        run = wait_for(lambda: next((tmp_path / "reports").glob("*/"), None), 60, "run folder")
-        wait_for(lambda: any((run / "records").glob("*/*.jsonl")), 60, "the load running")
-        os.killpg(session.pid, signal.SIGINT)
-        assert session.wait(timeout=60) == pytest.ExitCode.INTERRUPTED, output.read_text()
+        with benchmark_in_own_group(
+            tmp_path, recipe, "--keep-services", "-s", env=state_env
+        ) as session:
+            run = wait_for(lambda: next((tmp_path / "reports").glob("*/"), None), 60, "run folder")
+            wait_for(lambda: any((run / "records").glob("*/*.jsonl")), 60, "the load running")
+            os.killpg(session.pid, signal.SIGINT)
+            assert session.wait(timeout=60) == pytest.ExitCode.INTERRUPTED, output.read_text()
         jobs = json.loads((run / "jobs.json").read_text())
         (service,) = [j for j in jobs["jobs"] if j["role"] == "service"]
         assert service["kept"] is True, output.read_text()
@@ -379,9 +372,6 @@ def test_ctrl_c_in_the_terminal_keeps_the_kept_service(
         assert status == 0, out
         wait_for(lambda: gone(server_pid), 15, "the kept server stopped")
     finally:
-        if session.poll() is None:
-            os.killpg(session.pid, signal.SIGKILL)
-            session.wait()
         main(["stop", "--all"])
         capsys.readouterr()
     assert processes_matching(str(www)) == []

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,8 +16,7 @@ from pytest_aifactory.report.manifest import manifest_problems
 from pytest_aifactory.report.recover import RECOVERED_NOTE
 from tests.helpers import (
     REPO,
-    benchmark_command,
-    benchmark_env,
+    benchmark_in_own_group,
     processes_matching,
     run_benchmark,
     wait_for,
@@ -29,22 +28,29 @@ pytestmark = pytest.mark.slow
 STORAGE = REPO / "benchmarks" / "test_storage.py"
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """A real run: fio at two iodepths, one level meeting its SLO and one not."""
-    tmp = tmp_path_factory.mktemp("recover")
-    document = {
-        "name": "recover-fio",
+def fio_recipe(name: str, levels: list[int], slo: dict[str, Any]) -> dict[str, Any]:
+    """fio random reads of a small file, one level per iodepth: seconds per level."""
+    return {
+        "name": name,
         "clients": {
             "disk": {
                 "kind": "fio",
                 "fio": {"rw": "randread", "bs": "4k", "size": "8M", "runtime_s": 1},
-                "load": {"mode": "concurrency", "levels": [1, 4]},
+                "load": {"mode": "concurrency", "levels": levels},
             }
         },
-        "slo": {"disk": {"iops": {"min": 1.0}, "clat_ms": {"p99": {"max": 1e-6}}}},
+        "slo": {"disk": slo},
         "monitor": {"prometheus": False},
     }
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A real run: fio at two iodepths, one level meeting its SLO and one not."""
+    tmp = tmp_path_factory.mktemp("recover")
+    document = fio_recipe(
+        "recover-fio", [1, 4], {"iops": {"min": 1.0}, "clat_ms": {"p99": {"max": 1e-6}}}
+    )
     recipe = write_recipe(tmp / "recipe.yaml", document)
     session = run_benchmark(tmp, recipe, timeout=300, benchmark=STORAGE)
     assert session.returncode == 1, session.output  # the impossible latency bound fails
@@ -104,28 +110,9 @@ def test_a_driver_killed_outright_leaves_what_report_rebuilds(tmp_path: Path) ->
     """SIGKILL after the first of three levels: the summary written after that test is there
     (status running), the records were not merged yet; `aifactory report` merges and judges
     every level the clients measured."""
-    document = {
-        "name": "killed-fio",
-        "clients": {
-            "disk": {
-                "kind": "fio",
-                "fio": {"rw": "randread", "bs": "4k", "size": "8M", "runtime_s": 1},
-                "load": {"mode": "concurrency", "levels": [1, 2, 4]},
-            }
-        },
-        "slo": {"disk": {"iops": {"min": 1.0}}},
-        "monitor": {"prometheus": False},
-    }
+    document = fio_recipe("killed-fio", [1, 2, 4], {"iops": {"min": 1.0}})
     recipe = write_recipe(tmp_path / "recipe.yaml", document)
-    session = subprocess.Popen(
-        benchmark_command(recipe, tmp_path / "reports", benchmark=STORAGE),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=tmp_path,
-        env=benchmark_env(tmp_path),
-        start_new_session=True,
-    )
-    try:
+    with benchmark_in_own_group(tmp_path, recipe, benchmark=STORAGE) as session:
         run = wait_for(lambda: next((tmp_path / "reports").glob("*/"), None), 60, "run folder")
 
         def tests_saved() -> int:
@@ -137,10 +124,6 @@ def test_a_driver_killed_outright_leaves_what_report_rebuilds(tmp_path: Path) ->
         wait_for(lambda: tests_saved() >= 1, 120, "the first test saved")
         os.killpg(session.pid, signal.SIGKILL)
         session.wait(timeout=30)
-    finally:
-        if session.poll() is None:
-            os.killpg(session.pid, signal.SIGKILL)
-            session.wait()
     left = json.loads((run / "summary.json").read_text())
     assert left["status"] == "running"
     assert not (run / "records.parquet").exists()

@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -41,7 +40,7 @@ def answers_dcgm(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
     try:
         with urllib.request.urlopen(f"http://{address}/metrics", timeout=timeout_s) as reply:
             return DCGM_MARKER in reply.read(PROBE_LIMIT_BYTES)
-    except (OSError, ValueError, urllib.error.URLError):
+    except (OSError, ValueError):  # URLError is an OSError
         return False
 
 
