@@ -152,6 +152,7 @@ def process_specs(
                 warmup_requests=warmups[rank],
                 timeout_s=load.timeout_s,
                 max_concurrency=caps[rank] or None,
+                connections=load.connections,
                 api_key=api_key,
                 dataset=dataset,
                 seed=process_seed(client.dataset.seed, case, rank),

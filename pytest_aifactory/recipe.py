@@ -491,6 +491,9 @@ class Load(_Section):
     timeout_s: PositiveFloat = 300.0
     """Per request."""
     max_concurrency: PositiveInt | None = None
+    connections: Literal["pooled", "per_request"] = "pooled"
+    """`openai` clients: keep HTTP connections open between requests (`pooled`, as applications
+    do) or open a new one for every request (`per_request`: connection setup inside TTFT)."""
 
     @field_validator("levels")
     @classmethod
@@ -580,6 +583,12 @@ class Client(_Section):
                     f"(this client is kind '{self.kind}')",
                     (section,),
                 )
+        if self.kind != "openai" and "connections" in self.load.model_fields_set:
+            _fail(
+                f"connections applies to clients of kind 'openai' (this client is kind "
+                f"'{self.kind}', which keeps its own connections)",
+                ("load", "connections"),
+            )
         section_model = OPTIONS_BY_KIND.get(self.kind)
         if section_model is not None and getattr(self, self.kind) is None:
             setattr(self, self.kind, section_model())

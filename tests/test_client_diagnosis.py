@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -115,3 +116,33 @@ def test_health_verdicts() -> None:
     unknown = client_health(frame([]), [])
     assert not unknown["saturated"]
     assert unknown["cpu_percent"]["max"] is None
+
+
+def closed_loop_frame(queue_ms: float, in_flight_s: float, count: int = 100) -> pd.DataFrame:
+    send = np.arange(count, dtype=float)
+    return pd.DataFrame(
+        {
+            "phase": "measure",
+            "queue_ms": queue_ms,
+            "send_ts": send,
+            "end_ts": send + in_flight_s,
+            "ttft_ms": 80.0,
+            "error": "",
+        }
+    )
+
+
+def test_a_closed_loop_is_late_only_when_its_workers_wait_on_it() -> None:
+    """In a concurrency load a late send thins the load; it counts when workers spend a
+    material share of their time waiting on the client, not for a burst's few milliseconds."""
+    loop = {**process(30.0), "closed_loop": True}
+    # 12 ms late (far above 5% of an 80 ms TTFT) on requests in flight for 425 ms: 2.7%
+    burst = client_health(closed_loop_frame(12.0, 0.425), [loop])
+    assert not burst["saturated"], burst
+    assert burst["client_wait_share"] == pytest.approx(0.012 / 0.437)
+    # the same lateness in rate mode moves arrivals: judged on queue_ms p99 as before
+    assert client_health(closed_loop_frame(12.0, 0.425), [process(30.0)])["saturated"]
+    # 40 ms on 200 ms requests: the workers idled 1/6 of the time
+    thin = client_health(closed_loop_frame(40.0, 0.2), [loop])
+    assert thin["saturated"]
+    assert "waited on the client 16.7% of the time" in thin["reason"]

@@ -1,13 +1,15 @@
-"""The `openai` client's TTFT, ITL and TPOT against the token server's own send times.
+"""The `openai` client's TTFT, ITL and TPOT against the token server's own timings.
 
-Both sides read the machine's monotonic clock, so each error below is time the client added
-between the server handing an event to the kernel and the client timestamping it. The bounds
-are the ones measured and documented in the README ("How far to trust the load generator"):
-at one stream the client is within 1 ms at p99; with many streams whose events arrive together
-the last event of a burst waits for the others to be parsed, so the p99 bound grows with the
-number of streams. On a shared machine other processes can stall the client for far longer:
-then the client must say so itself (its self-check flags the run as saturated), and only that
-is asserted. Either the numbers are right, or the run says plainly that they are not.
+Both sides read the machine's monotonic clock, so each error below is time the client added:
+building and writing the request, and the wait between an event reaching the socket and the
+client timing it. The token server is the one test double here: no real server emits tokens at
+known instants.
+
+The bar at 32 and 64 streams is a plain aiohttp client (pooled connections, lines timed as they
+are read) measured against the same server in the same test: what any Python client on this
+machine reads. A shared machine can stall a whole round for both clients alike, so the pair is
+measured up to `ATTEMPTS` times and one round within the bounds passes; a client that is
+behind in every round fails, whatever it says of itself.
 """
 
 from __future__ import annotations
@@ -22,7 +24,16 @@ import numpy as np
 import pytest
 
 import pytest_aifactory.loadgen.openai  # noqa: F401  (registers the kind)
-from benchmarks.tools.fidelity import Fidelity, compare
+from benchmarks.tools.fidelity import (
+    GAP_MS,
+    TOKENS,
+    TTFT_MS,
+    Fidelity,
+    compare,
+    errors,
+    figures,
+    run_plain_client,
+)
 from benchmarks.tools.token_server import TokenServer
 from pytest_aifactory.loadgen.records import read_records
 from pytest_aifactory.loadgen.runner import run_load
@@ -30,15 +41,27 @@ from pytest_aifactory.loadgen.selfcheck import client_stats_path, read_client_st
 from pytest_aifactory.loadgen.spec import DatasetSpec, LoadSpec
 from pytest_aifactory.metrics.stats import client_health
 
-P99_BOUND_MS = {1: 5.0, 64: 30.0, 256: 100.0}
-"""|client - server| p99 per concurrency, TTFT and ITL (see the README for measured values)."""
-TPOT_P99_BOUND_MS = {1: 0.5, 64: 5.0, 256: 15.0}
+P99_BOUND_MS = {1: 5.0, 256: 100.0}
+"""|client - server| p99 at one stream and at 256, TTFT and ITL (see the README)."""
+TPOT_P99_BOUND_MS = {1: 0.5, 256: 15.0}
 """TPOT averages a request's gaps, so a late read moves it by its share only."""
+ATTEMPTS = 3
+TTFT_P50_OVER_PLAIN_MS = 1.0
+TTFT_P99_OVER_PLAIN = (1.5, 2.0)
+"""Ours at most 1.5 x the plain client's TTFT p99 error + 2 ms."""
+TPOT_P50_MS = 0.1
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[TokenServer]:
     with TokenServer(ttft_ms=20, gap_ms=5, jitter_ms=2, seed=1) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def llm_like() -> Iterator[TokenServer]:
+    """A small LLM's timing: first token 80 ms after the request, then one every 15 ms."""
+    with TokenServer(ttft_ms=TTFT_MS, gap_ms=GAP_MS, tokens=TOKENS) as running:
         yield running
 
 
@@ -75,7 +98,7 @@ def measure(tmp_path: Path, server: TokenServer, **overrides: Any) -> tuple[Fide
     return fidelity, health
 
 
-@pytest.mark.parametrize("concurrency", [1, 64, 256])
+@pytest.mark.parametrize("concurrency", [1, 256])
 def test_client_timings_agree_with_the_server(
     tmp_path: Path, server: TokenServer, concurrency: int
 ) -> None:
@@ -93,12 +116,93 @@ def test_client_timings_agree_with_the_server(
     # the client never sees an event before the server wrote it (anchors agree to microseconds)
     assert fidelity.ttft_ms.min() > -0.05
     p99 = fidelity.p99_abs()
-    within = (
-        p99["ttft_ms"] <= P99_BOUND_MS[concurrency]
-        and p99["itl_ms"] <= P99_BOUND_MS[concurrency]
-        and p99["tpot_ms"] <= TPOT_P99_BOUND_MS[concurrency]
+    assert p99["ttft_ms"] <= P99_BOUND_MS[concurrency], described
+    assert p99["itl_ms"] <= P99_BOUND_MS[concurrency], described
+    assert p99["tpot_ms"] <= TPOT_P99_BOUND_MS[concurrency], described
+
+
+def _beside_plain(
+    tmp_path: Path, server: TokenServer, streams: int, attempt: int
+) -> tuple[dict[str, float], dict[str, float], dict[str, Any], list[str]]:
+    """One round: the plain client, then ours, each warmed up with one request per stream;
+    the figures of both, our client's self-check, and what broke the bounds."""
+    requests = 256
+    server.reset()
+    plain = figures(
+        errors(run_plain_client(server.url, streams, requests, streams), server.truth())
     )
-    assert within or health["saturated"], f"inaccurate and not flagged: {described} {health}"
+    folder = tmp_path / f"attempt-{attempt}"
+    fidelity, health = measure(
+        folder,
+        server,
+        level=streams,
+        requests=requests,
+        warmup_requests=streams,
+        dataset=DatasetSpec(input_tokens=8, output_tokens=TOKENS),
+    )
+    ours = figures(fidelity)
+    broken = []
+    if ours["ttft_p50"] > plain["ttft_p50"] + TTFT_P50_OVER_PLAIN_MS:
+        broken.append(f"TTFT p50 {ours['ttft_p50']:.2f} vs plain {plain['ttft_p50']:.2f} ms")
+    scale, slack = TTFT_P99_OVER_PLAIN
+    if ours["ttft_p99"] > scale * plain["ttft_p99"] + slack:
+        broken.append(f"TTFT p99 {ours['ttft_p99']:.2f} vs plain {plain['ttft_p99']:.2f} ms")
+    if not abs(ours["tpot_p50"]) < TPOT_P50_MS:
+        broken.append(f"TPOT p50 error {ours['tpot_p50']:.3f} ms")
+    return plain, ours, health, broken
+
+
+@pytest.mark.parametrize("streams", [32, 64])
+def test_as_accurate_as_a_plain_client(tmp_path: Path, llm_like: TokenServer, streams: int) -> None:
+    """TTFT p50 within 1 ms of the plain client's error, p99 at most 1.5x its error + 2 ms, TPOT
+    p50 within 0.1 ms of the truth; and a client this calm does not call itself saturated."""
+    rounds: list[dict[str, Any]] = []
+    for attempt in range(ATTEMPTS):
+        plain, ours, health, broken = _beside_plain(tmp_path, llm_like, streams, attempt)
+        rounds.append({"plain": plain, "ours": ours, "health": health, "broken": broken})
+        print(streams, rounds[-1])
+        if not broken and not health["saturated"]:
+            break
+    last = rounds[-1]
+    assert not last["broken"], rounds
+    assert not last["health"]["saturated"], f"a calm client called saturated: {last['health']}"
+    assert last["ours"]["matched"] == last["plain"]["matched"] == 256
+
+
+def test_resent_requests_keep_their_timing(tmp_path: Path, llm_like: TokenServer) -> None:
+    """A server that closes each connection after its stream while announcing keep-alive (as
+    llama-server does): requests that find their pooled connection closed are sent again on a
+    fresh one, none fails, and their TTFT is timed from the resend the server answered."""
+    llm_like.configure(close_after_stream=True)
+    try:
+        llm_like.reset()
+        spec = spec_for(
+            tmp_path,
+            llm_like.url,
+            level=32,
+            requests=128,
+            warmup_requests=32,
+            dataset=DatasetSpec(input_tokens=8, output_tokens=TOKENS),
+        )
+        outcome = run_load(spec)
+        records = read_records([spec.records_path])
+        truth = llm_like.truth()
+    finally:
+        llm_like.configure(close_after_stream=False)
+    assert outcome["failed"] == 0
+    assert (records["error"] == "").all()
+    measured = records[records["phase"] == "measure"]
+    assert int(measured["resends"].sum()) > 0, "stale pooled connections were met"
+    assert len(truth["requests"]) == len(records), "the server saw every request once"
+    fidelity = compare(records, truth)
+    assert fidelity.matched == 128
+    resent = measured[measured["resends"] > 0]
+    resent_errors = compare(resent, truth).ttft_ms
+    # timed from the send the server answered: the error of a resent request is no larger than
+    # the others' (a clock started at the first attempt would add that attempt's round trip)
+    assert float(np.median(resent_errors)) <= float(np.median(fidelity.ttft_ms)) + 2.0
+    assert fidelity.ttft_ms.min() > -0.05
+    assert (resent["connect_ms"] > 0).all(), "a resend connects anew"
 
 
 def test_chat_with_several_tokens_per_event(tmp_path: Path, server: TokenServer) -> None:

@@ -228,7 +228,39 @@ def test_server_closing_kept_alive_connections(tmp_path: Path, server: Streaming
     spec = make_spec(tmp_path, server.url, level=4, requests=40)
     _, records = run(spec)
     assert records["error"].tolist() == [""] * 40
-    assert len(server.seen.bodies) == 40, "no request was sent twice"
+    assert len(server.seen.bodies) == 40, "the server saw each request once"
+    resent = records[records["resends"] > 0]
+    assert len(resent) > 0, "requests met closed pooled connections and were sent again"
+    assert (records["resends"] <= 1).all(), "one fresh connection is enough"
+    assert (resent["connect_ms"] > 0).all(), "a resend connects anew"
+
+
+def test_pooled_connections_are_reused(tmp_path: Path, server: StreamingServer) -> None:
+    """A server that keeps connections alive: once each stream has a connection (from the
+    prompt probe or the warmup), every request reuses a pooled one (connect_ms 0)."""
+    spec = make_spec(tmp_path, server.url, level=4, requests=40, warmup_requests=4)
+    _, records = run(spec)
+    assert records["error"].tolist() == [""] * 44
+    assert (measured(records)["connect_ms"] == 0).all()
+    assert (records["connect_ms"] > 0).sum() <= 4, "at most one connection per stream"
+    assert (records["resends"] == 0).all()
+
+
+def test_a_connection_per_request_when_asked(tmp_path: Path, server: StreamingServer) -> None:
+    spec = make_spec(tmp_path, server.url, level=4, requests=20, connections="per_request")
+    _, records = run(spec)
+    assert records["error"].tolist() == [""] * 20
+    assert (records["connect_ms"] > 0).all(), "every request connects"
+    assert (records["resends"] == 0).all()
+    # the connect lies inside TTFT too: a request that spent longer connecting than its whole
+    # TTFT would mean the clock started after the connect
+    assert (records["connect_ms"] < records["ttft_ms"]).all()
+
+
+def test_unknown_connections_setting_is_refused(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, "http://127.0.0.1:9", connections="sometimes")
+    with pytest.raises(ValueError, match="unknown connections 'sometimes'"):
+        run_load(spec)
 
 
 def test_concurrency_never_exceeds_its_level(tmp_path: Path, server: StreamingServer) -> None:

@@ -126,3 +126,49 @@ def test_every_shipped_recipe_validates(path: Path) -> None:
     recipe = load_recipe(path, environ={})
     # every client can be turned into test cases and every SLO names a metric of its kind
     assert cases_for(recipe, tuple({c.kind for c in recipe.clients.values()}))
+
+
+def test_connections_reach_openai_clients_and_only_them(tmp_path: Path) -> None:
+    recipe = load(
+        tmp_path,
+        """\
+        name: t
+        services:
+          llm: {kind: external, url: "http://127.0.0.1:9"}
+        clients:
+          pooled: {kind: openai, service: llm}
+          fresh: {kind: openai, service: llm, load: {connections: per_request}}
+        """,
+    )
+    expected = {"pooled": "pooled", "fresh": "per_request"}
+    for case in cases_for(recipe):
+        client = recipe.clients[case.client]
+        specs = process_specs(
+            case,
+            client,
+            base_url="http://127.0.0.1:9",
+            model="m",
+            records_path=lambda rank: tmp_path / f"p{rank}.jsonl",
+            progress_path=lambda rank: tmp_path / f"p{rank}.json",
+            heartbeat_path=None,
+        )
+        assert [spec.connections for spec in specs] == [expected[case.client]]
+
+    found = problems(
+        tmp_path,
+        """\
+        name: t
+        services:
+          store: {kind: s3}
+        clients:
+          objects: {kind: s3, service: store, load: {connections: per_request}}
+          chat: {kind: openai, service: store, load: {connections: sometimes}}
+        """,
+    )
+    assert any(
+        "clients.objects.load.connections" in p and "applies to clients of kind 'openai'" in p
+        for p in found
+    ), found
+    assert any(
+        "clients.chat.load.connections" in p and "pooled" in p and "per_request" in p for p in found
+    ), found

@@ -24,6 +24,8 @@ def record(
     queue_ms: float = 0.0,
     phase: str = "measure",
     estimated: bool = False,
+    connect_ms: float = 0.0,
+    resends: int = 0,
 ) -> dict[str, Any]:
     """One request as the load generator writes it; latencies follow METRICS.md."""
     itl = list(itl or [])
@@ -43,6 +45,8 @@ def record(
         "first_token_ts": math.nan if failed else send_ts + ttft_ms / 1000,
         "end_ts": math.nan if failed else send_ts + e2el / 1000,
         "queue_ms": queue_ms,
+        "connect_ms": connect_ms,
+        "resends": resends,
         "ttft_ms": math.nan if failed else ttft_ms,
         "e2el_ms": e2el,
         "tpot_ms": tpot,
@@ -65,11 +69,23 @@ def records() -> pd.DataFrame:
     """
     return pd.DataFrame(
         [
-            record(0, 99.0, 9999.0, [9999.0], input_tokens=999, phase="warmup", queue_ms=999),
-            record(1, 100.0, 100.0, [10.0, 20.0], input_tokens=10, queue_ms=0.0),
-            record(2, 100.5, 200.0, [30.0], input_tokens=20, queue_ms=1.0),
+            record(
+                0,
+                99.0,
+                9999.0,
+                [9999.0],
+                input_tokens=999,
+                phase="warmup",
+                queue_ms=999,
+                connect_ms=999,
+                resends=9,
+            ),
+            record(1, 100.0, 100.0, [10.0, 20.0], input_tokens=10, queue_ms=0.0, connect_ms=0.4),
+            record(2, 100.5, 200.0, [30.0], input_tokens=20, queue_ms=1.0, resends=1),
             record(3, 101.0, 300.0, [], input_tokens=30, queue_ms=2.0),
-            record(4, 101.5, error="HTTPError: 503 Service Unavailable", queue_ms=3.0),
+            record(
+                4, 101.5, error="HTTPError: 503 Service Unavailable", queue_ms=3.0, connect_ms=0.8
+            ),
         ]
     )
 
@@ -105,7 +121,7 @@ def test_describe_of_nothing_is_nan_and_skips_missing_values() -> None:
 
 def test_counts_and_per_request_statistics(records: pd.DataFrame) -> None:
     summary = summarize_llm(records)
-    assert summary["counts"] == {"sent": 4, "completed": 3, "failed": 1, "good": 3}
+    assert summary["counts"] == {"sent": 4, "completed": 3, "failed": 1, "good": 3, "resends": 1}
     per_request = summary["per_request"]
     assert per_request["ttft_ms"]["mean"] == pytest.approx(200.0)
     assert per_request["ttft_ms"]["p99"] == pytest.approx(298.0)
@@ -116,6 +132,9 @@ def test_counts_and_per_request_statistics(records: pd.DataFrame) -> None:
     assert per_request["tpot_ms"]["min"] == pytest.approx(15.0)
     # queue time counts the failed request too, and never the warmup one
     assert per_request["queue_ms"]["mean"] == pytest.approx(1.5)
+    # so does the time to get a connection (0 for a reused pooled one)
+    assert per_request["connect_ms"]["mean"] == pytest.approx(0.3)
+    assert per_request["connect_ms"]["max"] == pytest.approx(0.8)
     assert per_request["output_tokens"]["mean"] == pytest.approx(2.0)
     assert per_request["input_tokens"]["max"] == 30.0
 
@@ -210,7 +229,7 @@ def test_all_failed_level_is_strict_json_with_no_latency_values() -> None:
     )
     summary = summarize_llm(frame, objectives=[SloObjective("chat", "ttft_ms", "p99", "max", 1)])
     json.dumps(summary, allow_nan=False)
-    assert summary["counts"] == {"sent": 2, "completed": 0, "failed": 2, "good": 0}
+    assert summary["counts"] == {"sent": 2, "completed": 0, "failed": 2, "good": 0, "resends": 0}
     assert set(summary["per_request"]["ttft_ms"].values()) == {None}
     assert summary["per_request"]["queue_ms"]["mean"] == 0.0
     level = summary["per_level"]
@@ -224,7 +243,7 @@ def test_all_failed_level_is_strict_json_with_no_latency_values() -> None:
 def test_no_requests_gives_no_values(frame: pd.DataFrame) -> None:
     summary = summarize_llm(frame)
     json.dumps(summary, allow_nan=False)
-    assert summary["counts"] == {"sent": 0, "completed": 0, "failed": 0, "good": 0}
+    assert summary["counts"] == {"sent": 0, "completed": 0, "failed": 0, "good": 0, "resends": 0}
     assert summary["per_level"]["error_rate"] is None
     assert summary["per_level"]["request_throughput"] is None
     assert summary["per_request"]["ttft_ms"]["p50"] is None
@@ -274,6 +293,6 @@ def test_records_merged_without_a_new_index(records: pd.DataFrame) -> None:
     merged.loc[merged["request_id"] == 3, "itl_ms"] = None
     objectives = [SloObjective("chat", "ttft_ms", "p99", "max", 250.0)]
     summary = summarize_llm(merged, objectives=objectives)
-    assert summary["counts"] == {"sent": 4, "completed": 3, "failed": 1, "good": 2}
+    assert summary["counts"] == {"sent": 4, "completed": 3, "failed": 1, "good": 2, "resends": 1}
     assert summary["per_level"]["goodput"] == pytest.approx(2 / 1.3)
     assert summary["per_request"]["itl_ms"]["mean"] == pytest.approx(20.0)

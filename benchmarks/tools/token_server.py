@@ -4,7 +4,8 @@
 
 OpenAI-compatible streaming `/v1/completions` and `/v1/chat/completions` whose events leave at
 configured times (time to first event, gap between events, seeded jitter, tokens per event),
-followed by a usage chunk and `[DONE]`. For every request it keeps when the request arrived and
+followed by a usage chunk and `[DONE]`; optionally closing each connection after its stream while
+announcing keep-alive, as llama-server does. For every request it keeps when the request arrived and
 when each content event was handed to the kernel (just before the write), on the system-wide
 monotonic clock (the one `time.perf_counter_ns` reads in every process), keyed by the request's
 `X-Request-Id` header; `GET /truth` returns them, `POST /reset` forgets them, `POST /config`
@@ -61,6 +62,9 @@ class Timing:
     """Tokens per answer; None: the request's `max_tokens`."""
     usage: bool = True
     seed: int = 0
+    close_after_stream: bool = False
+    """Close the connection after each stream while announcing keep-alive, as llama-server
+    does: a client's next request on that pooled connection finds it closed."""
 
     def update(self, changes: dict[str, Any]) -> None:
         names = {f.name for f in fields(self)}
@@ -352,7 +356,7 @@ class _Stream:
                 self.truth.events_ns.append(sent)
                 late.append(sent - due[index])
         if finished:
-            conn._done(self.keep)
+            conn._done(self.keep and not conn.server.timing.close_after_stream)
             return
         wait_s = (due[self.next] - perf_counter_ns()) / 1e9
         conn.timer = conn.loop.call_later(max(0.0, wait_s), self.step)
@@ -377,6 +381,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens-per-event", type=int, default=1)
     parser.add_argument("--tokens", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--close-after-stream", action="store_true")
     parser.add_argument("--no-uvloop", action="store_true")
     args = parser.parse_args(argv)
     timing = Timing(
@@ -386,6 +391,7 @@ def main(argv: list[str] | None = None) -> None:
         tokens_per_event=args.tokens_per_event,
         tokens=args.tokens,
         seed=args.seed,
+        close_after_stream=args.close_after_stream,
     )
 
     def ready(port: int) -> None:
@@ -417,7 +423,9 @@ class TokenServer:
     def start(self) -> TokenServer:
         args = [self.python, str(Path(__file__).resolve())]
         for name, value in self.timing.items():
-            if value is not None:
+            if value is True:
+                args.append(f"--{name.replace('_', '-')}")
+            elif value is not None and value is not False:
                 args += [f"--{name.replace('_', '-')}", str(value)]
         if not self.uvloop:
             args.append("--no-uvloop")

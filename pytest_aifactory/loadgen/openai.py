@@ -1,18 +1,35 @@
 """Client kind `openai`: streaming requests to an OpenAI-compatible server (vLLM, llama.cpp, ...).
 
-Timing follows METRICS.md: the clock starts immediately before the request is written, TTFT ends
-at the first server-sent event that carries generated text (a role-only chat delta does not),
-ITL are the gaps between such events. Whatever a server answers (errors, garbage, a stream cut
-short, no usage), the request ends as a record, never as an exception.
+Timing follows METRICS.md: the clock starts immediately before the request's bytes are written to
+the connection (aiohttp's request tracing tells when), TTFT ends at the first server-sent event
+that carries generated text (a role-only chat delta does not), ITL are the gaps between such
+events. aiohttp writes a request with a body from a task of its own (before Python 3.12), so a
+request handed to it during a burst of other work leaves only when the loop gets to that task: a
+clock started at the hand-over would count that wait as the server's; it is the client's, and
+lands in `queue_ms` with any other wait between the scheduled instant and the write. Whatever a
+server answers (errors, garbage, a stream cut short, no usage), the request ends as a record,
+never as an exception.
+
+Connections are pooled (`load.connections: pooled`), as the applications a server answers keep
+them: a connect inside every TTFT would be the client's cost, not the server's. Some servers
+(llama-server) close a connection after each stream while announcing keep-alive, so a pooled
+connection can turn out closed when the next request is written on it; the server never saw that
+request, so it is sent again at once on a fresh connection, its clock restarted, and counted in
+the record's `resends`. Nothing is sent again once a response has begun. The time spent getting
+a connection is the record's `connect_ms` (0 when a pooled one was reused), never part of TTFT
+nor of `queue_ms`; `per_request` opens a new connection for every request, as some benchmarks
+do, for those who want to see what connecting costs.
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from time import perf_counter_ns
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -38,8 +55,12 @@ MAX_EVENT_BYTES = 2**24
 _DONE = b"[DONE]"
 
 APIS = ("completions", "chat")
-
-"""Times a request is sent again after finding its pooled connection closed by the server."""
+CONNECTIONS = ("pooled", "per_request")
+MAX_RESENDS = 3
+"""Times a request is sent again after finding its pooled connection closed by the server: one
+is the common case; more means the pool held several connections the server had closed."""
+_STALE_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
+_STALE_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 
 def request_body(spec: LoadSpec, prompt: Prompt) -> bytes:
@@ -113,6 +134,85 @@ class StreamState:
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self.usage = usage
+
+
+class ConnectionTrace:
+    """What aiohttp's tracing saw of one attempt: the time spent getting a connection (waiting
+    for a pool slot, resolving and connecting), whether a pooled one was reused, and the
+    instant the request's bytes were about to be written (0 until then)."""
+
+    __slots__ = ("connect_ns", "reused", "started_ns", "written_ns")
+
+    def __init__(self) -> None:
+        self.connect_ns = 0
+        self.started_ns = 0
+        self.reused = False
+        self.written_ns = 0
+
+
+async def _wait_started(_: Any, context: SimpleNamespace, __: Any) -> None:
+    trace = context.trace_request_ctx
+    if isinstance(trace, ConnectionTrace):
+        trace.started_ns = perf_counter_ns()
+
+
+async def _wait_ended(_: Any, context: SimpleNamespace, __: Any) -> None:
+    trace = context.trace_request_ctx
+    if isinstance(trace, ConnectionTrace):
+        trace.connect_ns += perf_counter_ns() - trace.started_ns
+
+
+async def _reused(_: Any, context: SimpleNamespace, __: Any) -> None:
+    trace = context.trace_request_ctx
+    if isinstance(trace, ConnectionTrace):
+        trace.reused = True
+
+
+async def _chunk_sent(_: Any, context: SimpleNamespace, __: Any) -> None:
+    """aiohttp calls this just before it writes a body chunk, headers coalesced with the first."""
+    trace = context.trace_request_ctx
+    if isinstance(trace, ConnectionTrace) and not trace.written_ns:
+        trace.written_ns = perf_counter_ns()
+
+
+def connection_tracing() -> aiohttp.TraceConfig:
+    """A trace config that fills the `ConnectionTrace` passed as a request's
+    `trace_request_ctx`; requests without one are not traced."""
+    config = aiohttp.TraceConfig()
+    config.on_connection_queued_start.append(_wait_started)
+    config.on_connection_queued_end.append(_wait_ended)
+    config.on_connection_create_start.append(_wait_started)
+    config.on_connection_create_end.append(_wait_ended)
+    config.on_connection_reuseconn.append(_reused)
+    config.on_request_chunk_sent.append(_chunk_sent)
+    return config
+
+
+def closed_before_answer(err: BaseException) -> bool:
+    """Whether a request failed because its connection was closed before any byte of an answer:
+    a clean close with nothing of a response parsed, or a reset or broken pipe met while
+    writing or waiting."""
+    if isinstance(err, aiohttp.ServerDisconnectedError):
+        # aiohttp passes the partly parsed response as the message when there was one
+        return isinstance(err.message, str)
+    if isinstance(err, aiohttp.ClientOSError):
+        return err.errno in _STALE_ERRNOS or isinstance(err.__cause__, _STALE_ERRORS)
+    return False
+
+
+def failure_text(err: Exception, state: StreamState, timeout_s: float) -> str:
+    """The record's error for what stopped an exchange; anything else is a bug and propagates
+    (the load driver still records it)."""
+    if isinstance(err, TimeoutError):
+        what = "no response" if not state.events_ns else "stream not finished"
+        return f"Timeout: {what} within {timeout_s:g} s"
+    if isinstance(err, aiohttp.ClientPayloadError):
+        return f"StreamError: stream broken: {err}"
+    if isinstance(err, aiohttp.ClientError | OSError):
+        return f"ConnectionError: {type(err).__name__}: {err}"
+    if isinstance(err, ValueError):  # a line longer than the read buffer
+        return f"StreamError: {err}"
+    raise err
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -201,34 +301,44 @@ class OpenAIStreamer:
     async def send(self, record: dict[str, Any], scheduled_ns: int) -> dict[str, Any]:
         index = record["request_id"] % len(self.bodies)
         body = self.bodies[index]
-        state = StreamState(chat=self.chat)
         headers = {**self.headers, "X-Request-Id": f"{self.spec.process}-{record['request_id']}"}
-        start_ns = perf_counter_ns()
-        try:
-            await self._exchange(body, headers, state)
-        except TimeoutError:
-            what = "no response" if not state.events_ns else "stream not finished"
-            state.error = f"Timeout: {what} within {self.spec.timeout_s:g} s"
-        except aiohttp.ClientPayloadError as err:
-            state.error = f"StreamError: stream broken: {err}"
-        except (aiohttp.ClientError, OSError) as err:
-            state.error = f"ConnectionError: {type(err).__name__}: {err}"
-        except ValueError as err:  # a line longer than the read buffer
-            state.error = f"StreamError: {err}"
+        resends = 0
+        while True:
+            state = StreamState(chat=self.chat)
+            trace = ConnectionTrace()
+            start_ns = perf_counter_ns()
+            try:
+                await self._exchange(body, headers, state, trace)
+            except Exception as err:
+                stale = trace.reused and state.status is None and closed_before_answer(err)
+                if stale and resends < MAX_RESENDS:
+                    resends += 1  # the server never saw it: send it again, clock restarted
+                    continue
+                state.error = failure_text(err, state, self.spec.timeout_s)
+            break
         end_ns = perf_counter_ns()
         if not state.error:
             if not state.done:
                 state.error = "StreamError: stream ended without [DONE]"
             elif not state.events_ns:
                 state.error = "EmptyResponse: no content events"
-        return self._fill(record, self.prompts[index], state, scheduled_ns, start_ns, end_ns)
+        # a request that never reached its write (no connection) counts from its hand-over
+        sent_ns = trace.written_ns or start_ns
+        waited_ns = sent_ns - scheduled_ns - trace.connect_ns
+        record["queue_ms"] = max(0, waited_ns) / 1e6
+        record["connect_ms"] = trace.connect_ns / 1e6
+        record["resends"] = resends
+        return self._fill(record, self.prompts[index], state, sent_ns, end_ns)
 
-    async def _exchange(self, body: bytes, headers: dict[str, str], state: StreamState) -> None:
+    async def _exchange(
+        self, body: bytes, headers: dict[str, str], state: StreamState, trace: ConnectionTrace
+    ) -> None:
         async with self.session.post(
             self.url,
             data=body,
             headers=headers,
             timeout=self.timeout,
+            trace_request_ctx=trace,
         ) as response:
             status = state.status = response.status
             content_type = response.headers.get("Content-Type", "")
@@ -249,7 +359,6 @@ class OpenAIStreamer:
         record: dict[str, Any],
         prompt: Prompt,
         state: StreamState,
-        scheduled_ns: int,
         start_ns: int,
         end_ns: int,
     ) -> dict[str, Any]:
@@ -257,7 +366,6 @@ class OpenAIStreamer:
         wall = self.clock.wall
         record["send_ts"] = wall(start_ns)
         record["end_ts"] = wall(end_ns)
-        record["queue_ms"] = max(0, start_ns - scheduled_ns) / 1e6
         record["http_status"] = state.status
         record["error"] = state.error
         record["content_events"] = len(events)
@@ -288,14 +396,17 @@ async def run_openai(spec: LoadSpec) -> dict[str, Any]:
     """One process of an `openai` client: build the prompts, then drive the load."""
     if spec.api not in APIS:
         raise ValueError(f"unknown api '{spec.api}' (expected one of {', '.join(APIS)})")
+    if spec.connections not in CONNECTIONS:
+        raise ValueError(
+            f"unknown connections '{spec.connections}' (expected one of {', '.join(CONNECTIONS)})"
+        )
     driver = LoadDriver(spec)
-    # A new connection per request, as vLLM's benchmark does: llama.cpp closes the connection
-    # after every stream while announcing keep-alive, so pooled connections go stale.
-    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    connector = aiohttp.TCPConnector(limit=0, force_close=spec.connections == "per_request")
     async with aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=spec.timeout_s),
         read_bufsize=READ_BUFFER,
+        trace_configs=[connection_tracing()],
     ) as session:
 
         async def prepare() -> SendFn:

@@ -8,6 +8,7 @@ the files are read back, with a warning, never an error.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import warnings
@@ -17,6 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
+
+try:
+    import orjson
+except ImportError:  # pragma: no cover - the standard encoder works, only slower
+    orjson = None  # type: ignore[assignment]
 
 FLUSH_EVERY_S = 0.5
 FLUSH_EVERY_RECORDS = 64
@@ -33,6 +39,8 @@ RECORD_FIELDS: tuple[str, ...] = (
     "first_token_ts",
     "end_ts",
     "queue_ms",
+    "connect_ms",
+    "resends",
     "ttft_ms",
     "e2el_ms",
     "tpot_ms",
@@ -51,20 +59,30 @@ RECORD_FIELDS: tuple[str, ...] = (
     "recall",
     "extra",
 )
-"""Column names of a record, in file and DataFrame order (see METRICS.md). The LLM fields come
+"""Column names of a record, in file and DataFrame order (see METRICS.md). `connect_ms` is the
+time an HTTP request spent getting a connection (0 for a reused pooled one) and `resends` how
+often it was sent again after finding its pooled connection closed. The LLM fields come
 first; `op` to `extra` serve the other kinds: the operation's name, its latency, an object GET's
 time to first byte, payload bytes, items handled (vectors, rows, I/Os), a query's recall@k, and
 a kind's own detail as a JSON object."""
 
 STRING_COLUMNS = ("client", "level_label", "node", "phase", "error", "op")
 INT_COLUMNS = ("process", "request_id", "content_events")
-NULLABLE_INT_COLUMNS = ("output_tokens", "input_tokens", "http_status", "bytes", "items")
+NULLABLE_INT_COLUMNS = (
+    "resends",
+    "output_tokens",
+    "input_tokens",
+    "http_status",
+    "bytes",
+    "items",
+)
 FLOAT_COLUMNS = (
     "scheduled_ts",
     "send_ts",
     "first_token_ts",
     "end_ts",
     "queue_ms",
+    "connect_ms",
     "ttft_ms",
     "e2el_ms",
     "tpot_ms",
@@ -127,6 +145,23 @@ class Clock:
         return self.anchor_ns + int((wall - self.anchor_wall) * 1e9)
 
 
+def record_line(record: dict[str, Any]) -> str:
+    """One record as a JSON line. It is encoded on the load's event loop, between the reads it
+    times, so the fast encoder is used where installed (a NaN becomes null either way)."""
+    if orjson is not None:
+        try:
+            return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY).decode() + "\n"
+        except TypeError:
+            pass  # a type orjson does not know: the standard encoder says which
+    return json.dumps(_without_nan(record), separators=(",", ":")) + "\n"
+
+
+def _without_nan(record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()
+    }
+
+
 class RecordWriter:
     """Appends records to a private JSON Lines file in batches (time- and size-bound)."""
 
@@ -147,7 +182,7 @@ class RecordWriter:
         self.written = 0
 
     def add(self, record: dict[str, Any]) -> None:
-        self._pending.append(json.dumps(record, allow_nan=False, separators=(",", ":")) + "\n")
+        self._pending.append(record_line(record))
         if (
             len(self._pending) >= self._every_records
             or time.perf_counter_ns() - self._last_flush_ns >= self._every_ns

@@ -119,7 +119,11 @@ class LoadDriver:
             duration_s=spec.duration_s,
         )
         self.live = LivePusher.for_load(spec, self.node)
-        self.meter = ClientMeter(spec.process, queue_capped=bool(spec.max_concurrency))
+        self.meter = ClientMeter(
+            spec.process,
+            queue_capped=bool(spec.max_concurrency),
+            closed_loop=spec.mode == "concurrency",
+        )
         self.writer: RecordWriter | None = None
         self.interrupted = False
         self.sent = 0
@@ -303,6 +307,9 @@ class LoadDriver:
         except Exception as err:  # a bug in a kind must not lose the rest of the load
             record["error"] = f"ClientError: {type(err).__name__}: {err}"[:300]
             record["end_ts"] = self.clock.wall(self.clock.now_ns())
+        # Responses often end together (a server's batch finishing): let the reads already due
+        # take their timestamps before this one's bookkeeping and its worker's next request.
+        await asyncio.sleep(0)
         assert self.writer is not None
         self.writer.add(record)
         if measured:

@@ -22,9 +22,9 @@ import numpy as np
 from pytest_aifactory.metrics.histogram import LogHistogram
 
 TICK_S = 0.005
+"""Interval of the event-loop lag probe: short enough to catch stalls, cheap enough to ignore."""
 LAG_BATCH = 2000
 """Lag samples kept as they come before joining the histogram (10 s of ticks)."""
-"""Interval of the event-loop lag probe: short enough to catch stalls, cheap enough to ignore."""
 
 
 def client_stats_path(records_path: str | os.PathLike[str]) -> Path:
@@ -54,9 +54,13 @@ def event_loop_kind() -> str:
 class ClientMeter:
     """CPU, wall time, events and event-loop lag of one process over its measured phase."""
 
-    def __init__(self, process: int = 0, queue_capped: bool = False) -> None:
+    def __init__(
+        self, process: int = 0, queue_capped: bool = False, closed_loop: bool = False
+    ) -> None:
         self.process = process
         self.queue_capped = queue_capped
+        self.closed_loop = closed_loop
+        """Concurrency mode: a late send thins the load rather than moving an arrival."""
         self.events = 0
         self.requests = 0
         self._cpu0 = 0.0
@@ -121,6 +125,7 @@ class ClientMeter:
             "events_per_s": self.events / wall_s if wall_s else None,
             "loop_lag_ms": lag,
             "queue_capped": self.queue_capped,
+            "closed_loop": self.closed_loop,
             "event_loop": self._loop_kind,
         }
 

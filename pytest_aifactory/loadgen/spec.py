@@ -55,6 +55,8 @@ class LoadSpec:
     warmup_requests: int = 0
     timeout_s: float = 300.0
     max_concurrency: int | None = None
+    connections: str = "pooled"
+    """`pooled`: keep connections open between requests; `per_request`: a new one each time."""
     api_key: str | None = None
     dataset: DatasetSpec = field(default_factory=DatasetSpec)
     seed: int = 0

@@ -62,6 +62,7 @@ _ALL: tuple[MetricInfo, ...] = (
     _m("itl_ms", "ms", False, True, "llm", "gap between consecutive content events (pooled)"),
     _m("tpot_ms", "ms", False, True, "llm", "(e2el - ttft) / (output_tokens - 1)"),
     _m("queue_ms", "ms", False, True, "llm", "client-side wait before sending"),
+    _m("connect_ms", "ms", False, True, "llm", "time to get a connection (0: pooled one reused)"),
     _m("output_tokens", "tokens", True, True, "llm", "generated tokens per request"),
     _m("input_tokens", "tokens", True, True, "llm", "prompt tokens per request"),
     # LLM serving, per level

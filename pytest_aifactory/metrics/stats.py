@@ -23,10 +23,13 @@ PER_REQUEST_METRICS: tuple[str, ...] = (
     "itl_ms",
     "e2el_ms",
     "queue_ms",
+    "connect_ms",
     "output_tokens",
     "input_tokens",
 )
 """Per-request metrics of an LLM load level, in the order summaries list them."""
+CLIENT_SIDE_METRICS = frozenset({"queue_ms", "connect_ms"})
+"""Taken of every request sent: a request that failed still waited and still connected."""
 
 _PERCENTILES: dict[str, float] = {"p50": 50.0, "p90": 90.0, "p95": 95.0, "p99": 99.0, "p999": 99.9}
 
@@ -186,8 +189,10 @@ def summarize_llm(
     Returns a strict-JSON-ready dict (NaN -> None) with `counts`, `per_request` statistics,
     `per_level` rates, `errors` by class and `tokens_estimated`.
 
-    Latency and token statistics use the successful requests; `queue_ms` uses every request
-    sent, since a request that failed still waited in the client. The duration runs from the
+    Latency and token statistics use the successful requests; `queue_ms` and `connect_ms` use
+    every request sent, since a request that failed still waited in the client and still got a
+    connection. `counts.resends` is how many sends found a pooled connection closed by the
+    server and went again on a fresh one. The duration runs from the
     first send to the last completion; throughputs are completed requests / tokens over it.
     When nothing completed the throughputs are 0 and the duration has no value.
 
@@ -204,7 +209,8 @@ def summarize_llm(
 
     per_request: dict[str, dict[str, float]] = {}
     for metric in PER_REQUEST_METRICS:
-        per_request[metric] = describe(distribution(rows if metric == "queue_ms" else done, metric))
+        chosen = rows if metric in CLIENT_SIDE_METRICS else done
+        per_request[metric] = describe(distribution(chosen, metric))
 
     send = _numeric(rows, "send_ts").dropna()
     end = _numeric(done, "end_ts").dropna()
@@ -234,7 +240,13 @@ def summarize_llm(
     estimated = _column(rows, "tokens_estimated", False).map(lambda v: not _missing(v) and bool(v))
     return json_safe(
         {
-            "counts": {"sent": sent, "completed": completed, "failed": failed, "good": good},
+            "counts": {
+                "sent": sent,
+                "completed": completed,
+                "failed": failed,
+                "good": good,
+                "resends": int(_numeric(rows, "resends").fillna(0).sum()),
+            },
             "per_request": per_request,
             "per_level": per_level,
             "errors": dict(errors.most_common()),
@@ -248,10 +260,23 @@ CPU_SATURATED_PERCENT = 90.0
 QUEUE_SATURATED_MS = 1.0
 """queue_ms p99 above this: requests left later than the load asked for."""
 LOOP_LAG_SATURATED_MS = 10.0
+"""Event-loop lag p99 above this: every timestamp the process took may be this late."""
 MATERIAL_SHARE = 0.05
 """A client delay counts only when it is also this share of the median TTFT: 2 ms of lateness
-says nothing about a server answering in 2 s, but everything about one answering in 10 ms."""
-"""Event-loop lag p99 above this: every timestamp the process took may be this late."""
+says nothing about a server answering in 2 s, but everything about one answering in 10 ms. In a
+closed loop, the share of its workers' time spent waiting on the client instead."""
+
+
+def closed_loop_idle_share(rows: pd.DataFrame) -> float:
+    """The share of a closed loop's worker time spent on the client's side of each request
+    (`queue_ms`) rather than in flight (send to end): what lateness costs a concurrency load.
+    A burst of responses ending together delays the next sends by the client's work on each,
+    which only thins the load by this share; the latencies, timed from each write, keep it out.
+    """
+    queue_s = _numeric(rows, "queue_ms").fillna(0.0).sum() / 1000
+    in_flight_s = (_numeric(rows, "end_ts") - _numeric(rows, "send_ts")).clip(lower=0).sum()
+    total = queue_s + in_flight_s
+    return float(queue_s / total) if total > 0 else math.nan
 
 
 def client_health(
@@ -263,9 +288,11 @@ def client_health(
     self-measurements of its processes (see `loadgen.selfcheck`).
 
     Saturated when a process used at least `CPU_SATURATED_PERCENT` of a core, when requests
-    were sent late (queue_ms p99 above `QUEUE_SATURATED_MS`; not judged when a concurrency cap
-    makes waiting part of the load), or when its event loop woke late (lag p99 above
-    `LOOP_LAG_SATURATED_MS`). Then the latencies include the client's own delays.
+    were sent late (rate mode: queue_ms p99 above `QUEUE_SATURATED_MS` and `MATERIAL_SHARE` of
+    the median TTFT, not judged when a concurrency cap makes waiting part of the load;
+    concurrency mode: workers waiting on the client for more than `MATERIAL_SHARE` of their
+    time), or when its event loop woke late (lag p99 above `LOOP_LAG_SATURATED_MS`). Then the
+    numbers include the client's own delays.
     `cpu_is_workload`: the client job itself is what is measured (FAISS searching in the
     client, fio), so its busy CPU, late sends and late wake-ups are the workload's, not a
     bottleneck in front of it: never judged saturated.
@@ -279,6 +306,7 @@ def client_health(
         if isinstance(p.get("loop_lag_ms"), Mapping) and p["loop_lag_ms"].get("p99") is not None
     ]
     capped = any(bool(p.get("queue_capped")) for p in processes)
+    closed_loop = bool(processes) and all(bool(p.get("closed_loop")) for p in processes)
     events = sum(int(p.get("events") or 0) for p in processes)
     walls = [float(p["wall_s"]) for p in processes if p.get("wall_s")]
     queue_p99 = queue["p99"]
@@ -286,12 +314,25 @@ def client_health(
     if not math.isfinite(ttft):  # kinds without tokens: the operation's own latency
         ttft = describe(distribution(rows, "latency_ms"))["p50"]
     material = MATERIAL_SHARE * ttft if math.isfinite(ttft) else 0.0
-    late = not capped and math.isfinite(queue_p99) and queue_p99 > max(QUEUE_SATURATED_MS, material)
+    idle_share = closed_loop_idle_share(rows) if closed_loop else math.nan
+    if closed_loop:
+        late = math.isfinite(idle_share) and idle_share > MATERIAL_SHARE
+    else:
+        late = (
+            not capped
+            and math.isfinite(queue_p99)
+            and queue_p99 > max(QUEUE_SATURATED_MS, material)
+        )
     reasons: list[str] = []
     if not cpu_is_workload:  # else the client's own work is what is measured
         if cpu and max(cpu) >= CPU_SATURATED_PERCENT:
             reasons.append(f"a client process used {max(cpu):.0f}% of a CPU core")
-        if late:
+        if late and closed_loop:
+            reasons.append(
+                f"requests were sent late (workers waited on the client {100 * idle_share:.1f}% "
+                f"of the time; queue_ms p99 {queue_p99:.2f} ms)"
+            )
+        elif late:
             reasons.append(f"requests were sent late (queue_ms p99 {queue_p99:.2f} ms)")
         if lags and max(lags) > max(LOOP_LAG_SATURATED_MS, material):
             reasons.append(f"the client's event loop woke late (lag p99 {max(lags):.1f} ms)")
@@ -303,6 +344,7 @@ def client_health(
                 "mean": float(np.mean(cpu)) if cpu else math.nan,
             },
             "queue_ms_p99": queue_p99,
+            "client_wait_share": idle_share,
             "loop_lag_ms_p99": max(lags) if lags else math.nan,
             "events_per_s": events / max(walls) if walls else math.nan,
             "saturated": bool(reasons),

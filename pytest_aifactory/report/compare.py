@@ -30,7 +30,7 @@ SUMMARY_FILE = "summary.json"
 DEFAULT_STATISTICS: tuple[str, ...] = ("p50", "p99")
 """Statistics shown by default for each per-request metric."""
 DEFAULT_SKIPPED: frozenset[str] = frozenset(
-    {"output_tokens", "input_tokens", "queue_ms", "achieved_rate"}
+    {"output_tokens", "input_tokens", "queue_ms", "connect_ms", "achieved_rate"}
 )
 """Not shown by default: properties of the workload or of the client, not of the service."""
 

@@ -35,6 +35,7 @@ STAT_METRICS: tuple[str, ...] = (
     "ttfb_ms",
     "clat_ms",
     "queue_ms",
+    "connect_ms",
 )
 LEVEL_METRICS: tuple[tuple[str, str], ...] = (
     ("request_throughput", "req/s"),
@@ -387,7 +388,7 @@ def stats_table(test: Mapping[str, Any]) -> str:
     counts = test.get("counts") or {}
     count_items = [
         f"<dt>{_e(name)}</dt><dd>{_e(fmt_number(counts.get(name)))}</dd>"
-        for name in ("sent", "completed", "failed", "good")
+        for name in ("sent", "completed", "failed", "good", "resends")
         if name in counts
     ]
     parts = []
