@@ -53,12 +53,11 @@ OUTPUT_TOKENS = 64
 DEFINITIONS = """\
 What each tool means (read from GuideLLM 0.8.1's source, backends/openai/http.py and
 schemas/base/request_stats.py, and from METRICS.md for ours):
-- TTFT. Ours: perf_counter just before the request is handed to aiohttp (a new connection per
-  request, so TCP connect is inside) to the read that brought the first SSE event carrying
-  text. GuideLLM: time.time() when httpx starts writing the request headers (on a pooled
-  connection, connect outside) to the first SSE line its handler counts as >= 1 token. On
-  127.0.0.1 connect costs well under a millisecond, far below the TTFT of an LLM server, so
-  both definitions measure the same thing; any gap beyond the server's own drift (our two
+- TTFT. Ours: perf_counter just before the request's bytes are written (on a pooled
+  connection; connecting is connect_ms, outside) to the read that brought the first SSE event
+  carrying text. GuideLLM: time.time() when httpx starts writing the request headers (on a
+  pooled connection, connect outside) to the first SSE line its handler counts as >= 1 token.
+  Both definitions measure the same thing; any gap beyond the server's own drift (our two
   runs) would come from the clients.
 - Output throughput. Ours: output tokens (the server's usage) of completed requests / (last
   completion - first send) of the level; requests in flight at the end of the duration are

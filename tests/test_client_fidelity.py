@@ -1,15 +1,18 @@
 """The `openai` client's TTFT, ITL and TPOT against the token server's own timings.
 
 Both sides read the machine's monotonic clock, so each error below is time the client added:
-building and writing the request, and the wait between an event reaching the socket and the
-client timing it. The token server is the one test double here: no real server emits tokens at
-known instants.
+writing the request, and the wait between an event reaching the socket and the client timing
+it. The token server is the one test double here: no real server emits tokens at known instants.
 
-The bar at 32 and 64 streams is a plain aiohttp client (pooled connections, lines timed as they
-are read) measured against the same server in the same test: what any Python client on this
-machine reads. A shared machine can stall a whole round for both clients alike, so the pair is
-measured up to `ATTEMPTS` times and one round within the bounds passes; a client that is
-behind in every round fails, whatever it says of itself.
+- One stream: within a few milliseconds of the truth at p99 (under one, measured).
+- 32 and 64 streams: the bar is a plain aiohttp client (pooled connections, lines timed as they
+  are read) measured against the same server in the same test, i.e. what any Python client on
+  this machine reads; and a client this calm must not call itself saturated.
+- 256 streams of 5 ms gaps: more events than one process can time; the run must say so.
+
+A shared machine can stall a round for both clients alike, so a pair is measured up to
+`ATTEMPTS` times and one round within the bounds passes; a client behind in every round fails,
+whatever it says of itself.
 """
 
 from __future__ import annotations
@@ -41,10 +44,8 @@ from pytest_aifactory.loadgen.selfcheck import client_stats_path, read_client_st
 from pytest_aifactory.loadgen.spec import DatasetSpec, LoadSpec
 from pytest_aifactory.metrics.stats import client_health
 
-P99_BOUND_MS = {1: 5.0, 256: 100.0}
-"""|client - server| p99 at one stream and at 256, TTFT and ITL (see the README)."""
-TPOT_P99_BOUND_MS = {1: 0.5, 256: 15.0}
-"""TPOT averages a request's gaps, so a late read moves it by its share only."""
+ONE_STREAM_P99_MS = {"ttft_ms": 5.0, "itl_ms": 5.0, "tpot_ms": 0.5}
+"""|client - server| p99 with one stream (measured: under 1 ms; see the README)."""
 ATTEMPTS = 3
 TTFT_P50_OVER_PLAIN_MS = 1.0
 TTFT_P99_OVER_PLAIN = (1.5, 2.0)
@@ -98,27 +99,31 @@ def measure(tmp_path: Path, server: TokenServer, **overrides: Any) -> tuple[Fide
     return fidelity, health
 
 
-@pytest.mark.parametrize("concurrency", [1, 256])
-def test_client_timings_agree_with_the_server(
-    tmp_path: Path, server: TokenServer, concurrency: int
-) -> None:
-    requests = max(20, 2 * concurrency)
-    fidelity, health = measure(
-        tmp_path,
-        server,
-        level=concurrency,
-        requests=requests,
-        warmup_requests=min(concurrency, 32),
-    )
+def test_one_stream_is_timed_to_the_server(tmp_path: Path, server: TokenServer) -> None:
+    for _attempt in range(ATTEMPTS):
+        fidelity, health = measure(tmp_path, server, requests=20, warmup_requests=1)
+        p99 = fidelity.p99_abs()
+        if all(p99[name] <= bound for name, bound in ONE_STREAM_P99_MS.items()):
+            break
     described = fidelity.describe()
-    print(concurrency, described, health)
-    assert fidelity.itl_ms.size == requests * 31
+    print(described, health)
+    assert fidelity.itl_ms.size == 20 * 31
     # the client never sees an event before the server wrote it (anchors agree to microseconds)
     assert fidelity.ttft_ms.min() > -0.05
-    p99 = fidelity.p99_abs()
-    assert p99["ttft_ms"] <= P99_BOUND_MS[concurrency], described
-    assert p99["itl_ms"] <= P99_BOUND_MS[concurrency], described
-    assert p99["tpot_ms"] <= TPOT_P99_BOUND_MS[concurrency], described
+    for name, bound in ONE_STREAM_P99_MS.items():
+        assert p99[name] <= bound, described
+    assert not health["saturated"], health
+
+
+def test_an_overloaded_client_says_so(tmp_path: Path, server: TokenServer) -> None:
+    """256 streams of an event every 5 ms is 51,000 events a second: more than one process can
+    time, so its timestamps are late, and the run must say so rather than report them as the
+    server's."""
+    fidelity, health = measure(tmp_path, server, level=256, requests=512, warmup_requests=32)
+    print(fidelity.describe(), health)
+    assert fidelity.ttft_ms.min() > -0.05, "late, never early"
+    assert health["saturated"], health
+    assert "of a CPU core" in health["reason"] or "event loop woke late" in health["reason"]
 
 
 def _beside_plain(

@@ -133,6 +133,25 @@ def test_streaming_metrics_are_consistent(records: pd.DataFrame) -> None:
         assert row["tpot_ms"] == pytest.approx(expected_tpot, rel=1e-6)
 
 
+def test_connections_to_llama_server_are_accounted(session: Session, records: pd.DataFrame) -> None:
+    """llama-server closes a connection after each stream while announcing keep-alive: a
+    request either reuses a pooled connection (connect_ms 0), or connects anew, having met a
+    closed one (a resend) or not; none fails for it, and the summary counts the resends."""
+    ok = records[records["error"] == ""]
+    assert len(ok) == len(records)
+    reused = (ok["connect_ms"] == 0) & (ok["resends"] == 0)
+    connected = ok["connect_ms"] > 0
+    assert (reused | connected).all()
+    assert (ok[ok["resends"] > 0]["connect_ms"] > 0).all(), "a resend connects anew"
+    summary = session.summary()
+    resends = {t["client"]: t["counts"]["resends"] for t in summary["tests"]}
+    assert resends == ok.groupby("client")["resends"].sum().to_dict()
+    chat = next(t for t in summary["tests"] if t["client"] == "chat")
+    assert chat["per_request"]["connect_ms"]["max"] == pytest.approx(
+        ok[ok["client"] == "chat"]["connect_ms"].max()
+    )
+
+
 def max_in_flight(frame: pd.DataFrame) -> int:
     events = [(t, 1) for t in frame["send_ts"]] + [(t, -1) for t in frame["end_ts"]]
     in_flight = peak = 0

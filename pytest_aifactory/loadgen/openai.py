@@ -34,6 +34,7 @@ from typing import Any
 
 import aiohttp
 
+from pytest_aifactory.loadgen.arrivals import Arrivals, timed_connector, watch_arrivals
 from pytest_aifactory.loadgen.datasets import Prompt, api_root, build_prompts
 from pytest_aifactory.loadgen.records import Clock
 from pytest_aifactory.loadgen.registry import client_kind
@@ -220,36 +221,61 @@ def _int_or_none(value: Any) -> int | None:
 
 
 async def read_stream(response: aiohttp.ClientResponse, state: StreamState) -> None:
-    """Server-sent events from whatever the socket has, not line by line: one await and one
-    clock reading per read, however many events it holds. `data:` lines are joined when an
-    event has several; a blank line ends an event; an event's time is when the read that brought
-    its first bytes returned (events that arrive together are timed together)."""
-    content = response.content
+    """Server-sent events from whatever the socket has, not line by line: one await per read,
+    however many events it holds. `data:` lines are joined when an event has several; a blank
+    line ends an event. An event's time is when its first byte arrived, as the connection
+    recorded it (see `arrivals`); where it keeps no times, when the read that brought that byte
+    returned (events that arrive together are timed together)."""
+    protocol = watch_arrivals(response)
+    arrivals = protocol.arrivals if protocol is not None else None
+    try:
+        await _read_events(response.content, state, arrivals)
+    finally:
+        if protocol is not None:
+            protocol.unwatch()
+
+
+async def _read_events(
+    content: aiohttp.StreamReader, state: StreamState, arrivals: Arrivals | None
+) -> None:
     pending = b""
     pending_ns = 0
+    pending_offset = 0
+    consumed = 0
+    """Payload bytes read before the current chunk."""
     while True:
         chunk = await content.readany()
         if not chunk:
             break
-        arrived_ns = perf_counter_ns()
+        read_ns = perf_counter_ns()
         if pending:
             data = pending + chunk
+            data_offset = pending_offset
             first_ns = pending_ns
         else:
             data = chunk
-            first_ns = arrived_ns
+            data_offset = consumed
+            first_ns = read_ns
+        consumed += len(chunk)
+        # offsets hold only while the bytes are as received
+        arrived = arrivals.at if arrivals is not None and b"\r" not in data else None
         if b"\r" in data:
             data = data.replace(b"\r\n", b"\n")
         blocks = data.split(b"\n\n")
         pending = blocks.pop()
+        position = data_offset
         for block in blocks:
             if block:
+                if arrived is not None:
+                    first_ns = arrived(position) or first_ns
                 _on_block(block, first_ns, state)
                 if state.error:
                     return
-            first_ns = arrived_ns
+            position += len(block) + 2
+            first_ns = read_ns
         if pending:
-            pending_ns = first_ns
+            pending_offset = position
+            pending_ns = (arrived(position) if arrived is not None else None) or first_ns
             if len(pending) > MAX_EVENT_BYTES:
                 state.error = f"StreamError: event longer than {MAX_EVENT_BYTES} bytes"
                 return
@@ -401,7 +427,7 @@ async def run_openai(spec: LoadSpec) -> dict[str, Any]:
             f"unknown connections '{spec.connections}' (expected one of {', '.join(CONNECTIONS)})"
         )
     driver = LoadDriver(spec)
-    connector = aiohttp.TCPConnector(limit=0, force_close=spec.connections == "per_request")
+    connector = timed_connector(limit=0, force_close=spec.connections == "per_request")
     async with aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=spec.timeout_s),

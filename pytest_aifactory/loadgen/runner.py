@@ -307,8 +307,8 @@ class LoadDriver:
         except Exception as err:  # a bug in a kind must not lose the rest of the load
             record["error"] = f"ClientError: {type(err).__name__}: {err}"[:300]
             record["end_ts"] = self.clock.wall(self.clock.now_ns())
-        # Responses often end together (a server's batch finishing): let the reads already due
-        # take their timestamps before this one's bookkeeping and its worker's next request.
+        # Responses often end together (a server's batch finishing): let the reads and writes
+        # already due go first, before this one's bookkeeping and its worker's next request.
         await asyncio.sleep(0)
         assert self.writer is not None
         self.writer.add(record)
