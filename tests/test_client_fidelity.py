@@ -17,8 +17,10 @@ whatever it says of itself.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-import pytest_aifactory.loadgen.openai  # noqa: F401  (registers the kind)
 from benchmarks.tools.fidelity import (
     GAP_MS,
     TOKENS,
@@ -38,6 +39,7 @@ from benchmarks.tools.fidelity import (
     run_plain_client,
 )
 from benchmarks.tools.token_server import TokenServer
+from pytest_aifactory.loadgen.openai import StreamState, read_stream
 from pytest_aifactory.loadgen.records import read_records
 from pytest_aifactory.loadgen.runner import run_load
 from pytest_aifactory.loadgen.selfcheck import client_stats_path, read_client_stats
@@ -240,3 +242,52 @@ def test_the_server_keeps_its_own_schedule(tmp_path: Path, server: TokenServer) 
         gaps.extend((b - a) / 1e6 for a, b in itertools.pairwise(events))
         assert (events[0] - request["received_ns"]) / 1e6 >= 20 - 2 - 0.01, "never early"
     assert float(np.median(gaps)) == pytest.approx(5, abs=2.5)
+
+
+BUSY_STEP_S = 0.02
+
+
+async def _stream_beside_a_busy_task(url: str, timed: bool) -> StreamState:
+    """One streamed answer read while another task holds the loop 20 ms at a time, yielding
+    in between: each time the loop polls the socket, that task's next step is already queued
+    before the reader's."""
+    import aiohttp
+
+    from pytest_aifactory.loadgen.arrivals import timed_connector
+
+    state = StreamState(chat=False)
+    done = asyncio.Event()
+
+    async def busy() -> None:
+        while not done.is_set():
+            time.sleep(BUSY_STEP_S)  # the loop's other work: parsing, bookkeeping, next sends
+            await asyncio.sleep(0)
+
+    connector = timed_connector() if timed else aiohttp.TCPConnector()
+    async with aiohttp.ClientSession(connector=connector) as session:
+        body = {"model": "m", "prompt": "p", "max_tokens": TOKENS, "stream": True}
+        hog = asyncio.create_task(busy())
+        headers = {"X-Request-Id": f"busy-{timed}"}
+        async with session.post(url + "/v1/completions", json=body, headers=headers) as response:
+            await read_stream(response, state)
+        done.set()
+        await hog
+    return state
+
+
+def test_events_are_timed_on_arrival_not_when_their_reader_runs(llm_like: TokenServer) -> None:
+    """Timed where the connection receives its bytes, an event is late only by the work that
+    kept the loop from polling (up to one busy step here); timed where its reader reads, it
+    would wait for the work queued ahead of the reader as well (one more step)."""
+    llm_like.reset()
+    late: dict[bool, float] = {}
+    for timed in (True, False):
+        state = asyncio.run(_stream_beside_a_busy_task(llm_like.url, timed))
+        (served,) = [r for r in llm_like.truth()["requests"] if r["request_id"] == f"busy-{timed}"]
+        assert state.done, state.error
+        assert len(state.events_ns) == len(served["events_ns"]) == TOKENS
+        sent = np.asarray(served["events_ns"])
+        late[timed] = float(np.median((np.asarray(state.events_ns) - sent) / 1e6))
+    step_ms = BUSY_STEP_S * 1000
+    assert late[True] <= step_ms + 3.0, late
+    assert late[False] - late[True] >= step_ms / 2, late

@@ -81,9 +81,8 @@ def timed_connector(**options: Any) -> aiohttp.TCPConnector:
     connector = aiohttp.TCPConnector(**options)
     factory = getattr(connector, "_factory", None)
     if isinstance(factory, functools.partial) and factory.func is ResponseHandler:
-        connector._factory = functools.partial(
-            TimedResponseHandler, *factory.args, **factory.keywords
-        )
+        timed = functools.partial(TimedResponseHandler, *factory.args, **factory.keywords)
+        connector._factory = timed  # type: ignore[assignment]  # a ResponseHandler subclass
     return connector
 
 
