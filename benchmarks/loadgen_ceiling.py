@@ -292,6 +292,39 @@ def vllm_bench_python(option: str | None) -> str | None:
     return str(found) if found else None
 
 
+def vllm_bench_args(
+    url: str, tokenizer: Path, input_len: int, output_len: int, prompts: int, in_flight: int
+) -> list[str]:
+    """`vllm bench serve` options for random prompts to the token server's completions API at
+    an unlimited request rate with at most `in_flight` requests in flight."""
+    return [
+        "--backend",
+        "openai",
+        "--base-url",
+        url,
+        "--endpoint",
+        "/v1/completions",
+        "--model",
+        "token-server",
+        "--tokenizer",
+        str(tokenizer),
+        "--dataset-name",
+        "random",
+        "--random-input-len",
+        str(input_len),
+        "--random-output-len",
+        str(output_len),
+        "--ignore-eos",
+        "--num-prompts",
+        str(prompts),
+        "--request-rate",
+        "inf",
+        "--max-concurrency",
+        str(in_flight),
+        "--disable-tqdm",
+    ]
+
+
 def run_vllm_bench(
     python: str, url: str, prompts: int, timeout_s: float = 600.0
 ) -> tuple[dict[str, Any] | None, str]:
@@ -306,30 +339,9 @@ def run_vllm_bench(
         python,
         "-c",
         VLLM_BENCH,
-        "--backend",
-        "openai",
-        "--base-url",
-        url,
-        "--endpoint",
-        "/v1/completions",
-        "--model",
-        "token-server",
-        "--tokenizer",
-        str(tokenizer),
-        "--dataset-name",
-        "random",
-        "--random-input-len",
-        str(INPUT_TOKENS),
-        "--random-output-len",
-        str(OUTPUT_TOKENS),
-        "--ignore-eos",
-        "--num-prompts",
-        str(prompts),
-        "--request-rate",
-        "inf",
-        "--max-concurrency",
-        str(GUIDELLM_CONCURRENCY),
-        "--disable-tqdm",
+        *vllm_bench_args(
+            url, tokenizer, INPUT_TOKENS, OUTPUT_TOKENS, prompts, GUIDELLM_CONCURRENCY
+        ),
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     try:

@@ -276,15 +276,9 @@ main(parser.parse_args(sys.argv[1:]))
 VLLM_PREFIX = "vllm-"
 
 
-def vllm_python() -> str | None:
-    from pytest_aifactory.services.vllm import installed_python
-
-    found = installed_python()
-    return str(found) if found else None
-
-
 def run_vllm(python: str, url: str, streams: int, requests: int, folder: Path) -> list[Measured]:
     """`vllm bench serve` with `streams` in flight and its per-request detail saved."""
+    from benchmarks.loadgen_ceiling import vllm_bench_args
     from pytest_aifactory.services.models import hf_model_dir
 
     tokenizer = hf_model_dir("smollm2-135m")
@@ -294,29 +288,7 @@ def run_vllm(python: str, url: str, streams: int, requests: int, folder: Path) -
         python,
         "-c",
         VLLM_BENCH,
-        "--backend",
-        "openai",
-        "--base-url",
-        url,
-        "--endpoint",
-        "/v1/completions",
-        "--model",
-        "token-server",
-        "--tokenizer",
-        str(tokenizer),
-        "--dataset-name",
-        "random",
-        "--random-input-len",
-        str(PROMPT_WORDS),
-        "--random-output-len",
-        str(TOKENS),
-        "--ignore-eos",
-        "--num-prompts",
-        str(requests),
-        "--request-rate",
-        "inf",
-        "--max-concurrency",
-        str(streams),
+        *vllm_bench_args(url, tokenizer, PROMPT_WORDS, TOKENS, requests, streams),
         "--request-id-prefix",
         VLLM_PREFIX,
         "--save-result",
@@ -325,7 +297,6 @@ def run_vllm(python: str, url: str, streams: int, requests: int, folder: Path) -
         str(folder),
         "--result-filename",
         "vllm.json",
-        "--disable-tqdm",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     done = subprocess.run(args, capture_output=True, text=True, timeout=900, env=env)
@@ -481,7 +452,9 @@ def main() -> None:
     if args.child:
         _child(args)
         return
-    vllm = None if args.no_vllm else vllm_python()
+    from benchmarks.loadgen_ceiling import vllm_bench_python
+
+    vllm = None if args.no_vllm else vllm_bench_python(None)
     if vllm is None and not args.no_vllm:
         print("vLLM's benchmark not run: no vLLM environment (scripts/install-vllm.sh)")
     rows = side_by_side(args.streams, args.requests, args.rounds, vllm)
