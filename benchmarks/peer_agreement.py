@@ -52,7 +52,7 @@ OUTPUT_TOKENS = 64
 
 DEFINITIONS = """\
 What each tool means (read from GuideLLM 0.8.1's source, backends/openai/http.py and
-schemas/base/request_stats.py, and from METRICS.md for ours):
+schemas/base/request_stats.py, and from docs/metrics.md for ours):
 - TTFT. Ours: perf_counter just before the request's bytes are written (on a pooled
   connection; connecting is connect_ms, outside) to the read that brought the first SSE event
   carrying text. GuideLLM: time.time() when httpx starts writing the request headers (on a

@@ -1,6 +1,6 @@
 """The recipe: one YAML file saying what to start, which load to drive and which SLOs must hold.
 
-The format (v1, RECIPES.md) is a contract with users, so its rules live in one place: the
+The format (v1, docs/recipes.md) is a contract with users, so its rules live in one place: the
 pydantic models below are the schema (also exported as JSON Schema for editors), and
 `load_recipe` turns every mistake in a file into a `RecipeProblem` with file, line and key, all
 of them at once, so that a run on a cluster never starts only to stop at the second typo.
@@ -583,7 +583,8 @@ class Client(_Section):
                     f"(this client is kind '{self.kind}')",
                     (section,),
                 )
-        if self.kind != "openai" and "connections" in self.load.model_fields_set:
+        # the default passes: a saved recipe (recipe.json) holds every key, defaults included
+        if self.kind != "openai" and self.load.connections != "pooled":
             _fail(
                 f"connections applies to clients of kind 'openai' (this client is kind "
                 f"'{self.kind}', which keeps its own connections)",

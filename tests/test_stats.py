@@ -27,7 +27,7 @@ def record(
     connect_ms: float = 0.0,
     resends: int = 0,
 ) -> dict[str, Any]:
-    """One request as the load generator writes it; latencies follow METRICS.md."""
+    """One request as the load generator writes it; latencies follow docs/metrics.md."""
     itl = list(itl or [])
     failed = bool(error)
     output_tokens = math.nan if failed else len(itl) + 1

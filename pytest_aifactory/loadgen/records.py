@@ -59,7 +59,7 @@ RECORD_FIELDS: tuple[str, ...] = (
     "recall",
     "extra",
 )
-"""Column names of a record, in file and DataFrame order (see METRICS.md). `connect_ms` is the
+"""Column names of a record, in file and DataFrame order (see docs/metrics.md). `connect_ms` is the
 time an HTTP request spent getting a connection (0 for a reused pooled one) and `resends` how
 often it was sent again after finding its pooled connection closed. The LLM fields come
 first; `op` to `extra` serve the other kinds: the operation's name, its latency, an object GET's

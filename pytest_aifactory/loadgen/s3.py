@@ -14,7 +14,7 @@ process walks the objects from its own starting point, so several processes writ
 twice. Setup steps are kept as `phase="setup"` records; a failed setup does not stop the load:
 its requests fail in turn, each as an error record with the server's own answer.
 
-Measured (see METRICS.md): `latency_ms` from just before the request is written to the last
+Measured (see docs/metrics.md): `latency_ms` from just before the request is written to the last
 byte of the answer; for GETs `ttfb_ms` until the first byte of the body. Every GET body is
 checked against its expected size and md5: a difference is an error (`ChecksumMismatch`),
 never a success; a PUT whose ETag is not the md5 of what was sent is one too. LISTs must

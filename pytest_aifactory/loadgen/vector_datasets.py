@@ -180,7 +180,7 @@ class GroundTruth:
     an index computing in float32 (all of them) may return either, and either is an exact
     answer. So a returned vector counts as found when it is in the exact top-k or scores within
     `TIE_TOLERANCE` x (|q|^2 + |x_k|^2) of the k-th; without such ties this is exactly
-    |returned ∩ exact top-k| / k (METRICS.md).
+    |returned ∩ exact top-k| / k (docs/metrics.md).
     """
 
     ids: np.ndarray
@@ -244,7 +244,7 @@ def exact_top_k(base: np.ndarray, queries: np.ndarray, k: int, metric: str) -> G
 
 
 def recall(returned: list[int] | np.ndarray, truth: np.ndarray, k: int) -> float:
-    """|returned ∩ exact top-k| / k (METRICS.md) against a list of exact ids, ties not
+    """|returned ∩ exact top-k| / k (docs/metrics.md) against a list of exact ids, ties not
     considered; duplicates in `returned` count once. With fewer than `k` vectors stored, all
     of them are the exact answer and the divisor."""
     wanted = min(k, len(truth))

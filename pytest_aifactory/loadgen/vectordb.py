@@ -5,7 +5,7 @@ in batches (one `phase="setup"`, `op="insert"` record per batch, its vectors in 
 index built where the engine has a separate step (one `op="index_build"` record), and each
 query's exact top-k found by brute force over the same vectors. Then every request is one query
 (`op="query"`), taken in turn from the query set, recorded with its latency and its recall@k
-against the exact answer (METRICS.md).
+against the exact answer (docs/metrics.md).
 
 The engine follows the client's service (chroma, milvus), is FAISS inside this process when the
 client has none, or is named by `vectordb.engine` (an `external` service). With several

@@ -39,7 +39,7 @@ THROUGHPUT_NAME: dict[str, str] = {
     "sql": "tps",
     "triton": "request_throughput",
 }
-"""Each kind's name for completed operations per second (METRICS.md)."""
+"""Each kind's name for completed operations per second (docs/metrics.md)."""
 
 
 def _span(rows: pd.DataFrame) -> float:

@@ -1,6 +1,6 @@
 """Statistics of one load level: per-request distributions, throughputs, errors and goodput.
 
-Definitions follow METRICS.md, which follows vLLM's serving benchmark (`np.percentile` with
+Definitions follow docs/metrics.md, which follows vLLM's serving benchmark (`np.percentile` with
 linear interpolation, population standard deviation), so numbers compare with that tool.
 Everything here is a pure function of the request records; nothing is read from a server.
 """

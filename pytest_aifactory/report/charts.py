@@ -31,7 +31,7 @@ LATENCY_METRICS: tuple[str, ...] = (
     "latency_ms",
     "ttfb_ms",
 )
-"""Per-request latencies drawn as distributions, in the order METRICS.md lists them (a kind
+"""Per-request latencies drawn as distributions, in the order docs/metrics.md lists them (a kind
 draws those its records have: LLM serving the first four, operations the last two)."""
 
 LATENCY_TITLES: dict[str, str] = {
@@ -111,7 +111,7 @@ def latency_rows(records: pd.DataFrame) -> pd.DataFrame:
 
 
 def pooled_itl(records: pd.DataFrame) -> np.ndarray:
-    """Every inter-token gap of the given rows in one array (METRICS.md pools them).
+    """Every inter-token gap of the given rows in one array (docs/metrics.md pools them).
 
     Arrow-backed list columns are flattened without a Python loop; object columns of lists
     (what `loadgen.records` gives) are converted once.

@@ -1,0 +1,57 @@
+"""The repository's docs keep up with the code: every recipe key and every metric is described."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from pytest_aifactory.metrics.catalog import METRICS
+from pytest_aifactory.recipe import recipe_json_schema
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+_PLACEHOLDER = re.compile(r"<[^>]*>")
+
+
+def schema_keys(schema: Mapping[str, Any]) -> Iterator[str]:
+    """Every key path of the recipe schema, a name chosen by the user written `<>`."""
+    definitions = schema.get("$defs", {})
+
+    def walk(node: Mapping[str, Any], prefix: str, seen: frozenset[str]) -> Iterator[str]:
+        if "$ref" in node:
+            name = node["$ref"].rsplit("/", 1)[-1]
+            if name not in seen:
+                yield from walk(definitions[name], prefix, seen | {name})
+            return
+        for key in ("anyOf", "allOf", "oneOf"):
+            for branch in node.get(key, []):
+                yield from walk(branch, prefix, seen)
+        for name, child in node.get("properties", {}).items():
+            yield prefix + name
+            yield from walk(child, f"{prefix}{name}.", seen)
+        extra = node.get("additionalProperties")
+        if isinstance(extra, Mapping):
+            yield from walk(extra, prefix + "<>.", seen)
+        items = node.get("items")
+        if isinstance(items, Mapping):
+            yield from walk(items, prefix, seen)
+
+    yield from walk(schema, "", frozenset())
+
+
+def documented_keys(page: str) -> set[str]:
+    return {_PLACEHOLDER.sub("<>", key) for key in re.findall(r"`([a-z0-9_<>.]+)`", page)}
+
+
+def test_every_recipe_key_is_in_docs_recipes() -> None:
+    keys = set(schema_keys(recipe_json_schema()))
+    assert "clients.<>.load.connections" in keys, "the walk reaches nested sections"
+    missing = sorted(keys - documented_keys((DOCS / "recipes.md").read_text(encoding="utf-8")))
+    assert not missing, f"docs/recipes.md lacks: {missing}"
+
+
+def test_every_metric_is_in_docs_metrics() -> None:
+    page = (DOCS / "metrics.md").read_text(encoding="utf-8")
+    missing = sorted(name for name in METRICS if f"`{name}`" not in page)
+    assert not missing, f"docs/metrics.md lacks: {missing}"
