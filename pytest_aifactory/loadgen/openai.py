@@ -3,12 +3,13 @@
 Timing follows docs/metrics.md: the clock starts immediately before the request's bytes are
 written to the connection (aiohttp's request tracing tells when), TTFT ends at the first
 server-sent event that carries generated text (a role-only chat delta does not), ITL are the gaps
-between such events; an event's time is when the connection received it (`arrivals`). aiohttp writes a request with a body from a task of its own (before Python 3.12), so a
-request handed to it during a burst of other work leaves only when the loop gets to that task: a
-clock started at the hand-over would count that wait as the server's; it is the client's, and
-lands in `queue_ms` with any other wait between the scheduled instant and the write. Whatever a
-server answers (errors, garbage, a stream cut short, no usage), the request ends as a record,
-never as an exception.
+between such events; an event's time is when the connection received it (`arrivals`). aiohttp
+writes a request with a body from a task of its own (before Python 3.12), so a request handed to
+it during a burst of other work leaves only when the loop gets to that task: a clock started at
+the hand-over would count that wait as the server's; it is the client's, and lands in `queue_ms`
+with any other wait between the scheduled instant and the write. Whatever a server answers
+(errors, garbage, a stream cut short, no usage), the request ends as a record, never as an
+exception.
 
 Connections are pooled (`load.connections: pooled`), as the applications a server answers keep
 them: a connect inside every TTFT would be the client's cost, not the server's. Some servers
