@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pytest_aifactory.loadgen.progress import Progress, read_progress, write_json_atomic
+from pytest_aifactory.loadgen.progress import Progress, read_progress
 from pytest_aifactory.loadgen.records import (
     RECORD_FIELDS,
     Clock,
@@ -195,11 +195,3 @@ def test_progress_ttft_window_is_bounded(tmp_path: Path) -> None:
     for _ in range(512):
         progress.on_done({"error": "", "ttft_ms": 1.0})
     assert progress.snapshot()["ttft_p50_ms"] == 1.0
-
-
-def test_atomic_write_leaves_no_temporary_file(tmp_path: Path) -> None:
-    target = tmp_path / "p.json"
-    write_json_atomic(target, {"a": 1})
-    write_json_atomic(target, {"a": 2})
-    assert json.loads(target.read_text()) == {"a": 2}
-    assert [p.name for p in tmp_path.iterdir()] == ["p.json"]

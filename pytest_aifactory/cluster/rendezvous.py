@@ -7,10 +7,11 @@ written under a temporary name and renamed, so a reader never sees half of it.
 from __future__ import annotations
 
 import json
-import os
 import socket
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+
+from pytest_aifactory.atomic import write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -34,11 +35,7 @@ class Rendezvous:
 
 
 def write_rendezvous(path: Path, info: Rendezvous) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(asdict(info), fh)
-    os.replace(tmp, path)
+    write_json_atomic(path, asdict(info))
 
 
 _FIELDS = frozenset(f.name for f in fields(Rendezvous))

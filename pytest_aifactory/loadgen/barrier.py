@@ -8,10 +8,11 @@ latest ready time plus a margin) and sleeps until then. No process has to be the
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import warnings
 from pathlib import Path
+
+from pytest_aifactory.atomic import write_text_atomic
 
 START_MARGIN_S = 0.5
 """Time for every process to see the last ready file (shared file systems cache metadata)."""
@@ -31,10 +32,7 @@ def _ready_times(folder: Path) -> list[float]:
 
 
 def mark_ready(folder: Path, process: int) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".ready.{process}.tmp"
-    tmp.write_text(repr(time.time()))
-    os.replace(tmp, folder / f"ready.{process}")
+    write_text_atomic(folder / f"ready.{process}", repr(time.time()))
 
 
 async def agreed_start(

@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from pytest_aifactory.atomic import write_json_atomic
 from pytest_aifactory.client_options import FioOptions
 from pytest_aifactory.cluster.rundir import HEARTBEAT_STALE_S
 from pytest_aifactory.loadgen.barrier import agreed_start
@@ -39,7 +40,7 @@ from pytest_aifactory.loadgen.fio_job import (
     measurements,
 )
 from pytest_aifactory.loadgen.live import LivePusher
-from pytest_aifactory.loadgen.progress import WRITE_EVERY_S, Progress, write_json_atomic
+from pytest_aifactory.loadgen.progress import WRITE_EVERY_S, Progress
 from pytest_aifactory.loadgen.records import Clock, RecordWriter, new_record
 from pytest_aifactory.loadgen.registry import client_kind
 from pytest_aifactory.loadgen.signals import install_stop_signals, restore_signals

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pytest_aifactory.atomic import write_json_atomic
+
 WRITE_EVERY_S = 0.5
 TTFT_WINDOW = 512
 
@@ -75,16 +77,6 @@ class Progress:
 
     def write(self, done: bool = False) -> None:
         write_json_atomic(self.path, self.snapshot(done))
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write beside the target, then rename over it: readers see the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle)
-    os.replace(tmp, path)
 
 
 def _read(path: Path) -> dict[str, Any] | None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from pytest_aifactory.atomic import write_json_atomic
 from pytest_aifactory.metrics.histogram import LogHistogram
 
 TICK_S = 0.005
@@ -130,6 +131,4 @@ class ClientMeter:
         }
 
     def write(self, path: str | os.PathLike[str]) -> None:
-        from pytest_aifactory.loadgen.progress import write_json_atomic
-
         write_json_atomic(Path(path), self.snapshot())

@@ -37,6 +37,7 @@ from pathlib import Path
 from time import perf_counter_ns
 from typing import Any
 
+from pytest_aifactory.atomic import write_json_atomic
 from pytest_aifactory.client_options import VectorDbOptions
 from pytest_aifactory.loadgen.registry import client_kind
 from pytest_aifactory.loadgen.runner import LoadDriver, SendFn
@@ -136,13 +137,6 @@ def index_settings(options: VectorDbOptions) -> IndexSettings:
 
 def _error_text(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"[:ERROR_CHARS]
-
-
-def _write_mark(path: Path, content: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(content))
-    os.replace(tmp, path)
 
 
 def _read_mark(path: Path) -> dict[str, Any] | None:
@@ -291,7 +285,7 @@ class VectorLoad:
     def _mark_loaded(self, error: str = "") -> None:
         if self.shared and self.barrier is not None:
             with contextlib.suppress(OSError):
-                _write_mark(self.barrier / LOADED_MARK, {"ok": not error, "error": error})
+                write_json_atomic(self.barrier / LOADED_MARK, {"ok": not error, "error": error})
 
     async def _wait_until_loaded(self) -> None:
         assert self.barrier is not None
@@ -359,7 +353,9 @@ class VectorLoad:
         try:
             if self.shared and self.barrier is not None and not self.loader:
                 with contextlib.suppress(OSError):
-                    _write_mark(self.barrier / f"{DONE_MARK}.{self.spec.process}", {"ok": True})
+                    write_json_atomic(
+                        self.barrier / f"{DONE_MARK}.{self.spec.process}", {"ok": True}
+                    )
             keep = self.options.keep_collection or self.options.reuse_collection
             drop = self.engine is not None and self.loader and not keep
             if drop and await self._others_done():

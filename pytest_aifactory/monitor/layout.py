@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+from pytest_aifactory import atomic
 
 MonitorMode = Literal["prometheus", "scrape", "off"]
 
@@ -64,15 +64,7 @@ def read_endpoints(run_root: Path) -> MonitorEndpoints | None:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Readers (Prometheus's file discovery, other processes) never see half a file."""
+    """Readers (Prometheus's file discovery, other processes) never see half a file; folders
+    made for it are private."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        with __import__("contextlib").suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic.write_json_atomic(path, data, indent=1)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from pytest_aifactory.atomic import replacing
 from pytest_aifactory.cluster.child import first_on_path
 from pytest_aifactory.monitor.layout import (
     MonitorEndpoints,
@@ -473,9 +474,8 @@ def merge_metrics(run_root: Path) -> None:
     frame = _window_parts(run_root)
     if frame is None:
         return
-    tmp = metrics_path(run_root).with_suffix(".parquet.tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(metrics_path(run_root))
+    with replacing(metrics_path(run_root)) as tmp:
+        frame.to_parquet(tmp, index=False)
 
 
 def read_metrics(run_root: Path) -> pd.DataFrame | None:

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pytest_aifactory.atomic import write_text_atomic
 from pytest_aifactory.report import charts as ch
 from pytest_aifactory.report.html_report import ChartView, render_report, slug
 from pytest_aifactory.report.previous import previous_section
-from pytest_aifactory.report.run_store import atomic_write
 
 REPORT_NAME = "report.html"
 SUMMARY_NAME = "summary.json"
@@ -286,5 +286,5 @@ def build_report(
         previous=previous_section(run_root, summary, REPORT_NAME),
     )
     target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(target, page)
+    write_text_atomic(target, page)
     return target

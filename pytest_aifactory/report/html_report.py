@@ -8,18 +8,19 @@ note may quote a server's HTML error page.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import html
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pytest_aifactory import __version__
+from pytest_aifactory.atomic import write_text_atomic
 from pytest_aifactory.metrics.catalog import METRICS
 from pytest_aifactory.metrics.stats import json_safe
 from pytest_aifactory.monitor.window import CROSS_CHECK_TOLERANCE
@@ -96,13 +97,8 @@ def vega_bundle() -> str:
     except OSError:
         pass
     bundle = vlc.javascript_bundle(vl_version=version)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(bundle, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):  # a cache only: the page works without it
+        write_text_atomic(path, bundle)
     return bundle
 
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from pytest_aifactory.atomic import write_json_atomic
 
 MANIFEST_FILE = "manifest.json"
 DATA_FILES: tuple[str, ...] = (
@@ -38,11 +39,7 @@ def write_manifest(root: Path) -> Path:
         if path.is_file():
             files[name] = {"sha256": sha256_of(path), "bytes": path.stat().st_size}
     target = root / MANIFEST_FILE
-    tmp = target.with_name(target.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"format": 1, "algorithm": "sha256", "files": files}, fh, indent=2)
-    os.replace(tmp, target)
+    write_json_atomic(target, {"format": 1, "algorithm": "sha256", "files": files}, indent=2)
     return target
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from pytest_aifactory import __version__
+from pytest_aifactory.atomic import write_text_atomic
 from pytest_aifactory.loadgen.records import read_parquet, write_parquet
 from pytest_aifactory.metrics.stats import json_safe
 from pytest_aifactory.redact import Redactor
@@ -28,14 +29,6 @@ if TYPE_CHECKING:
     from pytest_aifactory.session import CaseResult
 
 SUMMARY_FORMAT = 1
-
-
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def _iso(ts: float) -> str:
@@ -135,7 +128,7 @@ def save_run(
     service, where it ran and how long it took to become usable; `monitoring`: how the run was
     monitored and what went wrong with it."""
     summary = build_summary(run, recipe, tests, status, started_at, services, monitoring)
-    atomic_write(run.root / "summary.json", json.dumps(redacted(run, summary), indent=2))
+    write_text_atomic(run.root / "summary.json", json.dumps(redacted(run, summary), indent=2))
     if records is None:
         return
     if len(records):
@@ -153,7 +146,7 @@ def save_part(
     """`records`: None while the worker runs (its tests' entries alone are written)."""
     parts = run.root / "parts"
     parts.mkdir(exist_ok=True, mode=0o700)
-    atomic_write(parts / f"{worker}.json", json.dumps(redacted(run, tests), indent=2))
+    write_text_atomic(parts / f"{worker}.json", json.dumps(redacted(run, tests), indent=2))
     if records is not None and len(records):
         write_parquet(records, parts / f"{worker}.parquet")
 
@@ -213,12 +206,12 @@ def save_benchmark(
         }
     )
     data = redacted(run, data)
-    atomic_write(run.root / "benchmark.json", json.dumps(data, indent=2))
+    write_text_atomic(run.root / "benchmark.json", json.dumps(data, indent=2))
     storage = Path(os.environ.get("AIFACTORY_BENCHMARK_STORAGE", ".benchmarks"))
     marker = run.root / ".benchmark-path"
     if marker.exists():  # rewrite the same file as the run goes on, not a new one per test
         target = Path(marker.read_text().strip())
-        atomic_write(target, json.dumps(data, indent=2))
+        write_text_atomic(target, json.dumps(data, indent=2))
         return target
     target = save_benchmark_json(data, storage, run.run_id)
     marker.write_text(str(target.resolve()))
