@@ -18,6 +18,7 @@ import pytest
 
 from pytest_aifactory.cases import cases_for
 from pytest_aifactory.fixtures import SESSION_KEY, aifactory, aifactory_load, aifactory_monitor
+from pytest_aifactory.recipe import SLURM_OVERRIDE_KEYS
 from pytest_aifactory.report.compare import BaselineCheck
 from pytest_aifactory.session import AIFactorySession
 from pytest_aifactory.terminal import Terminal
@@ -105,14 +106,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("aifactory_recipe", "recipe used when --recipe is not given", default="")
 
 
-SLURM_OVERRIDES = ("partition", "account", "qos", "time_limit", "setup", "pending_timeout_s")
-
-
 def _slurm_overrides(config: pytest.Config, recipe: Any) -> dict[str, Any]:
     """The `--slurm-*` options that were given, checked like the recipe's own settings."""
     overrides = {
         key: value
-        for key in SLURM_OVERRIDES
+        for key in SLURM_OVERRIDE_KEYS
         if (value := config.getoption(f"slurm_{key}")) not in (None, [])
     }
     if overrides:

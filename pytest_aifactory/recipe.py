@@ -13,7 +13,6 @@ recipe file, then validation of types and of the references between sections.
 from __future__ import annotations
 
 import difflib
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -51,6 +50,7 @@ from pytest_aifactory.metrics.catalog import (
     SloObjective,
     metrics_for_client_kind,
 )
+from pytest_aifactory.numbers import finite_number
 from pytest_aifactory.recipe_yaml import KeyPath, YamlSyntaxError, load_located
 
 ServiceKind = Literal[
@@ -249,6 +249,18 @@ class SlurmSettings(_Section):
         if isinstance(value, str) and not _TIME_LIMIT.match(value.strip()):
             _fail(f"expected minutes, HH:MM:SS or D-HH:MM:SS (quote it), got {describe(value)}")
         return value.strip() if isinstance(value, str) else value
+
+
+SLURM_OVERRIDE_KEYS: tuple[str, ...] = (
+    "partition",
+    "account",
+    "qos",
+    "time_limit",
+    "setup",
+    "pending_timeout_s",
+)
+"""The `platform.slurm` settings the command line may override (`--slurm-partition` ...);
+`setup` lines are added after the recipe's."""
 
 
 class Platform(_Section):
@@ -664,7 +676,7 @@ class Recipe(_Section):
         def convert(key: str, value: Any) -> Any:
             if isinstance(value, dict):
                 return {k: convert(k, v) for k, v in value.items()}
-            number = _number(value) if key in ("max", "min") else None
+            number = finite_number(value) if key in ("max", "min") else None
             return value if number is None else number
 
         return {client: convert(client, metrics) for client, metrics in slo.items()}
@@ -697,7 +709,7 @@ class Recipe(_Section):
             limits = bound.items() if info.per_request else [(None, bound)]
             for statistic, limit in limits:
                 for kind in ("max", "min"):
-                    value = _number(limit.get(kind)) if isinstance(limit, dict) else None
+                    value = finite_number(limit.get(kind)) if isinstance(limit, dict) else None
                     if value is not None:
                         found.append(SloObjective(client, metric, statistic, kind, value))
         return found
@@ -714,18 +726,6 @@ def recipe_json_schema() -> dict[str, Any]:
 # -- checks across sections ---------------------------------------------------------------------
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if not isinstance(value, int | float | str):
-        return None
-    try:
-        number = float(value)
-    except (ValueError, OverflowError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _limit_problems(path: KeyPath, limit: Any) -> list[tuple[KeyPath, str]]:
     if not isinstance(limit, dict):
         return [(path, f"expected a bound such as {{max: 100}}, got {describe(limit)}")]
@@ -740,9 +740,9 @@ def _limit_problems(path: KeyPath, limit: Any) -> list[tuple[KeyPath, str]]:
                     f"unknown key '{key}' ({_close(key, ['max', 'min'])}expected max or min)",
                 )
             )
-        elif _number(value) is None:
+        elif finite_number(value) is None:
             problems.append(((*path, key), f"expected a number, got {describe(value)}"))
-    low, high = _number(limit.get("min")), _number(limit.get("max"))
+    low, high = finite_number(limit.get("min")), finite_number(limit.get("max"))
     if not problems and low is not None and high is not None and low > high:
         problems.append((path, f"min {low:g} is greater than max {high:g}"))
     return problems

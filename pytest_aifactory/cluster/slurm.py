@@ -36,9 +36,6 @@ COMMAND_TIMEOUT_S = 30.0
 CANCEL_WAIT_S = 15.0
 KILL_WAIT_S = 10.0
 _SBATCH_ERROR = re.compile(r"sbatch: error: (.*)")
-OVERRIDE_KEYS = ("partition", "account", "qos", "time_limit", "setup", "pending_timeout_s")
-"""Settings the command line may override (`--slurm-partition` ...); `setup` lines are added
-after the recipe's."""
 
 
 class SlurmError(SubmitError):
@@ -68,12 +65,12 @@ def effective_settings(
     """The recipe's `platform.slurm` with the command line's values on top (validated alike)."""
     from pydantic import ValidationError
 
-    from pytest_aifactory.recipe import SlurmSettings
+    from pytest_aifactory.recipe import SLURM_OVERRIDE_KEYS, SlurmSettings
 
     base = recipe.platform.slurm if recipe is not None else SlurmSettings()
     data = base.model_dump()
     for key, value in (overrides or {}).items():
-        if key not in OVERRIDE_KEYS:
+        if key not in SLURM_OVERRIDE_KEYS:
             raise SlurmError(f"unknown Slurm setting '{key}'")
         if value is None or value == [] or value == ():
             continue

@@ -6,12 +6,12 @@ failing test says at a glance what broke without opening a report.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pytest_aifactory.metrics.catalog import METRICS, SloObjective
+from pytest_aifactory.numbers import finite_number
 
 
 @dataclass(frozen=True)
@@ -52,16 +52,6 @@ def _unit(metric: str) -> str:
     return info.unit if info else ""
 
 
-def _number(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _lookup(summary: Mapping[str, Any], objective: SloObjective) -> Any:
     if objective.statistic:
         stats = (summary.get("per_request") or {}).get(objective.metric) or {}
@@ -99,7 +89,7 @@ def evaluate(summary: Mapping[str, Any], objectives: Sequence[SloObjective]) -> 
     """
     outcomes: list[SloOutcome] = []
     for objective in objectives:
-        value = _number(_lookup(summary, objective))
+        value = finite_number(_lookup(summary, objective))
         if value is None:
             outcomes.append(
                 SloOutcome(objective, None, False, None, detail=_why_missing(summary, objective))

@@ -11,7 +11,6 @@ wrong way by more than that.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pytest_aifactory.metrics.catalog import METRICS, STATISTICS, higher_is_better
+from pytest_aifactory.numbers import finite_number
 from pytest_aifactory.report.manifest import manifest_problems
 from pytest_aifactory.tabulate import format_table
 
@@ -235,13 +235,7 @@ def metric_value(test: Mapping[str, Any], key: str) -> float | None:
         value = ((test.get("per_request") or {}).get(metric) or {}).get(statistic)
     else:
         value = (test.get("per_level") or {}).get(metric)
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
+    return finite_number(value)
 
 
 def metric_unit(key: str) -> str:

@@ -8,10 +8,11 @@ so every kind reads the same way everywhere.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from pytest_aifactory.numbers import finite_number
 
 
 @dataclass(frozen=True)
@@ -40,22 +41,12 @@ def headline_of(kind: str | None) -> Headline:
     return HEADLINES.get(str(kind or "openai"), LLM)
 
 
-def _finite(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def headline_values(test: Mapping[str, Any]) -> dict[str, float | None]:
     """A test entry's throughput and latency p50/p99 by its kind's headline."""
     head = headline_of(test.get("kind"))
     latency = ((test.get("per_request") or {}).get(head.latency)) or {}
     return {
-        "throughput": _finite((test.get("per_level") or {}).get(head.throughput)),
-        "latency_p50": _finite(latency.get("p50")),
-        "latency_p99": _finite(latency.get("p99")),
+        "throughput": finite_number((test.get("per_level") or {}).get(head.throughput)),
+        "latency_p50": finite_number(latency.get("p50")),
+        "latency_p99": finite_number(latency.get("p99")),
     }

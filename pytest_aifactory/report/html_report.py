@@ -13,7 +13,6 @@ import datetime as dt
 import functools
 import html
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from pytest_aifactory.atomic import write_text_atomic
 from pytest_aifactory.metrics.catalog import METRICS
 from pytest_aifactory.metrics.stats import json_safe
 from pytest_aifactory.monitor.window import CROSS_CHECK_TOLERANCE
+from pytest_aifactory.numbers import finite_number
 from pytest_aifactory.report.headline import headline_of, headline_values
 
 STAT_COLUMNS: tuple[str, ...] = ("mean", "p50", "p90", "p99", "p999", "max")
@@ -207,19 +207,9 @@ def _e(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
-def _finite(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def fmt_number(value: Any, unit: str = "") -> str:
     """Four significant digits, thousands separated; `—` for no value."""
-    number = _finite(value)
+    number = finite_number(value)
     if number is None:
         return "—"
     if number == 0:
@@ -234,7 +224,7 @@ def fmt_number(value: Any, unit: str = "") -> str:
 
 
 def fmt_percent(value: Any, signed: bool = False) -> str:
-    number = _finite(value)
+    number = finite_number(value)
     if number is None:
         return "—"
     return f"{number:+.1%}" if signed else f"{number:.1%}"
@@ -307,7 +297,7 @@ def slo_table(test: Mapping[str, Any]) -> str:
         relation = {"max": "≤", "min": "≥"}.get(str(bound), str(bound or ""))
         value = outcome.get("value")
         shown = fmt_number(value, unit)
-        if _finite(value) is None and outcome.get("detail"):
+        if finite_number(value) is None and outcome.get("detail"):
             shown = f'no value <span class="detail">({_e(outcome["detail"])})</span>'
         else:
             shown = _e(shown)
@@ -339,7 +329,7 @@ def cross_check_table(test: Mapping[str, Any]) -> str:
         return ""
     rows = []
     for check in checks:
-        difference = _finite(check.get("difference"))
+        difference = finite_number(check.get("difference"))
         flagged = bool(check.get("flagged")) or (
             difference is not None and abs(difference) > CROSS_CHECK_TOLERANCE
         )
@@ -655,7 +645,9 @@ def render_report(
     sections = []
     for client in clients:
         client_tests = [t for t in tests if str(t.get("client") or "") == client]
-        client_tests.sort(key=lambda t: (_finite(t.get("level")) or 0.0, str(t.get("started_at"))))
+        client_tests.sort(
+            key=lambda t: (finite_number(t.get("level")) or 0.0, str(t.get("started_at")))
+        )
         body = "".join(
             level_section(
                 t, test_anchors[str(t.get("test_id"))], test_charts.get(str(t.get("test_id")), ())
