@@ -22,6 +22,9 @@ pytestmark = [
 ]
 
 
+REQUESTS = 24
+
+
 def recipe() -> dict[str, Any]:
     return {
         "name": "slurm-monitored",
@@ -33,7 +36,9 @@ def recipe() -> dict[str, Any]:
                 "service": "llm",
                 "nodes": 3,
                 "dataset": {"kind": "random", "input_tokens": 16, "output_tokens": 24},
-                "load": {"mode": "concurrency", "levels": [3], "requests": 12},
+                # long enough that Prometheus, which applies discovered targets at most every
+                # 5 s, scrapes the exporters the client jobs start on n2 and n3
+                "load": {"mode": "concurrency", "levels": [3], "requests": REQUESTS},
             }
         },
         "slo": {"chat": {"error_rate": {"max": 0.0}}},
@@ -83,7 +88,7 @@ def test_every_client_node_is_watched(session: Session) -> None:
     assert set(clients["node"]) == {"n1", "n2", "n3"}
     # the last pushed counters of the three processes add up to the requests sent
     last = clients.sort_values("timestamp").groupby("labels")["value"].last()
-    assert last.sum() == 12
+    assert last.sum() == REQUESTS
 
 
 def test_server_and_clients_agree_on_tokens(session: Session) -> None:
