@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 
 from pytest_aifactory.loadgen.datasets import build_prompts
+from pytest_aifactory.loadgen.openai import MAX_RESENDS
 from pytest_aifactory.loadgen.progress import read_progress
 from pytest_aifactory.loadgen.records import RECORD_FIELDS, read_records
 from pytest_aifactory.loadgen.runner import CLIENT_KINDS, run_load
@@ -231,7 +232,8 @@ def test_server_closing_kept_alive_connections(tmp_path: Path, server: Streaming
     assert len(server.seen.bodies) == 40, "the server saw each request once"
     resent = records[records["resends"] > 0]
     assert len(resent) > 0, "requests met closed pooled connections and were sent again"
-    assert (records["resends"] <= 1).all(), "one fresh connection is enough"
+    # a request meets as many closed connections as the pool holds, up to the limit
+    assert (records["resends"] <= MAX_RESENDS).all()
     assert (resent["connect_ms"] > 0).all(), "a resend connects anew"
 
 
