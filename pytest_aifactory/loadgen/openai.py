@@ -242,8 +242,7 @@ async def _read_events(
     pending = b""
     pending_ns = 0
     pending_offset = 0
-    consumed = 0
-    """Payload bytes read before the current chunk."""
+    consumed = 0  # payload bytes read before the current chunk
     while True:
         chunk = await content.readany()
         if not chunk:
