@@ -1,15 +1,26 @@
 # The two front-door commands: `make demo` and `make test`. Both set up .venv first.
+# The inner loop while changing the code: `make check` (lint, type check, unit tests).
 VENV ?= .venv
 RECIPE ?= recipes/llamacpp-smollm2.yaml
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.aifactory-setup
+DEV_STAMP := $(VENV)/.aifactory-dev
+# unit tests: no real server, service binary, root or Slurm (soak tests never run by default)
+UNIT_TESTS := not slow and not slurm and not requires
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup dev demo test check lint unit format clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh $(VENV)
+	touch $@ $(DEV_STAMP)
+
+# the package and its dev tools, without the llama.cpp build: all that `make check` needs
+dev: $(DEV_STAMP)
+
+$(DEV_STAMP): pyproject.toml
+	bash scripts/setup.sh --dev $(VENV)
 	touch $@
 
 demo: setup
@@ -23,13 +34,20 @@ test: setup lint
 	bash scripts/install-services.sh
 	bash scripts/with-slurm.sh $(VENV)/bin/pytest tests/ $(PYTEST_ARGS)
 
-lint: setup
+check: lint unit
+
+lint: dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
-format: setup
+# names the tests over 2 s: a unit test that slow belongs under `slow`
+unit: dev
+	$(VENV)/bin/pytest tests/ -m "$(UNIT_TESTS)" -q --durations=5 --durations-min=2 $(PYTEST_ARGS)
+
+format: dev
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -3,7 +3,7 @@ costs nothing, and how that compares with GuideLLM on the same server in the sam
 
     python benchmarks/loadgen_ceiling.py [--guidellm /tmp/guidellm-venv/bin/guidellm]
 
-Against the zero-delay token server (benchmarks/tools/token_server.py) it runs the `openai`
+Against the zero-delay token server (pytest_aifactory/testing/token_server.py) it runs the `openai`
 client at rising Poisson rates and reports, per rate, the achieved request rate, content events
 per second, queue_ms p99 and the client's CPU; the ceiling is the highest rate still achieved
 within 1% with queue_ms p99 under 1 ms. Then the same with 2 processes. Then GuideLLM's
@@ -36,12 +36,21 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.tools.token_server import TokenServer  # noqa: E402
-from pytest_aifactory.loadgen.records import read_records  # noqa: E402
-from pytest_aifactory.loadgen.runner import run_load  # noqa: E402
-from pytest_aifactory.loadgen.selfcheck import client_stats_path, read_client_stats  # noqa: E402
-from pytest_aifactory.loadgen.spec import DatasetSpec, LoadSpec  # noqa: E402
-from pytest_aifactory.metrics.stats import client_health, measured, summarize_llm  # noqa: E402
+from pytest_aifactory import (  # noqa: E402
+    DatasetSpec,
+    LoadSpec,
+    TokenServer,
+    client_health,
+    client_stats_path,
+    hf_model_dir,
+    installed_python,
+    measured,
+    read_client_stats,
+    read_records,
+    resolve_gguf,
+    run_load,
+    summarize_llm,
+)
 
 OUTPUT_TOKENS = 32
 INPUT_TOKENS = 16
@@ -64,8 +73,6 @@ def _spec(
 ) -> LoadSpec:
     """A Poisson rate, or, with `in_flight`, a closed loop keeping that many requests in flight
     (as the peers' throughput modes do)."""
-    import pytest_aifactory.loadgen.openai  # noqa: F401
-
     return LoadSpec(
         start_at=time.time() + 5.0 if processes > 1 else None,
         client="ceiling",
@@ -159,8 +166,6 @@ def gguf_tokenizer(model: Path) -> dict[str, Any]:
 
 
 def smollm2_model() -> Path:
-    from pytest_aifactory.services.models import resolve_gguf
-
     return resolve_gguf("smollm2-135m", "llamacpp")
 
 
@@ -286,8 +291,6 @@ def vllm_bench_python(option: str | None) -> str | None:
     leaves it), or None."""
     if option:
         return option
-    from pytest_aifactory.services.vllm import installed_python
-
     found = installed_python()
     return str(found) if found else None
 
@@ -330,8 +333,6 @@ def run_vllm_bench(
 ) -> tuple[dict[str, Any] | None, str]:
     """vLLM's serving benchmark (`vllm bench serve`) at an unlimited request rate with at most
     GUIDELLM_CONCURRENCY in flight: as many requests as one process of it can drive."""
-    from pytest_aifactory.services.models import hf_model_dir
-
     tokenizer = hf_model_dir("smollm2-135m")
     if tokenizer is None:
         return None, "no converted SmolLM2 tokenizer folder (run scripts/install-vllm.sh)"

@@ -41,10 +41,14 @@ from benchmarks.loadgen_ceiling import (  # noqa: E402
     run_guidellm,
     smollm2_model,
 )
-from pytest_aifactory.loadgen.records import read_records  # noqa: E402
-from pytest_aifactory.loadgen.runner import run_load  # noqa: E402
-from pytest_aifactory.loadgen.spec import DatasetSpec, LoadSpec  # noqa: E402
-from pytest_aifactory.metrics.stats import summarize_llm  # noqa: E402
+from pytest_aifactory import (  # noqa: E402
+    DatasetSpec,
+    LoadSpec,
+    find_llama_server,
+    read_records,
+    run_load,
+    summarize_llm,
+)
 
 STREAMS = 4
 INPUT_TOKENS = 128
@@ -90,8 +94,6 @@ def _healthy(url: str) -> bool:
 @contextlib.contextmanager
 def llama_server(model: Path, threads: int, slots: int) -> Iterator[str]:
     """llama-server on 127.0.0.1, stopped by its PID on the way out."""
-    from pytest_aifactory.services.llamacpp import find_llama_server
-
     binary = find_llama_server()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -124,8 +126,6 @@ def llama_server(model: Path, threads: int, slots: int) -> Iterator[str]:
 
 
 def ours(url: str, seconds: float, run: int) -> dict[str, Any]:
-    import pytest_aifactory.loadgen.openai  # noqa: F401
-
     folder = Path(tempfile.mkdtemp(prefix="peer-"))
     spec = LoadSpec(
         client="peer",

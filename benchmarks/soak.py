@@ -29,10 +29,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.tools.token_server import TokenServer  # noqa: E402
-from pytest_aifactory.loadgen.records import read_records  # noqa: E402
-from pytest_aifactory.loadgen.runner import run_load  # noqa: E402
-from pytest_aifactory.loadgen.spec import DatasetSpec, LoadSpec  # noqa: E402
+from pytest_aifactory import DatasetSpec, LoadSpec, TokenServer, read_records, run_load  # noqa: E402
 
 SAMPLE_EVERY_S = 2.0
 

@@ -12,8 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from pytest_aifactory.cases import LoadCase
-from pytest_aifactory.session import CaseResult, assert_slos
+from pytest_aifactory import CaseResult, LoadCase, assert_slos
 
 pytestmark = pytest.mark.aifactory_clients("openai", "triton")
 

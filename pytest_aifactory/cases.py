@@ -41,7 +41,7 @@ def cases_for(recipe: Recipe, kinds: tuple[str, ...] = ()) -> list[LoadCase]:
         if kinds and client.kind not in kinds:
             continue
         if client.load.mode == "sweep":
-            # one test: the session measures the levels the capacity search picks
+            # one test: the driver measures the levels the capacity search picks
             cases.append(LoadCase(name, client.kind, "sweep", 0.0, "sweep", f"{name}-sweep"))
             continue
         for level in client.load.levels:
@@ -113,12 +113,14 @@ def process_specs(
         shares = [float(s) for s in split_evenly(int(case.level), slots)]
     else:
         shares = [case.level / slots] * slots
-    requests = split_evenly(load.requests, slots) if load.requests else [None] * slots
+    requests: list[int | None] = (
+        list(split_evenly(load.requests, slots)) if load.requests else [None] * slots
+    )
     active = [i for i in range(slots) if shares[i] > 0 and requests[i] != 0]
     if load.requests:
         # every started process needs at least one request: re-split over the started ones
         active = active[: load.requests]
-        requests = [None] * slots
+        requests = [None for _ in range(slots)]
         for i, n in zip(active, split_evenly(load.requests, len(active)), strict=True):
             requests[i] = n
     if case.mode == "rate":

@@ -14,21 +14,16 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from pytest_aifactory import __version__
+from pytest_aifactory.cli_common import Subcommands, print_error
 from pytest_aifactory.cli_compare import register_compare
 from pytest_aifactory.cli_jobs import register_jobs
 from pytest_aifactory.cli_monitor import register_monitor
 from pytest_aifactory.cli_report import register_report
 from pytest_aifactory.recipe import RecipeError, load_recipe, recipe_json_schema
 
-Subcommands = Any  # argparse's private _SubParsersAction
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
-
-
-def _error(message: str) -> None:
-    print(f"aifactory: {message}", file=sys.stderr)
 
 
 # -- aifactory recipe validate | schema ---------------------------------------------------------
@@ -39,7 +34,7 @@ def cmd_recipe_validate(args: argparse.Namespace) -> int:
     for file in args.files:
         path = Path(file)
         if not path.is_file():
-            _error(f"{file}: no such recipe file")
+            print_error(f"{file}: no such recipe file")
             status = max(status, EXIT_USAGE)
             continue
         try:
@@ -64,7 +59,7 @@ def cmd_recipe_schema(args: argparse.Namespace) -> int:
     try:
         Path(args.output).write_text(text)
     except OSError as err:
-        _error(f"cannot write {args.output}: {err.strerror or err}")
+        print_error(f"cannot write {args.output}: {err.strerror or err}")
         return EXIT_USAGE
     print(f"wrote {args.output}", file=sys.stderr)
     return EXIT_OK
@@ -101,7 +96,7 @@ def register_recipe(subcommands: Subcommands) -> None:
 def cmd_recipes(args: argparse.Namespace) -> int:
     folder = Path(args.dir)
     if not folder.is_dir():
-        _error(f"{folder}: no such folder")
+        print_error(f"{folder}: no such folder")
         return EXIT_USAGE
     # sub-folders hold a site's versions (recipes/meluxina/): listed after the folder's own
     found = [p for p in folder.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()]

@@ -11,10 +11,9 @@ same recipe in the same folder. Exit status: 0, 1 when a metric regressed beyond
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-from typing import Any
 
+from pytest_aifactory.cli_common import Subcommands, print_error
 from pytest_aifactory.report.compare import (
     CompareError,
     Regression,
@@ -29,12 +28,7 @@ from pytest_aifactory.report.compare import (
     unchecked_metrics,
 )
 
-Subcommands = Any  # argparse's private _SubParsersAction
 EXIT_OK, EXIT_REGRESSED, EXIT_USAGE = 0, 1, 2
-
-
-def _error(message: str) -> None:
-    print(f"aifactory: {message}", file=sys.stderr)
 
 
 def _runs(refs: list[str]) -> list[RunView]:
@@ -64,30 +58,31 @@ def cmd_compare(args: argparse.Namespace) -> int:
             metrics = list(dict.fromkeys([*metrics, *tolerances]))
         comparison = compare_runs(runs, metrics)
     except CompareError as err:
-        _error(str(err))
+        print_error(str(err))
         return EXIT_USAGE
     print(format_comparison(comparison))
     found = regressions(comparison, tolerances) if tolerances else []
     if not args.no_html:
+        # deferred: the page draws its charts with altair, slow to import for every command
         from pytest_aifactory.report.compare_html import default_html_path, write_comparison_html
 
         path = Path(args.html) if args.html else default_html_path(comparison)
         try:
             write_comparison_html(comparison, path, found, tolerances)
         except OSError as err:
-            _error(f"cannot write {path}: {err.strerror or err}")
+            print_error(f"cannot write {path}: {err.strerror or err}")
             return EXIT_USAGE
         print(f"\ncomparison page: {path}")
     if tolerances is None:
         return EXIT_OK
     for metric in unchecked_metrics(comparison, tolerances):
-        _error(f"warning: no test of these runs has {metric}: not checked")
+        print_error(f"warning: no test of these runs has {metric}: not checked")
     if found:
         print()
         for line in regression_lines(found):
             print(line)
         names = ", ".join(dict.fromkeys(r.metric for r in found))
-        _error(f"{len(found)} regression(s) beyond tolerance: {names}")
+        print_error(f"{len(found)} regression(s) beyond tolerance: {names}")
         return EXIT_REGRESSED
     print("\nno regression beyond the tolerances")
     return EXIT_OK

@@ -1,6 +1,6 @@
 """`aifactory status | stop | logs`: the jobs of runs, from any folder, after the driver is gone.
 
-Runs are found through the per-user index (`cluster/registry.py`); a run is named by its id, a
+Runs are found through the per-user index (`cluster/run_records.py`); a run is named by its id, a
 unique prefix of it, its folder, or `latest`.
 """
 
@@ -21,20 +21,24 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from pytest_aifactory.cluster.registry import (
-    TERMINAL_STATES,
-    JobRecord,
+from pytest_aifactory.cli_common import Subcommands
+from pytest_aifactory.cli_common import print_error as _error
+from pytest_aifactory.cluster.run_control import (
     LiveJob,
-    RunNotFound,
-    RunRecord,
     driver_alive,
-    iter_records,
-    list_runs,
     observe,
-    read_run,
-    resolve_run,
     service_healthy,
     stop_run,
+)
+from pytest_aifactory.cluster.run_records import (
+    TERMINAL_STATES,
+    JobRecord,
+    RunNotFound,
+    RunRecord,
+    iter_records,
+    list_runs,
+    read_run,
+    resolve_run,
 )
 from pytest_aifactory.loadgen.live import (
     ClientCounters,
@@ -45,16 +49,11 @@ from pytest_aifactory.monitor.layout import read_endpoints
 from pytest_aifactory.redact import Redactor
 from pytest_aifactory.tabulate import format_table
 
-Subcommands = Any  # argparse's private _SubParsersAction
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 FOLLOW_POLL_S = 0.25
 WATCH_INTERVAL_S = 2.0
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
 COPY_CHUNK = 1 << 16
-
-
-def _error(message: str) -> None:
-    print(f"aifactory: {message}", file=sys.stderr)
 
 
 def _resolve(ref: str) -> RunRecord | None:
@@ -294,7 +293,7 @@ def render_watch(
             return None
         return max(0, row.completed - before.completed) / elapsed_s
 
-    table = []
+    table: list[tuple[object, ...]] = []
     rates = []
     for row in rows:
         per_s = rate(row)

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pytest_aifactory.cluster.registry import RunNotFound, RunRecord, resolve_run
+from pytest_aifactory.cli_common import Subcommands, print_error
+from pytest_aifactory.cluster.run_records import RunNotFound, RunRecord, resolve_run
 from pytest_aifactory.monitor.grafana import (
     DATASOURCE_UID,
     DEFAULT_PROMETHEUS_URL,
@@ -37,10 +38,12 @@ from pytest_aifactory.monitor.grafana import (
     write_replay_config,
 )
 from pytest_aifactory.monitor.layout import metrics_path, read_endpoints
+from pytest_aifactory.monitor.query import PrometheusClient
+from pytest_aifactory.monitor.run_monitor import read_metrics
 from pytest_aifactory.monitor.series import Series, find_series
+from pytest_aifactory.monitor.window import counter_increase
 from pytest_aifactory.tabulate import format_table
 
-Subcommands = Any  # argparse's private _SubParsersAction
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 SOURCE_ORDER = {"client": 0, "service": 1, "node": 2, "gpu": 3}
@@ -51,10 +54,6 @@ _SI = ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e4, "k"))
 
 class UsageError(Exception):
     """A wrong argument or a run without what was asked for; the message says which."""
-
-
-def _error(message: str) -> None:
-    print(f"aifactory: {message}", file=sys.stderr)
 
 
 def _resolve(ref: str) -> RunRecord:
@@ -70,6 +69,7 @@ def _run_id(record: RunRecord) -> str:
 
 def _why_no_monitoring(run_root: Path) -> str:
     endpoints = read_endpoints(run_root)
+    mode: str | None
     if endpoints is not None:
         mode, note = endpoints.mode, endpoints.note
     else:  # a run that ended before monitoring started says so in its summary, if at all
@@ -124,17 +124,6 @@ def _is_counter(series: Series | None, metric: str) -> bool:
     return metric.endswith("_total")
 
 
-def counter_increase(group: pd.DataFrame) -> float:
-    """Growth of every sub-series of a counter summed; a reset (a restarted server) counts
-    the value after it."""
-    total = 0.0
-    for _, sub in group.groupby(["service", "node", "instance", "labels"], dropna=False):
-        values = sub.sort_values("timestamp")["value"].to_numpy()
-        steps = np.diff(values)
-        total += float(np.where(steps >= 0, steps, values[1:]).sum())
-    return total
-
-
 def summarize(frame: pd.DataFrame, kinds: Sequence[str] = ()) -> list[dict[str, Any]]:
     """One entry per series and service (or node): what the table shows.
 
@@ -167,8 +156,10 @@ def summarize(frame: pd.DataFrame, kinds: Sequence[str] = ()) -> list[dict[str, 
             "rate": None,
         }
         if entry["counter"]:
-            entry["increase"] = counter_increase(group)
-            entry["rate"] = entry["increase"] / (last - first) if last > first else None
+            increase = counter_increase(group, str(name))
+            entry["increase"] = increase
+            if increase is not None and last > first:
+                entry["rate"] = increase / (last - first)
         entries.append(entry)
     entries.sort(key=lambda e: (SOURCE_ORDER.get(str(e["source"]), 9), e["series"], e["where"]))
     return entries
@@ -224,8 +215,6 @@ def render_table(entries: list[dict[str, Any]]) -> str:
 
 
 def _read_samples(record: RunRecord) -> pd.DataFrame:
-    from pytest_aifactory.monitor.run_monitor import read_metrics
-
     try:
         frame = read_metrics(record.root)
     except Exception as err:  # pyarrow raises its own types for a damaged file
@@ -308,8 +297,6 @@ def _record_window(record: RunRecord) -> tuple[dt.datetime, dt.datetime]:
 
 def _live_prometheus(record: RunRecord) -> str | None:
     """The run's own Prometheus, while the run goes on and it answers."""
-    from pytest_aifactory.monitor.query import PrometheusClient
-
     endpoints = read_endpoints(record.root)
     if record.status != "running" or endpoints is None or not endpoints.prometheus_url:
         return None
@@ -388,7 +375,7 @@ def _guarded(func: Any) -> Any:
         try:
             return int(func(args))
         except UsageError as err:
-            _error(str(err))
+            print_error(str(err))
             return EXIT_USAGE
 
     return run

@@ -8,18 +8,15 @@ driver died before writing its summary gets one rebuilt from its raw records fir
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
-from typing import Any
 
-from pytest_aifactory.cluster.registry import RunNotFound, resolve_run
+from pytest_aifactory.cli_common import Subcommands, print_error
+from pytest_aifactory.cluster.run_records import RunNotFound, resolve_run
+from pytest_aifactory.report.recover import RecoverError, recover_run
 
-Subcommands = Any  # argparse's private _SubParsersAction
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-def _error(message: str) -> None:
-    print(f"aifactory: {message}", file=sys.stderr)
 
 
 def run_folder(ref: str) -> Path:
@@ -34,8 +31,6 @@ def run_folder(ref: str) -> Path:
 def _needs_rebuild(root: Path) -> str:
     """Why the run's summary must be rebuilt from its records ("" when it need not): the
     session never wrote it, it is unreadable, or the session died before its end."""
-    import json
-
     path = root / "summary.json"
     if not (root / "records").is_dir():
         return ""
@@ -51,33 +46,32 @@ def _needs_rebuild(root: Path) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    # deferred: the report draws its charts with altair, slow to import for every command
     from pytest_aifactory.report.build import ReportError, build_report
 
     try:
         root = run_folder(args.run)
     except RunNotFound as err:
-        _error(str(err))
+        print_error(str(err))
         return EXIT_USAGE
     output = Path(args.output) if args.output else None
     if output is not None and output.is_dir():
         output = output / "report.html"
     reason = "asked to" if args.from_records else _needs_rebuild(root)
     if reason:
-        from pytest_aifactory.report.recover import RecoverError, recover_run
-
         try:
             rebuilt = recover_run(root)
         except RecoverError as err:
-            _error(f"cannot rebuild the summary from the records: {err}")
+            print_error(f"cannot rebuild the summary from the records: {err}")
             return EXIT_USAGE
         print(f"{rebuilt}: rebuilt from the run's records ({reason})", file=sys.stderr)
     try:
         page = build_report(root, output)
     except ReportError as err:
-        _error(str(err))
+        print_error(str(err))
         return EXIT_USAGE
     except OSError as err:
-        _error(f"cannot write the report: {err.strerror or err}")
+        print_error(f"cannot write the report: {err.strerror or err}")
         return EXIT_FAILED
     print(page)
     return EXIT_OK

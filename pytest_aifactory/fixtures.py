@@ -1,4 +1,4 @@
-"""Fixtures benchmark modules use: the session's driver and the per-test load runner."""
+"""Fixtures benchmark modules use: the run's driver, the per-test load runner, monitoring."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ from collections.abc import Callable
 import pytest
 
 from pytest_aifactory.cases import LoadCase
+from pytest_aifactory.driver import CaseError, Driver
 from pytest_aifactory.monitor.run_monitor import RunMonitor
 from pytest_aifactory.report.junit import junit_properties
-from pytest_aifactory.session import AIFactorySession, CaseError, CaseResult
-
-SESSION_KEY = pytest.StashKey["AIFactorySession | None"]()
-RESULT_KEY = pytest.StashKey[CaseResult]()
+from pytest_aifactory.results import CaseResult
+from pytest_aifactory.stash_keys import DRIVER_KEY, RESULT_KEY
 
 
 class AIFactoryWarning(UserWarning):
@@ -22,17 +21,17 @@ class AIFactoryWarning(UserWarning):
 
 
 @pytest.fixture(scope="session")
-def aifactory(pytestconfig: pytest.Config) -> AIFactorySession:
+def aifactory(pytestconfig: pytest.Config) -> Driver:
     """The run's driver: recipe, services, results. Skips when no recipe was given."""
-    session = pytestconfig.stash.get(SESSION_KEY, None)
-    if session is None:
+    driver = pytestconfig.stash.get(DRIVER_KEY, None)
+    if driver is None:
         pytest.skip("no recipe: run with --recipe FILE")
-    return session
+    return driver
 
 
 @pytest.fixture
 def aifactory_load(
-    aifactory: AIFactorySession, request: pytest.FixtureRequest
+    aifactory: Driver, request: pytest.FixtureRequest
 ) -> Callable[[LoadCase], CaseResult]:
     """Runs a load case in client jobs against its (started on demand) service."""
 
@@ -56,7 +55,7 @@ def aifactory_load(
 
 
 @pytest.fixture
-def aifactory_monitor(aifactory: AIFactorySession) -> RunMonitor | None:
+def aifactory_monitor(aifactory: Driver) -> RunMonitor | None:
     """The run's monitoring (Prometheus or the direct scraper), started with the run; None when
     the recipe turns it off. Benchmarks that query the server's series use it."""
     return aifactory.start_monitoring()

@@ -17,16 +17,18 @@ from typing import Any
 import pytest
 
 from pytest_aifactory.cases import cases_for
-from pytest_aifactory.fixtures import SESSION_KEY, aifactory, aifactory_load, aifactory_monitor
-from pytest_aifactory.recipe import SLURM_OVERRIDE_KEYS
-from pytest_aifactory.report.compare import BaselineCheck
-from pytest_aifactory.session import AIFactorySession
+from pytest_aifactory.cluster.slurm import SlurmError, effective_settings
+from pytest_aifactory.driver import Driver
+from pytest_aifactory.fixtures import aifactory, aifactory_load, aifactory_monitor
+from pytest_aifactory.loadgen.kinds import get_client_kind
+from pytest_aifactory.recipe import SLURM_OVERRIDE_KEYS, RecipeError, load_recipe
+from pytest_aifactory.report.baseline import LAST, BaselineCheck
+from pytest_aifactory.report.compare import CompareError, load_run, parse_tolerances
+from pytest_aifactory.report.headline import headline_of, headline_values
+from pytest_aifactory.stash_keys import BASELINE_KEY, DRIVER_KEY
 from pytest_aifactory.terminal import Terminal
 
 __all__ = ["aifactory", "aifactory_load", "aifactory_monitor"]
-
-BASELINE_KEY = pytest.StashKey["BaselineCheck | None"]()
-"""The session's `--compare` / `--fail-on-regression`, and once the run is saved, its outcome."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -114,8 +116,6 @@ def _slurm_overrides(config: pytest.Config, recipe: Any) -> dict[str, Any]:
         if (value := config.getoption(f"slurm_{key}")) not in (None, [])
     }
     if overrides:
-        from pytest_aifactory.cluster.slurm import SlurmError, effective_settings
-
         try:
             effective_settings(recipe, overrides)
         except SlurmError as err:
@@ -129,8 +129,6 @@ def _baseline_check(config: pytest.Config) -> BaselineCheck | None:
     spec = config.getoption("fail_on_regression")
     if ref is None and spec is None:
         return None
-    from pytest_aifactory.report.compare import LAST, CompareError, load_run, parse_tolerances
-
     try:
         tolerances = parse_tolerances(spec) if spec is not None else None
     except CompareError as err:
@@ -154,13 +152,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "aifactory_clients(*kinds): parametrize `load_case` with the recipe's clients of "
         "these kinds (e.g. 'openai')",
     )
-    config.stash[SESSION_KEY] = None
+    config.stash[DRIVER_KEY] = None
     config.stash[BASELINE_KEY] = None
     recipe_arg = config.getoption("recipe") or config.getini("aifactory_recipe")
     if not recipe_arg:
         return
-    from pytest_aifactory.recipe import RecipeError, load_recipe
-
     path = Path(recipe_arg)
     try:
         recipe = load_recipe(path)
@@ -168,7 +164,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(err)) from None
     executor = config.getoption("executor") or recipe.platform.executor
     report_dir = Path(config.getoption("report_dir") or recipe.report.dir)
-    config.stash[SESSION_KEY] = AIFactorySession(
+    config.stash[DRIVER_KEY] = Driver(
         recipe=recipe,
         executor_name=executor,
         report_dir=report_dir if report_dir.is_absolute() else Path(os.getcwd()) / report_dir,
@@ -181,11 +177,12 @@ def pytest_configure(config: pytest.Config) -> None:
     if workerinput is None:  # the run is compared once, by the process that owns it
         config.stash[BASELINE_KEY] = _baseline_check(config)
     if config.pluginmanager.hasplugin("html") and config.getoption("htmlpath", None):
+        # deferred: it imports pytest-html, an optional dependency present when this is true
         from pytest_aifactory.report import pytest_html as html_extras
 
         config.pluginmanager.register(html_extras, "aifactory-html")
     if workerinput is not None and "aifactory" in workerinput:
-        driver = config.stash[SESSION_KEY]
+        driver = config.stash[DRIVER_KEY]
         assert driver is not None
         driver.attach(json.loads(workerinput["aifactory"]), workerinput["workerid"])
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
@@ -195,7 +192,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
     """pytest-xdist controller: start the services once, hand the run to every worker."""
-    driver = node.config.stash.get(SESSION_KEY, None)
+    driver = node.config.stash.get(DRIVER_KEY, None)
     if driver is not None:
         node.workerinput["aifactory"] = json.dumps(driver.handoff())
 
@@ -203,24 +200,24 @@ def pytest_configure_node(node: Any) -> None:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "load_case" not in metafunc.fixturenames:
         return
-    session = metafunc.config.stash.get(SESSION_KEY, None)
+    driver = metafunc.config.stash.get(DRIVER_KEY, None)
     marker = metafunc.definition.get_closest_marker("aifactory_clients")
     kinds = tuple(marker.args) if marker else ()
-    if session is None:
+    if driver is None:
         skip = pytest.mark.skip(reason="no recipe: run with --recipe FILE")
         metafunc.parametrize("load_case", [pytest.param(None, marks=skip)], ids=["no-recipe"])
         return
-    cases = cases_for(session.recipe, kinds)
+    cases = cases_for(driver.recipe, kinds)
     if not cases:
         wanted = " or ".join(kinds) or "any"
-        skip = pytest.mark.skip(reason=f"recipe '{session.recipe.name}' has no {wanted} client")
+        skip = pytest.mark.skip(reason=f"recipe '{driver.recipe.name}' has no {wanted} client")
         metafunc.parametrize("load_case", [pytest.param(None, marks=skip)], ids=["no-client"])
         return
     metafunc.parametrize("load_case", cases, ids=[c.id for c in cases])
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitCode) -> None:
-    driver = session.config.stash.get(SESSION_KEY, None)
+    driver = session.config.stash.get(DRIVER_KEY, None)
     if driver is None:
         return
     interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
@@ -242,29 +239,22 @@ def _fmt(value: Any, digits: int = 1) -> str:
 
 
 def _summary_rows(tests: list[dict[str, Any]]) -> list[tuple[str, ...]]:
-    """The end-of-session table: LLM serving's usual columns when every test is an LLM
-    client, else each kind's headline latency and throughput (see `report.headline`)."""
-    from pytest_aifactory.report.headline import headline_of, headline_values
+    """The end-of-session table: the kind's own columns when every test is of one kind that
+    declares them (LLM serving's usual ones), else each kind's headline latency and throughput
+    (see `report.headline`)."""
 
     def common(test: dict[str, Any]) -> tuple[str, str, str]:
         counts = test.get("counts", {})
         verdict = "PASS" if test["passed"] else "FAIL"
         return test["name"], verdict, f"{counts.get('completed', 0)}/{counts.get('sent', 0)}"
 
-    if all(test.get("kind", "openai") == "openai" for test in tests):
-        llm = [("test", "verdict", "ok/sent", "TTFT p50", "TTFT p99", "TPOT p50", "out tok/s")]
+    kinds = {test.get("kind") or "openai" for test in tests}
+    columns = get_client_kind(kinds.pop()).closing_columns if len(kinds) == 1 else ()
+    if columns:
+        table = [("test", "verdict", "ok/sent", *(label for label, _ in columns))]
         for test in tests:
-            per_request = test.get("per_request", {})
-            llm.append(
-                (
-                    *common(test),
-                    _fmt(per_request.get("ttft_ms", {}).get("p50")),
-                    _fmt(per_request.get("ttft_ms", {}).get("p99")),
-                    _fmt(per_request.get("tpot_ms", {}).get("p50")),
-                    _fmt(test.get("per_level", {}).get("output_throughput")),
-                )
-            )
-        return llm
+            table.append((*common(test), *(_fmt(_figure(test, f)) for _, f in columns)))
+        return table
     rows = [("test", "verdict", "ok/sent", "latency", "p50", "p99", "throughput")]
     for test in tests:
         head = headline_of(test.get("kind"))
@@ -281,8 +271,16 @@ def _summary_rows(tests: list[dict[str, Any]]) -> list[tuple[str, ...]]:
     return rows
 
 
+def _figure(test: dict[str, Any], figure: str) -> Any:
+    """A test entry's `metric.statistic` (per request) or `metric` (per level)."""
+    metric, _, statistic = figure.partition(".")
+    if statistic:
+        return (test.get("per_request", {}).get(metric) or {}).get(statistic)
+    return test.get("per_level", {}).get(metric)
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    driver = config.stash.get(SESSION_KEY, None)
+    driver = config.stash.get(DRIVER_KEY, None)
     if driver is None or driver.run is None:
         return
     tr = terminalreporter

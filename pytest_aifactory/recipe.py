@@ -19,7 +19,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Literal, NoReturn, Union, get_args, get_origin
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    Literal,
+    NoReturn,
+    Union,
+    get_args,
+    get_origin,
+)
 
 from pydantic import (
     BaseModel,
@@ -30,35 +39,35 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     WithJsonSchema,
+    create_model,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
-from pytest_aifactory.client_options import (
-    CLIENT_KINDS_WITHOUT_SERVICE,
-    OPTIONS_BY_KIND,
-    FioOptions,
-    S3Options,
-    SqlOptions,
-    TritonOptions,
-    VectorDbOptions,
-)
-from pytest_aifactory.metrics.catalog import (
-    METRICS,
-    SLO_STATISTICS,
-    SloObjective,
+from pytest_aifactory.loadgen.kinds import (
+    all_metrics,
+    client_kind_names,
+    client_kinds,
+    metric_info,
     metrics_for_client_kind,
 )
+from pytest_aifactory.metrics.catalog import SLO_STATISTICS, SloObjective
 from pytest_aifactory.numbers import finite_number
 from pytest_aifactory.recipe_yaml import KeyPath, YamlSyntaxError, load_located
+from pytest_aifactory.services.base import service_kind_names
+from pytest_aifactory.services.kinds.vllm import VLLM_PARALLEL_FLAGS
 
-ServiceKind = Literal[
-    "vllm", "llamacpp", "triton", "chroma", "milvus", "postgres", "s3", "command", "external"
-]
-ClientKind = Literal["openai", "vectordb", "s3", "sql", "fio", "triton"]
-SERVICE_KINDS: tuple[str, ...] = get_args(ServiceKind)
-CLIENT_KINDS: tuple[str, ...] = get_args(ClientKind)
+SERVICE_KINDS: tuple[str, ...] = service_kind_names()
+CLIENT_KINDS: tuple[str, ...] = client_kind_names()
+"""Both from the registries (`services/kinds/`, `loadgen/kinds/`): a kind's module is the only
+place that names it."""
+if TYPE_CHECKING:
+    ClientKindName = str
+    ServiceKindName = str
+else:
+    ClientKindName = Literal[CLIENT_KINDS]
+    ServiceKindName = Literal[SERVICE_KINDS]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -308,23 +317,10 @@ class Health(_Section):
         return self
 
 
-VLLM_PARALLEL_FLAGS: dict[str, tuple[str, ...]] = {
-    "tensor_parallel_size": ("--tensor-parallel-size", "-tp"),
-    "pipeline_parallel_size": ("--pipeline-parallel-size", "-pp"),
-}
-"""The vLLM flags a service's parallelism keys stand for; a key and its flag in `args` would
-say the same thing twice, possibly differently."""
-
-
-def has_flag(args: list[str], flags: tuple[str, ...]) -> bool:
-    """Whether a command line gives any of `flags`, as `--flag value` or `--flag=value`."""
-    return any(arg in flags or arg.split("=", 1)[0] in flags for arg in args)
-
-
 class Service(_Section):
     """A server the benchmark starts (or, for `external`, only uses)."""
 
-    kind: ServiceKind
+    kind: ServiceKindName
     model: str | None = None
     """A catalogue key (`smollm2-135m`), a hub id (`org/model`) or a path to a model file or
     folder; a path is relative to the recipe file."""
@@ -556,14 +552,14 @@ class Load(_Section):
         return f"{self.levels_mode}-{_format_level(level)}"
 
 
-class Client(_Section):
+class ClientFields(_Section):
     """A load generator aimed at one service; it runs as nodes x processes_per_node jobs.
 
     `service` may be left out only by kinds that work without one (`vectordb` with FAISS in
-    the client job, `fio` on the client's file system). Each kind other than `openai` reads its
-    own section, named like the kind (see `client_options`)."""
+    the client job, `fio` on the client's file system). A kind with options reads its own
+    section, named like the kind (declared in its module in `loadgen/kinds/`)."""
 
-    kind: ClientKind
+    kind: ClientKindName
     service: str | None = Field(default=None, validate_default=True)
     api: Literal["completions", "chat"] = "completions"
     model: str | None = None
@@ -572,23 +568,19 @@ class Client(_Section):
     processes_per_node: PositiveInt = 1
     dataset: Dataset = Field(default_factory=Dataset)
     load: Load = Field(default_factory=Load)
-    vectordb: VectorDbOptions | None = None
-    s3: S3Options | None = None
-    sql: SqlOptions | None = None
-    fio: FioOptions | None = None
-    triton: TritonOptions | None = None
 
     @field_validator("service")
     @classmethod
     def _service(cls, value: str | None, info: ValidationInfo) -> str | None:
-        kind = info.data.get("kind")
-        if value is None and kind is not None and kind not in CLIENT_KINDS_WITHOUT_SERVICE:
-            _fail(f"required for a client of kind '{kind}': the name of a service it loads")
+        kind = client_kinds().get(info.data.get("kind") or "")
+        if value is None and kind is not None and kind.needs_service:
+            _fail(f"required for a client of kind '{kind.name}': the name of a service it loads")
         return value
 
     @model_validator(mode="after")
-    def _own_section(self) -> Client:
-        for section in OPTIONS_BY_KIND:
+    def _own_section(self) -> ClientFields:
+        kind = client_kinds()[self.kind]
+        for section in _SECTIONS:
             if section != self.kind and getattr(self, section) is not None:
                 _fail(
                     f"the {section} section is for clients of kind '{section}' "
@@ -596,21 +588,36 @@ class Client(_Section):
                     (section,),
                 )
         # the default passes: a saved recipe (recipe.json) holds every key, defaults included
-        if self.kind != "openai" and self.load.connections != "pooled":
+        if not kind.pooled_connections and self.load.connections != "pooled":
             _fail(
-                f"connections applies to clients of kind 'openai' (this client is kind "
+                f"connections applies to clients of kind {_POOLING_KINDS} (this client is kind "
                 f"'{self.kind}', which keeps its own connections)",
                 ("load", "connections"),
             )
-        section_model = OPTIONS_BY_KIND.get(self.kind)
-        if section_model is not None and getattr(self, self.kind) is None:
-            setattr(self, self.kind, section_model())
+        if kind.options is not None and getattr(self, self.kind) is None:
+            setattr(self, self.kind, kind.options())
         return self
 
     def options(self) -> dict[str, Any]:
         """The kind's own section as plain data ({} for kinds without one)."""
-        section = getattr(self, self.kind, None) if self.kind in OPTIONS_BY_KIND else None
+        section = getattr(self, self.kind, None) if self.kind in _SECTIONS else None
         return section.model_dump(mode="json") if section is not None else {}
+
+
+_SECTIONS: tuple[str, ...] = tuple(k.name for k in client_kinds().values() if k.options)
+_POOLING_KINDS = " or ".join(f"'{k.name}'" for k in client_kinds().values() if k.pooled_connections)
+
+if TYPE_CHECKING:
+    Client = ClientFields
+else:
+    # one optional section per kind that has options, so the schema lists every kind's keys
+    Client = create_model(
+        "Client",
+        __base__=ClientFields,
+        __module__=__name__,
+        __doc__=ClientFields.__doc__,
+        **{k.name: (k.options | None, None) for k in client_kinds().values() if k.options},
+    )
 
 
 # -- monitoring and reports ---------------------------------------------------------------------
@@ -703,7 +710,7 @@ class Recipe(_Section):
         """The SLO bounds of one client, one objective per max/min."""
         found = []
         for metric, bound in self.slo.get(client, {}).items():
-            info = METRICS.get(metric)
+            info = metric_info(metric)
             if info is None:
                 continue
             limits = bound.items() if info.per_request else [(None, bound)]
@@ -763,7 +770,7 @@ def _slo_problems(data: dict[str, Any]) -> list[tuple[KeyPath, str]]:
             continue  # a type error, reported by the schema
         spec = clients[client]
         kind = spec.get("kind") if isinstance(spec, dict) else None
-        allowed = metrics_for_client_kind(kind) if kind in CLIENT_KINDS else METRICS
+        allowed = metrics_for_client_kind(kind) if kind in CLIENT_KINDS else all_metrics()
         for metric, bound in metrics.items():
             path: KeyPath = ("slo", client, metric)
             if metric not in allowed:
@@ -778,7 +785,7 @@ def _slo_problems(data: dict[str, Any]) -> list[tuple[KeyPath, str]]:
                 continue
             if not isinstance(bound, dict):
                 continue  # a type error, reported by the schema
-            if not METRICS[metric].per_request:
+            if not allowed[metric].per_request:
                 if any(key in SLO_STATISTICS and isinstance(v, dict) for key, v in bound.items()):
                     problems.append(
                         (

@@ -98,7 +98,9 @@ class _Builder:
         try:
             if isinstance(node, MappingNode):
                 return self.mapping(node, path)
-            return self.sequence(node, path)
+            if isinstance(node, SequenceNode):
+                return self.sequence(node, path)
+            raise TypeError(f"a YAML node of an unknown class: {type(node).__name__}")
         finally:
             self.active.discard(id(node))
 

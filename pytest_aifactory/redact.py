@@ -242,7 +242,7 @@ def run_redactor(recipe: Recipe, env: Mapping[str, str] | None = None) -> Redact
             redactor.add(value)
     for client in recipe.clients.values():
         for name in ("api_key", "token"):
-            value = getattr(client, name, None)
-            if isinstance(value, str):
-                redactor.add(value)
+            credential = getattr(client, name, None)
+            if isinstance(credential, str):
+                redactor.add(credential)
     return redactor

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pytest_aifactory.recipe import Sweep
+    from pytest_aifactory.summary_shapes import SweepOutcome, SweepStepEntry
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class CapacitySearch:
     def capacity(self) -> float | None:
         return self.passed_at
 
-    def outcome(self) -> dict[str, Any]:
+    def outcome(self) -> SweepOutcome:
         """The search's result as saved in the summary: the capacity and its evidence."""
         below_min = self.settings.min_capacity is not None and (
             self.capacity is None or self.capacity < self.settings.min_capacity
@@ -82,17 +83,20 @@ class CapacitySearch:
             "over": self.settings.over,
             "capacity": self.capacity,
             "reached_max": self.failed_at is None and self.capacity is not None,
-            "passed_at": _step(by_level.get(self.passed_at)) if self.passed_at else None,
-            "failed_at": _step(by_level.get(self.failed_at)) if self.failed_at else None,
+            "passed_at": _step_at(by_level, self.passed_at),
+            "failed_at": _step_at(by_level, self.failed_at),
             "min_capacity": self.settings.min_capacity,
             "below_min_capacity": below_min,
             "steps": [_step(s) for s in self.steps],
         }
 
 
-def _step(step: SweepStep | None) -> dict[str, Any] | None:
-    if step is None:
-        return None
+def _step_at(by_level: dict[float, SweepStep], level: float | None) -> SweepStepEntry | None:
+    step = by_level.get(level) if level else None
+    return _step(step) if step is not None else None
+
+
+def _step(step: SweepStep) -> SweepStepEntry:
     return {
         "level": step.level,
         "passed": step.passed,
@@ -101,7 +105,7 @@ def _step(step: SweepStep | None) -> dict[str, Any] | None:
     }
 
 
-def describe_outcome(client: str, outcome: dict[str, Any]) -> str:
+def describe_outcome(client: str, outcome: SweepOutcome) -> str:
     """One line for the terminal and the test report."""
     over = outcome["over"]
 
@@ -110,14 +114,16 @@ def describe_outcome(client: str, outcome: dict[str, Any]) -> str:
 
     capacity = outcome["capacity"]
     if capacity is None:
-        first = outcome["steps"][0] if outcome["steps"] else None
-        why = f": {first['breaches']}" if first and first["breaches"] else ""
+        if not outcome["steps"]:
+            return f"{client}: no capacity, no level was measured"
+        first = outcome["steps"][0]
+        why = f": {first['breaches']}" if first["breaches"] else ""
         return f"{client}: no capacity, the lowest level {level(first['level'])} breaks an SLO{why}"
     text = f"{client}: capacity {level(capacity)}"
+    failed = outcome["failed_at"]
     if outcome["reached_max"]:
         text += " (every level up to the sweep's max met the SLOs; the limit is higher)"
-    else:
-        failed = outcome["failed_at"]
+    elif failed is not None:
         text += f" ({level(capacity)} met every SLO, {level(failed['level'])} did not"
         text += f": {failed['breaches']})" if failed["breaches"] else ")"
     if outcome["below_min_capacity"]:

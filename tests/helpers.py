@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARK = REPO / "benchmarks" / "test_inference.py"
+RECIPE_DATA = REPO / "tests" / "data" / "recipes"
+"""Small recipes the tests read as a user's files."""
 ARTIFACTS = Path(os.environ.get("AIFACTORY_TEST_ARTIFACTS") or REPO / "test-artifacts")
 """Files a test keeps for people to look at after the run (screenshots), outside pytest's
 rotating temporary folders."""
@@ -71,15 +73,31 @@ class Session:
         return passed, [name(line) for line in lines if line.startswith("FAILED")]
 
 
+def agreed_start(run: Path, case: str) -> float:
+    """The wall-clock instant a fanned-out case's processes agreed to start at: what the start
+    barrier computes from the ready times they left in the run folder."""
+    from pytest_aifactory.loadgen.barrier import START_MARGIN_S
+
+    ready = [float(path.read_text()) for path in run.glob(f"barrier/{case}*/ready.*")]
+    assert ready, f"no ready times of {case} under {run / 'barrier'}"
+    return max(ready) + START_MARGIN_S
+
+
 def write_recipe(path: Path, document: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
 
 
 def benchmark_command(
-    recipe: Path, report_dir: Path, *args: str, benchmark: Path = BENCHMARK
+    recipe: Path,
+    report_dir: Path,
+    *args: str,
+    benchmark: Path = BENCHMARK,
+    cache_dir: Path | None = None,
 ) -> list[str]:
-    """The benchmark suite on `recipe`, as a user would type it."""
+    """The benchmark suite on `recipe`, as a user would type it. pytest's cache (`--lf`) stays
+    off unless `cache_dir` says where to keep it: a session must not write into the clone."""
+    cache = ["-o", f"cache_dir={cache_dir}"] if cache_dir else ["-p", "no:cacheprovider"]
     return [
         sys.executable,
         "-m",
@@ -89,8 +107,7 @@ def benchmark_command(
         str(recipe),
         "--report-dir",
         str(report_dir),
-        "-p",
-        "no:cacheprovider",
+        *cache,
         *args,
     ]
 
@@ -111,11 +128,12 @@ def run_benchmark(
     timeout: float = 600,
     env: dict[str, str] | None = None,
     benchmark: Path = BENCHMARK,
+    cache_dir: Path | None = None,
 ) -> Session:
     """Run a benchmark module (default: the LLM serving one) on `recipe` in a subprocess."""
     report_dir = tmp_path / "reports"
     proc = subprocess.run(
-        benchmark_command(recipe, report_dir, *args, benchmark=benchmark),
+        benchmark_command(recipe, report_dir, *args, benchmark=benchmark, cache_dir=cache_dir),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -227,6 +245,27 @@ def running_server(
             proc.wait()
 
 
+@contextlib.contextmanager
+def running_dcgm_exporter(gpus: int = 2) -> Iterator[str]:
+    """The DCGM exporter stand-in on a free 127.0.0.1 port for the block (its address), stopped
+    by PID: the GPU series of a machine without a GPU."""
+    from pytest_aifactory.testing import dcgm_exporter
+
+    with running_server(
+        lambda address: [
+            sys.executable,
+            dcgm_exporter.__file__,
+            "--address",
+            address,
+            "--gpus",
+            str(gpus),
+        ],
+        "/metrics",
+        "DCGM exporter stand-in",
+    ) as address:
+        yield address
+
+
 def accepts(host: str, port: int) -> bool:
     """Something accepts TCP connections on `host:port`: how to tell that a server which speaks
     no HTTP (PostgreSQL) is listening."""
@@ -283,7 +322,7 @@ def running_plan(
     scratch folder removed, so that nothing outlives the block."""
     from pytest_aifactory.cluster.child import die_with_parent, stop_child
     from pytest_aifactory.cluster.rendezvous import free_port, free_port_block
-    from pytest_aifactory.services.launch import SCRATCH, STOP_GRACE_S, fill_placeholders
+    from pytest_aifactory.services.launch import SCRATCH, fill_placeholders
 
     port = free_port_block(host, plan.ports) if plan.ports > 1 else free_port(host)
     scratch = Path(tempfile.mkdtemp(prefix=f"aifactory-{what}-test-"))
@@ -303,6 +342,6 @@ def running_plan(
                 running.wait_until(lambda: accepts(host, port), f"{what} listening", timeout)
                 yield running
             finally:
-                stop_child(proc, STOP_GRACE_S)
+                stop_child(proc)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

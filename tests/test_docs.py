@@ -7,7 +7,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from pytest_aifactory.metrics.catalog import METRICS
+from pytest_aifactory.loadgen.kinds import all_metrics
 from pytest_aifactory.recipe import recipe_json_schema
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -53,5 +53,56 @@ def test_every_recipe_key_is_in_docs_recipes() -> None:
 
 def test_every_metric_is_in_docs_metrics() -> None:
     page = (DOCS / "metrics.md").read_text(encoding="utf-8")
-    missing = sorted(name for name in METRICS if f"`{name}`" not in page)
+    missing = sorted(name for name in all_metrics() if f"`{name}`" not in page)
     assert not missing, f"docs/metrics.md lacks: {missing}"
+
+
+ROOT = DOCS.parent
+_LINK = re.compile(r"\]\(([^)\s]+)\)")
+GLOSSARY_TERMS = (
+    "run",
+    "session",
+    "driver",
+    "job",
+    "service",
+    "client",
+    "case",
+    "level",
+    "kind",
+    "recipe",
+    "records",
+    "summary",
+)
+
+
+def local_links(page: Path) -> Iterator[tuple[str, Path]]:
+    """Each link of a Markdown page to a file of the repository (web links and anchors aside),
+    with the path it names."""
+    for target in _LINK.findall(page.read_text(encoding="utf-8")):
+        path = target.split("#", 1)[0]
+        if path and "://" not in target and not target.startswith("mailto:"):
+            yield target, page.parent / path
+
+
+def test_every_link_between_the_docs_resolves() -> None:
+    pages = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
+    broken = [
+        f"{page.relative_to(ROOT)}: {target}"
+        for page in pages
+        for target, path in local_links(page)
+        if not path.exists()
+    ]
+    assert not broken, f"links to files that are not there: {broken}"
+
+
+def test_the_readme_links_every_doc() -> None:
+    linked = {path.resolve() for _, path in local_links(ROOT / "README.md")}
+    unlinked = [p.name for p in sorted(DOCS.glob("*.md")) if p.resolve() not in linked]
+    assert not unlinked, f"README.md links no docs/{unlinked}"
+
+
+def test_the_glossary_defines_the_terms_the_code_uses() -> None:
+    page = (DOCS / "architecture.md").read_text(encoding="utf-8")
+    _, _, glossary = page.partition("## Glossary")
+    missing = [term for term in GLOSSARY_TERMS if f"- **{term}**:" not in glossary]
+    assert not missing, f"docs/architecture.md's glossary lacks: {missing}"

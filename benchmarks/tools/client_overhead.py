@@ -41,10 +41,14 @@ def child(url: str, block: list[str], streams: int, tokens: int, seconds: float)
     """One load in this process with `block` unimportable; prints its self-measurement."""
     for name in block:
         sys.modules[name] = None  # type: ignore[assignment]  # import raises ImportError
-    import pytest_aifactory.loadgen.openai as client
-    from pytest_aifactory.loadgen.runner import run_load
-    from pytest_aifactory.loadgen.selfcheck import client_stats_path, read_client_stats
-    from pytest_aifactory.loadgen.spec import DatasetSpec, LoadSpec
+    # only now: the client must find the blocked modules unimportable
+    from pytest_aifactory import (
+        DatasetSpec,
+        LoadSpec,
+        client_stats_path,
+        read_client_stats,
+        run_load,
+    )
 
     with tempfile.TemporaryDirectory(prefix="overhead-") as folder:
         spec = LoadSpec(
@@ -64,7 +68,8 @@ def child(url: str, block: list[str], streams: int, tokens: int, seconds: float)
         )
         outcome = run_load(spec)
         stats = read_client_stats([client_stats_path(spec.records_path)])[0]
-    stats["parser"] = f"{client._loads.__module__}.{client._loads.__name__}"
+    # what the client parsed events with: orjson when it could import it, else the standard json
+    stats["parser"] = "orjson.loads" if sys.modules.get("orjson") is not None else "json.loads"
     stats["failed"] = outcome["failed"]
     print(json.dumps(stats))
 
@@ -107,7 +112,7 @@ def main() -> None:
         child(args.child, block, args.streams, args.tokens, args.seconds)
         return
 
-    from benchmarks.tools.token_server import TokenServer
+    from pytest_aifactory import TokenServer
 
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in VARIANTS}
     with TokenServer(tokens=args.tokens, gap_ms=args.gap_ms) as server:

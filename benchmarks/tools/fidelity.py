@@ -3,11 +3,11 @@ script, that error for three clients side by side against one server in one run.
 
     python benchmarks/tools/fidelity.py [--streams 32 64] [--requests 256] [--rounds 2]
 
-The token server (`token_server.py`) keeps, for every request, the instant its request arrived
-and the instant it handed each content event to the kernel, on the machine's monotonic clock;
-each client keeps its own timings. Requests are matched by `X-Request-Id` (the `openai` kind
-sends `<process>-<request_id>`, vLLM's benchmark `<prefix><index>`, the plain client here
-`plain-<index>`). Per request:
+The token server (`pytest_aifactory/testing/token_server.py`) keeps, for every request, the
+instant its request arrived and the instant it handed each content event to the kernel, on the
+machine's monotonic clock; each client keeps its own timings. Requests are matched by
+`X-Request-Id` (the `openai` kind sends `<process>-<request_id>`, vLLM's benchmark
+`<prefix><index>`, the plain client here `plain-<index>`). Per request:
 
 - TTFT error: the client's TTFT minus the true one (first event sent - request arrived). It holds
   everything the client adds: building and writing the request, any connect, the server's wake-up
@@ -226,10 +226,14 @@ async def plain_client(
 
 
 def run_plain_client(url: str, streams: int, requests: int, warmup: int = 0) -> list[Measured]:
-    """The plain client on the event loop kind the project's client uses."""
-    from pytest_aifactory.loadgen.runner import _loop_factory
+    """The plain client on the event loop kind the project's client uses: uvloop where
+    installed."""
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    with contextlib.suppress(ImportError):
+        import uvloop
 
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(plain_client(url, streams, requests, warmup))
 
 
@@ -240,10 +244,7 @@ def run_ours(
     url: str, streams: int, requests: int, folder: Path, warmup: int = 0
 ) -> list[Measured]:
     """The `openai` kind as a run starts it (records and progress files written)."""
-    import pytest_aifactory.loadgen.openai  # noqa: F401  (registers the kind)
-    from pytest_aifactory.loadgen.records import read_records
-    from pytest_aifactory.loadgen.runner import run_load
-    from pytest_aifactory.loadgen.spec import DatasetSpec, LoadSpec
+    from pytest_aifactory import DatasetSpec, LoadSpec, read_records, run_load
 
     spec = LoadSpec(
         client="fidelity",
@@ -279,7 +280,7 @@ VLLM_PREFIX = "vllm-"
 def run_vllm(python: str, url: str, streams: int, requests: int, folder: Path) -> list[Measured]:
     """`vllm bench serve` with `streams` in flight and its per-request detail saved."""
     from benchmarks.loadgen_ceiling import vllm_bench_args
-    from pytest_aifactory.services.models import hf_model_dir
+    from pytest_aifactory import hf_model_dir
 
     tokenizer = hf_model_dir("smollm2-135m")
     if tokenizer is None:
@@ -367,7 +368,7 @@ def side_by_side(
     vllm: str | None,
     progress: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
-    from benchmarks.tools.token_server import TokenServer
+    from pytest_aifactory import TokenServer
 
     rows: list[dict[str, Any]] = []
     with (

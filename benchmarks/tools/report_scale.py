@@ -29,10 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pytest_aifactory.metrics.catalog import SloObjective
-from pytest_aifactory.metrics.slo import evaluate
-from pytest_aifactory.metrics.stats import describe, json_safe
-from pytest_aifactory.monitor.samples import normalize
+from pytest_aifactory import SloObjective, describe, evaluate, json_safe, normalize
 
 GOAL_SECONDS = 30.0
 GOAL_BYTES = 2 * 1024**3
@@ -326,7 +323,7 @@ def rows(root: Path) -> int:
 CHILD = """
 import resource, sys, time
 from pathlib import Path
-from pytest_aifactory.report.build import build_report
+from pytest_aifactory import build_report
 began = time.perf_counter()
 page = build_report(Path(sys.argv[1]))
 seconds = time.perf_counter() - began
@@ -364,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     levels = [int(v) for v in args.levels.split(",")]
 
-    from pytest_aifactory.report.html_report import vega_bundle
+    from pytest_aifactory import vega_bundle
 
     vega_bundle()  # one-time bundling is not what this measures: cached for the child
     with tempfile.TemporaryDirectory(prefix="report-scale-") as scratch:

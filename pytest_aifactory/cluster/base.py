@@ -13,12 +13,13 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import submitit
+from typing import TYPE_CHECKING, Any
 
 from pytest_aifactory.cluster.rundir import RunDir
 from pytest_aifactory.redact import Redactor
+
+if TYPE_CHECKING:
+    import submitit
 
 
 @dataclass(frozen=True)
@@ -174,10 +175,18 @@ class JobExecutor(abc.ABC):
         role: str,
         resources: JobResources | None = None,
     ) -> JobHandle:
-        executor = self._executor(name, resources or JobResources())
-        handle = JobHandle(name=name, role=role, job=executor.submit(fn, *args))
+        job = self._submit_job(fn, args, name, resources or JobResources())
+        handle = self._handle(name, role, job)
         self._submitted([handle])
         return handle
+
+    def _submit_job(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], name: str, resources: JobResources
+    ) -> submitit.Job[Any]:
+        return self._executor(name, resources).submit(fn, *args)
+
+    def _handle(self, name: str, role: str, job: submitit.Job[Any]) -> JobHandle:
+        return JobHandle(name=name, role=role, job=job)
 
     def _submitted(self, handles: list[JobHandle]) -> None:
         self.handles.extend(handles)

@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 
+from pytest_aifactory.cluster.local import STOP_GRACE_S
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -31,7 +33,7 @@ def die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def stop_child(proc: subprocess.Popen[bytes], grace_s: float) -> None:
+def stop_child(proc: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> None:
     """SIGTERM, then SIGKILL after `grace_s`; always reaped."""
     if proc.poll() is not None:
         return

@@ -8,12 +8,11 @@ a node may have a separate high-speed network). Slurm's own `NodeAddr` is the au
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import subprocess
+
+from pytest_aifactory.cluster.slurm_commands import SlurmCommandError, run_slurm
 
 LOOPBACK = "127.0.0.1"
-SCONTROL_TIMEOUT_S = 10.0
 
 
 def in_slurm_job() -> bool:
@@ -36,22 +35,10 @@ def parse_node_addr(scontrol_output: str) -> str | None:
 
 def slurm_node_address(name: str) -> str | None:
     """The node's NodeAddr as resolved to an IP address, or None when scontrol cannot say."""
-    scontrol = shutil.which("scontrol")
-    if scontrol is None:
-        return None
     try:
-        proc = subprocess.run(
-            [scontrol, "-o", "show", "node", name],
-            capture_output=True,
-            text=True,
-            timeout=SCONTROL_TIMEOUT_S,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
+        addr = parse_node_addr(run_slurm(["scontrol", "-o", "show", "node", name]))
+    except SlurmCommandError:
         return None
-    if proc.returncode != 0:
-        return None
-    addr = parse_node_addr(proc.stdout)
     return resolve(addr) if addr else None
 
 

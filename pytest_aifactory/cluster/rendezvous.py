@@ -24,6 +24,7 @@ class Rendezvous:
     node: str
     pid: int
     nodes: list[str] = field(default_factory=list)
+    """Every rank's `host:port` of a service over several nodes, the head's first."""
     job_started_at: float | None = None
     """Wall-clock time the job began running the service (the end of its Slurm queueing)."""
     launched_at: float | None = None

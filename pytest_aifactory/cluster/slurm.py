@@ -5,15 +5,16 @@ to. The executor remembers every job id it submitted and, at the end, makes sure
 is still queued or running. A job that waits in the queue longer than `pending_timeout_s` will
 most likely never start (no such nodes free, a reservation, a begin time): it is cancelled, and
 whoever waits for it is told Slurm's reason instead of waiting for a generic timeout.
+
+Slurm's commands (squeue, sinfo, scancel) are run and read by `slurm_commands.py`, which
+`aifactory status` and `stop` use too; submitit runs sbatch.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -24,16 +25,18 @@ from typing import TYPE_CHECKING, Any
 import submitit
 
 from pytest_aifactory.cluster.base import JobExecutor, JobHandle, JobResources, SubmitError
-from pytest_aifactory.cluster.jobids import parse_job_id
+from pytest_aifactory.cluster.local import JOB_STOP_GRACE_S
 from pytest_aifactory.cluster.rundir import RunDir
+from pytest_aifactory.cluster.slurm_commands import QueueEntry, partitions, scancel, squeue
 
 if TYPE_CHECKING:
     from pytest_aifactory.recipe import Recipe, SlurmSettings
 
 SQUEUE_EVERY_S = 1.0
 """At most one `squeue` per second for all the run's jobs, however often they are polled."""
-COMMAND_TIMEOUT_S = 30.0
-CANCEL_WAIT_S = 15.0
+CANCEL_WAIT_S = JOB_STOP_GRACE_S
+"""scancel's SIGTERM reaches the job, which stops its processes before it exits: only a job
+still listed after this is sent SIGKILL."""
 KILL_WAIT_S = 10.0
 _SBATCH_ERROR = re.compile(r"sbatch: error: (.*)")
 
@@ -151,44 +154,11 @@ def for_cluster(
 
 
 def check_partition(name: str) -> None:
-    """A misspelt partition fails before any job is submitted, listing the real ones."""
-    try:
-        proc = subprocess.run(
-            ["sinfo", "-h", "-o", "%R"],
-            capture_output=True,
-            text=True,
-            timeout=COMMAND_TIMEOUT_S,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return  # sbatch will say
-    known = sorted(set(proc.stdout.split()))
-    if proc.returncode == 0 and known and name not in known:
+    """A misspelt partition fails before any job is submitted, listing the real ones (when sinfo
+    cannot say, sbatch will)."""
+    known = partitions()
+    if known and name not in known:
         raise SlurmError(f"Slurm has no partition '{name}' (partitions: {', '.join(known)})")
-
-
-@dataclass(frozen=True)
-class QueueEntry:
-    state: str
-    reason: str
-
-
-def parse_squeue(text: str) -> dict[str, QueueEntry]:
-    """`squeue -h -o '%i|%T|%r'` lines by job id; a pending array range `12_[0-3%2]` gives one
-    entry per element (`12_0` ... `12_3`) and one for the array itself (`12`)."""
-    entries: dict[str, QueueEntry] = {}
-    for line in text.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) < 3 or not parts[0]:
-            continue
-        job_id, state, reason = parts[0], parts[1], "|".join(parts[2:])
-        entry = QueueEntry(state=state, reason=reason)
-        shown = parse_job_id(job_id)
-        for one in shown.ids:
-            entries[one] = entry
-        if shown.array is not None:
-            entries.setdefault(shown.array, entry)
-    return entries
 
 
 class SlurmQueue:
@@ -226,22 +196,9 @@ class SlurmQueue:
     def _ask(self) -> dict[str, QueueEntry] | None:
         if not self._ids:
             return {}
-        try:
-            proc = subprocess.run(
-                ["squeue", "-h", f"--jobs={','.join(sorted(self._ids))}", "-o", "%i|%T|%r"],
-                capture_output=True,
-                text=True,
-                timeout=COMMAND_TIMEOUT_S,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        if proc.returncode != 0:
-            # every id already purged from the controller: none of them is queued any more
-            return {} if "Invalid job id" in proc.stderr else None
-        entries = parse_squeue(proc.stdout)
-        # jobs that left the queue need not be asked about again
-        self._ids = {i for i in self._ids if i in entries}
+        entries = squeue(sorted(self._ids))
+        if entries is not None:  # jobs that left the queue need not be asked about again
+            self._ids = {i for i in self._ids if i in entries}
         return entries
 
 
@@ -350,26 +307,14 @@ class SlurmJobExecutor(JobExecutor):
             _cancel=self._scancel,
         )
 
-    def submit(
-        self,
-        fn: Callable[..., Any],
-        *args: Any,
-        name: str,
-        role: str,
-        resources: JobResources | None = None,
-    ) -> JobHandle:
-        args, resources = for_cluster(self.recipe, args, resources or JobResources())
-        job = self._submit(lambda ex: ex.submit(fn, *args), name, resources)
-        handle = self._handle(name, role, job)
-        self._submitted([handle])
-        return handle
-
-    def _submit(
-        self, action: Callable[[submitit.Executor], Any], name: str, resources: JobResources
-    ) -> Any:
+    def _submit_job(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], name: str, resources: JobResources
+    ) -> submitit.Job[Any]:
+        """The job in a cluster node's terms (`for_cluster`); sbatch's refusal in a sentence."""
+        args, resources = for_cluster(self.recipe, args, resources)
         executor = self._executor(name, resources)
         try:
-            return action(executor)
+            return executor.submit(fn, *args)
         except submitit.core.utils.FailedJobError as err:
             errors = [m.group(1) for m in _SBATCH_ERROR.finditer(str(err))]
             detail = "; ".join(errors) or str(err).strip()
@@ -378,9 +323,8 @@ class SlurmJobExecutor(JobExecutor):
     # -- cancelling ---------------------------------------------------------------------------
 
     def _scancel(self, handle: JobHandle, signal: str | None = None) -> None:
-        command = ["scancel", *([f"--signal={signal}", "--full"] if signal else []), handle.job_id]
-        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-            subprocess.run(command, capture_output=True, timeout=COMMAND_TIMEOUT_S, check=False)
+        """Whether it worked shows in squeue, which the caller watches."""
+        scancel([handle.job_id], signal)
 
     def cancel(self, handle: JobHandle) -> None:
         if self._still_queued(handle):
@@ -416,12 +360,5 @@ class SlurmJobExecutor(JobExecutor):
             for job_id in self.job_ids
             if job_id not in kept and (queued is None or job_id in queued)
         ]
-        if leftover:
-            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-                subprocess.run(
-                    ["scancel", *leftover],
-                    capture_output=True,
-                    timeout=COMMAND_TIMEOUT_S,
-                    check=False,
-                )
+        scancel(leftover)
         return cancelled

@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from pytest_aifactory.atomic import write_json_atomic
-from pytest_aifactory.client_options import FioOptions
+from pytest_aifactory.cluster.local import STOP_GRACE_S
 from pytest_aifactory.cluster.rundir import HEARTBEAT_STALE_S
 from pytest_aifactory.loadgen.barrier import agreed_start
 from pytest_aifactory.loadgen.fio_job import (
@@ -39,17 +39,15 @@ from pytest_aifactory.loadgen.fio_job import (
     fio_binary,
     measurements,
 )
+from pytest_aifactory.loadgen.kinds.fio import FioOptions
 from pytest_aifactory.loadgen.live import LivePusher
 from pytest_aifactory.loadgen.progress import WRITE_EVERY_S, Progress
 from pytest_aifactory.loadgen.records import Clock, RecordWriter, new_record
-from pytest_aifactory.loadgen.registry import client_kind
 from pytest_aifactory.loadgen.signals import install_stop_signals, restore_signals
 from pytest_aifactory.loadgen.spec import LoadSpec
 
 STATUS_INTERVAL_S = 1.0
 """How often fio reports while it runs (the live progress)."""
-STOP_GRACE_S = 15.0
-"""Time fio gets after being told to stop: it finishes the I/Os in flight and reports."""
 STDERR_TAIL = 400
 """Characters of fio's last messages kept in an error record."""
 
@@ -98,7 +96,6 @@ class FioRun:
         return f"{status}: {self.said()}" if self.said() else status
 
 
-@client_kind("fio")
 async def fio_load(spec: LoadSpec) -> dict[str, Any]:
     """Run one process's share of a fio load level; returns the runner's outcome dict."""
     return await FioProcess(spec).run()

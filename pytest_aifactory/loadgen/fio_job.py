@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_aifactory.client_options import FioOptions
+from pytest_aifactory.loadgen.kinds.fio import FioOptions
 
 MIB = 1024 * 1024
 

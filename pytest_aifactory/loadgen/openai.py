@@ -38,7 +38,6 @@ import aiohttp
 from pytest_aifactory.loadgen.arrivals import Arrivals, timed_connector, watch_arrivals
 from pytest_aifactory.loadgen.datasets import Prompt, api_root, build_prompts
 from pytest_aifactory.loadgen.records import Clock
-from pytest_aifactory.loadgen.registry import client_kind
 from pytest_aifactory.loadgen.runner import LoadDriver, SendFn
 from pytest_aifactory.loadgen.spec import LoadSpec
 
@@ -417,7 +416,6 @@ class OpenAIStreamer:
         return record
 
 
-@client_kind("openai")
 async def run_openai(spec: LoadSpec) -> dict[str, Any]:
     """One process of an `openai` client: build the prompts, then drive the load."""
     if spec.api not in APIS:

@@ -14,7 +14,7 @@ import time
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -27,72 +27,62 @@ except ImportError:  # pragma: no cover - the standard encoder works, only slowe
 FLUSH_EVERY_S = 0.5
 FLUSH_EVERY_RECORDS = 64
 
-RECORD_FIELDS: tuple[str, ...] = (
-    "client",
-    "level_label",
-    "node",
-    "process",
-    "request_id",
-    "phase",
-    "scheduled_ts",
-    "send_ts",
-    "first_token_ts",
-    "end_ts",
-    "queue_ms",
-    "connect_ms",
-    "resends",
-    "ttft_ms",
-    "e2el_ms",
-    "tpot_ms",
-    "itl_ms",
-    "output_tokens",
-    "input_tokens",
-    "tokens_estimated",
-    "content_events",
-    "http_status",
-    "error",
-    "op",
-    "latency_ms",
-    "ttfb_ms",
-    "bytes",
-    "items",
-    "recall",
-    "extra",
-)
-"""Column names of a record, in file and DataFrame order (see docs/metrics.md). `connect_ms` is the
-time an HTTP request spent getting a connection (0 for a reused pooled one) and `resends` how
-often it was sent again after finding its pooled connection closed. The LLM fields come
-first; `op` to `extra` serve the other kinds: the operation's name, its latency, an object GET's
-time to first byte, payload bytes, items handled (vectors, rows, I/Os), a query's recall@k, and
-a kind's own detail as a JSON object."""
+ColumnType = Literal["str", "int", "nullable_int", "float", "bool", "list", "json"]
 
-STRING_COLUMNS = ("client", "level_label", "node", "phase", "error", "op")
-INT_COLUMNS = ("process", "request_id", "content_events")
-NULLABLE_INT_COLUMNS = (
-    "resends",
-    "output_tokens",
-    "input_tokens",
-    "http_status",
-    "bytes",
-    "items",
-)
-FLOAT_COLUMNS = (
-    "scheduled_ts",
-    "send_ts",
-    "first_token_ts",
-    "end_ts",
-    "queue_ms",
-    "connect_ms",
-    "ttft_ms",
-    "e2el_ms",
-    "tpot_ms",
-    "latency_ms",
-    "ttfb_ms",
-    "recall",
-)
-BOOL_COLUMNS = ("tokens_estimated",)
-LIST_COLUMNS = ("itl_ms",)
-JSON_COLUMNS = ("extra",)
+RECORD_COLUMNS: dict[str, ColumnType] = {
+    "client": "str",
+    "level_label": "str",
+    "node": "str",
+    "process": "int",
+    "request_id": "int",
+    "phase": "str",
+    "scheduled_ts": "float",
+    "send_ts": "float",
+    "first_token_ts": "float",
+    "end_ts": "float",
+    "queue_ms": "float",
+    "connect_ms": "float",
+    "resends": "nullable_int",
+    "ttft_ms": "float",
+    "e2el_ms": "float",
+    "tpot_ms": "float",
+    "itl_ms": "list",
+    "output_tokens": "nullable_int",
+    "input_tokens": "nullable_int",
+    "tokens_estimated": "bool",
+    "content_events": "int",
+    "http_status": "nullable_int",
+    "error": "str",
+    "op": "str",
+    "latency_ms": "float",
+    "ttfb_ms": "float",
+    "bytes": "nullable_int",
+    "items": "nullable_int",
+    "recall": "float",
+    "extra": "json",
+}
+"""Every column of a record with its type, in file and DataFrame order (docs/metrics.md).
+
+`connect_ms` is the time an HTTP request spent getting a connection (0 for a reused pooled
+one), `resends` how often it was sent again after finding its pooled connection closed. The
+LLM fields come first; `op` to `extra` serve the other kinds: the operation's name, its
+latency, an object GET's time to first byte, payload bytes, items handled (vectors, rows,
+I/Os), a query's recall@k, and a kind's own detail as a JSON object."""
+
+RECORD_FIELDS: tuple[str, ...] = tuple(RECORD_COLUMNS)
+
+
+def _columns(of_type: ColumnType) -> tuple[str, ...]:
+    return tuple(name for name, kind in RECORD_COLUMNS.items() if kind == of_type)
+
+
+STRING_COLUMNS = _columns("str")
+INT_COLUMNS = _columns("int")
+NULLABLE_INT_COLUMNS = _columns("nullable_int")
+FLOAT_COLUMNS = _columns("float")
+BOOL_COLUMNS = _columns("bool")
+LIST_COLUMNS = _columns("list")
+JSON_COLUMNS = _columns("json")
 """Held as JSON text in DataFrames and Parquet (a kind's detail has no fixed shape); read a
 cell back with `extra_of`."""
 

@@ -20,16 +20,16 @@ from typing import Any
 
 from pytest_aifactory.cluster.rundir import HEARTBEAT_STALE_S
 from pytest_aifactory.loadgen.barrier import agreed_start
+from pytest_aifactory.loadgen.kinds import get_client_kind
 from pytest_aifactory.loadgen.live import LivePusher
 from pytest_aifactory.loadgen.progress import WRITE_EVERY_S, Progress
 from pytest_aifactory.loadgen.records import Clock, RecordWriter, new_record
-from pytest_aifactory.loadgen.registry import CLIENT_KINDS, client_kind, get_client_kind
 from pytest_aifactory.loadgen.schedule import arrival_offsets
 from pytest_aifactory.loadgen.selfcheck import ClientMeter, client_stats_path
 from pytest_aifactory.loadgen.signals import install_stop_signals, restore_signals
 from pytest_aifactory.loadgen.spec import LoadSpec
 
-__all__ = ["CLIENT_KINDS", "LoadDriver", "SendFn", "client_kind", "run_load"]
+__all__ = ["LoadDriver", "SendFn", "run_load"]
 
 SendFn = Callable[[dict[str, Any], int], Awaitable[dict[str, Any]]]
 """Send one request. Gets the request's record, pre-filled with its identity and
@@ -98,9 +98,9 @@ def run_load(spec: LoadSpec) -> dict[str, Any]:
     "records_path", "interrupted"}; the measurements themselves are in the records file.
     """
     validate(spec)
-    kind = get_client_kind(spec.kind)
+    load = get_client_kind(spec.kind).load_function()
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(kind(spec))
+        return runner.run(load(spec))
 
 
 class LoadDriver:

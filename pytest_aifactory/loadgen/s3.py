@@ -38,9 +38,8 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from pytest_aifactory.client_options import S3Options
+from pytest_aifactory.loadgen.kinds.s3 import S3Options
 from pytest_aifactory.loadgen.records import Clock
-from pytest_aifactory.loadgen.registry import client_kind
 from pytest_aifactory.loadgen.runner import LoadDriver, SendFn
 from pytest_aifactory.loadgen.s3_objects import (
     OPS,
@@ -393,7 +392,6 @@ class S3Load:
         return record
 
 
-@client_kind("s3")
 async def run_s3(spec: LoadSpec) -> dict[str, Any]:
     """One process of an `s3` client: set up the bucket and objects, then drive the load."""
     options = S3Options.model_validate(spec.options)

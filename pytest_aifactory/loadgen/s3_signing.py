@@ -16,7 +16,7 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from pytest_aifactory.services.s3 import ACCESS_KEY_ENV, REGION, REGION_ENV, SECRET_KEY_ENV
+from pytest_aifactory.services.kinds.s3 import ACCESS_KEY_ENV, REGION, REGION_ENV, SECRET_KEY_ENV
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 DEFAULT_REGION = REGION

@@ -27,8 +27,8 @@ from urllib.parse import urlsplit
 
 import psycopg
 
-from pytest_aifactory.client_options import SqlOptions
-from pytest_aifactory.loadgen.runner import LoadDriver, SendFn, client_kind
+from pytest_aifactory.loadgen.kinds.sql import SqlOptions
+from pytest_aifactory.loadgen.runner import LoadDriver, SendFn
 
 if TYPE_CHECKING:
     from pytest_aifactory.loadgen.spec import LoadSpec
@@ -284,7 +284,6 @@ async def open_all(target: Target, spec: LoadSpec) -> list[psycopg.AsyncConnecti
     return conns
 
 
-@client_kind("sql")
 async def run_sql(spec: LoadSpec) -> dict[str, Any]:
     """One process of a `sql` client: load the tables if needed, connect, drive the load."""
     options = SqlOptions(**spec.options)

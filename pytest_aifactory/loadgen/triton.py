@@ -22,9 +22,8 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import numpy as np
 
-from pytest_aifactory.loadgen.registry import client_kind
 from pytest_aifactory.loadgen.runner import LoadDriver, SendFn
-from pytest_aifactory.services.triton_entry import GRPC_OFFSET
+from pytest_aifactory.services.kinds.triton_entry import GRPC_OFFSET
 
 if TYPE_CHECKING:
     from pytest_aifactory.loadgen.records import Clock
@@ -376,7 +375,6 @@ async def _served_models(protocol: _Protocol) -> list[str]:
     return sorted({str(e.get("name")) for e in entries if e.get("name")})
 
 
-@client_kind("triton")
 async def run_triton(spec: LoadSpec) -> dict[str, Any]:
     """One process of a `triton` client: read the model's configuration, then drive the load."""
     protocol_name = str(spec.options.get("protocol") or "http")

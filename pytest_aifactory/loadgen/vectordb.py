@@ -38,8 +38,7 @@ from time import perf_counter_ns
 from typing import Any
 
 from pytest_aifactory.atomic import write_json_atomic
-from pytest_aifactory.client_options import VectorDbOptions
-from pytest_aifactory.loadgen.registry import client_kind
+from pytest_aifactory.loadgen.kinds.vectordb import VectorDbOptions
 from pytest_aifactory.loadgen.runner import LoadDriver, SendFn
 from pytest_aifactory.loadgen.spec import LoadSpec
 from pytest_aifactory.loadgen.vector_datasets import (
@@ -388,7 +387,6 @@ class VectorLoad:
             await asyncio.sleep(POLL_S)
 
 
-@client_kind("vectordb")
 async def run_vectordb(spec: LoadSpec) -> dict[str, Any]:
     """One process of a `vectordb` client: load (or wait for) the collection, then query it."""
     options = VectorDbOptions.model_validate(spec.options)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -30,6 +30,9 @@ from pytest_aifactory.metrics.stats import (
     measured,
     succeeded,
 )
+
+if TYPE_CHECKING:
+    from pytest_aifactory.loadgen.kind import ClientKind
 
 MIB = 1024 * 1024
 
@@ -106,8 +109,13 @@ def summarize_fio(
     records: pd.DataFrame | Sequence[Mapping[str, Any]],
     requested_rate: float | None = None,
     objectives: Sequence[SloObjective] = (),
+    *,
+    kind: ClientKind | None = None,
 ) -> dict[str, Any]:
     """Summary of one fio load level (only measure-phase records count).
+
+    `kind` is taken for the signature every kind's summary shares (`loadgen.kind.Summarizer`)
+    and not needed here.
 
     `per_level`: `bw_mib_s` and `iops` summed over processes and directions (0 when every fio
     run failed), `duration_s` from the first process's start to the last one's end,

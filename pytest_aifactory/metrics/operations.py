@@ -15,6 +15,8 @@ from typing import Any
 
 import pandas as pd
 
+from pytest_aifactory.loadgen.kind import ClientKind
+from pytest_aifactory.loadgen.kinds import get_client_kind
 from pytest_aifactory.metrics.catalog import SloObjective
 from pytest_aifactory.metrics.stats import (
     _error_texts,
@@ -24,6 +26,7 @@ from pytest_aifactory.metrics.stats import (
     distribution,
     error_class,
     good_requests,
+    json_safe,
     measured,
     succeeded,
 )
@@ -32,14 +35,6 @@ MIB = 1024 * 1024
 
 OPERATION_METRICS: tuple[str, ...] = ("latency_ms", "ttfb_ms", "queue_ms")
 """Per-request metrics of an operation-based level, in the order summaries list them."""
-
-THROUGHPUT_NAME: dict[str, str] = {
-    "vectordb": "qps",
-    "s3": "ops_s",
-    "sql": "tps",
-    "triton": "request_throughput",
-}
-"""Each kind's name for completed operations per second (docs/metrics.md)."""
 
 
 def _span(rows: pd.DataFrame) -> float:
@@ -93,7 +88,7 @@ def _setup_figures(records: pd.DataFrame) -> dict[str, float]:
 
 def summarize_operations(
     records: pd.DataFrame,
-    kind: str,
+    kind: ClientKind | str,
     requested_rate: float | None = None,
     objectives: Sequence[SloObjective] = (),
 ) -> dict[str, Any]:
@@ -101,10 +96,14 @@ def summarize_operations(
 
     Latency statistics use the successful operations, `queue_ms` every one sent. The duration
     runs from the first send to the last end; throughputs are completed operations (and their
-    bytes) over it. `recall_at_k` is the mean of the successful queries' recall.
+    bytes) over it, completed operations also under the kind's own name (`throughput_metric`).
+    The figures a kind declares decide the rest: `throughput_mib_s` (also whenever bytes
+    moved), `recall_at_k` (the mean of the successful queries' recall), and the setup figures
+    `insert_throughput` and `index_build_s`.
     """
-    from pytest_aifactory.metrics.stats import json_safe
-
+    if isinstance(kind, str):
+        kind = get_client_kind(kind)
+    reported = set(kind.metric_names)
     rows = measured(records)
     ok = succeeded(rows)
     done = rows[ok.to_numpy()]
@@ -134,14 +133,13 @@ def summarize_operations(
         "achieved_rate": _rate(len(send) - 1, send_span),
         "requested_rate": requested_rate,
     }
-    name = THROUGHPUT_NAME.get(kind)
-    if name and name != "request_throughput":
-        per_level[name] = per_level["request_throughput"]
-    if kind == "s3" or moved:
+    per_level[kind.throughput_metric] = per_level["request_throughput"]
+    if "throughput_mib_s" in reported or moved:
         per_level["throughput_mib_s"] = throughput(moved / MIB)
-    if kind == "vectordb":
+    if "recall_at_k" in reported:
         recall = _numeric(done, "recall").dropna()
         per_level["recall_at_k"] = float(recall.mean()) if len(recall) else math.nan
+    if {"insert_throughput", "index_build_s"} & reported:
         per_level.update(_setup_figures(records))
 
     by_op: dict[str, Any] = {}

@@ -10,7 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_aifactory.metrics.catalog import METRICS, SloObjective
+from pytest_aifactory.loadgen.kinds import metric_info
+from pytest_aifactory.metrics.catalog import SloObjective
 from pytest_aifactory.numbers import finite_number
 
 
@@ -48,7 +49,7 @@ class SloOutcome:
 
 
 def _unit(metric: str) -> str:
-    info = METRICS.get(metric)
+    info = metric_info(metric)
     return info.unit if info else ""
 
 

@@ -10,12 +10,16 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from pytest_aifactory.metrics.catalog import METRICS, STATISTICS, SloObjective
+from pytest_aifactory.loadgen.kinds import metric_info
+from pytest_aifactory.metrics.catalog import STATISTICS, SloObjective
+
+if TYPE_CHECKING:
+    from pytest_aifactory.loadgen.kind import ClientKind
 
 PER_REQUEST_METRICS: tuple[str, ...] = (
     "ttft_ms",
@@ -163,7 +167,7 @@ def good_requests(records: pd.DataFrame, objectives: Sequence[SloObjective] = ()
     """
     good = succeeded(records).to_numpy(dtype=bool, copy=True)
     for objective in objectives:
-        info = METRICS.get(objective.metric)
+        info = metric_info(objective.metric)
         if info is None or not info.per_request:
             continue
         values = request_values(records, objective.metric).to_numpy(dtype=float)
@@ -183,8 +187,13 @@ def summarize_llm(
     records: pd.DataFrame,
     requested_rate: float | None = None,
     objectives: Sequence[SloObjective] = (),
+    *,
+    kind: ClientKind | None = None,
 ) -> dict[str, Any]:
     """Summary of one LLM load level from its request records (only measure-phase rows count).
+
+    `kind` is taken for the signature every kind's summary shares (`loadgen.kind.Summarizer`)
+    and not needed here.
 
     Returns a strict-JSON-ready dict (NaN -> None) with `counts`, `per_request` statistics,
     `per_level` rates, `errors` by class and `tokens_estimated`.

@@ -1,5 +1,5 @@
-"""The summary of one load level, for any client kind: the one place that knows which
-statistics function reads which kind's records."""
+"""The summary of one load level, for any client kind: the kind's declaration names the function
+that reads its records (`ClientKind.summarize`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from pytest_aifactory.loadgen.kinds import get_client_kind
 from pytest_aifactory.metrics.catalog import SloObjective
 
 
@@ -19,14 +20,7 @@ def summarize(
 ) -> dict[str, Any]:
     """Counts, per-request statistics, per-level figures and errors of one level's records
     (every phase: setup rows feed a kind's setup figures, only measure rows its latencies)."""
-    if kind == "openai":
-        from pytest_aifactory.metrics.stats import summarize_llm
-
-        return summarize_llm(records, requested_rate=requested_rate, objectives=objectives)
-    if kind == "fio":
-        from pytest_aifactory.metrics.fio import summarize_fio
-
-        return summarize_fio(records, requested_rate=requested_rate, objectives=objectives)
-    from pytest_aifactory.metrics.operations import summarize_operations
-
-    return summarize_operations(records, kind, requested_rate=requested_rate, objectives=objectives)
+    client_kind = get_client_kind(kind)
+    return client_kind.summarizer()(
+        records, kind=client_kind, requested_rate=requested_rate, objectives=objectives
+    )

@@ -32,7 +32,6 @@ DCGM_MARKER = b"DCGM_FI_"
 PROBE_LIMIT_BYTES = 4 * 1024 * 1024
 STARTUP_S = 15.0
 """dcgm-exporter brings up its host engine before it serves: a few seconds."""
-STOP_GRACE_S = 5.0
 
 
 def answers_dcgm(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
@@ -87,7 +86,7 @@ def gpu_exporter(
     finally:
         remove_target(run_root, "nodes", target_name(node))
         if proc is not None:
-            stop_child(proc, STOP_GRACE_S)
+            stop_child(proc)
 
 
 def _spawn(binary: str, host: str) -> subprocess.Popen[bytes] | None:
@@ -109,5 +108,5 @@ def _spawn(binary: str, host: str) -> subprocess.Popen[bytes] | None:
             return proc
         time.sleep(0.2)
     print(f"aifactory: GPU exporter silent after {STARTUP_S:g} s", file=sys.stderr, flush=True)
-    stop_child(proc, STOP_GRACE_S)
+    stop_child(proc)
     return None

@@ -234,7 +234,8 @@ def _gpu_panels(uid: str) -> list[dict[str, Any]]:
 def _tests_panel(tests: Sequence[dict[str, Any]]) -> dict[str, Any]:
     lines = ["| test | started (UTC) | ended (UTC) | verdict |", "|---|---|---|---|"]
     for test in tests:
-        verdict = {True: "pass", False: "fail"}.get(test.get("passed"), "-")
+        passed = test.get("passed")
+        verdict = "-" if passed is None else "pass" if passed else "fail"
         name = str(test.get("name") or test.get("test_id") or test.get("id") or "-")
         lines.append(
             f"| `{name.replace('|', '/')}` | {test.get('started_at', '-')} "

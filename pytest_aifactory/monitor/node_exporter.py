@@ -29,7 +29,6 @@ from pytest_aifactory.monitor.targets import Target, base_labels, remove_target,
 BINARIES = ("prometheus-node-exporter", "node_exporter")
 COLLECTORS = ("cpu", "meminfo", "loadavg", "netdev", "diskstats", "stat", "pressure")
 """Only what the run's charts use: the full default set costs CPU on a busy node every second."""
-STOP_GRACE_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -83,29 +82,31 @@ def node_exporter(order: NodeExporterOrder | None, node: str, host: str) -> Iter
 def _node_series(run_root: Path, run_id: str, node: str, host: str) -> Iterator[None]:
     """The node exporter, announced as a target while it runs (nothing without its binary)."""
     binary = find_node_exporter()
-    proc = _spawn(binary, host) if binary is not None else None
-    if proc is None:
+    spawned = _spawn(binary, host) if binary is not None else None
+    if spawned is None:
         yield
         return
-    port = int(proc.args[1].rsplit(":", 1)[1])  # type: ignore[index]
+    proc, port = spawned
     labels = base_labels(run_id, "node", node)
     write_target(run_root, Target("nodes", node, f"{host}:{port}", labels=labels))
     try:
         yield
     finally:
         remove_target(run_root, "nodes", node)
-        stop_child(proc, STOP_GRACE_S)
+        stop_child(proc)
 
 
-def _spawn(binary: str, host: str) -> subprocess.Popen[bytes] | None:
+def _spawn(binary: str, host: str) -> tuple[subprocess.Popen[bytes], int] | None:
+    """The running exporter and its port (None when it would not start)."""
     for _ in range(3):  # the port may be taken between choosing and binding it
-        argv = exporter_argv(binary, host, free_port(host))
+        port = free_port(host)
+        argv = exporter_argv(binary, host, port)
         proc = start_quiet_child(argv, "node exporter")
         if proc is None:
             return None
         time.sleep(0.2)
         if proc.poll() is None:
             print(f"aifactory: node exporter on {argv[1].split('=', 1)[1]}", file=sys.stderr)
-            return proc
+            return proc, port
     print("aifactory: node exporter did not stay up", file=sys.stderr, flush=True)
     return None

@@ -52,9 +52,10 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from pytest_aifactory.cluster.rundir import RunDir
+    from pytest_aifactory.endpoints import Endpoint
     from pytest_aifactory.monitor.scraper import DirectScraper
     from pytest_aifactory.recipe import Monitor
-    from pytest_aifactory.services.manager import Endpoint, ServiceManager
+    from pytest_aifactory.services.manager import ServiceManager
 
 PROMETHEUS = "aifactory-prometheus"
 PUSHGATEWAY = "aifactory-pushgateway"

@@ -6,9 +6,11 @@ query path and the direct scraper both produce it, so readers need not know whic
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pandas as pd
 
-SAMPLE_COLUMNS: dict[str, str] = {
+SAMPLE_COLUMNS: dict[str, Literal["string", "float64"]] = {
     "test_id": "string",
     "series": "string",
     "metric": "string",

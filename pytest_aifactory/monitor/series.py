@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from pytest_aifactory.services.base import ServiceConfigError, get_kind
+
 SeriesType = Literal["counter", "gauge"]
 SeriesSource = Literal["service", "node", "client", "gpu"]
 
@@ -159,8 +161,6 @@ CLIENT_GROUP_LABELS = ("aif_run", "client", "level", "node", "process")
 
 def service_series(kind: str) -> tuple[Series, ...]:
     """The key series a service kind declares (none for kinds without a metrics endpoint)."""
-    from pytest_aifactory.services.base import ServiceConfigError, get_kind
-
     try:
         return get_kind(kind).metric_series
     except ServiceConfigError:

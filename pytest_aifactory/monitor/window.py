@@ -6,11 +6,11 @@ tokens counted by the server over the window should match the tokens the clients
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from pytest_aifactory.monitor.samples import empty_samples, normalize
@@ -34,7 +34,7 @@ def sample_rows(
     origin: str,
 ) -> list[dict[str, Any]]:
     """Rows of the sample table from (labels, [(time, value)]) pairs of one series."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for labels, values in found:
         extra = {k: v for k, v in labels.items() if k not in _OWN_LABELS and k != NODE_LABEL}
         # a client's counters come through the pushgateway: their own `node` label says where
@@ -66,27 +66,47 @@ def to_frame(rows: list[dict[str, Any]], test_id: str) -> pd.DataFrame:
     return normalize(frame)
 
 
+SUB_SERIES = ["service", "node", "instance", "labels"]
+"""What tells apart the sub-series of one series: a counter grows (and restarts) on its own in
+each server, node, client process and label set."""
+
+
 def counter_increase(
-    samples: pd.DataFrame, series_name: str, start: float, end: float
+    samples: pd.DataFrame,
+    series_name: str,
+    start: float | None = None,
+    end: float | None = None,
 ) -> float | None:
-    """How much a counter grew from its last sample at or before `start` to its first at or
-    after `end`, summed over every instance; counter resets (a restarted server) count from
-    zero. None when some instance lacks a sample on either side (the window is not covered)."""
+    """How much a counter grew, summed over its sub-series, counted as Prometheus'
+    `increase()` counts it: a drop means the counter restarted from zero (a restarted server),
+    so the value after the drop counts in full.
+
+    With `start` and `end`, each sub-series counts from its last sample at or before `start` to
+    its first at or after `end`; without them, over all its samples. None when the series has
+    no samples, or some sub-series lacks a sample on either side of the window (the window is
+    not covered, so the sum would fall short)."""
     rows = samples[samples["series"] == series_name]
     if rows.empty:
         return None
     total = 0.0
-    for _, group in rows.groupby(["service", "instance", "labels"], dropna=False):
+    for _, group in rows.groupby(SUB_SERIES, dropna=False):
         ordered = group.sort_values("timestamp")
         times = ordered["timestamp"].to_numpy()
-        values = ordered["value"].to_numpy()
-        before = (times <= start).nonzero()[0]
-        after = (times >= end).nonzero()[0]
-        if len(before) == 0 or len(after) == 0:
-            return None
-        span = values[before[-1] : after[0] + 1]
-        for previous, current in itertools.pairwise(span):
-            total += current - previous if current >= previous else current
+        values = ordered["value"].to_numpy(dtype=float)
+        first, last = 0, len(values) - 1
+        if start is not None:
+            before = np.flatnonzero(times <= start)
+            if not len(before):
+                return None
+            first = int(before[-1])
+        if end is not None:
+            after = np.flatnonzero(times >= end)
+            if not len(after):
+                return None
+            last = int(after[0])
+        span = values[first : last + 1]
+        steps = np.diff(span)
+        total += float(np.where(steps >= 0, steps, span[1:]).sum())
     return total
 
 

@@ -15,7 +15,7 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -24,8 +24,9 @@ from pytest_benchmark.plugin import pytest_benchmark_generate_machine_info
 from pytest_benchmark.stats import Stats
 from pytest_benchmark.utils import cached_property, get_commit_info, get_machine_id
 
-from pytest_aifactory.metrics.catalog import METRICS
+from pytest_aifactory.loadgen.kinds import all_metrics
 from pytest_aifactory.metrics.stats import describe, distribution, json_safe, measured, succeeded
+from pytest_aifactory.summary_shapes import Counts, Figure, RunTestEntry, SloEntry
 
 LATENCIES: dict[str, tuple[str, str, str]] = {
     "ttft": (
@@ -62,6 +63,33 @@ LATENCIES: dict[str, tuple[str, str, str]] = {
 }
 """Entry suffix -> (record column, what a value is, how to read the entry)."""
 
+
+class BenchmarkTest(TypedDict):
+    """One test as `to_benchmark_json` takes it: its summary.json entry and its records."""
+
+    test_id: str
+    name: str
+    client: str
+    level_label: str
+    passed: bool
+    slo: list[SloEntry]
+    records: NotRequired[pd.DataFrame]
+    """The test's measured records (its latencies become the entries' rounds)."""
+    summary: NotRequired[RunTestEntry]
+
+
+class BenchmarkRun(TypedDict):
+    """A run as `to_benchmark_json` takes it; machine and commit info default to
+    pytest-benchmark's own."""
+
+    run_id: str
+    recipe_name: str
+    datetime: str | None
+    tests: list[BenchmarkTest]
+    machine_info: NotRequired[dict[str, Any] | None]
+    commit_info: NotRequired[dict[str, Any] | None]
+
+
 _ILLEGAL_NAME = re.compile(r'[\\/:*?<>|"\s]')
 _COUNTER = re.compile(r"^(\d{4})_")
 
@@ -74,13 +102,14 @@ class _RoundStats(Stats):
     """
 
     def __init__(self, values: np.ndarray) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # pytest-benchmark: unannotated
         self._array = np.asarray(values, dtype=float)
         self.data = self._array.tolist()
 
     @cached_property
     def sorted_data(self) -> list[float]:
-        return np.sort(self._array).tolist()
+        ordered: list[float] = np.sort(self._array).tolist()
+        return ordered
 
     @cached_property
     def total(self) -> float:
@@ -101,7 +130,8 @@ class _RoundStats(Stats):
 
 def round_stats(values_s: Sequence[float] | np.ndarray) -> dict[str, Any]:
     """pytest-benchmark's `stats` block for rounds of the given durations (seconds)."""
-    stats = _RoundStats(np.asarray(values_s, dtype=float)).as_dict()
+    round_data = _RoundStats(np.asarray(values_s, dtype=float))
+    stats: dict[str, Any] = round_data.as_dict()  # type: ignore[no-untyped-call]  # as above
     stats["iterations"] = 1
     return stats
 
@@ -114,17 +144,19 @@ def latency_seconds(records: pd.DataFrame, column: str) -> np.ndarray:
 
 @functools.cache
 def _machine_info() -> dict[str, Any]:
-    return pytest_benchmark_generate_machine_info()
+    info: dict[str, Any] = pytest_benchmark_generate_machine_info()
+    return info
 
 
 @functools.cache
 def _commit_info() -> dict[str, Any]:
-    return get_commit_info()
+    info: dict[str, Any] = get_commit_info()
+    return info
 
 
 def _level_unit(key: str) -> str:
-    if key in METRICS:
-        return METRICS[key].unit
+    if key in all_metrics():
+        return all_metrics()[key].unit
     return {"duration_s": "s", "requested_rate": "req/s"}.get(key, "")
 
 
@@ -133,12 +165,12 @@ def _param(name: str) -> str | None:
     return match.group(1) if match else None
 
 
-def _entries(test: dict[str, Any], run: dict[str, Any]) -> list[dict[str, Any]]:
+def _entries(test: BenchmarkTest, run: BenchmarkRun) -> list[dict[str, Any]]:
     records = test.get("records")
     if records is None:
         records = pd.DataFrame()
-    summary = test.get("summary") or {}
-    per_level = dict(summary.get("per_level") or {})
+    summary = test.get("summary")
+    per_level: dict[str, Figure] = dict(summary.get("per_level") or {}) if summary else {}
     slo = list(test.get("slo") or [])
     entries = []
     for short, (column, unit, note) in LATENCIES.items():
@@ -156,10 +188,10 @@ def _entries(test: dict[str, Any], run: dict[str, Any]) -> list[dict[str, Any]]:
             "run_id": run.get("run_id"),
             "recipe": run.get("recipe_name"),
             "percentiles_s": {k: shown[k] for k in ("p50", "p90", "p95", "p99", "p999")},
-            "requests": summary.get("counts"),
+            "requests": _summary_counts(test),
             **per_level,
             "per_level_units": {k: _level_unit(k) for k in per_level},
-            "tokens_estimated": summary.get("tokens_estimated"),
+            "tokens_estimated": summary.get("tokens_estimated") if summary else None,
             "slo_passed": all(o.get("passed") for o in slo),
             "slo": slo,
             "passed": bool(test.get("passed")),
@@ -183,7 +215,7 @@ def _entries(test: dict[str, Any], run: dict[str, Any]) -> list[dict[str, Any]]:
     return entries
 
 
-def to_benchmark_json(run: dict[str, Any]) -> dict[str, Any]:
+def to_benchmark_json(run: BenchmarkRun) -> dict[str, Any]:
     """The run as pytest-benchmark writes one: machine and commit info, one entry per latency.
 
     Entries are named `<test name>::ttft` (and `::tpot`, `::itl`, `::e2el`) and grouped by test;
@@ -194,7 +226,7 @@ def to_benchmark_json(run: dict[str, Any]) -> dict[str, Any]:
     benchmarks = [entry for test in tests for entry in _entries(test, run)]
     machine_info = run.get("machine_info") or copy.deepcopy(_machine_info())
     commit_info = run.get("commit_info") or copy.deepcopy(_commit_info())
-    return json_safe(
+    data: dict[str, Any] = json_safe(
         {
             "machine_info": machine_info,
             "commit_info": commit_info,
@@ -211,13 +243,19 @@ def to_benchmark_json(run: dict[str, Any]) -> dict[str, Any]:
                         "client": t.get("client"),
                         "level": t.get("level_label"),
                         "passed": bool(t.get("passed")),
-                        "counts": (t.get("summary") or {}).get("counts"),
+                        "counts": _summary_counts(t),
                     }
                     for t in tests
                 ],
             },
         }
     )
+    return data
+
+
+def _summary_counts(test: BenchmarkTest) -> Counts | None:
+    summary = test.get("summary")
+    return summary.get("counts") if summary else None
 
 
 def _next_counter(folder: Path) -> int:
@@ -236,7 +274,7 @@ def save_benchmark_json(data: dict[str, Any], storage_dir: Path, run_name: str) 
     `0001_...`), so `pytest-benchmark --storage file://<storage_dir> compare` finds the file.
     Characters pytest-benchmark forbids in a save name become '-'.
     """
-    folder = Path(storage_dir) / get_machine_id()
+    folder = Path(storage_dir) / str(get_machine_id())
     folder.mkdir(parents=True, exist_ok=True)
     name = _ILLEGAL_NAME.sub("-", run_name) or "run"
     text = json.dumps(json_safe(data), indent=4, ensure_ascii=True, allow_nan=False)

@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -22,6 +22,9 @@ from pytest_aifactory.atomic import write_text_atomic
 from pytest_aifactory.report import charts as ch
 from pytest_aifactory.report.html_report import ChartView, render_report, slug
 from pytest_aifactory.report.previous import previous_section
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 REPORT_NAME = "report.html"
 SUMMARY_NAME = "summary.json"
@@ -99,7 +102,7 @@ class RunRecords:
     problems: list[str] = field(default_factory=list)
 
 
-def _batches(path: Path, columns: list[str]) -> Iterator[Any]:
+def _batches(path: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
     import pyarrow.parquet as pq
 
     # buffered, not pre-buffered: a whole row group of gaps would otherwise sit in memory
@@ -108,17 +111,19 @@ def _batches(path: Path, columns: list[str]) -> Iterator[Any]:
 
 
 def _stream_gaps(path: Path, names: list[str]) -> dict[str, PooledGaps]:
+    import pyarrow as pa
     import pyarrow.compute as pc
 
-    wanted = [c for c in ("test_id", "phase", "error", "itl_ms") if c in names]
+    measure_phase, no_error = pa.scalar("measure"), pa.scalar("")
+    wanted: list[str] = [c for c in ("test_id", "phase", "error", "itl_ms") if c in names]
     pooled: dict[str, PooledGaps] = {}
     for batch in _batches(path, wanted):
         keep = np.ones(batch.num_rows, dtype=bool)
         if "phase" in wanted:
-            measure = pc.fill_null(pc.equal(batch.column("phase"), "measure"), False)
+            measure = pc.equal(batch.column("phase"), measure_phase).fill_null(False)
             keep &= measure.to_numpy(zero_copy_only=False)
         if "error" in wanted:
-            ok = pc.fill_null(pc.equal(batch.column("error"), ""), True)
+            ok = pc.equal(batch.column("error"), no_error).fill_null(True)
             keep &= ok.to_numpy(zero_copy_only=False)
         ids = batch.column("test_id")
         gaps = batch.column("itl_ms")
@@ -252,7 +257,7 @@ def build_report(
     positions: dict[str, np.ndarray] = {}
     if "test_id" in frame:
         groups = frame.groupby("test_id", observed=True, sort=False).indices
-        positions = {str(k): v for k, v in groups.items()}
+        positions = {str(k): np.asarray(v) for k, v in groups.items()}
     for client in clients:
         client_tests = ch.client_tests({"tests": tests}, client)
         per_level = max(
@@ -271,8 +276,9 @@ def build_report(
 
     client_views: dict[str, list[ChartView]] = {}
     for client in clients:
-        cdf = pd.concat(level_cdfs[client], ignore_index=True) if level_cdfs[client] else None
-        charts = ch.charts_for_client({**summary, "tests": tests}, client, frame, cdf=cdf)
+        levels = level_cdfs[client]
+        client_cdf = pd.concat(levels, ignore_index=True) if levels else None
+        charts = ch.charts_for_client({**summary, "tests": tests}, client, frame, cdf=client_cdf)
         anchor = client_anchors[client]
         client_views[client] = [files.view(anchor, n, c) for n, c in charts.items()]
 

@@ -20,28 +20,16 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from pytest_aifactory.loadgen.kinds import all_metrics
 from pytest_aifactory.metrics.histogram import LogHistogram as BaseLogHistogram
 from pytest_aifactory.report.headline import headline_of, headline_values
 
-LATENCY_METRICS: tuple[str, ...] = (
-    "ttft_ms",
-    "tpot_ms",
-    "itl_ms",
-    "e2el_ms",
-    "latency_ms",
-    "ttfb_ms",
-)
-"""Per-request latencies drawn as distributions, in the order docs/metrics.md lists them (a kind
-draws those its records have: LLM serving the first four, operations the last two)."""
-
 LATENCY_TITLES: dict[str, str] = {
-    "ttft_ms": "TTFT (ms)",
-    "tpot_ms": "TPOT (ms)",
-    "itl_ms": "ITL (ms, pooled)",
-    "e2el_ms": "E2E latency (ms)",
-    "latency_ms": "Latency (ms)",
-    "ttfb_ms": "Time to first byte (ms)",
+    name: info.chart_title for name, info in all_metrics().items() if info.chart_title
 }
+"""Per-request latencies drawn as distributions, with their axis titles (each kind declares
+which of its metrics are drawn; a kind draws those its records have)."""
+LATENCY_METRICS: tuple[str, ...] = tuple(LATENCY_TITLES)
 
 CHART_TITLES: dict[str, str] = {
     "latency_cdf": "Latency distributions",

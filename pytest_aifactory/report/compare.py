@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pytest_aifactory.metrics.catalog import METRICS, STATISTICS, higher_is_better
+from pytest_aifactory.cluster.run_records import RunNotFound, resolve_run
+from pytest_aifactory.loadgen.kinds import all_metrics, higher_is_better
+from pytest_aifactory.metrics.catalog import STATISTICS
 from pytest_aifactory.numbers import finite_number
 from pytest_aifactory.report.manifest import manifest_problems
 from pytest_aifactory.tabulate import format_table
@@ -125,8 +127,6 @@ def load_run(ref: str | Path) -> RunView:
     path = Path(ref).expanduser()
     if path.is_dir():
         return read_run_folder(path)
-    from pytest_aifactory.cluster.registry import RunNotFound, resolve_run
-
     try:
         record = resolve_run(str(ref))
     except RunNotFound as err:
@@ -167,8 +167,8 @@ def previous_run(run: RunView, folder: Path | None = None) -> RunView | None:
 
 def known_metric_keys() -> str:
     """What a metric key may be, for error messages."""
-    per_request = [name for name, info in METRICS.items() if info.per_request]
-    per_level = [name for name, info in METRICS.items() if not info.per_request]
+    per_request = [name for name, info in all_metrics().items() if info.per_request]
+    per_level = [name for name, info in all_metrics().items() if not info.per_request]
     return (
         f"{', '.join(f'{name}.STAT' for name in per_request)} "
         f"(STAT: {', '.join(STATISTICS)}); {', '.join(per_level)}"
@@ -179,7 +179,7 @@ def check_metric_key(key: str) -> str:
     """`key` itself when it names a statistic of a per-request metric (`ttft_ms.p99`) or a
     per-level metric (`output_throughput`); else a CompareError saying what would be right."""
     metric, _, statistic = key.partition(".")
-    info = METRICS.get(metric)
+    info = all_metrics().get(metric)
     if info is None:
         raise CompareError(f"unknown metric '{key}'; known: {known_metric_keys()}")
     if info.per_request and statistic not in STATISTICS:
@@ -239,7 +239,7 @@ def metric_value(test: Mapping[str, Any], key: str) -> float | None:
 
 
 def metric_unit(key: str) -> str:
-    info = METRICS.get(key.partition(".")[0])
+    info = all_metrics().get(key.partition(".")[0])
     return info.unit if info else ""
 
 
@@ -255,14 +255,14 @@ def default_metrics(runs: Sequence[RunView]) -> list[str]:
                 name for name, value in (test.get("per_level") or {}).items() if value is not None
             )
     keys: list[str] = []
-    for name, info in METRICS.items():
+    for name, info in all_metrics().items():
         if name in DEFAULT_SKIPPED:
             continue
         if info.per_request and name in present_request:
             keys.extend(f"{name}.{stat}" for stat in DEFAULT_STATISTICS)
     keys.extend(
         name
-        for name, info in METRICS.items()
+        for name, info in all_metrics().items()
         if not info.per_request and name in present_level and name not in DEFAULT_SKIPPED
     )
     return keys
@@ -537,117 +537,3 @@ def format_comparison(comparison: Comparison) -> str:
         parts.append("no test and metric in common")
     parts.extend(comparison.missing)
     return "\n".join(parts)
-
-
-# -- a finished session against its baseline ----------------------------------------------------
-
-LAST = "last"
-
-
-@dataclass
-class RunCheck:
-    """What comparing a session's run with its baseline found (for the terminal and reports)."""
-
-    run: RunView
-    baseline: RunView | None
-    comparison: Comparison | None = None
-    tolerances: dict[str, float] | None = None
-    found: list[Regression] = field(default_factory=list)
-    unchecked: list[str] = field(default_factory=list)
-    html: Path | None = None
-    note: str = ""
-    """Why nothing was compared (no earlier run), or what went wrong writing the page."""
-
-    @property
-    def failed(self) -> bool:
-        return bool(self.found)
-
-
-def check_run(
-    run_root: Path,
-    baseline: str | RunView = LAST,
-    tolerances: Mapping[str, float] | None = None,
-    write_html: bool = True,
-) -> RunCheck:
-    """Compares a finished run with `baseline` (`last`: the latest earlier complete run of the
-    same recipe in the same folder) and, given tolerances, lists its regressions. Without a
-    baseline it says so in `note` and finds no regression: a first run has nothing to lose."""
-    run = read_run_folder(run_root)
-    base = previous_run(run) if baseline == LAST else baseline
-    if isinstance(base, str):
-        base = load_run(base)
-    if base is None:
-        note = (
-            f"no earlier complete run of recipe '{run.recipe}' in {run.root.parent}: "
-            "nothing to compare with"
-        )
-        return RunCheck(run, None, tolerances=dict(tolerances or {}) or None, note=note)
-    metrics = default_metrics([base, run])
-    metrics.extend(key for key in tolerances or {} if key not in metrics)
-    comparison = compare_runs([base, run], metrics)
-    check = RunCheck(run, base, comparison, tolerances=dict(tolerances) if tolerances else None)
-    if tolerances:
-        check.found = regressions(comparison, tolerances)
-        check.unchecked = unchecked_metrics(comparison, tolerances)
-    if write_html:
-        from pytest_aifactory.report.compare_html import default_html_path, write_comparison_html
-
-        try:
-            check.html = write_comparison_html(
-                comparison, default_html_path(comparison), check.found, check.tolerances
-            )
-        except (OSError, ValueError) as err:
-            check.note = f"comparison page not written: {err}"
-    return check
-
-
-@dataclass
-class BaselineCheck:
-    """A session's `--compare` / `--fail-on-regression`: checked before the run (a bad spec or
-    an unknown run stops the session at once), done once the run is saved."""
-
-    baseline: RunView | str = LAST
-    tolerances: dict[str, float] | None = None
-    result: RunCheck | None = None
-    error: str = ""
-
-    def run(self, run_root: Path) -> RunCheck | None:
-        """Never raises: a run that cannot be compared is said in `error`, not a crash at the
-        end of a long benchmark."""
-        try:
-            self.result = check_run(run_root, self.baseline, self.tolerances)
-        except CompareError as err:
-            self.error = str(err)
-        return self.result
-
-    @property
-    def failed(self) -> bool:
-        return self.result is not None and self.result.failed
-
-    def report_lines(self) -> list[tuple[str, bool]]:
-        """What the terminal summary shows: (line, is it bad news)."""
-        if self.error:
-            return [(f"comparison failed: {self.error}", True)]
-        result = self.result
-        if result is None:
-            return []
-        lines: list[tuple[str, bool]] = []
-        if result.comparison is not None:
-            lines.extend((line, False) for line in format_comparison(result.comparison).split("\n"))
-        if result.html is not None:
-            lines.append((f"comparison page: {result.html}", False))
-        if result.note:
-            lines.append((result.note, False))
-        if result.tolerances is None or result.comparison is None:
-            return lines
-        lines.extend((f"not checked (no test has it): {m}", False) for m in result.unchecked)
-        spec = ", ".join(f"{k}:{v * 100:g}%" for k, v in result.tolerances.items())
-        if not result.found:
-            lines.append((f"no regression beyond the tolerances ({spec})", False))
-            return lines
-        names = ", ".join(dict.fromkeys(r.metric for r in result.found))
-        lines.append(
-            (f"REGRESSION: {len(result.found)} value(s) worse than tolerated: {names}", True)
-        )
-        lines.extend((f"  {r.describe()}", True) for r in result.found)
-        return lines

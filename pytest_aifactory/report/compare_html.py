@@ -15,6 +15,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from pytest_aifactory.loadgen.kinds import all_metrics, client_kinds
 from pytest_aifactory.report.charts import CDF_POINTS, cdf_points
 from pytest_aifactory.report.compare import (
     Comparison,
@@ -27,19 +28,23 @@ from pytest_aifactory.report.compare import (
 from pytest_aifactory.report.html_report import EMBED_SCRIPT, json_for_script, vega_bundle
 
 CHART_METRICS: tuple[str, ...] = (
-    "output_throughput",
-    "request_throughput",
-    "goodput",
-    "error_rate",
-    "ttft_ms.p50",
-    "ttft_ms.p99",
-    "tpot_ms.p50",
-    "tpot_ms.p99",
-    "itl_ms.p99",
-    "e2el_ms.p50",
-    "e2el_ms.p99",
+    *dict.fromkeys(
+        [
+            *(kind.headline.throughput for kind in client_kinds().values()),
+            "request_throughput",
+            "goodput",
+            "error_rate",
+        ]
+    ),
+    *(
+        f"{name}.{statistic}"
+        for name, info in all_metrics().items()
+        if info.chart_title
+        for statistic in ("p50", "p99")
+    ),
 )
-"""Metrics charted against the load level, when the comparison has them (else its first few)."""
+"""Metrics charted against the load level, when the comparison has them (else its first few):
+each kind's headline throughput, the common rates, the p50 and p99 of drawn latencies."""
 MAX_CHARTS = 8
 RECORD_COLUMNS = ["client", "level_label", "phase", "ttft_ms", "error"]
 
@@ -152,7 +157,7 @@ def ttft_frame(comparison: Comparison) -> pd.DataFrame:
                 continue
             points = cdf_points(group["ttft_ms"].to_numpy(), CDF_POINTS)
             points = points.rename(columns={"value": "ttft_ms"})
-            frames.append(points.assign(run=name, client=client, level_label=level))
+            frames.append(points.assign(run=name, client=str(client), level_label=str(level)))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 

@@ -20,42 +20,14 @@ from typing import Any
 
 from pytest_aifactory import __version__
 from pytest_aifactory.atomic import write_text_atomic
-from pytest_aifactory.metrics.catalog import METRICS
+from pytest_aifactory.loadgen.kinds import all_metrics, kind_metrics, metric_info
+from pytest_aifactory.metrics.catalog import MetricInfo
 from pytest_aifactory.metrics.stats import json_safe
 from pytest_aifactory.monitor.window import CROSS_CHECK_TOLERANCE
 from pytest_aifactory.numbers import finite_number
 from pytest_aifactory.report.headline import headline_of, headline_values
 
 STAT_COLUMNS: tuple[str, ...] = ("mean", "p50", "p90", "p99", "p999", "max")
-STAT_METRICS: tuple[str, ...] = (
-    "ttft_ms",
-    "tpot_ms",
-    "itl_ms",
-    "e2el_ms",
-    "latency_ms",
-    "ttfb_ms",
-    "clat_ms",
-    "queue_ms",
-    "connect_ms",
-)
-LEVEL_METRICS: tuple[tuple[str, str], ...] = (
-    ("request_throughput", "req/s"),
-    ("output_throughput", "tok/s"),
-    ("total_token_throughput", "tok/s"),
-    ("qps", "q/s"),
-    ("recall_at_k", ""),
-    ("insert_throughput", "vec/s"),
-    ("index_build_s", "s"),
-    ("ops_s", "op/s"),
-    ("throughput_mib_s", "MiB/s"),
-    ("tps", "tx/s"),
-    ("bw_mib_s", "MiB/s"),
-    ("iops", "op/s"),
-    ("goodput", "req/s"),
-    ("achieved_rate", "req/s"),
-    ("error_rate", ""),
-    ("duration_s", "s"),
-)
 
 
 @dataclass(frozen=True)
@@ -261,7 +233,7 @@ def _badge(passed: bool | None, yes: str = "PASS", no: str = "FAIL") -> str:
 
 
 def _unit(metric: str) -> str:
-    info = METRICS.get(metric)
+    info = metric_info(metric)
     return info.unit if info else ""
 
 
@@ -353,11 +325,23 @@ def cross_check_table(test: Mapping[str, Any]) -> str:
     return f"<h4>Server vs client</h4>{table}"
 
 
+def _level_metrics(own: Sequence[MetricInfo]) -> list[tuple[str, str]]:
+    """Per-level figures with their units: the kind's in its order, then any other kind's (a
+    level that moved bytes has MiB/s whatever its kind), then the level's duration."""
+    ordered = {info.name: info for info in own if not info.per_request}
+    for info in all_metrics().values():
+        if not info.per_request:
+            ordered.setdefault(info.name, info)
+    units = [(name, "" if info.unit == "ratio" else info.unit) for name, info in ordered.items()]
+    return [*units, ("duration_s", "s")]
+
+
 def stats_table(test: Mapping[str, Any]) -> str:
     """Per-request statistics and the level's rates, as the summary holds them."""
     per_request = test.get("per_request") or {}
+    metrics = kind_metrics(test.get("kind"))
     rows = []
-    for metric in STAT_METRICS:
+    for metric in (info.name for info in metrics if info.per_request and info.unit == "ms"):
         stats = per_request.get(metric)
         if not isinstance(stats, Mapping) or all(v is None for v in stats.values()):
             continue
@@ -368,7 +352,7 @@ def stats_table(test: Mapping[str, Any]) -> str:
     per_level = test.get("per_level") or {}
     rates = [
         f"<dt>{_e(name.replace('_', ' '))}</dt><dd>{_e(fmt_number(per_level.get(name), unit))}</dd>"
-        for name, unit in LEVEL_METRICS
+        for name, unit in _level_metrics(metrics)
         if name in per_level
     ]
     counts = test.get("counts") or {}

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from pytest_aifactory.report.compare import format_value
 
 if TYPE_CHECKING:
-    from pytest_aifactory.session import CaseResult
+    from pytest_aifactory.results import CaseResult
 
 
 def junit_properties(result: CaseResult, run_id: str | None) -> list[tuple[str, str]]:

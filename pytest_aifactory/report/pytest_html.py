@@ -19,8 +19,10 @@ import pytest
 from pytest_html import extras
 
 from pytest_aifactory.metrics.slo import SloOutcome
-from pytest_aifactory.report.compare import BaselineCheck, format_value
-from pytest_aifactory.session import CaseResult
+from pytest_aifactory.report.baseline import BaselineCheck
+from pytest_aifactory.report.compare import format_value
+from pytest_aifactory.results import CaseResult
+from pytest_aifactory.stash_keys import BASELINE_KEY, DRIVER_KEY, RESULT_KEY
 
 REPORT_FILE = "report.html"
 KEY_FIGURES: tuple[tuple[str, str], ...] = (
@@ -163,10 +165,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     if report.when != "call":
         return report
-    from pytest_aifactory.fixtures import RESULT_KEY, SESSION_KEY
-
     result = item.stash.get(RESULT_KEY, None)
-    driver = item.config.stash.get(SESSION_KEY, None)
+    driver = item.config.stash.get(DRIVER_KEY, None)
     if result is None or driver is None or driver.run is None:
         return report
     added = benchmark_extras(result, driver.run.root, _html_path(item.config))
@@ -179,10 +179,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def summary_lines(session: pytest.Session) -> list[str]:
     """Recipe, run id, verdict and where the run is; then the comparison's outcome if any."""
-    from pytest_aifactory.fixtures import SESSION_KEY
-    from pytest_aifactory.plugin import BASELINE_KEY
-
-    driver = session.config.stash.get(SESSION_KEY, None)
+    driver = session.config.stash.get(DRIVER_KEY, None)
     if driver is None or driver.run is None:
         return []
     summary = _read_summary(driver.run.root)

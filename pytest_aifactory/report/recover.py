@@ -13,13 +13,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from pytest_aifactory.cases import LoadCase, cases_for, sweep_step
 from pytest_aifactory.loadgen.records import read_records
 from pytest_aifactory.recipe import Recipe
+
+if TYPE_CHECKING:
+    from pytest_aifactory.summary_shapes import RunTestEntry
 
 RECIPE_FILE = "recipe.json"
 RECOVERED_NOTE = "summary rebuilt from the raw records (the session did not write it)"
@@ -64,12 +67,12 @@ def _case_of(recipe: Recipe, client: str, label: str) -> LoadCase | None:
     return None
 
 
-def recover_tests(root: Path, recipe: Recipe) -> tuple[list[dict[str, Any]], pd.DataFrame]:
+def recover_tests(root: Path, recipe: Recipe) -> tuple[list[RunTestEntry], pd.DataFrame]:
     """One summary entry per test whose records are in the run, in the order they ran."""
     from pytest_aifactory.metrics import slo as slo_eval
     from pytest_aifactory.metrics.summaries import summarize
     from pytest_aifactory.report.run_store import results_records, test_entry
-    from pytest_aifactory.session import CaseResult
+    from pytest_aifactory.results import CaseResult
 
     results: list[CaseResult] = []
     for folder in sorted(p for p in (root / "records").glob("*") if p.is_dir()):

@@ -12,7 +12,7 @@ import datetime as dt
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pandas as pd
 
@@ -26,7 +26,8 @@ from pytest_aifactory.report.environment import collect_environment
 if TYPE_CHECKING:
     from pytest_aifactory.cluster.rundir import RunDir
     from pytest_aifactory.recipe import Recipe
-    from pytest_aifactory.session import CaseResult
+    from pytest_aifactory.results import CaseResult
+    from pytest_aifactory.summary_shapes import RunSummary, RunSweep, RunTestEntry
 
 SUMMARY_FORMAT = 1
 
@@ -41,9 +42,9 @@ def redacted(run: RunDir, data: Any) -> Any:
     return (run.redactor or Redactor()).data(json_safe(data))
 
 
-def test_entry(result: CaseResult) -> dict[str, Any]:
+def test_entry(result: CaseResult) -> RunTestEntry:
     """One test of summary.json: identity, verdict, SLO outcomes and every statistic."""
-    return json_safe(
+    entry = json_safe(
         {
             "test_id": result.test_id,
             "name": result.name,
@@ -62,6 +63,8 @@ def test_entry(result: CaseResult) -> dict[str, Any]:
             **result.summary,
         }
     )
+    # json_safe keeps the shape (only NaN becomes None); the level's statistics come untyped
+    return cast("RunTestEntry", entry)
 
 
 def results_records(results: list[CaseResult]) -> pd.DataFrame:
@@ -72,12 +75,12 @@ def results_records(results: list[CaseResult]) -> pd.DataFrame:
 def build_summary(
     run: RunDir,
     recipe: Recipe,
-    tests: list[dict[str, Any]],
+    tests: list[RunTestEntry],
     status: str,
     started_at: float,
     services: dict[str, dict[str, Any]] | None = None,
     monitoring: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> RunSummary:
     return {
         "format": SUMMARY_FORMAT,
         "run_id": run.run_id,
@@ -100,16 +103,17 @@ def build_summary(
     }
 
 
-def sweeps_of(tests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def sweeps_of(tests: list[RunTestEntry]) -> list[RunSweep]:
     """Each capacity search of the run once: its test, client and outcome (from its steps)."""
-    found: dict[str, dict[str, Any]] = {}
+    found: dict[str, RunSweep] = {}
     for test in tests:
-        sweep = test.get("sweep") or {}
-        if sweep.get("outcome") is not None:
+        sweep = test.get("sweep")
+        outcome = sweep.get("outcome") if sweep else None
+        if sweep and outcome is not None:
             found[sweep["test_id"]] = {
                 "test_id": sweep["test_id"],
                 "client": test["client"],
-                **sweep["outcome"],
+                **outcome,
             }
     return list(found.values())
 
@@ -117,7 +121,7 @@ def sweeps_of(tests: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def save_run(
     run: RunDir,
     recipe: Recipe,
-    tests: list[dict[str, Any]],
+    tests: list[RunTestEntry],
     records: pd.DataFrame | None,
     status: str,
     started_at: float,
@@ -141,7 +145,7 @@ def save_run(
 
 
 def save_part(
-    run: RunDir, worker: str, tests: list[dict[str, Any]], records: pd.DataFrame | None
+    run: RunDir, worker: str, tests: list[RunTestEntry], records: pd.DataFrame | None
 ) -> None:
     """`records`: None while the worker runs (its tests' entries alone are written)."""
     parts = run.root / "parts"
@@ -151,8 +155,8 @@ def save_part(
         write_parquet(records, parts / f"{worker}.parquet")
 
 
-def load_parts(run: RunDir, with_records: bool = True) -> tuple[list[dict[str, Any]], pd.DataFrame]:
-    tests: list[dict[str, Any]] = []
+def load_parts(run: RunDir, with_records: bool = True) -> tuple[list[RunTestEntry], pd.DataFrame]:
+    tests: list[RunTestEntry] = []
     frames: list[pd.DataFrame] = []
     parts = run.root / "parts"
     for path in sorted(parts.glob("*.json")):
@@ -170,9 +174,9 @@ def load_parts(run: RunDir, with_records: bool = True) -> tuple[list[dict[str, A
 def save_benchmark(
     run: RunDir,
     recipe: Recipe,
-    tests: list[dict[str, Any]],
+    tests: list[RunTestEntry],
     records: pd.DataFrame,
-    summary: dict[str, Any],
+    summary: RunSummary,
 ) -> Path:
     """pytest-benchmark's format, in the run and under `.benchmarks/` (one file per run)."""
     from pytest_aifactory.report.benchmark_json import save_benchmark_json, to_benchmark_json

@@ -6,14 +6,17 @@ with `@service_kind("name")`; nothing else changes.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-if TYPE_CHECKING:
-    from collections.abc import Callable
+import pytest_aifactory.services.kinds as kinds_package
+from pytest_aifactory.kind_plugins import plugin_kind_modules
 
+if TYPE_CHECKING:
     from pytest_aifactory.monitor.series import Series
     from pytest_aifactory.recipe import Recipe, Service
 
@@ -126,13 +129,21 @@ class ServiceKind:
         return {}
 
 
+def has_flag(args: list[str], flags: tuple[str, ...]) -> bool:
+    """Whether a command line gives any of `flags`, as `--flag value` or `--flag=value`: a
+    kind adds its own defaults only where the recipe's `args` leave them out."""
+    return any(arg in flags or arg.split("=", 1)[0] in flags for arg in args)
+
+
 _KINDS: dict[str, type[ServiceKind]] = {}
 
 
-def service_kind(name: str):  # type: ignore[no-untyped-def]
+def service_kind(name: str) -> Callable[[type[ServiceKind]], type[ServiceKind]]:
     """Class decorator registering a service kind under its recipe name."""
 
     def register(cls: type[ServiceKind]) -> type[ServiceKind]:
+        if _KINDS.get(name, cls) is not cls:
+            raise ValueError(f"service kind '{name}' is declared twice ({cls.__module__})")
         cls.kind = name
         _KINDS[name] = cls
         return cls
@@ -140,22 +151,35 @@ def service_kind(name: str):  # type: ignore[no-untyped-def]
     return register
 
 
-def _import_kinds() -> None:
-    import pytest_aifactory.services as package
+@functools.cache
+def _discover() -> None:
+    """Import every kind module: those of `services/kinds/` and those other packages name in
+    the `pytest_aifactory.kinds` entry point group (each registers its kinds as it loads)."""
+    plugin_kind_modules()
+    for module in pkgutil.iter_modules(kinds_package.__path__):
+        importlib.import_module(f"{kinds_package.__name__}.{module.name}")
 
-    for module in pkgutil.iter_modules(package.__path__):
-        if module.name not in {"base", "launch", "manager", "health"}:
-            importlib.import_module(f"{package.__name__}.{module.name}")
+
+def service_kind_names() -> tuple[str, ...]:
+    """Every registered service kind, in the order listings show them."""
+    _discover()
+    rank = {name: i for i, name in enumerate(SHIPPED_ORDER)}
+    return tuple(sorted(_KINDS, key=lambda name: (rank.get(name, len(rank)), name)))
+
+
+SHIPPED_ORDER: tuple[str, ...] = (
+    "vllm", "llamacpp", "triton", "chroma", "milvus", "postgres", "s3", "command", "external"
+)  # fmt: skip
+"""The shipped service kinds in the order listings show them; others follow by name."""
 
 
 def get_kind(name: str) -> ServiceKind:
-    # not only when none is registered: importing one kind's module registers just that kind
-    if name not in _KINDS:
-        _import_kinds()
+    """A new instance of the kind called `name`."""
+    _discover()
     try:
         return _KINDS[name]()
     except KeyError:
-        known = ", ".join(sorted(_KINDS))
+        known = ", ".join(service_kind_names())
         raise ServiceConfigError(
             f"service kind '{name}' is not available in this version (available: {known})"
         ) from None

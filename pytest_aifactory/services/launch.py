@@ -43,7 +43,6 @@ if TYPE_CHECKING:
     from pytest_aifactory.services.base import MetricsExporter
 
 POLL_S = 0.2
-STOP_GRACE_S = 10.0
 SIGNAL_GRACE_S = 1.0
 AUTO_HOST = "auto"
 SCRATCH = "{scratch}"
@@ -308,7 +307,7 @@ def _run_server(
     try:
         while proc.poll() is None:
             if should_stop():
-                stop_child(proc, STOP_GRACE_S)
+                stop_child(proc)
                 return 0
             if not announced:
                 ranks = read_ranks(launch.rendezvous_path, world_size)
@@ -323,9 +322,9 @@ def _run_server(
                     )
             time.sleep(POLL_S)
     finally:
-        stop_child(proc, STOP_GRACE_S)
+        stop_child(proc)
         if exporter is not None:
-            stop_child(exporter, STOP_GRACE_S)
+            stop_child(exporter)
     if _cancelled_with_job(proc.returncode, stop_requested):
         print("aifactory: job cancelled, server stopped", file=sys.stderr, flush=True)
         return 0

@@ -14,14 +14,16 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_aifactory.cluster.base import JobExecutor, JobHandle, JobResources, SubmitError
-from pytest_aifactory.cluster.registry import KeptService
 from pytest_aifactory.cluster.rendezvous import Rendezvous, port_is_free, read_rendezvous
+from pytest_aifactory.cluster.run_control import KeptService
 from pytest_aifactory.cluster.rundir import RunDir, read_client_settings
+from pytest_aifactory.endpoints import Endpoint
+from pytest_aifactory.redact import secrets_from_args, secrets_from_env
 from pytest_aifactory.services.base import (
     API_KEY_SETTING,
     HealthCheck,
@@ -50,57 +52,6 @@ KEPT_LOCAL_TIME_LIMIT_MIN = 7 * 24 * 60
 
 class ServiceStartError(Exception):
     """A service could not be brought up; the message names it, the cause and its log tail."""
-
-
-@dataclass
-class Endpoint:
-    """Where a running service answers."""
-
-    name: str
-    kind: str
-    host: str
-    port: int
-    url: str
-    served_model: str | None
-    metrics_url: str | None
-    node: str = ""
-    job: JobHandle | None = None
-    started_s: float = 0.0
-    nodes: list[str] = field(default_factory=list)
-    health: HealthCheck | None = None
-    reused_from: KeptService | None = None
-    """Set when another run kept this service and this session only uses it."""
-    submitted_at: float | None = None
-    """Wall-clock time just before the service's job was submitted."""
-    job_started_at: float | None = None
-    """When the job began running the service (written by the job, on its node's clock)."""
-    launched_at: float | None = None
-    """When the job spawned the server process (on a multi-node service: its last rank's)."""
-    healthy_at: float | None = None
-    """When the health check first passed."""
-    client_env: dict[str, str] = field(default_factory=dict)
-    """What clients of this service must be told (credentials, bucket, database name)."""
-
-    def alive(self) -> bool:
-        return self.job is None or not self.job.finished()
-
-    def timings(self) -> dict[str, float | None]:
-        """Where the time to a usable service went: the four instants (epoch seconds) and the
-        spans between them; a span is None when either end does not apply (an external or a
-        reused service was never submitted or launched by this run)."""
-
-        def span(start: float | None, end: float | None) -> float | None:
-            return None if start is None or end is None else end - start
-
-        return {
-            "submitted_at": self.submitted_at,
-            "job_started_at": self.job_started_at,
-            "launched_at": self.launched_at,
-            "healthy_at": self.healthy_at,
-            "queue_s": span(self.submitted_at, self.job_started_at),
-            "startup_s": span(self.job_started_at, self.launched_at),
-            "health_wait_s": span(self.launched_at, self.healthy_at),
-        }
 
 
 class ServiceManager:
@@ -205,8 +156,6 @@ class ServiceManager:
         variable = kind.api_key_env
         if variable is None:
             return plan
-        from pytest_aifactory.redact import secrets_from_args
-
         given = secrets_from_args(plan.argv)  # `--api-key X` in the recipe's args
         key = plan.env.get(variable) or (given[0] if given else self.run.api_key())
         return replace(
@@ -220,8 +169,6 @@ class ServiceManager:
     ) -> None:
         """A kind's per-run credentials are made when it is planned, after the run's redactor
         was built from the recipe: teach it them before anything can print them."""
-        from pytest_aifactory.redact import secrets_from_args, secrets_from_env
-
         redactor = self.run.redactor
         if redactor is None:
             return

@@ -1,0 +1,731 @@
+"""The driver: what runs one pytest session's benchmarks, in the pytest process. It owns the
+run directory, submits the service and client jobs, and keeps each test's result.
+
+Created when pytest is configured with a recipe; the run directory and jobs only come into
+being when the first benchmark test runs, so `--collect-only` starts nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import pytest
+
+from pytest_aifactory.cases import LoadCase, process_specs, slug, sweep_step
+from pytest_aifactory.cluster.base import JobExecutor, JobHandle, JobResources, SubmitError
+from pytest_aifactory.cluster.job_registry import JobRegistry
+from pytest_aifactory.cluster.local import LocalJobExecutor
+from pytest_aifactory.cluster.run_control import KeptService, find_kept_services
+from pytest_aifactory.cluster.rundir import RunDir, make_run_id
+from pytest_aifactory.cluster.slurm import SlurmError, SlurmJobExecutor
+from pytest_aifactory.endpoints import Endpoint
+from pytest_aifactory.loadgen.progress import read_progress
+from pytest_aifactory.loadgen.records import read_records
+from pytest_aifactory.loadgen.runner import run_load_task
+from pytest_aifactory.loadgen.selfcheck import client_stats_path, read_client_stats
+from pytest_aifactory.metrics import slo as slo_eval
+from pytest_aifactory.metrics.stats import client_health, saturation_note, succeeded
+from pytest_aifactory.metrics.summaries import summarize
+from pytest_aifactory.monitor.grafana import export_grafana
+from pytest_aifactory.monitor.run_monitor import RunMonitor, merge_metrics
+from pytest_aifactory.redact import run_redactor
+from pytest_aifactory.report import run_store
+from pytest_aifactory.report.manifest import write_manifest
+from pytest_aifactory.report.recover import save_recipe
+from pytest_aifactory.results import CaseResult
+from pytest_aifactory.services.base import API_KEY_SETTING
+from pytest_aifactory.services.manager import LOG_TAIL_LINES, ServiceManager, ServiceStartError
+from pytest_aifactory.sweep import CapacitySearch, SweepStep, describe_outcome
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from pytest_aifactory.loadgen.spec import LoadSpec
+    from pytest_aifactory.recipe import Recipe
+    from pytest_aifactory.summary_shapes import RunTestEntry
+    from pytest_aifactory.terminal import Terminal
+
+PROGRESS_EVERY_S = 0.5
+SHARED_ENDPOINT_FIELDS = (
+    "name",
+    "kind",
+    "host",
+    "port",
+    "url",
+    "served_model",
+    "metrics_url",
+    "node",
+    "nodes",
+    "client_env",
+)
+"""What a worker needs of a service the controller started (plain values: sent over execnet)."""
+SERVICE_DEATH_GRACE_S = 3.0
+"""How long a service job that may have died as the load ended gets to say so."""
+
+
+class CaseError(Exception):
+    """A case could not be run at all (service failed to start); message is user-facing."""
+
+
+def shortfall(index: int, error: str, spec: LoadSpec, measured: pd.DataFrame) -> dict[str, Any]:
+    """What a client process that ended early left undone: its requests sent against its
+    share, or its time run against the level's duration; what it did send is kept."""
+    mine = measured[measured["process"] == index] if "process" in measured else measured
+    sent = len(mine)
+    entry: dict[str, Any] = {"process": index, "node": spec.node, "error": error, "sent": sent}
+    if spec.requests:
+        missing = max(spec.requests - sent, 0)
+        entry.update(expected=spec.requests, missing=missing)
+        done = f"it sent {sent} of its {spec.requests} requests ({missing} missing)"
+    else:
+        span = 0.0
+        if sent:
+            span = float(mine["end_ts"].max() - mine["send_ts"].min())
+        entry.update(ran_s=span, expected_s=spec.duration_s)
+        done = f"it ran {span:.1f} s of {spec.duration_s:g} s ({sent} requests sent)"
+    entry["note"] = f"client process {index} ended early: {error}; {done}"
+    return entry
+
+
+def error_example(records: pd.DataFrame) -> str:
+    """The commonest error text of a level's failed requests, so a failing test says why they
+    failed without opening the records."""
+    if not len(records) or "error" not in records:
+        return ""
+    rows = records[records["phase"] == "measure"] if "phase" in records else records
+    errors = rows["error"].fillna("").astype(str)
+    errors = errors[errors != ""]
+    if not len(errors):
+        return ""
+    counts = errors.value_counts()
+    text, count = str(counts.index[0]), int(counts.iloc[0])
+    return f"{count} of {len(rows)} requests failed with: {text[:300]}"
+
+
+def make_executor(
+    name: str,
+    run: RunDir,
+    recipe: Recipe | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> JobExecutor:
+    """The run's executor; `overrides` are the command line's Slurm settings (`partition`,
+    `account`, `qos`, `time_limit`, `setup`, `pending_timeout_s`) over the recipe's."""
+    if name == "local":
+        return LocalJobExecutor(run)
+    if name == "slurm":
+        try:
+            return SlurmJobExecutor(run, recipe, overrides)
+        except SlurmError as err:
+            raise CaseError(str(err)) from None
+    raise CaseError(f"unknown executor '{name}' (expected local or slurm)")
+
+
+class Driver:
+    """One pytest session's run: its directory, executor, services, monitoring and results;
+    the `aifactory` fixture hands it to benchmark tests."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        executor_name: str,
+        report_dir: Path,
+        terminal: Terminal,
+        keep_services: bool = False,
+        reuse_services: str | None = None,
+        slurm_overrides: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.recipe = recipe
+        self.executor_name = executor_name
+        self.report_dir = report_dir
+        self.terminal = terminal
+        self.keep_services = keep_services
+        self.reuse_services = reuse_services
+        """A run whose kept services to use, `latest` for this recipe's latest; None: start."""
+        self.slurm_overrides = dict(slurm_overrides or {})
+        self.registry: JobRegistry | None = None
+        self.run: RunDir | None = None
+        self.executor: JobExecutor | None = None
+        self.services: ServiceManager | None = None
+        self.monitor: RunMonitor | None = None
+        self.results: list[CaseResult] = []
+        self.started_at = time.time()
+        self.status = "running"
+        self.role = "single"
+        """`single`; under pytest-xdist `controller` (owns the run and its services) or
+        `worker` (runs tests against the controller's services, in the same run directory)."""
+        self.worker_id = ""
+        self._handoff: dict[str, Any] | None = None
+
+    # -- pytest-xdist: one run, one set of services, several workers ----------------------------
+
+    def handoff(self) -> dict[str, Any]:
+        """What workers need (run directory, service endpoints); starts every service the
+        recipe's clients use, once, before any worker runs a test."""
+        self.role = "controller"
+        if self._handoff is None:
+            run, _, services = self._ensure_started()
+            endpoints: dict[str, dict[str, Any]] = {}
+            failures: dict[str, str] = {}
+            used = (c.service for c in self.recipe.clients.values() if c.service is not None)
+            for name in dict.fromkeys(used):
+                try:
+                    endpoint = services.endpoint(name)
+                except ServiceStartError as err:
+                    failures[name] = str(err)
+                    continue
+                endpoints[name] = {key: getattr(endpoint, key) for key in SHARED_ENDPOINT_FIELDS}
+            self._handoff = {
+                "run_dir": str(run.root),
+                "endpoints": endpoints,
+                "failures": failures,
+            }
+        return self._handoff
+
+    def attach(self, handoff: dict[str, Any], worker_id: str) -> None:
+        """Make this (worker) driver use the controller's run and services."""
+        self.role = "worker"
+        self.worker_id = worker_id
+        self._handoff = handoff
+
+    def _attach_worker(self) -> None:
+        assert self._handoff is not None
+        self.run = RunDir.open(Path(self._handoff["run_dir"]))
+        self.run.redactor = run_redactor(self.recipe)
+        self.executor = make_executor(
+            self.executor_name, self.run, self.recipe, self.slurm_overrides
+        )
+        self.registry = JobRegistry.attach(self.run, self.executor, self.worker_id)
+        self.services = ServiceManager(self.recipe, self.run, self.executor)
+        self.monitor = self._make_monitor(self.run, self.services)
+        self.monitor.attach()
+        for name, fields in self._handoff["endpoints"].items():
+            endpoint = Endpoint(**fields)
+            self.services.endpoints[name] = endpoint
+            self.services.learn_secrets({}, endpoint.client_env)
+        for name, message in self._handoff["failures"].items():
+            self.services.failures[name] = ServiceStartError(message)
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def _ensure_started(self) -> tuple[RunDir, JobExecutor, ServiceManager]:
+        if self.run is None and self.role == "worker":
+            self._attach_worker()
+        if self.run is None:
+            self.run = RunDir.create(self.report_dir, make_run_id(self.recipe.name))
+            self.run.redactor = run_redactor(self.recipe)
+            save_recipe(
+                self.run.root,
+                self.recipe,
+                self.run.redactor.data(self.recipe.model_dump(mode="json")),
+            )
+            self.run.start_heartbeat()
+            self.executor = make_executor(
+                self.executor_name, self.run, self.recipe, self.slurm_overrides
+            )
+            self.registry = JobRegistry.start(
+                self.run,
+                self.recipe.name,
+                str(self.recipe.path),
+                self.executor,
+                self.started_at,
+                keep_services=self.keep_services,
+            )
+            self.terminal.line(f"run {self.run.run_id}: {self.run.root}")
+            reuse: dict[str, KeptService] = {}
+            if self.reuse_services is not None:
+                reuse, message = find_kept_services(
+                    self.recipe.name, self.reuse_services, exclude=self.run.root.resolve()
+                )
+                self.terminal.line(message if reuse else f"{message}: starting new ones")
+            self.services = ServiceManager(
+                self.recipe,
+                self.run,
+                self.executor,
+                on_phase=self._phase,
+                keep=self.keep_services,
+                reuse=reuse,
+                on_ready=self._service_ready,
+            )
+            self.monitor = self._make_monitor(self.run, self.services)
+            self.monitor.start()
+            self._save()
+        assert self.executor is not None
+        assert self.services is not None
+        return self.run, self.executor, self.services
+
+    def start_monitoring(self) -> RunMonitor | None:
+        """The run (and with it its monitoring) started; None when monitoring is off."""
+        try:
+            self._ensure_started()
+        except SubmitError as err:
+            raise CaseError(str(err)) from None
+        if self.monitor is None or self.monitor.mode == "off":
+            return None
+        return self.monitor
+
+    def _make_monitor(self, run: RunDir, services: ServiceManager) -> RunMonitor:
+        return RunMonitor(
+            self.recipe.monitor, run, services, self.executor_name, say=self.terminal.line
+        )
+
+    def _service_ready(self, endpoint: Endpoint) -> None:
+        if self.registry is not None:
+            self.registry.service_ready(endpoint)
+        if self.monitor is not None:
+            self.monitor.service_ready(endpoint)
+
+    def _phase(self, service: str, phase: str, elapsed: float, detail: str) -> None:
+        self.terminal.line(f"{service}: {phase} ({elapsed:.1f} s) {detail}".rstrip())
+
+    def finish(self, status: str) -> bool:
+        """Cancel every job and write the final summary; safe to call more than once.
+
+        Returns False when a signal interrupted the last step, writing the report: the run is
+        then saved as interrupted and `aifactory report RUN` writes the report later."""
+        if self.run is None:
+            return True
+        if self.status == "running":
+            self.status = status
+        assert self.executor is not None
+        if self.role == "worker":  # the controller stops the services and merges the run
+            if self.monitor is not None:
+                self.monitor.stop()
+            cancelled = self.executor.cancel_all()
+            self.run.collect_logs()
+            if self.registry is not None:
+                self.registry.finish(self.status, self.executor.handles, cancelled=cancelled)
+            self._save()
+            return True
+        if self.monitor is not None:
+            self.monitor.stop()
+        kept = self._kept_services()
+        cancelled = self.executor.cancel_all(keep=[e.job for e in kept if e.job is not None])
+        if cancelled:
+            names = ", ".join(h.name for h in cancelled)
+            self.terminal.line(f"stopped {len(cancelled)} job(s): {names}")
+        if kept:
+            where = ", ".join(f"service-{e.name} at {e.host}:{e.port}" for e in kept)
+            self.terminal.line(
+                f"kept {len(kept)} service(s) running: {where}; "
+                f"stop with `aifactory stop {self.run.run_id}`"
+            )
+        self.run.stop_heartbeat()
+        self.run.collect_logs()
+        if self.registry is not None:
+            self.registry.finish(
+                self.status,
+                self.executor.handles,
+                cancelled=cancelled,
+                kept=[e.job for e in kept if e.job is not None],
+            )
+        self._save()
+        try:
+            self._export_dashboard()
+            self._build_report()
+        except KeyboardInterrupt:
+            # every job is stopped and every record saved already: only the page is missing
+            self.status = "interrupted"
+            self._save()
+            self.terminal.line(
+                f"interrupted while writing the report; the run is saved: "
+                f"`aifactory report {self.run.run_id}` writes it"
+            )
+            return False
+        return True
+
+    def _build_report(self) -> None:
+        """`report.html` from what the run saved (`aifactory report RUN` rebuilds it later)."""
+        assert self.run is not None
+        # deferred: the report draws its charts with altair, slow to import at pytest's start
+        from pytest_aifactory.report.build import ReportError, build_report
+
+        try:
+            path = build_report(self.run.root)
+        except (ReportError, OSError, ValueError) as err:
+            self.terminal.line(f"report not written: {err}")
+            return
+        self.terminal.line(f"report: {path}")
+
+    def _export_dashboard(self) -> None:
+        """A Grafana dashboard over the run's kept Prometheus data (`aifactory grafana RUN`
+        says how to serve and open it)."""
+        assert self.run is not None
+        if self.monitor is None or self.monitor.mode != "prometheus":
+            return
+        try:
+            path = export_grafana(self.run.root)
+        except (OSError, ValueError) as err:
+            self.terminal.line(f"monitoring: no Grafana dashboard written: {err}")
+            return
+        self.terminal.line(
+            f"Grafana dashboard: {path} (`aifactory grafana {self.run.run_id}` to open it)"
+        )
+
+    def _kept_services(self) -> list[Endpoint]:
+        """With --keep-services: the services this run started that still run."""
+        if not self.keep_services or self.services is None:
+            return []
+        return [
+            e
+            for e in self.services.endpoints.values()
+            if e.job is not None and not e.job.finished()
+        ]
+
+    def test_entries(self) -> list[RunTestEntry]:
+        """Every test of the run as in summary.json (under xdist: all workers' tests)."""
+        if self.role == "controller" and self.run is not None:
+            return run_store.load_parts(self.run)[0]
+        return [run_store.test_entry(r) for r in self.results]
+
+    def _save(self) -> None:
+        """While the session runs, after each test: the summary (every statistic so far). Once
+        it ends, however it ends: the records, the merged metrics and the manifest too. Writing
+        those after each test would cost time growing with the square of the run's size; a
+        driver killed outright still leaves its clients' raw records for `aifactory report`."""
+        assert self.run is not None
+        final = self.status != "running"
+        records: pd.DataFrame | None = None
+        if self.role == "controller":
+            tests, records = run_store.load_parts(self.run, with_records=final)
+        else:
+            tests = [run_store.test_entry(r) for r in self.results]
+            records = run_store.results_records(self.results) if final else None
+        if self.role == "worker":
+            run_store.save_part(self.run, self.worker_id, tests, records)
+            return
+        if final:
+            merge_metrics(self.run.root)
+        run_store.save_run(
+            self.run,
+            self.recipe,
+            tests,
+            records if final else None,
+            self.status,
+            self.started_at,
+            services=self._service_summary(),
+            monitoring=self.monitor.summary() if self.monitor is not None else None,
+        )
+        if final:
+            write_manifest(self.run.root)
+
+    def _service_summary(self) -> dict[str, dict[str, Any]]:
+        if self.services is None:
+            return {}
+        return {
+            name: {
+                "kind": e.kind,
+                "url": e.url,
+                "node": e.node,
+                "nodes": e.nodes,
+                **e.timings(),
+            }
+            for name, e in self.services.endpoints.items()
+        }
+
+    # -- running a case -----------------------------------------------------------------------
+
+    def run_sweep(self, case: LoadCase, test_id: str, name: str) -> CaseResult:
+        """Measure the levels a capacity search picks, each saved like any test; the result
+        is the capacity level's (failing: the lowest level's, or below `min_capacity`)."""
+        client = self.recipe.clients[case.client]
+        assert client.load.sweep is not None
+        search = CapacitySearch(client.load.sweep)
+        steps: list[CaseResult] = []
+        while (level := search.next_level()) is not None:
+            step = sweep_step(case, client, level)
+            step_id = test_id.replace(f"[{case.id}]", f"[{step.id}]")
+            step_name = name.replace(f"[{case.id}]", f"[{step.id}]")
+            result = self.run_case(step, step_id, step_name)
+            result.sweep = {"test_id": test_id, "step": len(steps)}
+            steps.append(result)
+            breaches = "; ".join(
+                slo_eval.breach_line(case.client, step.label, o)
+                for o in result.outcomes
+                if not o.passed
+            )
+            breaches = breaches or "; ".join(result.notes)
+            search.record(SweepStep(level, result.passed, step_id, breaches))
+            verdict = "met every SLO" if result.passed else "broke an SLO"
+            self.terminal.line(f"{case.client} sweep: {step.label} {verdict}")
+        outcome = search.outcome()
+        for result in steps:
+            assert result.sweep is not None
+            result.sweep["outcome"] = outcome
+        self._save()
+        line = describe_outcome(case.client, outcome)
+        self.terminal.line(line)
+        at_capacity = [r for r in steps if r.passed and r.case.level == outcome["capacity"]]
+        chosen = at_capacity[0] if at_capacity else steps[0]
+        notes = list(chosen.notes)
+        if outcome["capacity"] is None or outcome["below_min_capacity"]:
+            notes.insert(0, line)
+        return dataclasses.replace(chosen, test_id=test_id, name=name, notes=notes)
+
+    def run_case(self, case: LoadCase, test_id: str, name: str) -> CaseResult:
+        try:
+            run, executor, services = self._ensure_started()
+        except SubmitError as err:
+            raise CaseError(str(err)) from None
+
+        client = self.recipe.clients[case.client]
+        endpoint: Endpoint | None = None
+        if client.service is not None:
+            try:
+                endpoint = services.endpoint(client.service)
+            except ServiceStartError as err:
+                raise CaseError(str(err)) from None
+        case_slug = slug(name)
+        specs = process_specs(
+            case,
+            client,
+            base_url=endpoint.url if endpoint else "",
+            model=client.model
+            or (endpoint.served_model if endpoint else None)
+            or client.service
+            or "",
+            records_path=lambda i: run.records_path(case_slug, i),
+            progress_path=lambda i: run.progress_path(case_slug, i),
+            heartbeat_path=str(run.heartbeat_path),
+            barrier_dir=run.root / "barrier" / case_slug,
+            service_env=endpoint.client_env if endpoint else None,
+            service_kind=endpoint.kind if endpoint else "",
+            api_key=endpoint.client_env.get(API_KEY_SETTING) if endpoint else None,
+        )
+        monitor = self.monitor
+        if monitor is not None and monitor.mode != "off":
+            specs = [
+                dataclasses.replace(
+                    spec,
+                    push_url=monitor.push_url,
+                    run_id=run.run_id,
+                    node_exporter=monitor.node_exporter,
+                )
+                for spec in specs
+            ]
+        for spec in specs:
+            Path(spec.records_path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            Path(spec.progress_path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        started_at = time.time()
+        # one job for all nodes x processes: one submission however wide the fan-out
+        try:
+            handle = executor.submit(
+                run_load_task,
+                specs,
+                name=f"client-{case_slug}",
+                role="client",
+                resources=JobResources(
+                    nodes=client.nodes, tasks_per_node=client.processes_per_node
+                ),
+            )
+        except SubmitError as err:
+            raise CaseError(f"client '{case.client}' could not be submitted: {err}") from None
+        try:
+            notes, ended_early = self._watch(
+                case, handle, [Path(s.progress_path) for s in specs], endpoint
+            )
+        except KeyboardInterrupt:
+            # keep what this case measured before the interruption in the saved run
+            self.status = "interrupted"
+            self._collect(case, test_id, name, specs, started_at, ["interrupted during the load"])
+            raise
+        return self._collect(case, test_id, name, specs, started_at, notes, ended_early)
+
+    def _collect(
+        self,
+        case: LoadCase,
+        test_id: str,
+        name: str,
+        specs: list[LoadSpec],
+        started_at: float,
+        notes: list[str],
+        ended_early: dict[int, str] | None = None,
+    ) -> CaseResult:
+        """Merge the processes' records, compute the statistics, judge the SLOs, save."""
+        client = self.recipe.clients[case.client]
+        records = read_records(Path(s.records_path) for s in specs)
+        measured = records[records["phase"] == "measure"] if "phase" in records else records
+        requested_rate = case.level if case.mode == "rate" else None
+        objectives = self.recipe.objectives(case.client)
+        summary = summarize(
+            client.kind, records, requested_rate=requested_rate, objectives=objectives
+        )
+        if ended_early:
+            shortfalls = [
+                shortfall(index, error, specs[index], measured)
+                for index, error in sorted(ended_early.items())
+                if index < len(specs)
+            ]
+            summary["ended_early"] = shortfalls
+            notes = [*(s["note"] for s in shortfalls), *notes]
+        outcomes = slo_eval.evaluate(summary, objectives)
+        ended_at = time.time()
+        warnings = self._server_view(
+            test_id, name, started_at, ended_at, records, summary, client.service
+        )
+        client_stats = read_client_stats([client_stats_path(s.records_path) for s in specs])
+        summary["load_generator"] = client_health(
+            measured, client_stats, cpu_is_workload=client.service is None
+        )
+        saturated = saturation_note(summary["load_generator"])
+        if saturated:
+            warnings = [*warnings, saturated]
+        hint = error_example(measured)
+        redactor = self.run.redactor if self.run is not None else None
+        result = CaseResult(
+            test_id=test_id,
+            name=name,
+            case=case,
+            records=records,
+            summary=summary,
+            outcomes=outcomes,
+            notes=notes,
+            warnings=warnings,
+            started_at=started_at,
+            ended_at=ended_at,
+            error_hint=redactor.text(hint) if redactor is not None else hint,
+        )
+        self.results.append(result)
+        self._save()
+        return result
+
+    def _server_view(
+        self,
+        test_id: str,
+        name: str,
+        started_at: float,
+        ended_at: float,
+        records: pd.DataFrame,
+        summary: dict[str, Any],
+        service: str | None = None,
+    ) -> list[str]:
+        """The window's server and node series from monitoring, the server's figures and their
+        cross-check against the clients' (added to `summary`); returns warnings. Never fails:
+        the clients' results stand whatever happened to monitoring. `service`: the one the
+        clients loaded, whose request count must match theirs."""
+        if self.monitor is None or self.monitor.mode == "off" or self.services is None:
+            return []
+        kinds = {n: e.kind for n, e in self.services.endpoints.items()}
+        tokens = float(records["output_tokens"].fillna(0).sum()) if len(records) else 0.0
+        span = 0.0
+        if len(records):
+            span = float(records["end_ts"].max() - records["send_ts"].min())
+        # every request the server saw, warmup included (setup work is not a request)
+        sent = records[records["phase"] != "setup"] if len(records) else records
+        requests = float(succeeded(sent).sum()) if len(sent) else 0.0
+        try:
+            window = self.monitor.collect(
+                test_id,
+                slug(name),
+                started_at,
+                ended_at,
+                kinds,
+                tokens,
+                span,
+                client_requests=requests,
+                client_service=service,
+            )
+        except Exception as err:  # monitoring must never cost the measured data
+            return [f"monitoring: collecting server metrics failed: {err}"]
+        if window.server:
+            summary["server"] = window.server
+        if window.cross_checks:
+            summary["cross_checks"] = window.cross_checks
+        summary["monitoring_samples"] = len(window.samples)
+        return window.warnings
+
+    def _watch(
+        self,
+        case: LoadCase,
+        handle: JobHandle,
+        progress_paths: list[Path],
+        endpoint: Endpoint | None,
+    ) -> tuple[list[str], dict[int, str]]:
+        """Wait for the client job, showing progress; say what went wrong, lose nothing.
+        Returns the notes and, per client process that ended early, its error."""
+        assert self.executor is not None
+        notes: list[str] = []
+        service_died = False
+
+        def died() -> bool:
+            return endpoint is not None and not endpoint.alive()
+
+        def death_note() -> str:
+            assert endpoint is not None
+            # first line as before (reports match on it), then why: the service's last words
+            note = (
+                f"service '{endpoint.name}' died during the load "
+                f"({endpoint.job.state() if endpoint.job else 'gone'})"
+            )
+            if endpoint.job is None:
+                return note
+            redactor = self.run.redactor if self.run is not None else None
+            return f"{note}\n{endpoint.job.log_tail(LOG_TAIL_LINES, redactor=redactor)}"
+
+        try:
+            while not handle.finished():
+                self._show_progress(case, progress_paths, final=False)
+                if not service_died and died():
+                    service_died = True
+                    notes.append(death_note())
+                time.sleep(PROGRESS_EVERY_S)
+        finally:
+            if not handle.finished():
+                self.executor.cancel(handle)
+        self._show_progress(case, progress_paths, final=True)
+        if not service_died and self._died_at_the_end(endpoint, progress_paths):
+            notes.append(death_note())
+        errors = handle.task_errors()
+        if errors:
+            redactor = self.run.redactor if self.run is not None else None
+            notes.append(handle.log_tail(LOG_TAIL_LINES, redactor=redactor))
+        return notes, errors
+
+    def _died_at_the_end(self, endpoint: Endpoint | None, progress_paths: list[Path]) -> bool:
+        """Whether the service died as the load ended, between two polls. A server killed
+        outright fails every later request at once, so the load can end before its job has
+        noticed the death: when requests failed, give the job a moment to say so."""
+        if endpoint is None:
+            return False
+        if not endpoint.alive():
+            return True
+        if not int((read_progress(progress_paths) or {}).get("failed") or 0):
+            return False
+        deadline = time.monotonic() + SERVICE_DEATH_GRACE_S
+        while time.monotonic() < deadline:
+            if not endpoint.alive():
+                return True
+            time.sleep(0.1)
+        return False
+
+    def _show_progress(self, case: LoadCase, paths: list[Path], final: bool) -> None:
+        progress = read_progress(paths)
+        if not progress:
+            return
+        done = int(progress.get("completed") or 0)
+        failed = int(progress.get("failed") or 0)
+        total = progress.get("total")
+        elapsed = float(progress.get("elapsed_s") or 0.0)
+        rate = (done + failed) / elapsed if elapsed > 0 else 0.0
+        ttft = progress.get("ttft_p50_ms")
+        text = f"{case.client}[{case.label}] {done + failed}"
+        text += f"/{total}" if total else ""
+        text += f" done, {failed} failed, {rate:.1f} req/s"
+        if ttft is not None:
+            text += f", TTFT p50 {ttft:.0f} ms"
+        text += f", {elapsed:.1f} s"
+        self.terminal.live(text, final=final)
+
+    def close_quietly(self) -> None:
+        with contextlib.suppress(Exception):
+            self.finish("interrupted")
+
+
+def assert_slos(result: CaseResult) -> None:
+    """Fail the current test with one line per broken objective (and why the run was short)."""
+    if not result.passed:
+        pytest.fail(result.failure_message(), pytrace=False)

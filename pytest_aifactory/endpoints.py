@@ -1,0 +1,67 @@
+"""Where a running service answers: made by the service manager, read by the driver, the run's
+monitoring and the job registry.
+
+Kept apart from the service manager so that its readers need not import the machinery that
+starts services.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pytest_aifactory.cluster.base import JobHandle
+    from pytest_aifactory.cluster.run_control import KeptService
+    from pytest_aifactory.services.base import HealthCheck
+
+
+@dataclass
+class Endpoint:
+    """Where a running service answers."""
+
+    name: str
+    kind: str
+    host: str
+    port: int
+    url: str
+    served_model: str | None
+    metrics_url: str | None
+    node: str = ""
+    job: JobHandle | None = None
+    started_s: float = 0.0
+    nodes: list[str] = field(default_factory=list)
+    health: HealthCheck | None = None
+    reused_from: KeptService | None = None
+    """Set when another run kept this service and this run only uses it."""
+    submitted_at: float | None = None
+    """Wall-clock time just before the service's job was submitted."""
+    job_started_at: float | None = None
+    """When the job began running the service (written by the job, on its node's clock)."""
+    launched_at: float | None = None
+    """When the job spawned the server process (on a multi-node service: its last rank's)."""
+    healthy_at: float | None = None
+    """When the health check first passed."""
+    client_env: dict[str, str] = field(default_factory=dict)
+    """What clients of this service must be told (credentials, bucket, database name)."""
+
+    def alive(self) -> bool:
+        return self.job is None or not self.job.finished()
+
+    def timings(self) -> dict[str, float | None]:
+        """Where the time to a usable service went: the four instants (epoch seconds) and the
+        spans between them; a span is None when either end does not apply (an external or a
+        reused service was never submitted or launched by this run)."""
+
+        def span(start: float | None, end: float | None) -> float | None:
+            return None if start is None or end is None else end - start
+
+        return {
+            "submitted_at": self.submitted_at,
+            "job_started_at": self.job_started_at,
+            "launched_at": self.launched_at,
+            "healthy_at": self.healthy_at,
+            "queue_s": span(self.submitted_at, self.job_started_at),
+            "startup_s": span(self.job_started_at, self.launched_at),
+            "health_wait_s": span(self.launched_at, self.healthy_at),
+        }
