@@ -10,7 +10,7 @@ by minute, the achieved rate and the client's memory, then the two verdicts: mem
 from the second minute (after warm-up: caches, connection pool, allocator arenas) to the last,
 and the drift of the achieved rate (first minute vs last, and the slope of a straight-line fit
 over all minutes). It asserts nothing (a measurement, on a shared machine); the numbers are the
-result. `pytest -m soak tests/test_soak.py` runs a short version of it.
+result. `pytest -m soak tests/e2e/test_soak.py` runs a short version of it.
 """
 
 from __future__ import annotations

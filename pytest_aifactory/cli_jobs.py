@@ -40,13 +40,14 @@ from pytest_aifactory.cluster.run_records import (
     read_run,
     resolve_run,
 )
+from pytest_aifactory.cluster.rundir import read_client_settings
 from pytest_aifactory.loadgen.live import (
     ClientCounters,
     fetch_client_counters,
     progress_counters,
 )
 from pytest_aifactory.monitor.layout import read_endpoints
-from pytest_aifactory.redact import Redactor
+from pytest_aifactory.redact import Redactor, secrets_from_env
 from pytest_aifactory.tabulate import format_table
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -120,9 +121,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _status_redactor(record: RunRecord | None) -> Redactor:
     """Every secret the run keeps (its API key, its services' credentials), and whatever looks
     like one (`user:pass@`, `Bearer ...`, `--api-key X`)."""
-    from pytest_aifactory.cluster.rundir import read_client_settings
-    from pytest_aifactory.redact import secrets_from_env
-
     redactor = Redactor()
     if record is None:
         return redactor

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import signal
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -238,12 +239,12 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return f"{value:.{digits}f}"
 
 
-def _summary_rows(tests: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+def _summary_rows(tests: Sequence[Mapping[str, Any]]) -> list[tuple[str, ...]]:
     """The end-of-session table: the kind's own columns when every test is of one kind that
     declares them (LLM serving's usual ones), else each kind's headline latency and throughput
     (see `report.headline`)."""
 
-    def common(test: dict[str, Any]) -> tuple[str, str, str]:
+    def common(test: Mapping[str, Any]) -> tuple[str, str, str]:
         counts = test.get("counts", {})
         verdict = "PASS" if test["passed"] else "FAIL"
         return test["name"], verdict, f"{counts.get('completed', 0)}/{counts.get('sent', 0)}"
@@ -251,11 +252,15 @@ def _summary_rows(tests: list[dict[str, Any]]) -> list[tuple[str, ...]]:
     kinds = {test.get("kind") or "openai" for test in tests}
     columns = get_client_kind(kinds.pop()).closing_columns if len(kinds) == 1 else ()
     if columns:
-        table = [("test", "verdict", "ok/sent", *(label for label, _ in columns))]
+        table: list[tuple[str, ...]] = [
+            ("test", "verdict", "ok/sent", *(label for label, _ in columns))
+        ]
         for test in tests:
             table.append((*common(test), *(_fmt(_figure(test, f)) for _, f in columns)))
         return table
-    rows = [("test", "verdict", "ok/sent", "latency", "p50", "p99", "throughput")]
+    rows: list[tuple[str, ...]] = [
+        ("test", "verdict", "ok/sent", "latency", "p50", "p99", "throughput")
+    ]
     for test in tests:
         head = headline_of(test.get("kind"))
         values = headline_values(test)
@@ -271,7 +276,7 @@ def _summary_rows(tests: list[dict[str, Any]]) -> list[tuple[str, ...]]:
     return rows
 
 
-def _figure(test: dict[str, Any], figure: str) -> Any:
+def _figure(test: Mapping[str, Any], figure: str) -> Any:
     """A test entry's `metric.statistic` (per request) or `metric` (per level)."""
     metric, _, statistic = figure.partition(".")
     if statistic:

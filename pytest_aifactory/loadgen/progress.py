@@ -106,7 +106,9 @@ def read_progress(paths: Iterable[str | os.PathLike[str]]) -> dict[str, Any]:
         "output_tokens": sum(int(p.get("output_tokens") or 0) for p in parts),
         "ttft_p50_ms": statistics.median(p50s) if p50s else None,
         "elapsed_s": max(float(p.get("elapsed_s") or 0.0) for p in parts),
-        "total": sum(int(t) for t in totals) if all(t is not None for t in totals) else None,
+        "total": sum(int(t) for t in totals if t is not None)
+        if all(t is not None for t in totals)
+        else None,
         "duration_s": max(durations) if durations else None,
         "done": all(bool(p.get("done")) for p in parts),
     }

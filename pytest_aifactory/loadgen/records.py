@@ -12,9 +12,9 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -229,8 +229,9 @@ def _parse_file(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def records_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+def records_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """Records as a DataFrame with the documented dtypes (NaN/NA for nulls, lists for itl_ms)."""
+    # deferred: pandas is slow to import and the clients writing records never need it
     import pandas as pd
 
     frame = pd.DataFrame.from_records(rows) if rows else pd.DataFrame()
@@ -297,6 +298,7 @@ def _float_list(value: Any) -> list[float] | None:
 
 def write_parquet(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     """Records (and any extra columns) as Parquet, itl_ms as list<double>."""
+    # deferred: pyarrow is slow to import and the clients writing records never need it
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -320,7 +322,8 @@ def write_parquet(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
 
 def read_parquet(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Records saved by `write_parquet`, with the same dtypes as `read_records` gives."""
+    # deferred: pandas is slow to import and the clients writing records never need it
     import pandas as pd
 
     frame = pd.read_parquet(path)
-    return records_frame(frame.to_dict("records"))
+    return records_frame(cast(list[dict[str, Any]], frame.to_dict("records")))

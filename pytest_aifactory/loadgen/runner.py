@@ -18,7 +18,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from pytest_aifactory.cluster.rundir import HEARTBEAT_STALE_S
+from pytest_aifactory.cluster.node import LOOPBACK, in_slurm_job, node_address, node_name
+from pytest_aifactory.cluster.rundir import driver_gone
 from pytest_aifactory.loadgen.barrier import agreed_start
 from pytest_aifactory.loadgen.kinds import get_client_kind
 from pytest_aifactory.loadgen.live import LivePusher
@@ -28,6 +29,7 @@ from pytest_aifactory.loadgen.schedule import arrival_offsets
 from pytest_aifactory.loadgen.selfcheck import ClientMeter, client_stats_path
 from pytest_aifactory.loadgen.signals import install_stop_signals, restore_signals
 from pytest_aifactory.loadgen.spec import LoadSpec
+from pytest_aifactory.monitor.node_exporter import node_exporter
 
 __all__ = ["LoadDriver", "SendFn", "run_load"]
 
@@ -47,6 +49,7 @@ timer: event-loop timers fire up to a millisecond late, which would show as queu
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop where installed, the standard loop otherwise (the client works with either)."""
     try:
+        # deferred: only the load loop needs uvloop, and the standard loop stands in without it
         import uvloop
     except ImportError:
         return None
@@ -70,6 +73,7 @@ def validate(spec: LoadSpec) -> None:
 def run_load_task(specs: list[LoadSpec]) -> dict[str, Any]:
     """Entry point of a fanned-out client job: every task of the job (one per node and process)
     runs the spec of its global rank, and records which node it ran on."""
+    # deferred: submitit is slow to import and only the tasks of a fanned-out job need it
     import submitit
 
     rank = submitit.JobEnvironment().global_rank
@@ -84,9 +88,6 @@ def run_load_task(specs: list[LoadSpec]) -> dict[str, Any]:
 def _node_exporter(spec: LoadSpec) -> contextlib.AbstractContextManager[None]:
     """The node's exporter while this client runs, unless a task on the node already runs one
     (a service on the same node, or another process of this client)."""
-    from pytest_aifactory.cluster.node import LOOPBACK, in_slurm_job, node_address, node_name
-    from pytest_aifactory.monitor.node_exporter import node_exporter
-
     host = node_address() if in_slurm_job() else LOOPBACK
     return node_exporter(spec.node_exporter, node_name(), host)
 
@@ -378,14 +379,7 @@ class LoadDriver:
             self.progress.write(done=done)
 
     def _driver_gone(self) -> bool:
-        path = self.spec.heartbeat_path
-        if not path:
-            return False
-        try:
-            beat = os.stat(path).st_mtime
-        except OSError:
-            beat = self.clock.anchor_wall  # not visible (yet): count from this process's start
-        return time.time() - beat > HEARTBEAT_STALE_S
+        return driver_gone(self.spec.heartbeat_path, started_at=self.clock.anchor_wall)
 
     def _finish(self) -> None:
         if self.writer is not None:

@@ -33,12 +33,12 @@ import xml.etree.ElementTree as ElementTree
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from time import perf_counter_ns
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from yarl import URL
 
-from pytest_aifactory.loadgen.kinds.s3 import S3Options
+from pytest_aifactory.loadgen.kinds.s3 import S3Op, S3Options
 from pytest_aifactory.loadgen.records import Clock
 from pytest_aifactory.loadgen.runner import LoadDriver, SendFn
 from pytest_aifactory.loadgen.s3_objects import (
@@ -264,7 +264,7 @@ class S3Load:
         self.slots = SlotPool(
             f"aifactory/put/{key_part(spec.client)}/{key_part(spec.node or 'node')}-{spec.process}/"
         )
-        weighted = [(op, options.mix.get(op, 0.0)) for op in OPS]
+        weighted = [(op, options.mix.get(cast(S3Op, op), 0.0)) for op in OPS]
         weighted = [(op, w) for op, w in weighted if w > 0]
         self.ops = [op for op, _ in weighted]
         self.cum_weights = list(itertools.accumulate(w for _, w in weighted))

@@ -94,6 +94,7 @@ def make_payloads(
 ) -> list[dict[str, np.ndarray]]:
     """`count` sets of input arrays (name -> array), batch dimension included when the model
     batches."""
+    # deferred: tritonclient is optional (the triton extra)
     from tritonclient.utils import triton_to_np_dtype
 
     batch = int(options.get("batch_size") or 1)
@@ -141,6 +142,8 @@ class _Protocol:
 
     name = ""
     address = ""
+    client: Any
+    """The tritonclient aio client of the protocol (set by each subclass)."""
 
     async def describe(self, model: str, version: str) -> ModelInfo:
         raise NotImplementedError
@@ -172,6 +175,7 @@ class _Http(_Protocol):
     name = "http"
 
     def __init__(self, address: str, timeout_s: float) -> None:
+        # deferred: tritonclient is optional (the triton extra)
         import tritonclient.http as api
         import tritonclient.http.aio as aio
 
@@ -215,6 +219,7 @@ class _Grpc(_Protocol):
     name = "grpc"
 
     def __init__(self, address: str) -> None:
+        # deferred: tritonclient is optional (the triton extra)
         import tritonclient.grpc as api
         import tritonclient.grpc.aio as aio
 
@@ -338,6 +343,7 @@ class TritonSender:
         return record
 
     def _classify(self, err: Exception) -> tuple[str, int | None]:
+        # deferred: tritonclient is optional (the triton extra)
         from tritonclient.utils import InferenceServerException
 
         if isinstance(err, InferenceServerException):
@@ -349,6 +355,7 @@ class TritonSender:
 
 async def describe_model(protocol: _Protocol, spec: LoadSpec) -> ModelInfo:
     """The model's configuration, or why it cannot be loaded (naming what the server has)."""
+    # deferred: tritonclient is optional (the triton extra)
     from tritonclient.utils import InferenceServerException
 
     version = str(spec.options.get("model_version") or "")

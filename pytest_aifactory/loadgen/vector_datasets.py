@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -115,6 +115,7 @@ def load_file(path: Path, count: int, queries: int) -> VectorDataset:
 
 
 def _parquet_rows(path: Path) -> np.ndarray:
+    # deferred: pyarrow is slow to import and only Parquet datasets need it
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -136,7 +137,10 @@ def _parquet_rows(path: Path) -> np.ndarray:
                 f"{path}: several list columns ({', '.join(lists)}); name the vectors' column "
                 f"one of {', '.join(VECTOR_COLUMNS)}"
             )
-        column = table.column(named[0] if named else lists[0]).combine_chunks()
+        column = cast(
+            "pa.lib.BaseListArray[Any]",
+            table.column(named[0] if named else lists[0]).combine_chunks(),
+        )
         lengths = pa.compute.list_value_length(column).to_numpy(zero_copy_only=False)
         if len(lengths) and (lengths != lengths[0]).any():
             raise DatasetError(f"{path}: the vectors do not all have the same length")
@@ -168,7 +172,8 @@ def _scores(queries: np.ndarray, vectors: np.ndarray, metric: str) -> np.ndarray
     q = queries.astype(np.float64)
     x = vectors.astype(np.float64)
     if metric == "l2":
-        return (x * x).sum(axis=1)[None, :] - 2.0 * (q @ x.T)
+        scores: np.ndarray = (x * x).sum(axis=1)[None, :] - 2.0 * (q @ x.T)
+        return scores
     return -(q @ x.T)
 
 
@@ -195,7 +200,7 @@ class GroundTruth:
 
     def recall(self, query: int, returned: list[int] | np.ndarray) -> float:
         """Recall@k of one query's results (duplicates count once)."""
-        wanted = self.ids.shape[1]
+        wanted = int(self.ids.shape[1])
         exact = {int(i) for i in self.ids[query]}
         found = {int(i) for i in returned[: self.k]}
         hits = len(found & exact)

@@ -167,6 +167,7 @@ class FaissEngine(VectorEngine):
 
 def _import_faiss() -> Any:
     try:
+        # deferred: faiss is optional (the vectordb extra)
         import faiss
     except ImportError:
         raise EngineError(
@@ -197,11 +198,16 @@ class ChromaEngine(VectorEngine):
 
     name = "chroma"
     supported_indexes = ("hnsw",)
-    SPACES: ClassVar[dict[str, str]] = {"l2": "l2", "ip": "ip", "cosine": "cosine"}
+    SPACES: ClassVar[dict[str, Literal["l2", "ip", "cosine"]]] = {
+        "l2": "l2",
+        "ip": "ip",
+        "cosine": "cosine",
+    }
 
     def __init__(self, settings: IndexSettings, dim: int, collection: str, base_url: str) -> None:
         super().__init__(settings, dim, collection)
         try:
+            # deferred: chromadb is optional (the vectordb extra)
             import chromadb
             from chromadb.config import Settings
         except ImportError:
@@ -275,6 +281,7 @@ class MilvusEngine(VectorEngine):
     def __init__(self, settings: IndexSettings, dim: int, collection: str, base_url: str) -> None:
         super().__init__(settings, dim, collection)
         try:
+            # deferred: pymilvus is optional (the vectordb extra)
             from pymilvus import MilvusClient
         except ImportError:
             raise EngineError(
@@ -288,6 +295,7 @@ class MilvusEngine(VectorEngine):
         return "after_insert"
 
     def create(self) -> None:
+        # deferred: pymilvus is optional (the vectordb extra)
         from pymilvus import DataType
 
         self.drop()

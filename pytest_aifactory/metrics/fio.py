@@ -28,6 +28,7 @@ from pytest_aifactory.metrics.stats import (
     error_class,
     json_safe,
     measured,
+    span_s,
     succeeded,
 )
 
@@ -81,14 +82,6 @@ def _float(value: Any) -> float:
         return math.nan
 
 
-def _span(rows: pd.DataFrame) -> float:
-    start = _numeric(rows, "send_ts").dropna()
-    end = _numeric(rows, "end_ts").dropna()
-    if not len(start) or not len(end):
-        return math.nan
-    return float(end.max() - start.min())
-
-
 def _figures(rows: pd.DataFrame) -> dict[str, Any]:
     """Bandwidth, IOPS and latency of some records (fio's numbers, summed and combined)."""
     ok = succeeded(rows).to_numpy()
@@ -139,7 +132,7 @@ def summarize_fio(
         return value if sent else math.nan
 
     per_level: dict[str, Any] = {
-        "duration_s": _span(rows[ok.to_numpy()]) if completed else math.nan,
+        "duration_s": span_s(rows[ok.to_numpy()]) if completed else math.nan,
         "bw_mib_s": level(figures["bw_mib_s"]),
         "iops": level(figures["iops"]),
         "error_rate": failed / sent if sent else math.nan,
@@ -165,7 +158,7 @@ def summarize_fio(
 
     processes = int(rows["process"].nunique()) if "process" in rows and len(rows) else 0
     errors = Counter(error_class(e) for e in _error_texts(rows) if e)
-    return json_safe(
+    summary: dict[str, Any] = json_safe(
         {
             "counts": {
                 "sent": sent,
@@ -183,3 +176,4 @@ def summarize_fio(
             "percentiles": "exact" if completed <= 1 else "upper bound (worst process)",
         }
     )
+    return summary

@@ -66,7 +66,7 @@ class LogHistogram:
         inside = np.where(width > 0, (probabilities - before) / np.where(width > 0, width, 1), 1)
         edges = self._edges()
         low, high = edges[index], edges[index + 1]
-        values = low + np.clip(inside, 0.0, 1.0) * (high - low)
+        values: np.ndarray = low + np.clip(inside, 0.0, 1.0) * (high - low)
         values = np.clip(values, self.minimum, self.maximum)
         values[probabilities <= 0] = self.minimum
         values[probabilities >= 1] = self.maximum

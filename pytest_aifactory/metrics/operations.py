@@ -28,6 +28,7 @@ from pytest_aifactory.metrics.stats import (
     good_requests,
     json_safe,
     measured,
+    span_s,
     succeeded,
 )
 
@@ -35,15 +36,6 @@ MIB = 1024 * 1024
 
 OPERATION_METRICS: tuple[str, ...] = ("latency_ms", "ttfb_ms", "queue_ms")
 """Per-request metrics of an operation-based level, in the order summaries list them."""
-
-
-def _span(rows: pd.DataFrame) -> float:
-    """First send to last end of these rows, in seconds (NaN when not measurable)."""
-    start = _numeric(rows, "send_ts").dropna()
-    end = _numeric(rows, "end_ts").dropna()
-    if not len(start) or not len(end):
-        return math.nan
-    return float(end.max() - start.min())
 
 
 def _op_figures(rows: pd.DataFrame, duration: float) -> dict[str, Any]:
@@ -76,7 +68,7 @@ def _setup_figures(records: pd.DataFrame) -> dict[str, float]:
         rates = []
         for _, part in inserts.groupby("process"):
             items = float(_numeric(part, "items").fillna(0).sum())
-            rates.append(_rate(items, _span(part)))
+            rates.append(_rate(items, span_s(part)))
         figures["insert_throughput"] = float(sum(r for r in rates if math.isfinite(r)))
     builds = setup[(ops == "index_build").to_numpy()]
     if len(builds):
@@ -114,7 +106,7 @@ def summarize_operations(
         metric: describe(distribution(rows if metric == "queue_ms" else done, metric))
         for metric in OPERATION_METRICS
     }
-    duration = _span(rows) if completed else math.nan
+    duration = span_s(rows) if completed else math.nan
 
     def throughput(count: float) -> float:
         if sent and not completed:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import pandas as pd
@@ -38,6 +38,10 @@ CLIENT_SIDE_METRICS = frozenset({"queue_ms", "connect_ms"})
 _PERCENTILES: dict[str, float] = {"p50": 50.0, "p90": 90.0, "p95": 95.0, "p99": 99.0, "p999": 99.9}
 
 
+@overload
+def json_safe(obj: Mapping[Any, Any]) -> dict[str, Any]: ...
+@overload
+def json_safe(obj: Any) -> Any: ...
 def json_safe(obj: Any) -> Any:
     """A copy of `obj` that strict JSON accepts: NaN and infinities become None.
 
@@ -64,7 +68,8 @@ def _finite(values: Iterable[Any]) -> np.ndarray:
         values if isinstance(values, np.ndarray | pd.Series) else list(values), dtype=float
     )
     array = array.ravel()
-    return array[np.isfinite(array)]
+    finite: np.ndarray = array[np.isfinite(array)]
+    return finite
 
 
 def describe(values: Iterable[Any]) -> dict[str, float]:
@@ -175,6 +180,15 @@ def good_requests(records: pd.DataFrame, objectives: Sequence[SloObjective] = ()
         meets = values <= bound if objective.bound == "max" else values >= bound
         good = good & (meets | np.isnan(values))
     return pd.Series(good, index=records.index, dtype=bool)
+
+
+def span_s(rows: pd.DataFrame) -> float:
+    """First send to last end of these rows, in seconds (NaN when not measurable)."""
+    start = _numeric(rows, "send_ts").dropna()
+    end = _numeric(rows, "end_ts").dropna()
+    if not len(start) or not len(end):
+        return math.nan
+    return float(end.max() - start.min())
 
 
 def _rate(count: float, duration: float) -> float:

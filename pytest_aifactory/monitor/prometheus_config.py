@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from pytest_aifactory.monitor.layout import targets_dir
+from pytest_aifactory.monitor.layout import TARGET_GROUPS, monitor_dir, targets_dir
 
 SCRAPE_JOBS = {
     "services": "aifactory-services",
@@ -63,8 +63,6 @@ def render_config(
 def write_config(
     run_root: Path, scrape_interval_s: float, api_key_file: Path | None = None
 ) -> Path:
-    from pytest_aifactory.monitor.layout import TARGET_GROUPS, monitor_dir
-
     for group in TARGET_GROUPS:
         targets_dir(run_root, group).mkdir(parents=True, exist_ok=True, mode=0o700)
     path = monitor_dir(run_root) / "prometheus.yml"

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from pytest_aifactory.atomic import replacing
+from pytest_aifactory.cluster.base import JobResources
 from pytest_aifactory.cluster.child import first_on_path
 from pytest_aifactory.monitor.layout import (
     MonitorEndpoints,
@@ -27,8 +28,10 @@ from pytest_aifactory.monitor.layout import (
     write_endpoints,
 )
 from pytest_aifactory.monitor.node_exporter import NodeExporterOrder
+from pytest_aifactory.monitor.prometheus_config import write_config
 from pytest_aifactory.monitor.query import PrometheusClient, PrometheusUnavailable
 from pytest_aifactory.monitor.samples import empty_samples, normalize
+from pytest_aifactory.monitor.scraper import DirectScraper
 from pytest_aifactory.monitor.series import (
     CLIENT_SERIES,
     GPU_SERIES,
@@ -47,13 +50,15 @@ from pytest_aifactory.monitor.window import (
     sample_rows,
     to_frame,
 )
+from pytest_aifactory.services.base import HealthCheck, ServicePlan, get_kind
+from pytest_aifactory.services.launch import AUTO_HOST
+from pytest_aifactory.services.manager import ServiceStartError
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from pytest_aifactory.cluster.rundir import RunDir
     from pytest_aifactory.endpoints import Endpoint
-    from pytest_aifactory.monitor.scraper import DirectScraper
     from pytest_aifactory.recipe import Monitor
     from pytest_aifactory.services.manager import ServiceManager
 
@@ -115,8 +120,6 @@ class RunMonitor:
         if not self.settings.prometheus:
             self._publish("off")
             return
-        from pytest_aifactory.monitor.prometheus_config import write_config
-
         self.run.api_key()  # made now: Prometheus reads it for its first scrape
         config = write_config(self.run.root, self.interval_s, self.run.api_key_path)
         binary = find_prometheus()
@@ -158,11 +161,6 @@ class RunMonitor:
         )
 
     def _launch(self, name: str, argv: list[str]) -> Endpoint | None:
-        from pytest_aifactory.cluster.base import JobResources
-        from pytest_aifactory.services.base import HealthCheck, ServicePlan
-        from pytest_aifactory.services.launch import AUTO_HOST
-        from pytest_aifactory.services.manager import ServiceStartError
-
         host = AUTO_HOST if self.executor_name == "slurm" else "127.0.0.1"
         plan = ServicePlan(name=name, argv=argv, host=host, health=HealthCheck("/-/ready"))
         resources = JobResources(partition=self.settings.partition)
@@ -181,8 +179,6 @@ class RunMonitor:
             return None
 
     def _start_scraper(self, why: str) -> None:
-        from pytest_aifactory.monitor.scraper import DirectScraper
-
         self.mode = "scrape"
         by_role = {
             "service": [s for kind in self._recipe_kinds() for s in service_series(kind)],
@@ -341,8 +337,6 @@ class RunMonitor:
             return result
         self._save_part(slug, result.samples)
         for name, kind in services.items():
-            from pytest_aifactory.services.base import get_kind
-
             service_kind = get_kind(kind)
             mine = result.samples[result.samples["service"] == name]
 

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pytest_aifactory.monitor.layout import targets_dir, write_json_atomic
+from pytest_aifactory.monitor.layout import TARGET_GROUPS, targets_dir, write_json_atomic
 from pytest_aifactory.monitor.series import NODE_LABEL, ROLE_LABEL, RUN_LABEL
 
 
@@ -51,8 +51,6 @@ def remove_target(run_root: Path, group: str, name: str) -> None:
 
 def read_targets(run_root: Path, groups: tuple[str, ...] | None = None) -> list[Target]:
     """Every target announced so far (what the direct scraper scrapes)."""
-    from pytest_aifactory.monitor.layout import TARGET_GROUPS
-
     found: list[Target] = []
     for group in groups or TARGET_GROUPS:
         for path in sorted(targets_dir(run_root, group).glob("*.json")):

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from pytest_aifactory.atomic import write_text_atomic
+from pytest_aifactory.monitor.run_monitor import read_metrics
 from pytest_aifactory.report import charts as ch
 from pytest_aifactory.report.html_report import ChartView, render_report, slug
 from pytest_aifactory.report.previous import previous_section
@@ -58,8 +59,6 @@ def load_summary(run_root: Path) -> dict[str, Any]:
 
 def load_metrics(run_root: Path) -> pd.DataFrame | None:
     """The run's samples (None when it kept none)."""
-    from pytest_aifactory.monitor.run_monitor import read_metrics
-
     return read_metrics(run_root)
 
 
@@ -103,6 +102,7 @@ class RunRecords:
 
 
 def _batches(path: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    # deferred: pyarrow is slow to import and only reading records.parquet needs it
     import pyarrow.parquet as pq
 
     # buffered, not pre-buffered: a whole row group of gaps would otherwise sit in memory
@@ -111,6 +111,7 @@ def _batches(path: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
 
 
 def _stream_gaps(path: Path, names: list[str]) -> dict[str, PooledGaps]:
+    # deferred: pyarrow is slow to import and only reading records.parquet needs it
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -146,6 +147,7 @@ def load_records(run_root: Path) -> RunRecords:
     A run without the file has no records; an unreadable file is reported as a problem on the
     page rather than stopping the report.
     """
+    # deferred: pyarrow is slow to import and only reading records.parquet needs it
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -14,7 +14,7 @@ import functools
 import json
 import math
 from collections.abc import Collection, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import altair as alt
 import numpy as np
@@ -22,7 +22,9 @@ import pandas as pd
 
 from pytest_aifactory.loadgen.kinds import all_metrics
 from pytest_aifactory.metrics.histogram import LogHistogram as BaseLogHistogram
+from pytest_aifactory.monitor.series import find_series
 from pytest_aifactory.report.headline import headline_of, headline_values
+from pytest_aifactory.services.base import ServiceConfigError, get_kind
 
 LATENCY_TITLES: dict[str, str] = {
     name: info.chart_title for name, info in all_metrics().items() if info.chart_title
@@ -83,7 +85,8 @@ def succeeded_mask(records: pd.DataFrame) -> np.ndarray:
     if "error" not in records:
         return np.ones(len(records), dtype=bool)
     error = records["error"]
-    return error.isna().to_numpy(dtype=bool) | _equals(records, "error", "")
+    mask: np.ndarray = error.isna().to_numpy(dtype=bool) | _equals(records, "error", "")
+    return mask
 
 
 def measured_mask(records: pd.DataFrame) -> np.ndarray:
@@ -95,7 +98,7 @@ def measured_mask(records: pd.DataFrame) -> np.ndarray:
 
 def latency_rows(records: pd.DataFrame) -> pd.DataFrame:
     """The rows latency statistics are taken over: measured and successful."""
-    return records[measured_mask(records) & succeeded_mask(records)]
+    return cast(pd.DataFrame, records[measured_mask(records) & succeeded_mask(records)])
 
 
 def pooled_itl(records: pd.DataFrame) -> np.ndarray:
@@ -104,6 +107,7 @@ def pooled_itl(records: pd.DataFrame) -> np.ndarray:
     Arrow-backed list columns are flattened without a Python loop; object columns of lists
     (what `loadgen.records` gives) are converted once.
     """
+    # deferred: pyarrow.compute is slow to import and only Arrow-backed gaps need it
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -111,7 +115,9 @@ def pooled_itl(records: pd.DataFrame) -> np.ndarray:
         return np.empty(0)
     column = records["itl_ms"]
     try:
-        array = pa.array(column, type=pa.list_(pa.float64()), from_pandas=True)
+        array = cast(
+            "pa.ListArray[Any]", pa.array(column, type=pa.list_(pa.float64()), from_pandas=True)
+        )
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
         cells = [np.asarray(c, dtype=float).ravel() for c in column if _is_list(c)]
         values = np.concatenate(cells) if cells else np.empty(0)
@@ -302,21 +308,17 @@ def error_timeline(records: pd.DataFrame, start: float, end: float) -> pd.DataFr
     counts = frame.groupby(["bin", "kind"]).size().reset_index(name="count")
     counts["t"] = counts["bin"] * width
     counts["t_end"] = counts["t"] + width
-    return counts[["t", "t_end", "kind", "count"]]
+    return cast(pd.DataFrame, counts[["t", "t_end", "kind", "count"]])
 
 
 @functools.cache
 def _catalogue(name: str, kinds: tuple[str, ...]) -> tuple[str, str, str] | None:
-    from pytest_aifactory.monitor.series import find_series
-
     series = find_series(name, kinds)
     return (series.type, series.unit, series.source) if series else None
 
 
 def _answered(kinds: Collection[str]) -> set[str]:
     """The counters of requests the service kinds answered (`request_count_series`)."""
-    from pytest_aifactory.services.base import ServiceConfigError, get_kind
-
     found = set()
     for kind in kinds:
         with contextlib.suppress(ServiceConfigError):
@@ -348,7 +350,10 @@ def _counter_rates(rows: pd.DataFrame) -> pd.DataFrame:
     d_value = d_value.where(d_value >= 0, ordered["value"])
     rate = d_value / d_time
     out = ordered.assign(value=rate, timestamp=ordered["timestamp"] - d_time)
-    return out[np.isfinite(out["value"].to_numpy(dtype=float)) & (d_time > 0).to_numpy()]
+    return cast(
+        pd.DataFrame,
+        out[np.isfinite(out["value"].to_numpy(dtype=float)) & (d_time > 0).to_numpy()],
+    )
 
 
 def _label(labels: pd.Series, key: str) -> pd.Series:
@@ -381,7 +386,7 @@ def _cpu_busy(rows: pd.DataFrame) -> pd.DataFrame:
         timestamp=sums["timestamp"] - d_time,
     )
     valid = (d_total > 0).to_numpy() & np.isfinite(busy.to_numpy(dtype=float))
-    return out[valid]
+    return cast(pd.DataFrame, out[valid])
 
 
 def _line_name(row_series: pd.Series, frame: pd.DataFrame, suffix: str = "") -> pd.Series:
@@ -475,7 +480,10 @@ def server_timeline(
     width = bin_width(end - start)
     if len(frame) and frame.groupby(["panel", "name"]).size().max() > MAX_TIME_BINS:
         frame = frame.assign(t=(frame["t"] // width) * width)
-        frame = frame.groupby(["panel", "name", "t"], as_index=False)["value"].mean()
+        # as_index=False: a DataFrame with the group keys as columns
+        frame = cast(
+            pd.DataFrame, frame.groupby(["panel", "name", "t"], as_index=False)["value"].mean()
+        )
     return frame[["t", "panel", "name", "value"]].reset_index(drop=True)
 
 
@@ -657,11 +665,12 @@ def timeline_chart(
         )
     if not panels:
         return None
-    return (
+    chart: alt.VConcatChart = (
         alt.vconcat(*panels)
         .resolve_scale(color="independent", x="shared")
         .properties(title=_title(title or CHART_TITLES["timeline"]))
     )
+    return chart
 
 
 def errors_chart(errors: pd.DataFrame, span: float, title: str = "") -> alt.Chart | None:
@@ -669,7 +678,7 @@ def errors_chart(errors: pd.DataFrame, span: float, title: str = "") -> alt.Char
     if not len(errors):
         return None
     data = _in_time_unit(errors, span).assign(t_axis_end=lambda f: f["t_end"] / time_unit(span)[0])
-    return (
+    chart: alt.Chart = (
         alt.Chart(data)
         .mark_bar()
         .encode(
@@ -685,6 +694,7 @@ def errors_chart(errors: pd.DataFrame, span: float, title: str = "") -> alt.Char
         )
         .properties(width=WIDTH, height=PANEL_HEIGHT, title=_title(title or CHART_TITLES["errors"]))
     )
+    return chart
 
 
 def throughput_latency_chart(levels: pd.DataFrame, title: str = "") -> alt.LayerChart | None:
@@ -724,7 +734,9 @@ def throughput_latency_chart(levels: pd.DataFrame, title: str = "") -> alt.Layer
         .mark_text(align="left", dx=6, dy=-6, fontSize=10)
         .encode(text="level_label:N")
     )
-    return alt.layer(lines, labels).properties(
+    # no facet encodings, so alt.layer gives a LayerChart (never a hoisted FacetChart)
+    layered = cast(alt.LayerChart, alt.layer(lines, labels))
+    return layered.properties(
         width=WIDTH, height=260, title=_title(title or CHART_TITLES["throughput_latency"])
     )
 
@@ -743,7 +755,7 @@ def goodput_chart(levels: pd.DataFrame, title: str = "") -> alt.Chart | None:
     data["quantity"] = data["quantity"].map(columns)
     mode = str(levels["mode"].iloc[0]) if len(levels) else ""
     axis = {"rate": "requested rate (req/s)", "concurrency": "concurrency"}.get(mode, "load level")
-    return (
+    chart: alt.Chart = (
         alt.Chart(data)
         .mark_line(point=True)
         .encode(
@@ -758,6 +770,7 @@ def goodput_chart(levels: pd.DataFrame, title: str = "") -> alt.Chart | None:
         )
         .properties(width=WIDTH, height=220, title=_title(title or CHART_TITLES["goodput"]))
     )
+    return chart
 
 
 # -- per test, per client ----------------------------------------------------------------------
@@ -874,6 +887,7 @@ def run_clients(summary: Mapping[str, Any]) -> list[str]:
 @functools.cache
 def vegalite_version() -> str | None:
     """The Vega-Lite version Altair writes specs for, as vl-convert names it (None: latest)."""
+    # deferred: vl_convert is a large native library, loaded only to render images
     import vl_convert as vlc
 
     wanted = alt.SCHEMA_VERSION.lstrip("v").rsplit(".", 1)[0]
@@ -886,10 +900,12 @@ def to_spec(chart: alt.TopLevelMixin) -> dict[str, Any]:
 
 
 def to_svg(chart: alt.TopLevelMixin | Mapping[str, Any]) -> str:
+    # deferred: vl_convert is a large native library, loaded only to render images
     import vl_convert as vlc
 
     spec = chart if isinstance(chart, Mapping) else to_spec(chart)
-    return vlc.vegalite_to_svg(spec, vl_version=vegalite_version())
+    # vl-convert takes any mapping; its stub names only dict
+    return vlc.vegalite_to_svg(cast(dict[str, Any], spec), vl_version=vegalite_version())
 
 
 def to_png(chart: alt.TopLevelMixin | Mapping[str, Any], scale: float = 1.5) -> bytes:
@@ -899,6 +915,7 @@ def to_png(chart: alt.TopLevelMixin | Mapping[str, Any], scale: float = 1.5) -> 
 
 def png_from_svg(svg: str, scale: float = 1.5) -> bytes:
     """A PNG of an SVG from `to_svg`: three times faster than running Vega a second time."""
+    # deferred: vl_convert is a large native library, loaded only to render images
     import vl_convert as vlc
 
     return vlc.svg_to_png(svg, scale=scale)

@@ -26,6 +26,7 @@ from pytest_aifactory.metrics.stats import json_safe
 from pytest_aifactory.monitor.window import CROSS_CHECK_TOLERANCE
 from pytest_aifactory.numbers import finite_number
 from pytest_aifactory.report.headline import headline_of, headline_values
+from pytest_aifactory.services.models import cache_dir
 
 STAT_COLUMNS: tuple[str, ...] = ("mean", "p50", "p90", "p99", "p999", "max")
 
@@ -46,8 +47,6 @@ class ChartView:
 
 
 def _cache_dir() -> Path:
-    from pytest_aifactory.services.models import cache_dir
-
     return cache_dir() / "vega"
 
 
@@ -58,17 +57,23 @@ def vega_bundle() -> str:
     Bundling takes seconds, so the bundle is kept in the user's cache, one file per vl-convert
     and Vega-Lite version; a cache that cannot be written only costs the time again.
     """
+    # deferred: vl_convert is a large native library, loaded only to render images
     import vl_convert as vlc
 
+    # deferred: report.charts imports altair, slow to import
     from pytest_aifactory.report.charts import vegalite_version
 
     version = vegalite_version()
-    path = _cache_dir() / f"vega-bundle-{vlc.__version__}-vl{version or 'latest'}.js"
+    # the module sets __version__; its stub leaves it out
+    vlc_version = vlc.__version__  # type: ignore[attr-defined]
+    path = _cache_dir() / f"vega-bundle-{vlc_version}-vl{version or 'latest'}.js"
     try:
         return path.read_text(encoding="utf-8")
     except OSError:
         pass
-    bundle = vlc.javascript_bundle(vl_version=version)
+    # no snippet: vl-convert's default one, which defines `vegaEmbed` (the function takes None;
+    # its stub wrongly requires a snippet)
+    bundle = vlc.javascript_bundle(vl_version=version)  # type: ignore[call-arg]
     with contextlib.suppress(OSError):  # a cache only: the page works without it
         write_text_atomic(path, bundle)
     return bundle

@@ -20,7 +20,7 @@ from pytest_html import extras
 
 from pytest_aifactory.metrics.slo import SloOutcome
 from pytest_aifactory.report.baseline import BaselineCheck
-from pytest_aifactory.report.compare import format_value
+from pytest_aifactory.report.compare import format_value, metric_unit, metric_value
 from pytest_aifactory.results import CaseResult
 from pytest_aifactory.stash_keys import BASELINE_KEY, DRIVER_KEY, RESULT_KEY
 
@@ -97,8 +97,6 @@ def _slo_row(outcome: SloOutcome) -> str:
 
 def figures_table(result: CaseResult) -> str:
     """The level's headline numbers, and why it was cut short when it was."""
-    from pytest_aifactory.report.compare import metric_unit, metric_value
-
     summary = result.summary
     counts = summary.get("counts") or {}
     cells = [("requests ok/sent", f"{counts.get('completed', 0)}/{counts.get('sent', 0)}")]
@@ -117,6 +115,7 @@ def figures_table(result: CaseResult) -> str:
 
 def chart_images(result: CaseResult, run_root: Path) -> Iterator[dict[str, Any]]:
     """The test's charts (latency distributions, errors, timeline) as SVG image extras."""
+    # deferred: charts and build import altair, run_store imports pandas: slow at pytest's start
     from pytest_aifactory.report import charts
     from pytest_aifactory.report.build import load_metrics
     from pytest_aifactory.report.run_store import test_entry

@@ -18,8 +18,14 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from pytest_aifactory.cases import LoadCase, cases_for, sweep_step
+from pytest_aifactory.cluster.rundir import RunDir
 from pytest_aifactory.loadgen.records import read_records
+from pytest_aifactory.metrics import slo as slo_eval
+from pytest_aifactory.metrics.summaries import summarize
 from pytest_aifactory.recipe import Recipe
+from pytest_aifactory.report.manifest import write_manifest
+from pytest_aifactory.report.run_store import results_records, save_run, test_entry
+from pytest_aifactory.results import CaseResult
 
 if TYPE_CHECKING:
     from pytest_aifactory.summary_shapes import RunTestEntry
@@ -69,11 +75,6 @@ def _case_of(recipe: Recipe, client: str, label: str) -> LoadCase | None:
 
 def recover_tests(root: Path, recipe: Recipe) -> tuple[list[RunTestEntry], pd.DataFrame]:
     """One summary entry per test whose records are in the run, in the order they ran."""
-    from pytest_aifactory.metrics import slo as slo_eval
-    from pytest_aifactory.metrics.summaries import summarize
-    from pytest_aifactory.report.run_store import results_records, test_entry
-    from pytest_aifactory.results import CaseResult
-
     results: list[CaseResult] = []
     for folder in sorted(p for p in (root / "records").glob("*") if p.is_dir()):
         records = read_records(sorted(folder.glob("p*.jsonl")))
@@ -110,10 +111,6 @@ def recover_tests(root: Path, recipe: Recipe) -> tuple[list[RunTestEntry], pd.Da
 def recover_run(root: Path) -> Path:
     """Write summary.json, records.parquet, benchmark.json and the manifest again from the
     run's records and saved recipe; returns the summary's path."""
-    from pytest_aifactory.cluster.rundir import RunDir
-    from pytest_aifactory.report.manifest import write_manifest
-    from pytest_aifactory.report.run_store import save_run
-
     recipe = load_saved_recipe(root)
     tests, records = recover_tests(root, recipe)
     if not tests:

@@ -179,6 +179,7 @@ def save_benchmark(
     summary: RunSummary,
 ) -> Path:
     """pytest-benchmark's format, in the run and under `.benchmarks/` (one file per run)."""
+    # deferred: benchmark_json imports pytest-benchmark and pytest, slow for `aifactory` commands
     from pytest_aifactory.report.benchmark_json import save_benchmark_json, to_benchmark_json
 
     def measured(test_id: str) -> pd.DataFrame:

@@ -1,7 +1,9 @@
 """What a service kind must say: how to start it, how to know it is up, where its metrics are.
 
-Adding a kind is one module in this package that subclasses `ServiceKind` and registers itself
-with `@service_kind("name")`; nothing else changes.
+Adding a kind is one module in `services/kinds/` (or in another package, named in the
+`pytest_aifactory.kinds` entry point group) that subclasses `ServiceKind` and registers itself
+with `@service_kind("name")`; the recipe's choices and everything else follow from the registry
+(docs/adding-a-kind.md).
 """
 
 from __future__ import annotations

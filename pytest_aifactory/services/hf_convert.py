@@ -29,6 +29,7 @@ def convert_gguf(gguf: Path, out: Path, dtype: str = "bfloat16") -> Path:
     left under the final name); a folder already converted is kept as is."""
     if is_converted(out):
         return out
+    # deferred: torch and transformers are slow to import and only converting needs them
     import torch
     import transformers
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_aifactory.cluster.child import die_with_parent, stop_child
+from pytest_aifactory.cluster.container import wrap_command
 from pytest_aifactory.cluster.node import LOOPBACK, node_address, node_name
 from pytest_aifactory.cluster.rendezvous import (
     Rendezvous,
@@ -36,6 +37,7 @@ from pytest_aifactory.cluster.rendezvous import (
     write_rendezvous,
 )
 from pytest_aifactory.cluster.rundir import driver_gone
+from pytest_aifactory.monitor.node_exporter import node_exporter
 
 if TYPE_CHECKING:
     from pytest_aifactory.monitor.node_exporter import NodeExporterOrder
@@ -117,6 +119,7 @@ def resolve_host(host: str) -> str:
 
 def task_rank() -> tuple[int, int]:
     """(rank, number of tasks) of this task in its submitit job; (0, 1) outside of one."""
+    # deferred: submitit is slow to import (it loads asyncio); only service jobs need it
     import submitit
 
     try:
@@ -164,8 +167,6 @@ def _wait_for_head(
 def _command(
     launch: ServiceLaunch, place: TaskPlace, port: int, head: Rendezvous, scratch: str
 ) -> list[str]:
-    from pytest_aifactory.cluster.container import wrap_command
-
     argv = launch.argv if place.rank == 0 or launch.worker_argv is None else launch.worker_argv
     argv = fill_placeholders(argv, place.host, port, head.host, head.port)
     argv = [arg.replace(SCRATCH, scratch) for arg in argv] if scratch else argv
@@ -200,8 +201,6 @@ def _scratch_dir(launch: ServiceLaunch, node: str) -> Iterator[str]:
 
 def run_service(launch: ServiceLaunch) -> int:
     """Start the server and wait for it; returns only when the server ended."""
-    from pytest_aifactory.monitor.node_exporter import node_exporter
-
     job_started_at = time.time()
     rank, world_size = task_rank()
     place = TaskPlace(rank, world_size, node_name(), resolve_host(launch.host))

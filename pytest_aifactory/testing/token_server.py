@@ -400,6 +400,7 @@ def main(argv: list[str] | None = None) -> None:
     factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     if not args.no_uvloop:
         with contextlib.suppress(ImportError):
+            # deferred: only the command line's server needs uvloop, and --no-uvloop skips it
             import uvloop
 
             factory = uvloop.new_event_loop
@@ -462,11 +463,13 @@ class TokenServer:
         assert self.process is not None
         return self.process.pid
 
-    def _call(self, method: str, path: str, data: dict[str, Any] | None = None) -> Any:
+    def _call(self, method: str, path: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The server's JSON answer (every endpoint answers an object)."""
         body = json.dumps(data).encode() if data is not None else None
         request = urllib.request.Request(self.url + path, data=body, method=method)
         with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read())
+            answer: dict[str, Any] = json.loads(response.read())
+            return answer
 
     def truth(self) -> dict[str, Any]:
         """{"anchor_ns", "anchor_wall", "requests": [{request_id, received_ns, events_ns}]}"""

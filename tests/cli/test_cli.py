@@ -109,6 +109,7 @@ def _installed_command() -> Path:
     return command
 
 
+@pytest.mark.slow
 def test_the_installed_command(tmp_path: Path) -> None:
     command = _installed_command()
     bad = tmp_path / "bad.yaml"

@@ -78,6 +78,7 @@ def web_recipe(tmp_path: Path, www: Path) -> Path:
     return write_recipe(tmp_path / "recipe.yaml", document)
 
 
+@pytest.mark.slow
 def test_keep_status_reuse_logs_stop(
     tmp_path: Path, state_env: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -344,6 +345,7 @@ def test_status_shows_no_secret(
     assert "***" in out
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_the_terminal_keeps_the_kept_service(
     tmp_path: Path, state_env: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -178,7 +178,7 @@ def test_fanned_out_processes_make_one_load(session: Session, records: pd.DataFr
     # instant each one wakes is this machine's scheduler's business, not the barrier's
     (run,) = session.run_dirs()
     first_sends = fan.groupby("process")["send_ts"].min()
-    assert first_sends.min() >= agreed_start(run, "fan") - CLOCK_SLACK_S
+    assert first_sends.min() >= agreed_start(run, "fan-concurrency-3") - CLOCK_SLACK_S
 
 
 def test_rate_mode_reaches_the_requested_rate(session: Session) -> None:

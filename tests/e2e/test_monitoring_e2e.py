@@ -25,7 +25,7 @@ from tests.helpers import (
     wait_for,
     write_recipe,
 )
-from tests.report.test_report_chromium import assert_every_chart_drawn
+from tests.report.chromium import assert_every_chart_drawn
 
 pytestmark = [
     pytest.mark.slow,

@@ -60,6 +60,7 @@ def test_each_process_writes_its_self_measurement(tmp_path: Path, server: TokenS
     assert health["queue_ms_p99"] >= 0
 
 
+@pytest.mark.slow
 def test_overdriven_client_says_it_was_saturated(tmp_path: Path, server: TokenServer) -> None:
     """A rate far beyond what one process can send: requests leave late, and the run says so."""
     spec = spec_for(tmp_path, server.url, mode="rate", level=4000.0, requests=None, duration_s=0.5)

@@ -47,6 +47,8 @@ from pytest_aifactory.metrics.stats import client_health
 from pytest_aifactory.testing.load_specs import load_spec
 from pytest_aifactory.testing.token_server import TokenServer
 
+pytestmark = pytest.mark.slow  # each test runs a pytest session or real servers
+
 ONE_STREAM_P99_MS = {"ttft_ms": 5.0, "itl_ms": 5.0, "tpot_ms": 0.5}
 """|client - server| p99 with one stream (measured: under 1 ms; see the README)."""
 ATTEMPTS = 3

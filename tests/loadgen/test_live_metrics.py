@@ -188,6 +188,7 @@ def test_dead_gateway_warns_once_and_never_raises(capfd: pytest.CaptureFixture[s
     assert pusher.completed == 1
 
 
+@pytest.mark.slow
 def test_pushing_to_a_hanging_gateway_does_not_slow_the_event_loop(silent_server: str) -> None:
     """Each push to this gateway waits its whole timeout: on the event loop that would stall it
     for 0.4 s at a time. The loop's worst lateness must stay far below that."""

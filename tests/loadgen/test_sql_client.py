@@ -11,7 +11,7 @@ import dataclasses
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +32,8 @@ from pytest_aifactory.loadgen.sql import (
 )
 from pytest_aifactory.recipe import Recipe
 from pytest_aifactory.redact import Redactor, secrets_from_env
-from pytest_aifactory.services.kinds import postgres_entry
 from pytest_aifactory.services.base import ServiceConfigError, ServicePlan, get_kind
+from pytest_aifactory.services.kinds import postgres_entry
 from pytest_aifactory.testing import load_specs
 from tests.components import require_component
 from tests.helpers import running_plan
@@ -173,10 +173,8 @@ def test_plan_names_a_folder_that_is_no_postgresql_bin_folder(tmp_path: Path) ->
     assert "not a PostgreSQL bin folder" in str(caught.value)
 
 
-def test_target_needs_the_services_credentials(tmp_path: Path) -> None:
-    spec = load_specs.load_spec(
-        tmp_path, client="c", kind="sql", base_url="http://127.0.0.1:5432", service_kind="s3"
-    )
+def test_target_needs_the_services_credentials(make_load_spec: Callable[..., LoadSpec]) -> None:
+    spec = make_load_spec(kind="sql", base_url="http://127.0.0.1:5432", service_kind="s3")
     with pytest.raises(ValueError, match="service of kind postgres, got 's3'"):
         target_of(spec)
 

@@ -127,6 +127,7 @@ def _run_process(spec: LoadSpec, results: Any) -> None:
         results.put((spec.process, repr(err)))
 
 
+@pytest.mark.slow
 def test_processes_share_one_collection_loaded_by_process_0(
     tmp_path: Path,
     chroma_url: str,  # noqa: F811

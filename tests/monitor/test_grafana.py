@@ -160,6 +160,7 @@ def _values(prometheus: Prometheus, expr: str) -> dict[str, float]:
     }
 
 
+@pytest.mark.slow
 def test_node_panels_select_the_run_and_compute(prometheus: Prometheus) -> None:
     exprs = panel_queries(full_board(), interval="5s")
     (cpu,) = [q for q in exprs if "node_cpu_seconds_total" in q]

@@ -8,6 +8,8 @@ import pytest
 
 from tests.helpers import run_benchmark
 
+pytestmark = pytest.mark.slow  # each test runs a pytest session or real servers
+
 CASES = {
     "syntax": ("name: x\nservices: {llm: {kind: llamacpp}\n", None),
     "unknown-key": (

@@ -8,9 +8,12 @@ import uuid
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from pytest_aifactory.metrics.stats import succeeded
 from tests.helpers import processes_matching, run_benchmark, write_recipe
+
+pytestmark = pytest.mark.slow  # each test runs a pytest session or real servers
 
 DIE_AFTER = 8
 REQUESTS = 60

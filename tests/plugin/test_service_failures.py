@@ -8,7 +8,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.helpers import Session, processes_matching, run_benchmark, write_recipe
+
+pytestmark = pytest.mark.slow  # each test runs a pytest session or real servers
 
 
 def recipe_with(service: dict[str, Any]) -> dict[str, Any]:

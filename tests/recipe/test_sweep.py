@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from pytest_aifactory.cases import cases_for, sweep_step
 from pytest_aifactory.recipe import Recipe, RecipeError, Sweep, load_recipe
 from pytest_aifactory.sweep import CapacitySearch, SweepStep, describe_outcome
+from tests.factories import recipe_document
 from tests.helpers import write_recipe
 
 
@@ -71,19 +73,17 @@ def test_min_capacity_flags_a_low_capacity() -> None:
     assert "below min_capacity 4" in describe_outcome("chat", outcome)
 
 
-def recipe_document(load: dict[str, Any], slo: bool = True) -> dict[str, Any]:
-    document: dict[str, Any] = {
-        "name": "sweeping",
-        "services": {"llm": {"kind": "llamacpp"}},
-        "clients": {"chat": {"kind": "openai", "service": "llm", "load": load}},
-    }
-    if slo:
-        document["slo"] = {"chat": {"ttft_ms": {"p99": {"max": 500}}}}
-    return document
+SLO = {"chat": {"ttft_ms": {"p99": {"max": 500}}}}
 
 
-def test_a_sweep_is_one_test_and_its_steps_are_ordinary_cases() -> None:
-    recipe = Recipe.model_validate(recipe_document({"mode": "sweep", "sweep": {"max": 16}}))
+def sweeping(load: dict[str, Any], slo: bool = True) -> dict[str, Any]:
+    return recipe_document(name="sweeping", client={"load": load}, **({"slo": SLO} if slo else {}))
+
+
+def test_a_sweep_is_one_test_and_its_steps_are_ordinary_cases(
+    make_recipe: Callable[..., Recipe],
+) -> None:
+    recipe = make_recipe(client={"load": {"mode": "sweep", "sweep": {"max": 16}}}, slo=SLO)
     (case,) = cases_for(recipe)
     assert (case.mode, case.label, case.id) == ("sweep", "sweep", "chat-sweep")
     step = sweep_step(case, recipe.clients["chat"], 4)
@@ -109,7 +109,7 @@ def test_a_sweep_is_one_test_and_its_steps_are_ordinary_cases() -> None:
 def test_bad_sweep_settings_are_named(
     tmp_path: Path, load: dict[str, Any], slo: bool, where: str, message: str
 ) -> None:
-    path = write_recipe(tmp_path / "recipe.yaml", recipe_document(load, slo))
+    path = write_recipe(tmp_path / "recipe.yaml", sweeping(load, slo))
     with pytest.raises(RecipeError) as caught:
         load_recipe(path)
     text = str(caught.value)

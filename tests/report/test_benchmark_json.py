@@ -171,6 +171,7 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return result
 
 
+@pytest.mark.slow
 def test_pytest_benchmark_lists_and_compares_our_runs(tmp_path: Path) -> None:
     storage = tmp_path / ".benchmarks"
     save_benchmark_json(to_benchmark_json(make_run("base", 3, 1.0)), storage, "base")

@@ -456,6 +456,7 @@ def test_cli_unknown_run_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[s
         (["--compare", "no-such-run"], "--compare: no run 'no-such-run'"),
     ],
 )
+@pytest.mark.slow
 def test_a_session_with_a_bad_gate_stops_before_anything_runs(
     tmp_path: Path, args: list[str], message: str
 ) -> None:

@@ -20,6 +20,8 @@ import pytest
 
 from tests.helpers import Session, run_benchmark, write_recipe
 
+pytestmark = pytest.mark.slow  # each test runs a pytest session or real servers
+
 NEVER = 1_000_000
 """--die-after-requests for a server that must not die."""
 

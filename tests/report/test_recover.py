@@ -106,6 +106,7 @@ def test_rebuilding_needs_the_saved_recipe(
     assert "no recipe.json" in capsys.readouterr().err
 
 
+@pytest.mark.requires("fio")
 def test_a_driver_killed_outright_leaves_what_report_rebuilds(tmp_path: Path) -> None:
     """SIGKILL after the first of three levels: the summary written after that test is there
     (status running), the records were not merged yet; `aifactory report` merges and judges

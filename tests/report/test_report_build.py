@@ -332,6 +332,7 @@ def rich(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return root, page_path.read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_page_has_each_tests_slo_table_and_verdicts(rich: tuple[Path, str]) -> None:
     root, page = rich
     summary = json.loads((root / "summary.json").read_text())

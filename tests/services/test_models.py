@@ -11,6 +11,7 @@ from pytest_aifactory.services.base import ServiceConfigError
 from pytest_aifactory.services.models import CATALOGUE, resolve_gguf
 
 
+@pytest.mark.requires("smollm2")
 def test_smollm2_ships_with_the_setup() -> None:
     path = resolve_gguf("smollm2-135m", "llm")
     assert path.suffix == ".gguf"

@@ -20,8 +20,8 @@ from pytest_aifactory.loadgen.triton import (
     split_url,
 )
 from pytest_aifactory.recipe import Recipe, RecipeError, load_recipe
-from pytest_aifactory.services.kinds import triton_entry
 from pytest_aifactory.services.base import ServiceConfigError, ServicePlan, get_kind
+from pytest_aifactory.services.kinds import triton_entry
 from pytest_aifactory.services.kinds.triton import (
     DEFAULT_REPOSITORY,
     METRIC_SERIES,

@@ -25,15 +25,15 @@ import pytest
 from pytest_aifactory.cluster.local import LocalJobExecutor
 from pytest_aifactory.cluster.rundir import RunDir, make_run_id
 from pytest_aifactory.recipe import Recipe, RecipeError, Service, load_recipe
-from pytest_aifactory.services.kinds import vllm, vllm_head
 from pytest_aifactory.services.base import ServiceConfigError, ServicePlan, get_kind
-from pytest_aifactory.services.manager import ServiceManager
+from pytest_aifactory.services.kinds import vllm, vllm_head
 from pytest_aifactory.services.kinds.vllm import (
     API_SERVER_MODULE,
     CPU_VENV,
     CPU_VENV_STAMP,
     PYTHON_ENV,
 )
+from pytest_aifactory.services.manager import ServiceManager
 from tests.helpers import REPO, wait_for
 
 HUB_ID = "meta-llama/Llama-3.1-8B-Instruct"
@@ -600,6 +600,7 @@ def head_start(calls: list[dict[str, Any]]) -> dict[str, Any]:
     return found
 
 
+@pytest.mark.slow
 def test_launcher_waits_for_every_node_then_serves_and_stops_ray(
     ray: StandInRay, launched: list[subprocess.Popen[str]]
 ) -> None:
@@ -631,6 +632,7 @@ def test_launcher_waits_for_every_node_then_serves_and_stops_ray(
     assert "all 2 nodes joined" in stderr
 
 
+@pytest.mark.slow
 def test_launcher_passes_sigterm_on_and_ends_as_stopped(
     ray: StandInRay, launched: list[subprocess.Popen[str]]
 ) -> None:
@@ -645,6 +647,7 @@ def test_launcher_passes_sigterm_on_and_ends_as_stopped(
     assert ray.nodes() == ["worker"]
 
 
+@pytest.mark.slow
 def test_launcher_gives_up_when_nodes_are_missing(
     ray: StandInRay, launched: list[subprocess.Popen[str]]
 ) -> None:
@@ -657,6 +660,7 @@ def test_launcher_gives_up_when_nodes_are_missing(
     assert ray.nodes() == []
 
 
+@pytest.mark.slow
 def test_launcher_reports_a_ray_head_that_fails(
     ray: StandInRay, launched: list[subprocess.Popen[str]]
 ) -> None:

@@ -199,6 +199,7 @@ def test_service_orders_for_a_cluster_node() -> None:
     assert for_cluster(recipe, other, JobResources())[0] == other
 
 
+@pytest.mark.slow
 def test_multi_node_service_ranks_on_the_local_executor(tmp_path: Path) -> None:
     """Every task runs the server; rank 0 announces once all ranks are up."""
     run = RunDir.create(tmp_path / "reports", make_run_id("ranks"))

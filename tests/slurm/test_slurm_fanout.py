@@ -114,7 +114,8 @@ def test_no_process_starts_before_the_agreed_instant(
     up to its node's scheduler."""
     (run,) = session.run_dirs()
     first_sends = records.groupby("process")["send_ts"].min()
-    assert first_sends.min() >= agreed_start(run, "chat") - CLOCK_SLACK_S, first_sends.to_dict()
+    agreed = agreed_start(run, f"chat-concurrency-{CONCURRENCY}")
+    assert first_sends.min() >= agreed - CLOCK_SLACK_S, first_sends.to_dict()
 
 
 def test_one_job_for_the_service_and_one_for_the_whole_client(session: Session) -> None:

@@ -12,6 +12,12 @@ from pytest_aifactory.loadgen.kind import ByteSize, ClientKind, KindOptions
 from pytest_aifactory.loadgen.s3_objects import parse_sizes
 from pytest_aifactory.metrics.catalog import Headline, metric
 
+S3Op = Literal["PUT", "GET", "LIST", "DELETE"]
+
+
+def _default_mix() -> dict[S3Op, float]:
+    return {"GET": 1.0}
+
 
 class S3Options(KindOptions):
     """The operation mix and the objects. `mix`: relative weights of GET, PUT, LIST and
@@ -22,9 +28,7 @@ class S3Options(KindOptions):
     remove those; LISTs list `list_max_keys` keys of the GETs' objects. `bucket` is created
     when missing. `region`: the signing region when the service does not say it."""
 
-    mix: dict[Literal["PUT", "GET", "LIST", "DELETE"], NonNegativeFloat] = Field(
-        default_factory=lambda: {"GET": 1.0}
-    )
+    mix: dict[S3Op, NonNegativeFloat] = Field(default_factory=_default_mix)
     object_size: ByteSize | list[ByteSize] = "1M"
     objects: PositiveInt = 32
     bucket: str = "aifactory-bench"

