@@ -106,3 +106,35 @@ def test_the_glossary_defines_the_terms_the_code_uses() -> None:
     _, _, glossary = page.partition("## Glossary")
     missing = [term for term in GLOSSARY_TERMS if f"- **{term}**:" not in glossary]
     assert not missing, f"docs/architecture.md's glossary lacks: {missing}"
+
+
+_MODULE = re.compile(r"`(pytest_aifactory(?:\.[a-z_0-9]+)+)(?::[A-Za-z_]+)?`")
+_SOURCE = re.compile(
+    r"`((?:pytest_aifactory/)?(?:cluster|services|loadgen|monitor|metrics|report|testing)"
+    r"/[a-z_0-9/]+\.py)"
+)
+
+
+def test_the_modules_and_files_the_docs_name_exist() -> None:
+    """Docs that name a module or a source file keep up when code moves."""
+    package = ROOT / "pytest_aifactory"
+    missing = []
+    for page in [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]:
+        text = page.read_text(encoding="utf-8")
+        for module in _MODULE.findall(text):
+            if module == "pytest_aifactory.kinds":  # the entry point group, not a module
+                continue
+            parts = module.split(".")[1:]
+            # a module, a package, or `module.attribute` (then the module must exist)
+            candidates = [
+                package.joinpath(*parts).with_suffix(".py"),
+                package.joinpath(*parts, "__init__.py"),
+                package.joinpath(*parts[:-1]).with_suffix(".py"),
+            ]
+            if not any(path.exists() for path in candidates):
+                missing.append(f"{page.name}: {module}")
+        for source in _SOURCE.findall(text):
+            relative = source.removeprefix("pytest_aifactory/")
+            if not (package / relative).exists():
+                missing.append(f"{page.name}: {source}")
+    assert not missing, f"docs name modules or files that are not there: {missing}"

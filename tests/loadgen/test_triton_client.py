@@ -102,9 +102,10 @@ def test_every_request_is_counted_by_the_server(
     tmp_path: Path, server: Server, protocol: str
 ) -> None:
     before = server.counter("nv_inference_request_success")
-    outcome = run_load(spec_for(tmp_path, server, options={"protocol": protocol}))
+    spec = spec_for(tmp_path, server, options={"protocol": protocol})
+    outcome = run_load(spec)
     after = server.counter("nv_inference_request_success")
-    records = read_records([tmp_path / "records.jsonl"])
+    records = read_records([spec.records_path])
     assert outcome["completed"] == 40
     assert outcome["failed"] == 0
     assert (records["error"] == "").all(), records["error"].unique()
@@ -143,7 +144,7 @@ def test_what_the_server_refuses_becomes_error_records(
     )
     outcome = run_load(spec)
     assert outcome["failed"] == 3
-    records = read_records([tmp_path / "records.jsonl"])
+    records = read_records([spec.records_path])
     for error in records["error"]:
         assert error.startswith(expected), error
         assert "FP16" in error
