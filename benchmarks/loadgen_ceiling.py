@@ -44,6 +44,7 @@ from pytest_aifactory import (  # noqa: E402
     client_stats_path,
     hf_model_dir,
     installed_python,
+    load_spec,
     measured,
     read_client_stats,
     read_records,
@@ -73,10 +74,10 @@ def _spec(
 ) -> LoadSpec:
     """A Poisson rate, or, with `in_flight`, a closed loop keeping that many requests in flight
     (as the peers' throughput modes do)."""
-    return LoadSpec(
+    return load_spec(
+        folder,
         start_at=time.time() + 5.0 if processes > 1 else None,
         client="ceiling",
-        kind="openai",
         level_label=f"rate={rate:g}" if in_flight is None else f"concurrency={in_flight}",
         mode="rate" if in_flight is None else "concurrency",
         level=rate / processes if in_flight is None else in_flight // processes,

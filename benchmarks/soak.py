@@ -29,16 +29,22 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pytest_aifactory import DatasetSpec, LoadSpec, TokenServer, read_records, run_load  # noqa: E402
+from pytest_aifactory import (  # noqa: E402
+    DatasetSpec,
+    LoadSpec,
+    TokenServer,
+    load_spec,
+    read_records,
+    run_load,
+)
 
 SAMPLE_EVERY_S = 2.0
 
 
 def soak_spec(folder: Path, url: str, rate: float, seconds: float) -> LoadSpec:
-    return LoadSpec(
+    return load_spec(
+        folder,
         client="soak",
-        kind="openai",
-        level_label=f"rate={rate:g}",
         mode="rate",
         level=rate,
         base_url=url,

@@ -27,6 +27,13 @@ _EXPORTS: dict[str, str] = {
     "read_records": "pytest_aifactory.loadgen.records",
     "run_load": "pytest_aifactory.loadgen.runner",
     "TokenServer": "pytest_aifactory.testing.token_server",
+    "load_spec": "pytest_aifactory.testing.load_specs",
+    # a client kind of one's own (docs/adding-a-kind.md)
+    "ClientKind": "pytest_aifactory.loadgen.kind",
+    "KindOptions": "pytest_aifactory.loadgen.kind",
+    "LoadDriver": "pytest_aifactory.loadgen.runner",
+    "Headline": "pytest_aifactory.metrics.catalog",
+    "metric": "pytest_aifactory.metrics.catalog",
     # statistics and objectives
     "SloObjective": "pytest_aifactory.metrics.catalog",
     "evaluate": "pytest_aifactory.metrics.slo",
@@ -52,13 +59,18 @@ __all__ = ["__version__", *_EXPORTS]
 if TYPE_CHECKING:  # `X as X`: re-exported, for type checkers
     from pytest_aifactory.cases import LoadCase as LoadCase
     from pytest_aifactory.driver import assert_slos as assert_slos
+    from pytest_aifactory.loadgen.kind import ClientKind as ClientKind
+    from pytest_aifactory.loadgen.kind import KindOptions as KindOptions
     from pytest_aifactory.loadgen.records import read_records as read_records
+    from pytest_aifactory.loadgen.runner import LoadDriver as LoadDriver
     from pytest_aifactory.loadgen.runner import run_load as run_load
     from pytest_aifactory.loadgen.selfcheck import client_stats_path as client_stats_path
     from pytest_aifactory.loadgen.selfcheck import read_client_stats as read_client_stats
     from pytest_aifactory.loadgen.spec import DatasetSpec as DatasetSpec
     from pytest_aifactory.loadgen.spec import LoadSpec as LoadSpec
+    from pytest_aifactory.metrics.catalog import Headline as Headline
     from pytest_aifactory.metrics.catalog import SloObjective as SloObjective
+    from pytest_aifactory.metrics.catalog import metric as metric
     from pytest_aifactory.metrics.slo import evaluate as evaluate
     from pytest_aifactory.metrics.stats import client_health as client_health
     from pytest_aifactory.metrics.stats import describe as describe
@@ -73,6 +85,7 @@ if TYPE_CHECKING:  # `X as X`: re-exported, for type checkers
     from pytest_aifactory.services.kinds.vllm import installed_python as installed_python
     from pytest_aifactory.services.models import hf_model_dir as hf_model_dir
     from pytest_aifactory.services.models import resolve_gguf as resolve_gguf
+    from pytest_aifactory.testing.load_specs import load_spec as load_spec
     from pytest_aifactory.testing.token_server import TokenServer as TokenServer
 
 

@@ -4,16 +4,14 @@ another package would register it (tests/e2e/test_new_kind.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from time import perf_counter_ns
 from typing import Any
 
 import aiohttp
 from pydantic import PositiveInt
 
-from pytest_aifactory.loadgen.kind import ClientKind, KindOptions
-from pytest_aifactory.loadgen.runner import LoadDriver, SendFn
-from pytest_aifactory.loadgen.spec import LoadSpec
-from pytest_aifactory.metrics.catalog import Headline, metric
+from pytest_aifactory import ClientKind, Headline, KindOptions, LoadDriver, LoadSpec, metric
 
 
 class HttpGetOptions(KindOptions):
@@ -30,7 +28,7 @@ async def run_http_get(spec: LoadSpec) -> dict[str, Any]:
     driver = LoadDriver(spec)
     sessions: list[aiohttp.ClientSession] = []
 
-    async def prepare() -> SendFn:
+    async def prepare() -> Callable[[dict[str, Any], int], Awaitable[dict[str, Any]]]:
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=spec.timeout_s))
         sessions.append(session)
 
