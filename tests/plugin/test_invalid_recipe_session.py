@@ -1,14 +1,15 @@
-"""An invalid recipe stops pytest before anything starts, naming file, line and key."""
+"""An invalid recipe stops pytest before anything starts, naming file, line and key.
+
+Run by pytester in this process: what is checked is the plugin's handling of `--recipe`, which
+needs no process of its own."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import shutil
 
 import pytest
 
-from tests.helpers import run_benchmark
-
-pytestmark = pytest.mark.slow  # each test runs a pytest session or real servers
+from tests.helpers import BENCHMARK
 
 CASES = {
     "syntax": ("name: x\nservices: {llm: {kind: llamacpp}\n", None),
@@ -26,18 +27,28 @@ CASES = {
         "    service: nope\n",
         "7",
     ),
+    "unknown-client-kind": (
+        "name: x\nservices:\n  llm: {kind: llamacpp}\nclients:\n  chat:\n    kind: openia\n"
+        "    service: llm\n",
+        "6",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_invalid_recipe_stops_before_anything_starts(tmp_path: Path, case: str) -> None:
+def test_invalid_recipe_stops_before_anything_starts(pytester: pytest.Pytester, case: str) -> None:
     text, line = CASES[case]
-    recipe = tmp_path / f"{case}.yaml"
+    recipe = pytester.path / f"{case}.yaml"
     recipe.write_text(text)
-    session = run_benchmark(tmp_path, recipe, timeout=60)
-    assert session.returncode == 4, session.output  # pytest's usage error
-    assert "Traceback" not in session.output
-    assert str(recipe) in session.stderr
+    shutil.copy(BENCHMARK, pytester.path / BENCHMARK.name)
+    reports = pytester.path / "reports"
+    result = pytester.runpytest_inprocess(
+        BENCHMARK.name, "--recipe", str(recipe), "--report-dir", str(reports)
+    )
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, output
+    assert "Traceback" not in output
+    assert str(recipe) in result.stderr.str()
     if line is not None:
-        assert f"{recipe}:{line}:" in session.stderr, session.stderr
-    assert session.run_dirs() == []  # no run started, so no job either
+        assert f"{recipe}:{line}:" in result.stderr.str(), result.stderr.str()
+    assert not reports.exists() or not any(reports.iterdir())  # no run, so no job either
