@@ -13,40 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import time
-
-from aiohttp import web
 
 from pytest_aifactory.testing.streaming_server import StreamingServer
 
 EXIT_CODE = 3
-
-
-class BoundServer(StreamingServer):
-    """The streaming server on a chosen address (the run picks the port of a service)."""
-
-    def __init__(self, host: str, port: int, **behaviour: object) -> None:
-        super().__init__(**behaviour)
-        self.host = host
-        self.port = port
-
-    async def _start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/v1/completions", self._completions)
-        app.router.add_post("/v1/chat/completions", self._chat)
-        app.router.add_post("/tokenize", self._tokenize)
-        app.router.add_post("/detokenize", self._detokenize)
-        self._runner = web.AppRunner(
-            app, handle_signals=False, handler_cancellation=True, shutdown_timeout=0.2
-        )
-        await self._runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        await web.SockSite(self._runner, sock).start()
-        self.url = f"http://{self.host}:{self.port}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ttft-s", type=float, default=0.01)
     args = parser.parse_args(argv)
 
-    server = BoundServer(args.host, args.port, ttft_s=args.ttft_s, gap_s=0.002).start()
+    server = StreamingServer(args.host, args.port, ttft_s=args.ttft_s, gap_s=0.002).start()
     print(f"{args.marker}: listening on {server.url}", file=sys.stderr, flush=True)
     print(f"{args.marker}: started with --api-key {args.api_key}", file=sys.stderr, flush=True)
     for name in sorted(os.environ):

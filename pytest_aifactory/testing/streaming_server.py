@@ -83,9 +83,12 @@ class Vocabulary:
 
 
 class StreamingServer:
-    """`with StreamingServer(ttft_s=0.1) as server: ... server.url ...`"""
+    """`with StreamingServer(ttft_s=0.1) as server: ... server.url ...`; on a free loopback
+    port unless `host` and `port` say where (as a service of a run is told)."""
 
-    def __init__(self, **behaviour: Any) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, **behaviour: Any) -> None:
+        self.host = host
+        self.port = port
         self.behaviour = Behaviour(**behaviour)
         self.seen = Seen()
         self.vocabulary = Vocabulary()
@@ -116,7 +119,9 @@ class StreamingServer:
         )
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
+        if self.port:  # a chosen port may still hold its last user's closed connections
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
         site = web.SockSite(self._runner, sock)
         await site.start()
         host, port = sock.getsockname()[:2]
