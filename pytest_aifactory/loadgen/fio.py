@@ -108,14 +108,7 @@ class FioProcess:
         self.spec = spec
         self.clock = Clock()
         self.node = spec.node or os.uname().nodename
-        self.progress = Progress(
-            spec.progress_path,
-            client=spec.client,
-            level_label=spec.level_label,
-            process=spec.process,
-            total=None,
-            duration_s=None,
-        )
+        self.progress = Progress.for_load(spec, bounded=False)
         self.live = LivePusher.for_load(spec, self.node)
         self.writer: RecordWriter | None = None
         self.interrupted = False

@@ -12,9 +12,12 @@ import statistics
 from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_aifactory.atomic import write_json_atomic
+
+if TYPE_CHECKING:
+    from pytest_aifactory.loadgen.spec import LoadSpec
 
 WRITE_EVERY_S = 0.5
 TTFT_WINDOW = 512
@@ -45,6 +48,19 @@ class Progress:
         self.output_tokens = 0
         self.elapsed_s = 0.0
         self._ttfts: deque[float] = deque(maxlen=TTFT_WINDOW)
+
+    @classmethod
+    def for_load(cls, spec: LoadSpec, *, bounded: bool = True) -> Progress:
+        """The progress file of one load process; `bounded`: its requests or duration bound the
+        load (fio's runtime is its own, so it shows neither)."""
+        return cls(
+            spec.progress_path,
+            client=spec.client,
+            level_label=spec.level_label,
+            process=spec.process,
+            total=spec.requests if bounded else None,
+            duration_s=spec.duration_s if bounded else None,
+        )
 
     def on_sent(self) -> None:
         self.sent += 1

@@ -111,14 +111,7 @@ class LoadDriver:
         self.spec = spec
         self.clock = clock or Clock()
         self.node = spec.node or os.uname().nodename
-        self.progress = Progress(
-            spec.progress_path,
-            client=spec.client,
-            level_label=spec.level_label,
-            process=spec.process,
-            total=spec.requests,
-            duration_s=spec.duration_s,
-        )
+        self.progress = Progress.for_load(spec)
         self.live = LivePusher.for_load(spec, self.node)
         self.meter = ClientMeter(
             spec.process,
