@@ -137,7 +137,10 @@ def test_fewer_slots_fail_the_session_naming_the_metric(runs: Runs) -> None:
 
 def test_more_slots_after_fewer_pass_the_gate(runs: Runs) -> None:
     session = runs.sessions["C"]
-    assert runs.throughput("C") > runs.throughput("B"), runs.measured()
+    # the premise, in the gate's own terms: C is not worse than B by more than the tolerance
+    # (four slots are usually faster than one, but on a shared 2-core machine not always by
+    # much; what is tested here is the gate's verdict on what was measured)
+    assert runs.throughput("C") >= 0.95 * runs.throughput("B"), runs.measured()
     assert session.returncode == 0, session.output
     assert f"aifactory: compared with {runs.roots['B'].name}" in session.stdout
     assert f"no regression beyond the tolerances ({GATE})" in session.stdout
