@@ -88,6 +88,26 @@ def split_evenly(total: int, parts: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
+def task_rank(process: int, nodes: int, processes_per_node: int) -> int:
+    """The task of a client job (ranks are node-major, as Slurm and submitit number them:
+    `node * processes_per_node + local`) that runs load process `process`. Processes go round
+    the nodes, so a level with fewer processes than slots still loads from every node it can
+    (concurrency 2 over 2 nodes x 2 processes: one process on each node, not both on the
+    first)."""
+    if not 0 <= process < nodes * processes_per_node:
+        raise ValueError(f"process {process} does not fit {nodes} x {processes_per_node} slots")
+    return (process % nodes) * processes_per_node + process // nodes
+
+
+def place(specs: list[LoadSpec], nodes: int, processes_per_node: int) -> list[LoadSpec | None]:
+    """The specs by task rank of a job of `nodes` x `processes_per_node` tasks (`task_rank`);
+    None for a task that has no share of this level and exits at once."""
+    tasks: list[LoadSpec | None] = [None] * (nodes * processes_per_node)
+    for spec in specs:
+        tasks[task_rank(spec.process, nodes, processes_per_node)] = spec
+    return tasks
+
+
 def process_specs(
     case: LoadCase,
     client: Client,
@@ -102,10 +122,10 @@ def process_specs(
     service_env: dict[str, str] | None = None,
     service_kind: str = "",
 ) -> list[LoadSpec]:
-    """The shares of each client process, indexed by the process's rank in the client job.
+    """The shares of the client processes that take part in the level, by process index.
 
-    Processes that would get nothing (concurrency 2 over 6 processes) are not started, so the
-    job has as many tasks as specs.
+    Processes that would get nothing (concurrency 2 over 6 slots) are not started: `place`
+    spreads the ones that are over the client's nodes, and the job's other tasks stay idle.
     """
     slots = client.nodes * client.processes_per_node
     load = client.load

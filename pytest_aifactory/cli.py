@@ -21,6 +21,7 @@ from pytest_aifactory.cli_compare import register_compare
 from pytest_aifactory.cli_jobs import register_jobs
 from pytest_aifactory.cli_monitor import register_monitor
 from pytest_aifactory.cli_report import register_report
+from pytest_aifactory.cli_submit import register_submit
 from pytest_aifactory.recipe import RecipeError, load_recipe, recipe_json_schema
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
@@ -132,6 +133,7 @@ def register_recipes(subcommands: Subcommands) -> None:
 COMMAND_GROUPS: list[Callable[[Subcommands], None]] = [
     register_recipe,
     register_recipes,
+    register_submit,
     register_jobs,
     register_monitor,
     register_compare,

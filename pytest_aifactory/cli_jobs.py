@@ -90,6 +90,8 @@ def _run_status(record: RunRecord, live: list[LiveJob]) -> str:
     status = record.status
     if status == "running" and driver_alive(record) is False:
         status = "running (driver gone)"
+    if status == "submitted" and not any(j.active for j in live):
+        status = "submitted, ended before the session started (see its session log)"
     if any(j.record.kept and j.active for j in live):
         status += ", services kept"
     return status
@@ -166,10 +168,9 @@ def _status_of_runs(as_json: bool) -> int:
         return EXIT_OK
     rows = []
     for record, live in shown:
-        services = sum(1 for j in live if j.record.role == "service")
-        clients = len(live) - services
-        parts = [_count(services, "service")] if services else []
-        parts += [_count(clients, "client")] if clients else []
+        roles = collections.Counter(j.record.role for j in live)
+        shown_roles = ["service", "client", *sorted(set(roles) - {"service", "client"})]
+        parts = [_count(roles[role], role) for role in shown_roles if roles[role]]
         rows.append(
             (
                 record.run_id,

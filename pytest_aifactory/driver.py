@@ -16,17 +16,18 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import pytest
 
-from pytest_aifactory.cases import LoadCase, process_specs, slug, sweep_step
-from pytest_aifactory.cluster.base import JobExecutor, JobHandle, JobResources, SubmitError
+from pytest_aifactory.cases import LoadCase, cases_for, place, process_specs, slug, sweep_step
+from pytest_aifactory.client_jobs import ClientJobs, LevelOrder
+from pytest_aifactory.cluster.base import JobExecutor, SubmitError
 from pytest_aifactory.cluster.job_registry import JobRegistry
 from pytest_aifactory.cluster.local import LocalJobExecutor
 from pytest_aifactory.cluster.run_control import KeptService, find_kept_services
 from pytest_aifactory.cluster.rundir import RunDir, make_run_id
-from pytest_aifactory.cluster.slurm import SlurmError, SlurmJobExecutor
+from pytest_aifactory.cluster.slurm import SlurmError
+from pytest_aifactory.cluster.slurm_steps import SlurmStepExecutor, slurm_executor
 from pytest_aifactory.endpoints import Endpoint
 from pytest_aifactory.loadgen.progress import read_progress
 from pytest_aifactory.loadgen.records import read_records
-from pytest_aifactory.loadgen.runner import run_load_task
 from pytest_aifactory.loadgen.selfcheck import client_stats_path, read_client_stats
 from pytest_aifactory.metrics import slo as slo_eval
 from pytest_aifactory.metrics.stats import client_health, saturation_note, succeeded
@@ -38,12 +39,13 @@ from pytest_aifactory.report import run_store
 from pytest_aifactory.report.manifest import write_manifest
 from pytest_aifactory.report.recover import save_recipe
 from pytest_aifactory.results import CaseResult
+from pytest_aifactory.service_lock import ServiceLockError, ServiceLocks
 from pytest_aifactory.services.base import API_KEY_SETTING
 from pytest_aifactory.services.manager import LOG_TAIL_LINES, ServiceManager, ServiceStartError
 from pytest_aifactory.sweep import CapacitySearch, SweepStep, describe_outcome
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterator, Mapping
 
     from pytest_aifactory.loadgen.spec import LoadSpec
     from pytest_aifactory.recipe import Recipe
@@ -114,12 +116,14 @@ def make_executor(
     overrides: Mapping[str, Any] | None = None,
 ) -> JobExecutor:
     """The run's executor; `overrides` are the command line's Slurm settings (`partition`,
-    `account`, `qos`, `time_limit`, `setup`, `pending_timeout_s`) over the recipe's."""
+    `account`, `qos`, `time_limit`, `setup`, `pending_timeout_s`, `mode`) over the recipe's.
+    On Slurm, jobs are steps of the allocation the session runs in, or sbatch jobs
+    (`platform.slurm.mode`)."""
     if name == "local":
         return LocalJobExecutor(run)
     if name == "slurm":
         try:
-            return SlurmJobExecutor(run, recipe, overrides)
+            return slurm_executor(run, recipe, overrides)
         except SlurmError as err:
             raise CaseError(str(err)) from None
     raise CaseError(f"unknown executor '{name}' (expected local or slurm)")
@@ -160,6 +164,13 @@ class Driver:
         `worker` (runs tests against the controller's services, in the same run directory)."""
         self.worker_id = ""
         self._handoff: dict[str, Any] | None = None
+        self._start_error: str | None = None
+        """Why the run could not start (no executor); later tests fail with it at once."""
+        self.locks: ServiceLocks | None = None
+        """Under pytest-xdist: one load at a time per service, whichever worker runs it."""
+        self.client_jobs: ClientJobs | None = None
+        self.planned: list[LoadCase] = []
+        """The session's selected cases (set once collected): what a client's job may run."""
 
     # -- pytest-xdist: one run, one set of services, several workers ----------------------------
 
@@ -179,10 +190,12 @@ class Driver:
                     failures[name] = str(err)
                     continue
                 endpoints[name] = {key: getattr(endpoint, key) for key in SHARED_ENDPOINT_FIELDS}
+            self.locks = ServiceLocks.create()
             self._handoff = {
                 "run_dir": str(run.root),
                 "endpoints": endpoints,
                 "failures": failures,
+                "locks": self.locks.handoff(),
             }
         return self._handoff
 
@@ -194,6 +207,10 @@ class Driver:
 
     def _attach_worker(self) -> None:
         assert self._handoff is not None
+        try:
+            self.locks = ServiceLocks.attach(self._handoff["locks"])
+        except ServiceLockError as err:
+            raise CaseError(str(err)) from None
         self.run = RunDir.open(Path(self._handoff["run_dir"]))
         self.run.redactor = run_redactor(self.recipe)
         self.executor = make_executor(
@@ -215,8 +232,18 @@ class Driver:
     def _ensure_started(self) -> tuple[RunDir, JobExecutor, ServiceManager]:
         if self.run is None and self.role == "worker":
             self._attach_worker()
+        if self._start_error is not None:
+            raise CaseError(self._start_error)
         if self.run is None:
-            self.run = RunDir.create(self.report_dir, make_run_id(self.recipe.name))
+            run = RunDir.submitted() or RunDir.create(
+                self.report_dir, make_run_id(self.recipe.name)
+            )
+            try:
+                executor = make_executor(self.executor_name, run, self.recipe, self.slurm_overrides)
+            except CaseError as err:  # Slurm refused the settings: every test fails alike
+                self._start_error = str(err)
+                raise
+            self.run, self.executor = run, executor
             self.run.redactor = run_redactor(self.recipe)
             save_recipe(
                 self.run.root,
@@ -224,9 +251,6 @@ class Driver:
                 self.run.redactor.data(self.recipe.model_dump(mode="json")),
             )
             self.run.start_heartbeat()
-            self.executor = make_executor(
-                self.executor_name, self.run, self.recipe, self.slurm_overrides
-            )
             self.registry = JobRegistry.start(
                 self.run,
                 self.recipe.name,
@@ -236,7 +260,9 @@ class Driver:
                 keep_services=self.keep_services,
             )
             self.terminal.line(f"run {self.run.run_id}: {self.run.root}")
-            reuse: dict[str, KeptService] = {}
+            if isinstance(self.executor, SlurmStepExecutor):
+                self.terminal.line(self.executor.describe())
+            reuse: dict[str, list[KeptService]] = {}
             if self.reuse_services is not None:
                 reuse, message = find_kept_services(
                     self.recipe.name, self.reuse_services, exclude=self.run.root.resolve()
@@ -256,6 +282,8 @@ class Driver:
             self._save()
         assert self.executor is not None
         assert self.services is not None
+        if self.client_jobs is None:
+            self.client_jobs = ClientJobs(self.run, self.executor, self.worker_id)
         return self.run, self.executor, self.services
 
     def start_monitoring(self) -> RunMonitor | None:
@@ -292,6 +320,8 @@ class Driver:
         if self.status == "running":
             self.status = status
         assert self.executor is not None
+        if self.client_jobs is not None:  # idle client jobs end by themselves
+            self.client_jobs.stop_all()
         if self.role == "worker":  # the controller stops the services and merges the run
             if self.monitor is not None:
                 self.monitor.stop()
@@ -303,6 +333,8 @@ class Driver:
             return True
         if self.monitor is not None:
             self.monitor.stop()
+        if self.locks is not None:  # the workers are done
+            self.locks.remove()
         kept = self._kept_services()
         cancelled = self.executor.cancel_all(keep=[e.job for e in kept if e.job is not None])
         if cancelled:
@@ -416,6 +448,7 @@ class Driver:
     def _service_summary(self) -> dict[str, dict[str, Any]]:
         if self.services is None:
             return {}
+        reuse = self.services.not_reused
         return {
             name: {
                 "kind": e.kind,
@@ -423,6 +456,8 @@ class Driver:
                 "node": e.node,
                 "nodes": e.nodes,
                 **e.timings(),
+                **({"reused_from": e.reused_from.run_id} if e.reused_from else {}),
+                **({"not_reused": reuse[name]} if name in reuse else {}),
             }
             for name, e in self.services.endpoints.items()
         }
@@ -468,7 +503,7 @@ class Driver:
 
     def run_case(self, case: LoadCase, test_id: str, name: str) -> CaseResult:
         try:
-            run, executor, services = self._ensure_started()
+            _, _, services = self._ensure_started()
         except SubmitError as err:
             raise CaseError(str(err)) from None
 
@@ -479,6 +514,34 @@ class Driver:
                 endpoint = services.endpoint(client.service)
             except ServiceStartError as err:
                 raise CaseError(str(err)) from None
+        with self._service_held(client.service, case):
+            return self._run_load(case, test_id, name, endpoint)
+
+    @contextlib.contextmanager
+    def _service_held(self, service: str | None, case: LoadCase) -> Iterator[None]:
+        """Under pytest-xdist, the case's service to itself (`service_lock`)."""
+        if self.locks is None or service is None:
+            yield
+            return
+
+        def waiting() -> None:
+            self.terminal.line(
+                f"{case.client}[{case.label}]: waiting for service '{service}', "
+                "which another worker is loading"
+            )
+            if self.client_jobs is not None:  # no idle job holds nodes (and time) meanwhile
+                self.client_jobs.retire()
+
+        with self.locks.held(service, waiting):
+            yield
+
+    def _run_load(
+        self, case: LoadCase, test_id: str, name: str, endpoint: Endpoint | None
+    ) -> CaseResult:
+        """Give the level to the client's job, follow it and judge what it measured."""
+        run = self.run
+        assert run is not None
+        client = self.recipe.clients[case.client]
         case_slug = slug(name)
         specs = process_specs(
             case,
@@ -511,28 +574,30 @@ class Driver:
             Path(spec.records_path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             Path(spec.progress_path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         started_at = time.time()
-        # one job for all nodes x processes: one submission however wide the fan-out
+        # one job for all nodes x processes and every level of the client: one submission
+        # however wide the fan-out and however many levels (`client_jobs.py`)
+        tasks = place(specs, client.nodes, client.processes_per_node)
+        assert self.client_jobs is not None
         try:
-            handle = executor.submit(
-                run_load_task,
-                specs,
-                name=f"client-{case_slug}",
-                role="client",
-                resources=JobResources(
-                    nodes=client.nodes, tasks_per_node=client.processes_per_node
-                ),
-            )
+            order = self.client_jobs.order(case.client, client, tasks, self._planned(case))
         except SubmitError as err:
             raise CaseError(f"client '{case.client}' could not be submitted: {err}") from None
         try:
-            notes, ended_early = self._watch(
-                case, handle, [Path(s.progress_path) for s in specs], endpoint
+            notes, task_errors = self._watch(
+                case, order, [Path(s.progress_path) for s in specs], endpoint
             )
         except KeyboardInterrupt:
             # keep what this case measured before the interruption in the saved run
             self.status = "interrupted"
             self._collect(case, test_id, name, specs, started_at, ["interrupted during the load"])
             raise
+        finally:
+            self.client_jobs.done(order)
+        ended_early = {
+            task.process: error
+            for rank, error in task_errors.items()
+            if rank < len(tasks) and (task := tasks[rank]) is not None
+        }
         return self._collect(case, test_id, name, specs, started_at, notes, ended_early)
 
     def _collect(
@@ -638,15 +703,20 @@ class Driver:
         summary["monitoring_samples"] = len(window.samples)
         return window.warnings
 
+    def _planned(self, case: LoadCase) -> list[LoadCase]:
+        """The levels the case's client job is to run (it lasts as long as they may take)."""
+        same = [c for c in self.planned or cases_for(self.recipe) if c.client == case.client]
+        return same or [case]
+
     def _watch(
         self,
         case: LoadCase,
-        handle: JobHandle,
+        order: LevelOrder,
         progress_paths: list[Path],
         endpoint: Endpoint | None,
     ) -> tuple[list[str], dict[int, str]]:
-        """Wait for the client job, showing progress; say what went wrong, lose nothing.
-        Returns the notes and, per client process that ended early, its error."""
+        """Wait for the client job to run the level, showing progress; say what went wrong,
+        lose nothing. Returns the notes and, per task of the job that ended early, its error."""
         assert self.executor is not None
         notes: list[str] = []
         service_died = False
@@ -667,22 +737,22 @@ class Driver:
             return f"{note}\n{endpoint.job.log_tail(LOG_TAIL_LINES, redactor=redactor)}"
 
         try:
-            while not handle.finished():
+            while not order.finished():
                 self._show_progress(case, progress_paths, final=False)
                 if not service_died and died():
                     service_died = True
                     notes.append(death_note())
                 time.sleep(PROGRESS_EVERY_S)
         finally:
-            if not handle.finished():
-                self.executor.cancel(handle)
+            if not order.finished():
+                self.executor.cancel(order.handle)
         self._show_progress(case, progress_paths, final=True)
         if not service_died and self._died_at_the_end(endpoint, progress_paths):
             notes.append(death_note())
-        errors = handle.task_errors()
+        errors = order.task_errors()
         if errors:
             redactor = self.run.redactor if self.run is not None else None
-            notes.append(handle.log_tail(LOG_TAIL_LINES, redactor=redactor))
+            notes.append(order.handle.log_tail(LOG_TAIL_LINES, redactor=redactor))
         return notes, errors
 
     def _died_at_the_end(self, endpoint: Endpoint | None, progress_paths: list[Path]) -> bool:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pytest_aifactory.cluster.base import JobHandle
     from pytest_aifactory.cluster.run_control import KeptService
+    from pytest_aifactory.cluster.run_records import PlanFingerprint
     from pytest_aifactory.services.base import HealthCheck
 
 
@@ -44,6 +45,8 @@ class Endpoint:
     """When the health check first passed."""
     client_env: dict[str, str] = field(default_factory=dict)
     """What clients of this service must be told (credentials, bucket, database name)."""
+    plan: PlanFingerprint | None = None
+    """What the run started (`services/fingerprint.py`), kept with the service for reuse."""
 
     def alive(self) -> bool:
         return self.job is None or not self.job.finished()

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from pytest_aifactory.cases import cases_for
+from pytest_aifactory.cases import LoadCase, cases_for
 from pytest_aifactory.cluster.slurm import SlurmError, effective_settings
 from pytest_aifactory.driver import Driver
 from pytest_aifactory.fixtures import aifactory, aifactory_load, aifactory_monitor
@@ -65,8 +65,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         const="latest",
         default=None,
         metavar="RUN",
-        help="use the services a run kept instead of starting new ones (default: the latest "
-        "run of this recipe whose kept services are healthy); write --reuse-services=RUN",
+        help="use services that runs kept instead of starting new ones, each only if its "
+        "whole plan (kind, model, args, env, resources...) is the recipe's (default: the "
+        "newest such of this recipe's runs); write --reuse-services=RUN",
     )
     group.addoption(
         "--compare",
@@ -105,6 +106,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         metavar="SECONDS",
         help="cancel a job still queued after this long and fail with Slurm's reason",
+    )
+    slurm.addoption(
+        "--slurm-mode",
+        dest="slurm_mode",
+        choices=("auto", "jobs", "allocation"),
+        default=None,
+        help="jobs: one sbatch job per service and client; allocation: srun steps of the "
+        "allocation the session runs in; auto (default): allocation inside one",
     )
     parser.addini("aifactory_recipe", "recipe used when --recipe is not given", default="")
 
@@ -215,6 +224,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("load_case", [pytest.param(None, marks=skip)], ids=["no-client"])
         return
     metafunc.parametrize("load_case", cases, ids=[c.id for c in cases])
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The cases selected to run (after -k, -m, --lf): a client's job is sized for its own."""
+    driver = session.config.stash.get(DRIVER_KEY, None)
+    if driver is None:
+        return
+    planned = []
+    for item in session.items:
+        callspec = getattr(item, "callspec", None)
+        case = callspec.params.get("load_case") if callspec is not None else None
+        if isinstance(case, LoadCase):
+            planned.append(case)
+    driver.planned = planned
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitCode) -> None:

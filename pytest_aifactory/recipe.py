@@ -45,6 +45,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from pytest_aifactory.cluster.base import gres_gpus
 from pytest_aifactory.loadgen.kinds import (
     all_metrics,
     client_kind_names,
@@ -73,6 +74,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _TIME_LIMIT = re.compile(r"^(\d+|\d+:\d{2}:\d{2}|\d+-\d{1,2}:\d{2}:\d{2})$")
 _MEMORY = re.compile(r"^\d+[KMGTkmgt]?$")
+_PARTITIONS = re.compile(r"^[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*$")
+_GRES = re.compile(r"^[A-Za-z][\w./-]*(:[\w.-]+)*(,[A-Za-z][\w./-]*(:[\w.-]+)*)*$")
 _VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{")
 _AT = "at_key"
 """Context key of a validation error that points below the value being validated."""
@@ -249,6 +252,10 @@ class SlurmSettings(_Section):
     pending_timeout_s: PositiveFloat = 300.0
     """A job still waiting in the queue after this long is cancelled and its start fails,
     naming Slurm's reason (no free nodes, a reservation, a begin time...)."""
+    mode: Literal["auto", "jobs", "allocation"] = "auto"
+    """`jobs`: one sbatch job per service and client; `allocation`: every job a step (`srun`)
+    of the allocation the session runs in (salloc, a batch job); `auto`: `allocation` when the
+    session runs inside one (SLURM_JOB_ID is set), else `jobs`."""
 
     @field_validator("time_limit", mode="before")
     @classmethod
@@ -267,6 +274,7 @@ SLURM_OVERRIDE_KEYS: tuple[str, ...] = (
     "time_limit",
     "setup",
     "pending_timeout_s",
+    "mode",
 )
 """The `platform.slurm` settings the command line may override (`--slurm-partition` ...);
 `setup` lines are added after the recipe's."""
@@ -317,7 +325,71 @@ class Health(_Section):
         return self
 
 
-class Service(_Section):
+class JobResourceKeys(_Section):
+    """What the Slurm job of a service or a client asks for, beside its nodes; each key becomes
+    the sbatch option of the same name. The local executor has nothing to ask and ignores them."""
+
+    partition: str | None = None
+    """default: `platform.slurm.partition`; a comma-separated list lets Slurm pick."""
+    cpus_per_task: PositiveInt | None = None
+    memory: Annotated[str | None, BeforeValidator(_as_text)] = None
+    """Memory per node as Slurm writes it: megabytes, or a number with K, M, G or T."""
+    gpus_per_node: NonNegativeInt = 0
+    """Slurm's `--gpus-per-node`; `gres` is the free-form alternative (`gpu:a100:4`)."""
+    gres: str | None = None
+    constraint: str | None = None
+    """Node features the job needs (`--constraint`), e.g. `a100&ib`."""
+    exclusive: bool = False
+    """Whole nodes for the job alone (`--exclusive`)."""
+
+    @field_validator("partition")
+    @classmethod
+    def _partition(cls, value: str | None) -> str | None:
+        if value is not None and not _PARTITIONS.match(value):
+            _fail(f"expected a partition name or a comma-separated list, got {describe(value)}")
+        return value
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: str | None) -> str | None:
+        if value is not None and not _MEMORY.match(value):
+            _fail(f"expected megabytes or a number with K, M, G or T (e.g. 64G), got {value!r}")
+        return value
+
+    @field_validator("gres")
+    @classmethod
+    def _gres(cls, value: str | None) -> str | None:
+        if value is not None and not _GRES.match(value):
+            _fail(
+                "expected Slurm's name[:type][:count] list, e.g. gpu:4 or gpu:a100:4,nvme:1, "
+                f"got {describe(value)}"
+            )
+        return value
+
+    @field_validator("constraint")
+    @classmethod
+    def _constraint(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or any(c.isspace() for c in value)):
+            _fail(f"expected node features without spaces, e.g. a100&ib, got {describe(value)}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_gpu_request(self) -> JobResourceKeys:
+        if self.gres is not None and self.gpus_per_node > 0:
+            _fail(
+                f"give gpus_per_node ({self.gpus_per_node}) or gres ({self.gres!r}), not both: "
+                "both ask Slurm for GPUs",
+                ("gres",),
+            )
+        return self
+
+    @property
+    def gpu_count(self) -> int:
+        """GPUs asked for on each node, by `gpus_per_node` or by `gres`."""
+        return self.gpus_per_node or (gres_gpus(self.gres) if self.gres else 0)
+
+
+class Service(JobResourceKeys):
     """A server the benchmark starts (or, for `external`, only uses)."""
 
     kind: ServiceKindName
@@ -331,16 +403,12 @@ class Service(_Section):
     args: list[Text] = Field(default_factory=list)
     env: dict[str, Text] = Field(default_factory=dict)
     nodes: PositiveInt = 1
-    gpus_per_node: NonNegativeInt = 0
     tensor_parallel_size: PositiveInt | None = None
     """kind vllm only: how many GPUs each layer is split over (vLLM's --tensor-parallel-size);
     default: `gpus_per_node`, or 1 without GPUs."""
     pipeline_parallel_size: PositiveInt | None = None
     """kind vllm only: how many stages the layers are split into (--pipeline-parallel-size);
-    default: `nodes`. Their product must be nodes x gpus_per_node when the service has GPUs."""
-    cpus_per_task: PositiveInt | None = None
-    memory: Annotated[str | None, BeforeValidator(_as_text)] = None
-    """Memory per node as Slurm writes it: megabytes, or a number with K, M, G or T."""
+    default: `nodes`. Their product must be nodes x GPUs per node when the service has GPUs."""
     host: str | None = None
     """Address to bind; None lets the executor choose (loopback locally, the node on Slurm)."""
     port: Port = "auto"
@@ -385,13 +453,6 @@ class Service(_Section):
         repeated = [flag for flag in given if flag in flags]
         if repeated:
             _fail(f"given twice: here and as {repeated[0]} in args (keep one)")
-        return value
-
-    @field_validator("memory")
-    @classmethod
-    def _memory(cls, value: str | None) -> str | None:
-        if value is not None and not _MEMORY.match(value):
-            _fail(f"expected megabytes or a number with K, M, G or T (e.g. 64G), got {value!r}")
         return value
 
     @field_validator("metrics")
@@ -552,8 +613,9 @@ class Load(_Section):
         return f"{self.levels_mode}-{_format_level(level)}"
 
 
-class ClientFields(_Section):
-    """A load generator aimed at one service; it runs as nodes x processes_per_node jobs.
+class ClientFields(JobResourceKeys):
+    """A load generator aimed at one service; it runs as one job of nodes x processes_per_node
+    tasks (`cpus_per_task` is per process).
 
     `service` may be left out only by kinds that work without one (`vectordb` with FAISS in
     the client job, `fio` on the client's file system). A kind with options reads its own
@@ -623,6 +685,36 @@ else:
 # -- monitoring and reports ---------------------------------------------------------------------
 
 
+MonitorComponentName = Literal["prometheus", "pushgateway", "node_exporter", "dcgm_exporter"]
+
+
+class MonitorComponent(_Section):
+    """Where one monitoring program comes from, for users without root or a package manager:
+    `path`, its binary (a release archive unpacked in the project's folder), or `image`, an
+    Apptainer/Singularity image holding it (`command`: the program inside the image, default
+    its usual name). Relative paths are relative to the recipe file."""
+
+    path: str | None = None
+    image: str | None = None
+    runtime: Literal["apptainer", "singularity"] = "apptainer"
+    binds: list[str] = Field(default_factory=list)
+    command: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MonitorComponent:
+        if (self.path is None) == (self.image is None):
+            _fail("give exactly one of path (a binary) or image (an Apptainer image)")
+        if self.path is not None:
+            for key in ("binds", "command"):
+                if getattr(self, key):
+                    _fail(f"{key} applies to an image, not to a path", (key,))
+        for key in ("path", "image"):
+            value = getattr(self, key)
+            if value is not None and not value.strip():
+                _fail("must not be empty", (key,))
+        return self
+
+
 class Monitor(_Section):
     """`prometheus: true` monitors the run: Prometheus where its binary exists (else the
     endpoints are scraped directly), a node exporter beside every service and client, a
@@ -630,13 +722,15 @@ class Monitor(_Section):
     Prometheus and the pushgateway (default: the run's partition). `gpu_exporter_port`: where
     a node's DCGM exporter answers (GPU sites run one as a system service); without one there,
     a job on a GPU node starts `dcgm-exporter` itself where the binary exists; null: no GPU
-    series."""
+    series. `components`: where each program comes from, before the environment
+    (`AIFACTORY_PROMETHEUS`...) and the PATH."""
 
     prometheus: bool = True
     scrape_interval_s: PositiveFloat = 1.0
     partition: str | None = None
     start_timeout_s: PositiveFloat = 60.0
     gpu_exporter_port: PortNumber | None = 9400
+    components: dict[MonitorComponentName, MonitorComponent] = Field(default_factory=dict)
 
 
 class ReportSettings(_Section):
@@ -948,6 +1042,7 @@ def resolve_paths(data: dict[str, Any], base_dir: Path) -> None:
             value = part.get(key)
             if isinstance(value, str) and value.strip() and "${" not in value:
                 part[key] = _absolute(value, base_dir)
+    _resolve_monitor_paths(data.get("monitor"), base_dir)
     services = data.get("services")
     if not isinstance(services, dict):
         return
@@ -966,6 +1061,21 @@ def resolve_paths(data: dict[str, Any], base_dir: Path) -> None:
         binds = container.get("binds")
         if isinstance(binds, list):
             container["binds"] = [_resolve_bind(bind, base_dir) for bind in binds]
+
+
+def _resolve_monitor_paths(monitor: Any, base_dir: Path) -> None:
+    """A monitoring component's binary, image and bind sources, like a service container's."""
+    components = monitor.get("components") if isinstance(monitor, dict) else None
+    for component in components.values() if isinstance(components, dict) else []:
+        if not isinstance(component, dict):
+            continue
+        for key in ("path", "image"):
+            value = component.get(key)
+            if isinstance(value, str) and value.strip() and "://" not in value:
+                component[key] = _absolute(value, base_dir)
+        binds = component.get("binds")
+        if isinstance(binds, list):
+            component["binds"] = [_resolve_bind(bind, base_dir) for bind in binds]
 
 
 def _resolve_bind(bind: Any, base_dir: Path) -> Any:

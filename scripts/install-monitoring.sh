@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs Prometheus, its node exporter, pushgateway and PostgreSQL exporter from the
-# distribution (Debian/Ubuntu) when they are missing and we may (root with apt). Without them
-# runs still work: the endpoints are scraped directly and the run says so (a PostgreSQL service
-# without the exporter has no server metrics).
+# distribution (Debian/Ubuntu) when they are missing and we may (root with apt). Without root
+# (a cluster's login node), name release binaries or Apptainer images instead, in the recipe
+# (monitor.components) or the environment (AIFACTORY_PROMETHEUS, AIFACTORY_PUSHGATEWAY,
+# AIFACTORY_NODE_EXPORTER, AIFACTORY_DCGM_EXPORTER): recipes/meluxina/*.yaml say how to get them.
+# Without any, runs still work: the endpoints are scraped directly and the run says which
+# programs did not run and why (a PostgreSQL service without the exporter has no server metrics).
 set -euo pipefail
 wanted=(prometheus prometheus-node-exporter prometheus-pushgateway prometheus-postgres-exporter)
 missing=()
@@ -11,7 +14,8 @@ for pkg in "${wanted[@]}"; do
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
-  echo "note: ${missing[*]} not installed (needs root and apt): runs will scrape metrics directly" >&2
+  echo "note: ${missing[*]} not installed (needs root and apt); name release binaries or images" \
+    "in the recipe's monitor.components or AIFACTORY_PROMETHEUS etc. (see docs/recipes.md)" >&2
   exit 0
 fi
 echo "installing ${missing[*]}..."

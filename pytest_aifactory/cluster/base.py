@@ -13,13 +13,25 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pytest_aifactory.cluster.rundir import RunDir
 from pytest_aifactory.redact import Redactor
 
 if TYPE_CHECKING:
     import submitit
+
+
+def gres_gpus(gres: str) -> int:
+    """GPUs per node a Slurm `--gres` request asks for: `gpu:4` and `gpu:a100:4` ask for 4, a
+    bare `gpu` or `gpu:a100` for one (Slurm's default count); other resources for none."""
+    total = 0
+    for item in gres.split(","):
+        name, *rest = item.strip().split(":")
+        if name.removeprefix("gres/") != "gpu":
+            continue
+        total += int(rest[-1]) if rest and rest[-1].isdigit() else 1
+    return total
 
 
 @dataclass(frozen=True)
@@ -29,11 +41,61 @@ class JobResources:
     nodes: int = 1
     tasks_per_node: int = 1
     gpus_per_node: int = 0
+    gres: str | None = None
+    """Free-form generic resources (`gpu:a100:4`), instead of `gpus_per_node`."""
     cpus_per_task: int | None = None
     memory: str | None = None
-    time_limit_min: int = 60
+    constraint: str | None = None
+    exclusive: bool = False
+    time_limit_min: int | None = None
+    """How long the job may run; None: the executor's default. Slurm never asks for more than
+    `platform.slurm.time_limit`."""
     partition: str | None = None
     """Overrides the run's partition (monitoring servers go to the recipe's monitor one)."""
+
+    @property
+    def gpus(self) -> int:
+        """GPUs asked for on each node, by `gpus_per_node` or by `gres`."""
+        return self.gpus_per_node or (gres_gpus(self.gres) if self.gres else 0)
+
+
+class JobLogs(Protocol):
+    """Where a job (or one task of it) writes its output."""
+
+    @property
+    def stdout(self) -> Path: ...
+
+    @property
+    def stderr(self) -> Path: ...
+
+
+class Job(Protocol):
+    """What the run needs of one submitted job: a submitit job (a local process tree or a
+    Slurm batch job) or a step inside an allocation (`slurm_steps.StepJob`) alike."""
+
+    @property
+    def job_id(self) -> str: ...
+
+    @property
+    def paths(self) -> JobLogs: ...
+
+    @property
+    def num_tasks(self) -> int: ...
+
+    @property
+    def state(self) -> str: ...
+
+    def done(self, force_check: bool = False) -> bool: ...
+
+    def task(self, task_id: int, /) -> Job:
+        """One task's view: its logs and how it ended."""
+        ...
+
+    def exception(self) -> BaseException | None:
+        """The job's error once it ended by raising; raises when it left no result (killed)."""
+        ...
+
+    def cancel(self, check: bool = True) -> None: ...
 
 
 class SubmitError(Exception):
@@ -86,7 +148,7 @@ class JobHandle:
 
     name: str
     role: str
-    job: submitit.Job[Any]
+    job: Job
     submitted_at: float = field(default_factory=time.time)
     pids: list[int] = field(default_factory=list)
     """Processes the job said it started (from its rendezvous), stopped by PID on cancel."""
@@ -182,10 +244,10 @@ class JobExecutor(abc.ABC):
 
     def _submit_job(
         self, fn: Callable[..., Any], args: tuple[Any, ...], name: str, resources: JobResources
-    ) -> submitit.Job[Any]:
+    ) -> Job:
         return self._executor(name, resources).submit(fn, *args)
 
-    def _handle(self, name: str, role: str, job: submitit.Job[Any]) -> JobHandle:
+    def _handle(self, name: str, role: str, job: Job) -> JobHandle:
         return JobHandle(name=name, role=role, job=job)
 
     def _submitted(self, handles: list[JobHandle]) -> None:

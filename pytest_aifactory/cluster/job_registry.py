@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_aifactory.cluster.run_records import (
+    SESSION_ROLE,
     JobRecord,
     ReusedService,
     RunRecord,
@@ -142,6 +143,7 @@ class JobRegistry:
             health_path=endpoint.health.http_path if endpoint.health else None,
             served_model=endpoint.served_model,
             metrics_url=endpoint.metrics_url,
+            plan=endpoint.plan,
         )
         self.save()
 
@@ -174,10 +176,12 @@ class JobRegistry:
                 index_run(self.record)
 
     def _merged(self, on_disk: RunRecord | None) -> RunRecord | None:
-        """The driver writes the run with the workers' jobs it finds in the file; a worker
-        replaces only its own jobs in the driver's record (and writes nothing without it)."""
+        """The driver writes the run with the workers' jobs it finds in the file (and the
+        batch job of `aifactory submit` it runs in); a worker replaces only its own jobs in the
+        driver's record (and writes nothing without it)."""
         if self.worker is None:
-            theirs = [j for j in on_disk.jobs if j.worker] if on_disk else []
+            kept = on_disk.jobs if on_disk else []
+            theirs = [j for j in kept if j.worker or j.role == SESSION_ROLE]
             return self.record.model_copy(update={"jobs": [*self.record.jobs, *theirs]})
         if on_disk is None:
             return None

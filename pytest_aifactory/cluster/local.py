@@ -9,14 +9,15 @@ signals a process whose start time is still the recorded one.
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from pytest_aifactory.cluster.base import JobExecutor, JobHandle, JobResources
+from pytest_aifactory.cluster.base import JobExecutor, JobHandle, JobResources, SubmitError
 
 if TYPE_CHECKING:
     import submitit
@@ -32,6 +33,9 @@ STRAGGLER_WAIT_S = 2.0
 """What is left of a job's process tree after its grace gets SIGTERM and this long again before
 SIGKILL; the same again to see the SIGKILL done."""
 CREATE_TIME_TOLERANCE_S = 0.05
+VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
+DEFAULT_TIME_LIMIT_MIN = 60
+"""A local job that was given no time limit of its own is stopped after this long."""
 
 
 def same_process(
@@ -113,6 +117,29 @@ def _process(pid: int) -> psutil.Process | None:
         return None
 
 
+def local_gpus(requested: int, environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """submitit's parameters for a job's GPUs. submitit sets every local job's
+    `CUDA_VISIBLE_DEVICES` itself, to the first `gpus_per_node` of `visible_gpus` (else of
+    0, 1, ...), and to none for a job that asks for none: so a job that asks for GPUs gets the
+    first of those the driver was given, and a job that asks for more than there are fails."""
+    if requested == 0:
+        return {}
+    given = environ.get(VISIBLE_DEVICES)
+    if given is None:
+        return {"gpus_per_node": requested}
+    devices = [device.strip() for device in given.split(",") if device.strip()]
+    if not all(device.isdigit() for device in devices):
+        raise SubmitError(
+            f"{VISIBLE_DEVICES}={given}: local jobs need GPU indices (0,1,...) to share out"
+        )
+    if len(devices) < requested:
+        raise SubmitError(
+            f"{requested} GPU(s) per node asked for, but {VISIBLE_DEVICES}={given} gives this "
+            f"machine {len(devices)}"
+        )
+    return {"gpus_per_node": requested, "visible_gpus": tuple(int(d) for d in devices)}
+
+
 class LocalJobExecutor(JobExecutor):
     """Each job is a child process tree of the driver; cancelling stops the whole tree."""
 
@@ -125,8 +152,9 @@ class LocalJobExecutor(JobExecutor):
         executor = submitit.LocalExecutor(folder=self.run.jobs_dir / job_name)
         # one machine: every node's processes are tasks of the one local job
         executor.update_parameters(
-            timeout_min=resources.time_limit_min,
+            timeout_min=resources.time_limit_min or DEFAULT_TIME_LIMIT_MIN,
             tasks_per_node=resources.nodes * resources.tasks_per_node,
+            **local_gpus(resources.gpus),
         )
         return executor
 

@@ -195,11 +195,14 @@ def kept_services(record: RunRecord) -> dict[str, KeptService]:
 
 def find_kept_services(
     recipe_name: str, ref: str | None, exclude: Path | None = None
-) -> tuple[dict[str, KeptService], str]:
-    """Services to reuse, and a line saying where they come from (or why there are none).
+) -> tuple[dict[str, list[KeptService]], str]:
+    """Services a session may reuse, by recipe service name, newest first, and a line saying
+    where they come from (or why there are none). Which one is used, if any, is the service
+    manager's choice: the first whose plan matches the recipe's and that answers its health
+    check.
 
-    With a run reference, that run's kept services; without one, those of the latest run of the
-    same recipe whose kept services answer their health check.
+    With a run reference, that run's kept services; without one, those of every run of the
+    same recipe that kept services still running.
     """
     if ref and ref != "latest":
         try:
@@ -209,16 +212,23 @@ def find_kept_services(
         found = kept_services(record)
         if not found:
             return {}, f"run {record.run_id} has no kept services running"
-        return found, f"reusing services kept by run {record.run_id}"
+        return {name: [kept] for name, kept in found.items()}, (
+            f"reusing services kept by run {record.run_id} where they match this recipe"
+        )
+    candidates: dict[str, list[KeptService]] = {}
+    runs: list[str] = []
     for entry in reversed(list_runs()):
         if entry.recipe != recipe_name or not entry.kept_services:
             continue
         if exclude is not None and Path(entry.run_dir) == exclude:
             continue
         candidate = read_run(Path(entry.run_dir))
-        if candidate is None:
-            continue
-        found = kept_services(candidate)
-        if any(kept.healthy() for kept in found.values()):
-            return found, f"reusing services kept by run {candidate.run_id}"
-    return {}, f"no run of recipe '{recipe_name}' has kept services that are healthy"
+        found = kept_services(candidate) if candidate is not None else {}
+        for name, kept in found.items():
+            candidates.setdefault(name, []).append(kept)
+        if found:
+            runs.append(entry.run_id)
+    if not candidates:
+        return {}, f"no run of recipe '{recipe_name}' has kept services running"
+    by = f"run {runs[0]}" if len(runs) == 1 else f"runs {', '.join(runs)}"
+    return candidates, f"reusing services kept by {by} where they match this recipe"

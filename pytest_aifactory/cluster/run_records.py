@@ -13,12 +13,13 @@ import contextlib
 import datetime as dt
 import json
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
-from filelock import FileLock
+from filelock import SoftFileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field
 
 from pytest_aifactory.atomic import write_text_atomic
@@ -29,6 +30,8 @@ INDEX_FILE = "runs.json"
 RECORD_FORMAT = 1
 MAX_INDEX_RUNS = 1000
 LOCK_TIMEOUT_S = 30.0
+ABANDONED_LOCK_S = 5.0
+"""A writer names itself in its lock file at once: an empty one this old was abandoned."""
 
 TERMINAL_STATES = frozenset(
     {
@@ -89,6 +92,14 @@ class ProcessRef(_Record):
     cmdline: list[str] = Field(default_factory=list)
 
 
+class PlanFingerprint(_Record):
+    """A service's plan as a later session compares it before reusing the service: one salted
+    hash per field, never the values (`services/fingerprint.py`)."""
+
+    salt: str
+    fields: dict[str, str] = Field(default_factory=dict)
+
+
 class ServiceRecord(_Record):
     """Enough of a healthy service to check it again and to hand it to a later session."""
 
@@ -101,6 +112,13 @@ class ServiceRecord(_Record):
     """None: a TCP connect is the health check."""
     served_model: str | None = None
     metrics_url: str | None = None
+    plan: PlanFingerprint | None = None
+    """None: a service started by a version that did not record it (never reused)."""
+
+
+SESSION_ROLE = "session"
+"""The role of the batch job `aifactory submit` runs the whole session in: recorded before the
+session starts, kept when the session records its own jobs."""
 
 
 class JobRecord(_Record):
@@ -204,8 +222,38 @@ def jobs_path(run_dir: Path) -> Path:
     return run_dir / JOBS_FILE
 
 
-def _lock(path: Path) -> FileLock:
-    return FileLock(path.parent / f".{path.name}.lock", timeout=LOCK_TIMEOUT_S, mode=0o600)
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """A lock file made with O_EXCL, not `flock`: run folders live on Lustre or NFS, where
+    `flock` may be off or only node-local, while an exclusive create is atomic for every
+    client. The file names its holder (PID, host): a holder that died on this host is replaced
+    at once; one that died on another host holds it until LOCK_TIMEOUT_S, then the error names
+    the file to remove. A holder killed between creating the file and naming itself leaves it
+    empty, naming nobody: such a file older than ABANDONED_LOCK_S is removed."""
+    lock_path = path.parent / f".{path.name}.lock"
+    deadline = time.monotonic() + LOCK_TIMEOUT_S
+    while True:
+        _remove_abandoned(lock_path)
+        wait_s = min(1.0, max(0.0, deadline - time.monotonic()))
+        lock = SoftFileLock(lock_path, timeout=wait_s, mode=0o600)
+        try:
+            lock.acquire()
+        except Timeout:
+            if time.monotonic() >= deadline:
+                raise
+            continue
+        try:
+            yield
+        finally:
+            lock.release()
+        return
+
+
+def _remove_abandoned(lock_path: Path) -> None:
+    with contextlib.suppress(OSError):
+        info = lock_path.stat()
+        if info.st_size == 0 and time.time() - info.st_mtime > ABANDONED_LOCK_S:
+            lock_path.unlink()
 
 
 def read_run(run_dir: Path) -> RunRecord | None:

@@ -20,6 +20,10 @@ from pytest_aifactory.redact import Redactor
 HEARTBEAT_INTERVAL_S = 5.0
 HEARTBEAT_STALE_S = 60.0
 """A job whose driver has not touched the heartbeat for this long considers the driver gone."""
+SUBMITTED_RUN_ENV = "AIFACTORY_RUN_DIR"
+"""Set by `aifactory submit` for the session it submits: the run folder it made and recorded
+before the job started, so that the run is visible while it waits in the queue."""
+RUN_SUBFOLDERS = ("jobs", "rendezvous", "records", "progress", "logs")
 
 
 def make_run_id(recipe_name: str, now: dt.datetime | None = None) -> str:
@@ -57,9 +61,21 @@ class RunDir:
             root = report_dir / f"{run_id}-{suffix}"
         private_mkdir(root)
         run = cls(root=root, run_id=root.name)
-        for sub in ("jobs", "rendezvous", "records", "progress", "logs"):
+        for sub in RUN_SUBFOLDERS:
             private_mkdir(root / sub)
         return run
+
+    @classmethod
+    def submitted(cls) -> RunDir | None:
+        """The folder `aifactory submit` made for this session, if it made one; taken out of
+        the environment, so that nothing the session starts inherits it."""
+        given = os.environ.pop(SUBMITTED_RUN_ENV, "")
+        if not given:
+            return None
+        root = Path(given)
+        for sub in RUN_SUBFOLDERS:
+            private_mkdir(root / sub)
+        return cls(root=root, run_id=root.name)
 
     @classmethod
     def open(cls, root: Path) -> RunDir:

@@ -12,6 +12,7 @@ Slurm's commands (squeue, sinfo, scancel) are run and read by `slurm_commands.py
 
 from __future__ import annotations
 
+import datetime
 import math
 import re
 import shutil
@@ -25,11 +26,18 @@ from typing import TYPE_CHECKING, Any
 import submitit
 from pydantic import ValidationError
 
-from pytest_aifactory.cluster.base import JobExecutor, JobHandle, JobResources, SubmitError
+from pytest_aifactory.cluster.base import Job, JobExecutor, JobHandle, JobResources, SubmitError
 from pytest_aifactory.cluster.local import JOB_STOP_GRACE_S
 from pytest_aifactory.cluster.node import LOOPBACK
 from pytest_aifactory.cluster.rundir import RunDir
-from pytest_aifactory.cluster.slurm_commands import QueueEntry, partitions, scancel, squeue
+from pytest_aifactory.cluster.slurm_commands import (
+    QueueEntry,
+    expected_start,
+    partitions,
+    scancel,
+    squeue,
+)
+from pytest_aifactory.job_time import minutes, session_seconds
 from pytest_aifactory.recipe import SLURM_OVERRIDE_KEYS, SlurmSettings
 from pytest_aifactory.services.launch import AUTO_HOST, ServiceLaunch
 
@@ -87,13 +95,32 @@ def effective_settings(
         raise SlurmError(f"invalid Slurm setting: {problems}") from None
 
 
+NO_REQUEUE = "no_requeue"
+"""sbatch's `--no-requeue`, on every job unless `platform.slurm.additional` says otherwise: a
+requeued client would run its level again into the same records, and a requeued service comes
+back on another node after the driver has read its address. (submitit also requeues a job
+itself when it gets its preemption signal, by `scontrol requeue`, which Slurm then refuses.)"""
+
+
+def _requeue_left_to_us(additional: Mapping[str, Any]) -> bool:
+    """`requeue: true` asks for requeueing, any `no-requeue` decides for itself; `requeue:
+    false` (leave the option out) still gets `--no-requeue`."""
+    if additional.get("requeue", False) is not False:
+        return False
+    return not {"no_requeue", "no-requeue"} & set(additional)
+
+
 def sbatch_parameters(
     settings: SlurmSettings, resources: JobResources, job_name: str
 ) -> dict[str, Any]:
-    """submitit's SlurmExecutor parameters for one job."""
+    """submitit's SlurmExecutor parameters for one job. Its time limit is the job's own when it
+    has one (`job_time`), never above `platform.slurm.time_limit`; GPUs are asked for as
+    `--gpus-per-node` (or the recipe's free-form `--gres`)."""
+    ceiling = time_limit_minutes(settings.time_limit)
+    own = resources.time_limit_min
     params: dict[str, Any] = {
         "job_name": job_name,
-        "time": time_limit_minutes(settings.time_limit),
+        "time": min(own, ceiling) if own else ceiling,
         "nodes": resources.nodes,
         "ntasks_per_node": resources.tasks_per_node,
     }
@@ -105,28 +132,42 @@ def sbatch_parameters(
         params["partition"] = resources.partition
     if resources.gpus_per_node:
         params["gpus_per_node"] = resources.gpus_per_node
+    if resources.gres:
+        params["gres"] = resources.gres
     if resources.cpus_per_task:
         params["cpus_per_task"] = resources.cpus_per_task
     if resources.memory:
         params["mem"] = resources.memory
+    if resources.constraint:
+        params["constraint"] = resources.constraint
+    if resources.exclusive:
+        params["exclusive"] = True
     if settings.setup:
         params["setup"] = list(settings.setup)
-    additional = {
-        key: value if value is True else str(value)
+    additional: dict[str, Any] = {}
+    if _requeue_left_to_us(settings.additional):
+        additional[NO_REQUEUE] = True
+    additional.update(
+        (key, value if value is True else str(value))
         for key, value in settings.additional.items()
         if value is not False
-    }
+    )
     if additional:
         params["additional_parameters"] = additional
     return params
 
 
 def for_cluster(
-    recipe: Recipe | None, args: tuple[Any, ...], resources: JobResources
+    recipe: Recipe | None,
+    args: tuple[Any, ...],
+    resources: JobResources,
+    pending_timeout_s: float = SlurmSettings().pending_timeout_s,
 ) -> tuple[tuple[Any, ...], JobResources]:
     """A service job's orders for a cluster node: bind to the node's own address unless the
-    recipe names a host, run in the recipe's container if it has one, and ask for the CPUs and
-    memory the recipe gives the service. Other jobs' arguments pass unchanged."""
+    recipe names a host, run in the recipe's container if it has one, and last no longer than
+    the session may (`job_time.session_seconds`, with jobs waiting up to `pending_timeout_s`
+    in the queue); a service kept for later sessions (no driver heartbeat to follow) keeps the
+    recipe's whole time limit. Other jobs' arguments pass unchanged."""
     if recipe is None:
         return args, resources
     prepared: list[Any] = []
@@ -140,22 +181,47 @@ def for_cluster(
             changes["host"] = AUTO_HOST
         if service.container is not None and arg.container is None:
             changes["container"] = service.container
-            changes["gpus"] = service.gpus_per_node > 0
+            changes["gpus"] = service.gpu_count > 0
         prepared.append(replace(arg, **changes))
-        resources = replace(
-            resources,
-            cpus_per_task=resources.cpus_per_task or service.cpus_per_task,
-            memory=resources.memory or service.memory,
-        )
+        if arg.heartbeat_path is not None and resources.time_limit_min is None:
+            session = minutes(session_seconds(recipe, pending_timeout_s))
+            resources = replace(resources, time_limit_min=session)
     return tuple(prepared), resources
 
 
-def check_partition(name: str) -> None:
-    """A misspelt partition fails before any job is submitted, listing the real ones (when sinfo
-    cannot say, sbatch will)."""
+def check_partitions(named: Mapping[str, str]) -> None:
+    """A misspelt partition fails before any job is submitted, naming its recipe key and
+    listing the real ones (when sinfo cannot say, sbatch will). `named`: recipe key ->
+    partition, or a comma-separated list of them."""
+    if not named:
+        return
     known = partitions()
-    if known and name not in known:
-        raise SlurmError(f"Slurm has no partition '{name}' (partitions: {', '.join(known)})")
+    if not known:
+        return
+    problems = [
+        f"{key}: Slurm has no partition '{name}'"
+        for key, value in named.items()
+        for name in value.split(",")
+        if name not in known
+    ]
+    if problems:
+        raise SlurmError(f"{'; '.join(problems)} (partitions: {', '.join(known)})")
+
+
+def run_partitions(recipe: Recipe | None, settings: SlurmSettings) -> dict[str, str]:
+    """The partitions a run's jobs may go to, by the recipe key that names each."""
+    named: dict[str, str] = {}
+    if settings.partition:
+        named["platform.slurm.partition"] = settings.partition
+    if recipe is None:
+        return named
+    for section, entries in (("services", recipe.services), ("clients", recipe.clients)):
+        for name, entry in entries.items():
+            if entry.partition:
+                named[f"{section}.{name}.partition"] = entry.partition
+    if recipe.monitor.partition:
+        named["monitor.partition"] = recipe.monitor.partition
+    return named
 
 
 class SlurmQueue:
@@ -199,6 +265,81 @@ class SlurmQueue:
         return entries
 
 
+WAIT_REASONS: dict[str, str] = {
+    "Resources": "the nodes, CPUs, memory or GPUs it asks for are in use",
+    "Priority": "jobs of higher priority go first",
+    "ReqNodeNotAvail": "a node it needs is down, drained or reserved",
+    "BeginTime": "its start time has not come",
+    "Dependency": "it waits for another job",
+    "Reservation": "it waits for its reservation",
+    "PartitionTimeLimit": "its time limit is above the partition's",
+    "PartitionNodeLimit": "it asks for more nodes than the partition allows",
+    "PartitionDown": "the partition is down",
+    "PartitionInactive": "the partition is inactive",
+    "BadConstraints": "no node has the features it asks for (constraint)",
+    "JobHeldUser": "it is held (scontrol release)",
+    "JobHeldAdmin": "an administrator holds it",
+}
+"""What Slurm's commonest reasons for waiting mean."""
+WAIT_REASON_FAMILIES: dict[str, str] = {
+    "QOS": "a limit of its quality of service is reached",
+    "Assoc": "a limit of its account is reached",
+}
+"""Reasons by their first word: `QOSMaxJobsPerUserLimit`, `AssocGrpGRES`..."""
+
+
+def explain_reason(reason: str) -> str:
+    """`Resources` -> `Resources (the nodes, ... are in use)`; an unknown reason as it is."""
+    meaning = WAIT_REASONS.get(reason)
+    for prefix, family in WAIT_REASON_FAMILIES.items():
+        if meaning is None and reason.startswith(prefix):
+            meaning = family
+    return f"{reason} ({meaning})" if meaning else reason or "none given"
+
+
+def describe_start(start: str | None, now: datetime.datetime) -> str:
+    """squeue's `%S` for a waiting job as `2026-12-02T15:00:00 (in 42 min)`; `now` in the
+    cluster's local time, as `%S` is."""
+    try:
+        when = datetime.datetime.fromisoformat(start or "")
+    except ValueError:
+        return "unknown (Slurm has not planned it)"
+    seconds = (when - now).total_seconds()
+    if seconds < 60:
+        return f"{start} (any moment now)"
+    whole = math.ceil(seconds / 60)
+    days, rest = divmod(whole, 24 * 60)
+    hours, mins = divmod(rest, 60)
+    parts = [
+        f"{days} d" if days else "",
+        f"{hours} h" if hours else "",
+        f"{mins} min" if mins else "",
+    ]
+    return f"{start} (in {' '.join(p for p in parts if p)})"
+
+
+def pending_message(
+    job_id: str, waited_s: float, reason: str, start: str | None, now: datetime.datetime
+) -> str:
+    """Why a job that did not start in time was cancelled, and what the user can do."""
+    return (
+        f"job {job_id} never started: still queued after {waited_s:.0f} s "
+        f"(platform.slurm.pending_timeout_s), Slurm's reason: {explain_reason(reason)}, "
+        f"estimated start: {describe_start(start, now)}; cancelled. Raise pending_timeout_s "
+        "(or --slurm-pending-timeout) to wait longer, or ask for less (nodes, GPUs, memory, "
+        "time) or another partition"
+    )
+
+
+def requeued_message(job_id: str, reason: str) -> str:
+    return (
+        f"job {job_id} was requeued by Slurm after it had started (Slurm's reason: "
+        f"{explain_reason(reason)}); cancelled: run again, it would repeat its work into the "
+        "same records. Jobs are submitted with --no-requeue unless platform.slurm.additional "
+        "sets requeue: true"
+    )
+
+
 @dataclass
 class SlurmJobHandle(JobHandle):
     """A Slurm job: its state from squeue, and given up when it stays pending too long."""
@@ -206,7 +347,9 @@ class SlurmJobHandle(JobHandle):
     queue: SlurmQueue | None = None
     pending_timeout_s: float = math.inf
     gave_up: str | None = None
-    """Why the job was cancelled before it ever ran."""
+    """Why the job was cancelled before it ran (or ran again)."""
+    ran: bool = False
+    """squeue once listed it as started: pending again means Slurm requeued it."""
     _cancel: Callable[[SlurmJobHandle], None] | None = field(default=None, repr=False)
 
     @property
@@ -217,13 +360,14 @@ class SlurmJobHandle(JobHandle):
     def stderr_path(self) -> Path:
         return Path(self._first_task().paths.stderr)
 
-    def _first_task(self) -> submitit.Job[Any]:
+    def _first_task(self) -> Job:
         """A job over several nodes logs per task: rank 0's log is the one to show."""
         return self.job.task(0) if self.job.num_tasks > 1 else self.job
 
     def finished(self) -> bool:
         """Done once squeue no longer lists the job. A job still pending after
-        `pending_timeout_s` is cancelled here and counts as done, `gave_up` saying why."""
+        `pending_timeout_s`, or requeued after it started, is cancelled here and counts as
+        done, `gave_up` saying why."""
         if self.gave_up is not None:
             return True
         if self.queue is None:
@@ -234,20 +378,29 @@ class SlurmJobHandle(JobHandle):
         entry = entries.get(self.job_id)
         if entry is None:
             return True
-        if entry.state == "PENDING" and time.time() - self.submitted_at > self.pending_timeout_s:
-            self.gave_up = (
-                f"job {self.job_id} never started: still queued after "
-                f"{self.pending_timeout_s:g} s (pending_timeout_s), Slurm's reason: "
-                f"{entry.reason}; cancelled"
-            )
-            if self._cancel is not None:
-                self._cancel(self)
-            return True
+        requeued = entry.state.startswith("REQUEUE") or (self.ran and entry.state == "PENDING")
+        if requeued:  # its restart would refuse to run (`cluster.restart`): not waited for
+            self.ran = True
+            return self._give_up(requeued_message(self.job_id, entry.reason))
+        if entry.state != "PENDING":
+            self.ran = True
+            return False
+        waited = time.time() - self.submitted_at
+        if waited > self.pending_timeout_s:
+            start = expected_start(self.job_id)
+            now = datetime.datetime.now()
+            return self._give_up(pending_message(self.job_id, waited, entry.reason, start, now))
         return False
+
+    def _give_up(self, why: str) -> bool:
+        self.gave_up = why
+        if self._cancel is not None:
+            self._cancel(self)
+        return True
 
     def state(self) -> str:
         if self.gave_up is not None:
-            return "CANCELLED (never started)"
+            return "CANCELLED (requeued)" if self.ran else "CANCELLED (never started)"
         entry = self.queue.entry(self.job_id) if self.queue is not None else None
         if entry is not None:
             reason = entry.reason if entry.reason not in ("", "None") else ""
@@ -276,8 +429,7 @@ class SlurmJobExecutor(JobExecutor):
             raise SlurmError("Slurm's sbatch is not on PATH: run on a Slurm login node")
         self.recipe = recipe
         self.settings = effective_settings(recipe, overrides)
-        if self.settings.partition:
-            check_partition(self.settings.partition)
+        check_partitions(run_partitions(recipe, self.settings))
         self.queue = SlurmQueue()
         self.job_ids: list[str] = []
         """Every job this run submitted, in order: nothing of it may be left at the end."""
@@ -292,7 +444,7 @@ class SlurmJobExecutor(JobExecutor):
         )
         return executor
 
-    def _handle(self, name: str, role: str, job: submitit.Job[Any]) -> SlurmJobHandle:
+    def _handle(self, name: str, role: str, job: Job) -> SlurmJobHandle:
         self.job_ids.append(str(job.job_id))
         self.queue.watch(str(job.job_id))
         return SlurmJobHandle(
@@ -306,9 +458,9 @@ class SlurmJobExecutor(JobExecutor):
 
     def _submit_job(
         self, fn: Callable[..., Any], args: tuple[Any, ...], name: str, resources: JobResources
-    ) -> submitit.Job[Any]:
+    ) -> Job:
         """The job in a cluster node's terms (`for_cluster`); sbatch's refusal in a sentence."""
-        args, resources = for_cluster(self.recipe, args, resources)
+        args, resources = for_cluster(self.recipe, args, resources, self.settings.pending_timeout_s)
         executor = self._executor(name, resources)
         try:
             return executor.submit(fn, *args)

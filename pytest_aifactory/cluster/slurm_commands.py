@@ -25,6 +25,8 @@ SQUEUE_FORMAT = "%i|%T|%N|%r"
 ENDED = "ENDED"
 """The state of a job neither `squeue` nor `sacct` knows (any more)."""
 
+_STEP_ID = re.compile(r"^\d+(?:_\d+)?\.\d+$")
+"""A job step: `12.3` (an array task's step: `12_4.3`)."""
 _ARRAY_ID = re.compile(r"^(?P<array>\d+)_(?:(?P<task>\d+)|\[(?P<tasks>[\d,\-]+)(?:%\d+)?\])$")
 
 
@@ -153,6 +155,18 @@ def squeue(job_ids: Sequence[str]) -> dict[str, QueueEntry] | None:
     return parse_squeue(text)
 
 
+def expected_start(job_id: str) -> str | None:
+    """When Slurm expects a waiting job to start (`squeue`'s `%S`: `2026-12-02T15:00:00` in the
+    cluster's local time, or `N/A` when the scheduler has not planned it yet); None when
+    Slurm gives no answer."""
+    try:
+        text = run_slurm(["squeue", "-h", f"--jobs={job_id}", "-o", "%S"])
+    except SlurmCommandError:
+        return None
+    lines = text.split()
+    return lines[0] if lines else None
+
+
 def expand_nodelist(nodelist: str) -> list[str]:
     """`gpu[01-02],cpu1` -> gpu01, gpu02, cpu1 (by `scontrol show hostnames`); the list as it is
     when scontrol cannot say."""
@@ -175,7 +189,13 @@ class SlurmState:
 
 def job_states(job_ids: Sequence[str]) -> dict[str, SlurmState] | None:
     """States of Slurm jobs: `squeue` for those waiting or running, `sacct` for those that
-    ended, ENDED for those neither knows. None when Slurm cannot be asked from here."""
+    ended, ENDED for those neither knows. None when Slurm cannot be asked from here. A job
+    step (`12.3`, a job run in an allocation) is asked about as a step."""
+    steps = [job_id for job_id in job_ids if _STEP_ID.match(job_id)]
+    if steps:
+        jobs = job_states([job_id for job_id in job_ids if job_id not in steps])
+        stepped = step_states(steps)
+        return None if jobs is None or stepped is None else {**jobs, **stepped}
     if not job_ids:
         return {}
     queued = _queued(job_ids)
@@ -196,6 +216,33 @@ def job_states(job_ids: Sequence[str]) -> dict[str, SlurmState] | None:
             ended = {}
         for job_id in missing:
             found[job_id] = SlurmState(ended.get(job_id, ENDED), [])
+    return found
+
+
+def step_states(step_ids: Sequence[str]) -> dict[str, SlurmState] | None:
+    """States of job steps (`12.3`): RUNNING while `squeue --steps` lists them, then as
+    `sacct` recorded their end (a step has no state of its own in squeue, nor a queue)."""
+    try:
+        text = run_slurm(["squeue", "-h", f"--steps={','.join(step_ids)}", "-o", "%i|%N"])
+    except SlurmCommandError as err:
+        if not err.unknown_job:
+            return None
+        text = ""
+    found: dict[str, SlurmState] = {}
+    for line in text.splitlines():
+        step_id, _, nodelist = line.strip().partition("|")
+        if step_id in step_ids:
+            found[step_id] = SlurmState("RUNNING", expand_nodelist(nodelist))
+    missing = [step_id for step_id in step_ids if step_id not in found]
+    if missing:
+        try:
+            ended = parse_sacct(
+                run_slurm(["sacct", "-n", "-P", "-j", ",".join(missing), "-o", "JobID,State"])
+            )
+        except SlurmCommandError:
+            ended = {}
+        for step_id in missing:
+            found[step_id] = SlurmState(ended.get(step_id, ENDED), [])
     return found
 
 

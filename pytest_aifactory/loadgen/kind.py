@@ -54,6 +54,13 @@ class KindOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
+    def level_seconds(self, load_s: float) -> float:
+        """The longest one process may take at one level, given `load_s`, what the recipe's
+        load keys allow (warmup, requests or duration, the last requests' timeout). A kind with
+        timing or set-up of its own (fio's runtime, loading a vector collection) says so here:
+        a cluster job's time limit is made from it, and a limit too short kills the level."""
+        return load_s
+
 
 ByteSize = Annotated[str | int, Field(examples=["4k", "1M", 1048576])]
 """A size as fio and S3 users write it: bytes, or a number with k, M, G (powers of 1024)."""

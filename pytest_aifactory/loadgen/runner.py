@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_aifactory.cluster.node import LOOPBACK, in_slurm_job, node_address, node_name
+from pytest_aifactory.cluster.restart import refuse_restart
 from pytest_aifactory.cluster.rundir import driver_gone
 from pytest_aifactory.loadgen.barrier import agreed_start
 from pytest_aifactory.loadgen.kinds import get_client_kind
@@ -70,16 +71,17 @@ def validate(spec: LoadSpec) -> None:
         raise ValueError(f"max_concurrency must be at least 1, got {spec.max_concurrency}")
 
 
-def run_load_task(specs: list[LoadSpec]) -> dict[str, Any]:
+def run_load_task(specs: list[LoadSpec | None]) -> dict[str, Any]:
     """Entry point of a fanned-out client job: every task of the job (one per node and process)
-    runs the spec of its global rank, and records which node it ran on."""
+    runs the spec of its global rank (`cases.place`), and records which node it ran on."""
+    refuse_restart("client job", "a second run would send its load again into the same records")
     # deferred: submitit is slow to import and only the tasks of a fanned-out job need it
     import submitit
 
     rank = submitit.JobEnvironment().global_rank
-    if rank >= len(specs):
+    spec = specs[rank] if rank < len(specs) else None
+    if spec is None:
         return {"idle": True}  # more tasks than processes with a share of the load
-    spec = specs[rank]
     node = os.environ.get("SLURMD_NODENAME") or os.uname().nodename
     with _node_exporter(spec):
         return run_load(dataclasses.replace(spec, node=node))

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from pytest_aifactory.monitor.layout import monitor_dir, read_endpoints
+from pytest_aifactory.monitor.layout import monitor_dir, read_endpoints, tsdb_dir
 from pytest_aifactory.monitor.prometheus_config import duration
 from pytest_aifactory.monitor.series import (
     CLIENT_SERIES,
@@ -76,10 +76,6 @@ def dashboard_path(run_root: Path) -> Path:
 def provisioning_dir(run_root: Path) -> Path:
     """What `GF_PATHS_PROVISIONING` points at."""
     return grafana_dir(run_root) / "provisioning"
-
-
-def tsdb_dir(run_root: Path) -> Path:
-    return monitor_dir(run_root) / "tsdb"
 
 
 def replay_config_path(run_root: Path) -> Path:

@@ -23,6 +23,11 @@ def targets_dir(run_root: Path, group: str) -> Path:
     return monitor_dir(run_root) / "targets" / group
 
 
+def tsdb_dir(run_root: Path) -> Path:
+    """Prometheus's database, copied here from the node's local disk when the run ends."""
+    return monitor_dir(run_root) / "tsdb"
+
+
 def metrics_parts_dir(run_root: Path) -> Path:
     """One parquet file per test window, merged into `metrics.parquet` when the run is saved."""
     return monitor_dir(run_root) / "metrics"

@@ -3,32 +3,44 @@
 
 A node of a cluster is usually allocated to one job at a time, so the exporter cannot be a job
 of its own: it runs as a child of the service or client task already there. Several tasks on one
-node agree through a lock file that only one of them runs it; the lock is held for the life of
-the task that started it (the kernel releases it however that task ends).
+node agree that only one of them runs it through a lock held by the node's kernel
+(`cluster/node_lock.py`), not a file in the run folder, which may be on Lustre without `flock`;
+the lock is held for the life of the task that started it and freed however that task ends.
+Each task that runs the exporters writes what ran on its node, and why not, for the summary.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from pytest_aifactory.cluster.child import first_on_path, start_quiet_child, stop_child
+from pytest_aifactory.cluster.child import start_quiet_child, stop_child
+from pytest_aifactory.cluster.node_lock import node_lock
 from pytest_aifactory.cluster.rendezvous import free_port
+from pytest_aifactory.monitor.components import (
+    DCGM_EXPORTER,
+    NODE_EXPORTER,
+    ComponentSource,
+    ComponentStatus,
+    Missing,
+    Program,
+    locate,
+    write_node_status,
+)
 from pytest_aifactory.monitor.gpu_exporter import DEFAULT_PORT as DEFAULT_GPU_PORT
 from pytest_aifactory.monitor.gpu_exporter import gpu_exporter
-from pytest_aifactory.monitor.layout import monitor_dir
 from pytest_aifactory.monitor.targets import Target, base_labels, remove_target, write_target
 
-BINARIES = ("prometheus-node-exporter", "node_exporter")
 COLLECTORS = ("cpu", "meminfo", "loadavg", "netdev", "diskstats", "stat", "pressure")
 """Only what the run's charts use: the full default set costs CPU on a busy node every second."""
+STARTUP_S = 15.0
+"""How long the exporter may take to answer (from an image: the container starts first)."""
 
 
 @dataclass(frozen=True)
@@ -39,15 +51,27 @@ class NodeExporterOrder:
     run_id: str
     gpu_exporter_port: int | None = DEFAULT_GPU_PORT
     """Where a node's own DCGM exporter answers; None: no GPU series."""
+    node_exporter: ComponentSource = field(
+        default_factory=lambda: ComponentSource(NODE_EXPORTER, "PATH")
+    )
+    dcgm_exporter: ComponentSource = field(
+        default_factory=lambda: ComponentSource(DCGM_EXPORTER, "PATH")
+    )
 
 
 def find_node_exporter() -> str | None:
-    return first_on_path(*BINARIES)
+    """The node exporter on this host's PATH."""
+    found = locate(ComponentSource(NODE_EXPORTER, "PATH"))
+    return found.prefix[0] if isinstance(found, Program) else None
 
 
 def exporter_argv(binary: str, host: str, port: int) -> list[str]:
-    argv = [binary, f"--web.listen-address={host}:{port}", "--collector.disable-defaults"]
-    return argv + [f"--collector.{name}" for name in COLLECTORS]
+    return [binary, *exporter_args(host, port)]
+
+
+def exporter_args(host: str, port: int) -> list[str]:
+    args = [f"--web.listen-address={host}:{port}", "--collector.disable-defaults"]
+    return args + [f"--collector.{name}" for name in COLLECTORS]
 
 
 @contextlib.contextmanager
@@ -59,35 +83,43 @@ def node_exporter(order: NodeExporterOrder | None, node: str, host: str) -> Iter
         yield
         return
     run_root = Path(order.run_root)
-    lock_dir = monitor_dir(run_root) / "nodes"
-    lock_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    lock = os.open(lock_dir / f"{node}.lock", os.O_CREAT | os.O_RDWR, 0o600)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:  # another task of this run on this node runs them
-        os.close(lock)
-        yield
-        return
-    try:
+    with node_lock(f"{run_root.resolve()}|{order.run_id}|{node}|exporters") as held:
+        if not held:  # another task of this run on this node runs them
+            yield
+            return
         with (
-            _node_series(run_root, order.run_id, node, host),
-            gpu_exporter(run_root, order.run_id, node, host, order.gpu_exporter_port),
+            _node_series(order, node, host),
+            gpu_exporter(
+                run_root,
+                order.run_id,
+                node,
+                host,
+                order.gpu_exporter_port,
+                order.dcgm_exporter,
+            ),
         ):
             yield
-    finally:
-        os.close(lock)
 
 
 @contextlib.contextmanager
-def _node_series(run_root: Path, run_id: str, node: str, host: str) -> Iterator[None]:
-    """The node exporter, announced as a target while it runs (nothing without its binary)."""
-    binary = find_node_exporter()
-    spawned = _spawn(binary, host) if binary is not None else None
+def _node_series(order: NodeExporterOrder, node: str, host: str) -> Iterator[None]:
+    """The node exporter, announced as a target while it runs (nothing without its program)."""
+    run_root = Path(order.run_root)
+    program = locate(order.node_exporter, check_runtime=True)
+    if isinstance(program, Missing):
+        _say(f"node exporter not run: {program.why}")
+        write_node_status(run_root, ComponentStatus(NODE_EXPORTER, False, None, program.why, node))
+        yield
+        return
+    spawned = _spawn(program, host)
     if spawned is None:
+        why = f"{program.source} did not start or answer (see this job's log)"
+        write_node_status(run_root, ComponentStatus(NODE_EXPORTER, False, None, why, node))
         yield
         return
     proc, port = spawned
-    labels = base_labels(run_id, "node", node)
+    write_node_status(run_root, ComponentStatus(NODE_EXPORTER, True, program.source, "", node))
+    labels = base_labels(order.run_id, "node", node)
     write_target(run_root, Target("nodes", node, f"{host}:{port}", labels=labels))
     try:
         yield
@@ -96,17 +128,34 @@ def _node_series(run_root: Path, run_id: str, node: str, host: str) -> Iterator[
         stop_child(proc)
 
 
-def _spawn(binary: str, host: str) -> tuple[subprocess.Popen[bytes], int] | None:
-    """The running exporter and its port (None when it would not start)."""
+def answers(address: str, timeout_s: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=timeout_s) as reply:
+            return bool(reply.status == 200)
+    except (OSError, ValueError):
+        return False
+
+
+def _spawn(program: Program, host: str) -> tuple[subprocess.Popen[bytes], int] | None:
+    """The running exporter and its port, once it answers (None when it would not)."""
     for _ in range(3):  # the port may be taken between choosing and binding it
         port = free_port(host)
-        argv = exporter_argv(binary, host, port)
-        proc = start_quiet_child(argv, "node exporter")
+        proc = start_quiet_child(program.argv(exporter_args(host, port)), "node exporter")
         if proc is None:
             return None
-        time.sleep(0.2)
-        if proc.poll() is None:
-            print(f"aifactory: node exporter on {argv[1].split('=', 1)[1]}", file=sys.stderr)
-            return proc, port
-    print("aifactory: node exporter did not stay up", file=sys.stderr, flush=True)
+        deadline = time.monotonic() + STARTUP_S
+        while proc.poll() is None:
+            if answers(f"{host}:{port}"):
+                _say(f"node exporter on {host}:{port}: {program.source}")
+                return proc, port
+            if time.monotonic() > deadline:
+                stop_child(proc)
+                _say(f"node exporter silent after {STARTUP_S:g} s: {program.source}")
+                return None
+            time.sleep(0.1)
+    _say(f"node exporter did not stay up: {program.source}")
     return None
+
+
+def _say(text: str) -> None:
+    print(f"aifactory: {text}", file=sys.stderr, flush=True)

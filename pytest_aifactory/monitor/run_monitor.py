@@ -6,11 +6,13 @@ on and the summary carries a warning; what the clients measured is never touched
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
-import shutil
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -18,17 +20,34 @@ import pandas as pd
 
 from pytest_aifactory.atomic import replacing
 from pytest_aifactory.cluster.base import JobResources
-from pytest_aifactory.cluster.child import first_on_path
+from pytest_aifactory.monitor import components as programs
+from pytest_aifactory.monitor.components import (
+    COMPONENTS,
+    DCGM_EXPORTER,
+    NODE_EXPORTER,
+    ComponentReport,
+    ComponentSource,
+    ComponentStatus,
+    Missing,
+    Program,
+    choose_source,
+    describe,
+    locate,
+    read_node_statuses,
+    report,
+)
 from pytest_aifactory.monitor.layout import (
     MonitorEndpoints,
     MonitorMode,
     metrics_parts_dir,
     metrics_path,
     read_endpoints,
+    tsdb_dir,
     write_endpoints,
 )
 from pytest_aifactory.monitor.node_exporter import NodeExporterOrder
 from pytest_aifactory.monitor.prometheus_config import write_config
+from pytest_aifactory.monitor.prometheus_job import TSDB, quit_marker, run_prometheus
 from pytest_aifactory.monitor.query import PrometheusClient, PrometheusUnavailable
 from pytest_aifactory.monitor.samples import empty_samples, normalize
 from pytest_aifactory.monitor.scraper import DirectScraper
@@ -51,7 +70,7 @@ from pytest_aifactory.monitor.window import (
     to_frame,
 )
 from pytest_aifactory.services.base import HealthCheck, ServicePlan, get_kind
-from pytest_aifactory.services.launch import AUTO_HOST
+from pytest_aifactory.services.launch import AUTO_HOST, ServiceLaunch, run_service
 from pytest_aifactory.services.manager import ServiceStartError
 
 if TYPE_CHECKING:
@@ -66,6 +85,9 @@ PROMETHEUS = "aifactory-prometheus"
 PUSHGATEWAY = "aifactory-pushgateway"
 TARGET_UP_TIMEOUT_S = 15.0
 """How long a new target may take to be scraped for the first time (discovery + one scrape)."""
+DATABASE_COPY_TIMEOUT_S = 300.0
+"""How long Prometheus's job may take, once asked to quit, to copy its database into the run."""
+QUIT_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -79,11 +101,10 @@ class WindowResult:
 
 
 def find_prometheus() -> str | None:
-    """AIFACTORY_PROMETHEUS (a path; empty: none) before PATH's `prometheus`."""
-    explicit = os.environ.get("AIFACTORY_PROMETHEUS")
-    if explicit is not None:
-        return explicit if explicit and os.access(explicit, os.X_OK) else None
-    return shutil.which("prometheus")
+    """AIFACTORY_PROMETHEUS (a path; empty: none) before PATH's `prometheus` (a binary only:
+    for `aifactory grafana`'s replay, which runs where the user is)."""
+    found = locate(choose_source(programs.PROMETHEUS, None, os.environ))
+    return found.prefix[0] if isinstance(found, Program) and not found.image else None
 
 
 class RunMonitor:
@@ -111,6 +132,11 @@ class RunMonitor:
         self.warnings: list[str] = []
         """Run-level warnings (each said once), also written to the summary."""
         self._lost_reported = False
+        self.sources: dict[str, ComponentSource] = {}
+        """Where each monitoring program comes from (recipe, environment or PATH)."""
+        self.ran: dict[str, ComponentStatus] = {}
+        """What became of the programs the driver starts (Prometheus, pushgateway)."""
+        self._stopped = False
 
     # -- start --------------------------------------------------------------------------------
 
@@ -120,34 +146,37 @@ class RunMonitor:
         if not self.settings.prometheus:
             self._publish("off")
             return
+        self.sources = self._choose_sources(COMPONENTS)
         self.run.api_key()  # made now: Prometheus reads it for its first scrape
         config = write_config(self.run.root, self.interval_s, self.run.api_key_path)
-        binary = find_prometheus()
-        if binary is None:
-            self._start_scraper("no Prometheus binary found")
+        program = locate(self.sources[programs.PROMETHEUS])
+        if isinstance(program, Missing):
+            self._record(programs.PROMETHEUS, None, program.why)
+            self._start_scraper(f"no Prometheus binary found ({program.why})")
         else:
-            self.prometheus = self._launch(
-                PROMETHEUS,
-                [
-                    binary,
-                    f"--config.file={config}",
-                    f"--storage.tsdb.path={self.run.root / 'monitor' / 'tsdb'}",
-                    "--storage.tsdb.retention.time=3650d",
-                    "--web.listen-address={host}:{port}",
-                    "--web.enable-lifecycle",
-                ],
-            )
+            args = [
+                f"--config.file={config}",
+                f"--storage.tsdb.path={TSDB}",
+                "--storage.tsdb.retention.time=3650d",
+                "--web.listen-address={host}:{port}",
+                "--web.enable-lifecycle",
+            ]
+            # an image sees the run's folder (configuration, targets, key) and the database
+            argv = program.argv(args, binds=[str(self.run.root), TSDB])
+            job = functools.partial(run_prometheus, tsdb_copy=str(tsdb_dir(self.run.root)))
+            self.prometheus = self._launch(PROMETHEUS, programs.PROMETHEUS, program, argv, job)
             if self.prometheus is None:
                 self._start_scraper("Prometheus did not start")
             else:
                 self.mode = "prometheus"
                 self.client = PrometheusClient(self.prometheus.url)
                 self._announce(PROMETHEUS, "prometheus", self.prometheus, "/metrics")
-        gateway = first_on_path("prometheus-pushgateway", "pushgateway")
-        if gateway is not None:
-            self.pushgateway = self._launch(
-                PUSHGATEWAY, [gateway, "--web.listen-address={host}:{port}"]
-            )
+        gateway = locate(self.sources[programs.PUSHGATEWAY])
+        if isinstance(gateway, Missing):
+            self._record(programs.PUSHGATEWAY, None, gateway.why)
+        else:
+            argv = gateway.argv(["--web.listen-address={host}:{port}"])
+            self.pushgateway = self._launch(PUSHGATEWAY, programs.PUSHGATEWAY, gateway, argv)
             if self.pushgateway is not None:
                 self._announce(PUSHGATEWAY, "pushgateway", self.pushgateway, "/metrics")
         # services and clients run their node's exporter; the monitoring jobs do not (on a
@@ -159,13 +188,22 @@ class RunMonitor:
             + (f", Prometheus {self.prometheus.url}" if self.prometheus else "")
             + (f", pushgateway {self.pushgateway.url}" if self.pushgateway else "")
         )
+        for line in self._component_lines():
+            self.say(f"monitoring: {line}")
 
-    def _launch(self, name: str, argv: list[str]) -> Endpoint | None:
+    def _launch(
+        self,
+        name: str,
+        component: str,
+        program: Program,
+        argv: list[str],
+        job: Callable[[ServiceLaunch], int] = run_service,
+    ) -> Endpoint | None:
         host = AUTO_HOST if self.executor_name == "slurm" else "127.0.0.1"
         plan = ServicePlan(name=name, argv=argv, host=host, health=HealthCheck("/-/ready"))
         resources = JobResources(partition=self.settings.partition)
         try:
-            return self.services.launch(
+            endpoint = self.services.launch(
                 name,
                 name,
                 plan,
@@ -173,10 +211,44 @@ class RunMonitor:
                 self.settings.start_timeout_s,
                 job_name=f"monitor-{name.removeprefix('aifactory-')}",
                 role="monitor",
+                job_function=job,
             )
         except ServiceStartError as err:
+            first_line = str(err).splitlines()[0] if str(err) else "no reason given"
+            self._record(component, None, f"{program.source} did not start: {first_line}")
             self._warn(f"monitoring: {name} did not start, going on without it: {err}")
             return None
+        self._record(component, program.source, node=endpoint.node)
+        return endpoint
+
+    def _record(self, component: str, source: str | None, why: str = "", node: str = "") -> None:
+        ran = source is not None
+        self.ran[component] = ComponentStatus(component, ran, source, why, node or None)
+
+    def _component_lines(self) -> list[str]:
+        """What runs where, said at the start: the driver's programs as they started, the
+        node exporters as each job will look for them."""
+        lines = [describe(name, report([self.ran[name]], "")) for name in self.ran]
+        for name in (NODE_EXPORTER, DCGM_EXPORTER):
+            title = COMPONENTS[name].title
+            if name == DCGM_EXPORTER and self.settings.gpu_exporter_port is None:
+                lines.append(f"{title}: turned off (monitor.gpu_exporter_port is null)")
+                continue
+            source = self.sources[name]
+            found = locate(source)
+            if source.off:
+                where = f"turned off: {COMPONENTS[name].env} is empty"
+            elif isinstance(found, Program):
+                where = f"{found.source}, started by each service and client job on its node"
+            elif source.origin == "PATH":
+                where = "not on this host's PATH; each service and client job looks on its node"
+            else:
+                where = f"{found.why}; each service and client job looks again on its node"
+            if name == DCGM_EXPORTER:
+                port = self.settings.gpu_exporter_port
+                where = f"the node's own on port {port}, else on nodes with a GPU: {where}"
+            lines.append(f"{title}: {where}")
+        return lines
 
     def _start_scraper(self, why: str) -> None:
         self.mode = "scrape"
@@ -225,9 +297,18 @@ class RunMonitor:
         if self.mode != "off":
             self.services.node_exporter = self._exporter_order()
 
+    def _choose_sources(self, names: Iterable[str]) -> dict[str, ComponentSource]:
+        given = {str(name): value for name, value in self.settings.components.items()}
+        return {name: choose_source(name, given.get(name), os.environ) for name in names}
+
     def _exporter_order(self) -> NodeExporterOrder:
+        sources = self.sources or self._choose_sources((NODE_EXPORTER, DCGM_EXPORTER))
         return NodeExporterOrder(
-            str(self.run.root), self.run.run_id, self.settings.gpu_exporter_port
+            str(self.run.root),
+            self.run.run_id,
+            self.settings.gpu_exporter_port,
+            sources[NODE_EXPORTER],
+            sources[DCGM_EXPORTER],
         )
 
     @property
@@ -426,6 +507,16 @@ class RunMonitor:
     def _recipe_kinds(self) -> list[str]:
         return sorted({s.kind for s in self.services.recipe.services.values()})
 
+    def components(self) -> dict[str, ComponentReport]:
+        """Each program: whether it ran, from where, on which nodes, and why not elsewhere."""
+        if not self.sources:  # monitoring off, or a pytest-xdist worker's view
+            return {}
+        found = {name: report([status], "") for name, status in self.ran.items()}
+        for name in (NODE_EXPORTER, DCGM_EXPORTER):
+            statuses = read_node_statuses(self.run.root, name)
+            found[name] = report(statuses, "no service or client job ran")
+        return {name: found[name] for name in COMPONENTS if name in found}
+
     def summary(self) -> dict[str, Any]:
         return {
             "mode": self.mode,
@@ -433,11 +524,59 @@ class RunMonitor:
             "prometheus_url": self.prometheus.url if self.prometheus else None,
             "pushgateway_url": self.push_url,
             "warnings": list(self.warnings),
+            "components": {name: r.as_dict() for name, r in self.components().items()},
         }
 
     def stop(self) -> None:
+        """After the last test: stop the scraper, or ask Prometheus to quit and wait for its
+        job to copy the database into the run; say what ran on the nodes. Safe to repeat."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self.scraper is not None:
             self.scraper.stop()
+        self._stop_prometheus()
+        for name, entry in self.components().items():
+            if name in (NODE_EXPORTER, DCGM_EXPORTER):
+                self.say(f"monitoring: {describe(name, entry)}")
+
+    def _stop_prometheus(self) -> None:
+        endpoint = self.prometheus
+        if endpoint is None or endpoint.job is None or endpoint.job.finished():
+            return
+        copy = tsdb_dir(self.run.root)
+        marker = quit_marker(copy)
+        marker.touch()
+        try:
+            request = urllib.request.Request(f"{endpoint.url}/-/quit", method="POST")
+            with urllib.request.urlopen(request, timeout=QUIT_TIMEOUT_S):
+                pass
+        except OSError as err:
+            self._warn(
+                f"monitoring: Prometheus did not take the request to quit ({err}); its "
+                f"database may be missing from {copy}"
+            )
+            return
+        deadline = time.monotonic() + DATABASE_COPY_TIMEOUT_S
+        try:
+            while not endpoint.job.finished() and time.monotonic() < deadline:
+                time.sleep(0.2)
+        except KeyboardInterrupt:  # a second Ctrl-C: the jobs must still be cancelled
+            self._warn(f"monitoring: interrupted while Prometheus's database was copied to {copy}")
+            return
+        finally:
+            with contextlib.suppress(OSError):
+                marker.unlink()
+        if not endpoint.job.finished():
+            self._warn(
+                f"monitoring: Prometheus's job did not end within {DATABASE_COPY_TIMEOUT_S:g} s "
+                f"of quitting; its database may be missing from {copy}"
+            )
+        elif not copy.is_dir():
+            self._warn(
+                f"monitoring: Prometheus's database was not copied to {copy} (see "
+                "logs/monitor-prometheus)"
+            )
 
 
 def _check_requests(

@@ -549,6 +549,27 @@ def services_table(summary: Mapping[str, Any]) -> str:
     )
 
 
+def monitoring_table(summary: Mapping[str, Any]) -> str:
+    """Which monitoring programs ran, from where and on which nodes, and why the others did
+    not: a report without node or server series says here why."""
+    components = (summary.get("monitoring") or {}).get("components") or {}
+    if not isinstance(components, Mapping) or not components:
+        return ""
+    rows = []
+    for name, info in components.items():
+        info = info if isinstance(info, Mapping) else {}
+        ran = "ran" if info.get("ran") else "did not run"
+        rows.append(
+            f"<tr><td>{_e(str(name).replace('_', ' '))}</td><td>{_e(ran)}</td>"
+            f"<td>{_e(info.get('source') or '—')}</td>"
+            f"<td>{_e(', '.join(info.get('nodes') or []) or '—')}</td>"
+            f"<td>{_e(info.get('why_not') or '')}</td></tr>"
+        )
+    return "<h2>Monitoring</h2>" + _table(
+        ("Program", "Outcome", "From", "Nodes", "Where not, why"), rows, "monitoring"
+    )
+
+
 def _details(summary: Mapping[str, Any]) -> str:
     recipe = summary.get("recipe") or {}
     parts = []
@@ -670,6 +691,7 @@ def render_report(
             "<h2>Tests</h2>" + overview_table(tests, test_anchors) if tests else "",
             previous,
             services_table(summary),
+            monitoring_table(summary),
             *sections,
             _details(summary),
             f"<footer>Rendered by pytest-aifactory {_e(__version__)} on {_e(generated)} from the "

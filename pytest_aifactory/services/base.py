@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 API_KEY_SETTING = "AIFACTORY_API_KEY"
 """The client setting (`ServicePlan.client_env`) that holds the key clients must send."""
+GPUS = "{gpus}"
+"""Placeholder in a plan's argv of the GPUs each task of the service may use: as many as its
+job was granted (`CUDA_VISIBLE_DEVICES`), else as the recipe asked for."""
 
 
 class ServiceConfigError(Exception):
@@ -50,9 +53,9 @@ class MetricsExporter:
 
 @dataclass(frozen=True)
 class ServicePlan:
-    """Everything a job needs to run one service: argv with `{host}`/`{port}` placeholders, and
-    `{scratch}` (in argv and env values) for a fresh private folder on the node's local disk
-    that is removed when the service ends."""
+    """Everything a job needs to run one service: argv with `{host}`/`{port}` placeholders,
+    `{gpus}` (`GPUS`), and `{scratch}` (in argv and env values) for a fresh private folder on
+    the node's local disk that is removed when the service ends."""
 
     name: str
     argv: list[str]

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,8 +36,10 @@ from pytest_aifactory.cluster.rendezvous import (
     read_rendezvous,
     write_rendezvous,
 )
+from pytest_aifactory.cluster.restart import refuse_restart
 from pytest_aifactory.cluster.rundir import driver_gone
 from pytest_aifactory.monitor.node_exporter import node_exporter
+from pytest_aifactory.services.base import GPUS
 
 if TYPE_CHECKING:
     from pytest_aifactory.monitor.node_exporter import NodeExporterOrder
@@ -47,9 +49,10 @@ if TYPE_CHECKING:
 POLL_S = 0.2
 SIGNAL_GRACE_S = 1.0
 AUTO_HOST = "auto"
+"""`ServiceLaunch.host` meaning "this node's own address", resolved inside the job."""
 SCRATCH = "{scratch}"
 """Placeholder of a service's private data folder on the node's local disk."""
-"""`ServiceLaunch.host` meaning "this node's own address", resolved inside the job."""
+VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
 
 
 class ServiceExited(RuntimeError):
@@ -73,6 +76,9 @@ class ServiceLaunch:
     container: Container | None = None
     gpus: bool = False
     """The service asked for GPUs: a container gets the host's GPU driver (`--nv`)."""
+    gpus_per_node: int = 0
+    """GPUs the service asked for on each node: `{gpus}` where the job is not told what it
+    was granted."""
     ranks_timeout_s: float = 600.0
     """How long a rank waits for the others (rank 0 announcing itself, every rank being up)."""
     node_exporter: NodeExporterOrder | None = None
@@ -111,6 +117,36 @@ def fill_placeholders(
         .replace("{head_port}", str(head_port or port))
         for a in argv
     ]
+
+
+def granted_gpus(environ: Mapping[str, str] = os.environ) -> int | None:
+    """How many GPUs this task may use, as Slurm (or whoever started it) put them in
+    `CUDA_VISIBLE_DEVICES`; None when it says nothing (unset, or Slurm's `NoDevFiles` for a
+    GPU without device files)."""
+    value = environ.get(VISIBLE_DEVICES)
+    if value is None or value.strip() in ("", "NoDevFiles"):
+        return None
+    return len([device for device in value.split(",") if device.strip()])
+
+
+def server_environment(
+    service_env: Mapping[str, str], environ: Mapping[str, str] = os.environ
+) -> dict[str, str]:
+    """The job's environment with the service's on top, except the GPUs Slurm granted: inside
+    a Slurm job whose `CUDA_VISIBLE_DEVICES` Slurm set, the recipe's value would point the
+    server at devices the job does not own, so Slurm's stays (and the log says so)."""
+    env = {**environ, **service_env}
+    granted = environ.get(VISIBLE_DEVICES)
+    if environ.get("SLURM_JOB_ID") and granted is not None:
+        if service_env.get(VISIBLE_DEVICES, granted) != granted:
+            print(
+                f"aifactory: {VISIBLE_DEVICES}={service_env[VISIBLE_DEVICES]} from the recipe "
+                f"ignored: Slurm granted this job {VISIBLE_DEVICES}={granted}",
+                file=sys.stderr,
+                flush=True,
+            )
+        env[VISIBLE_DEVICES] = granted
+    return env
 
 
 def resolve_host(host: str) -> str:
@@ -170,6 +206,8 @@ def _command(
     argv = launch.argv if place.rank == 0 or launch.worker_argv is None else launch.worker_argv
     argv = fill_placeholders(argv, place.host, port, head.host, head.port)
     argv = [arg.replace(SCRATCH, scratch) for arg in argv] if scratch else argv
+    gpus = granted_gpus()
+    argv = [arg.replace(GPUS, str(launch.gpus_per_node if gpus is None else gpus)) for arg in argv]
     if launch.container is None:
         return argv
     container = launch.container
@@ -201,6 +239,10 @@ def _scratch_dir(launch: ServiceLaunch, node: str) -> Iterator[str]:
 
 def run_service(launch: ServiceLaunch) -> int:
     """Start the server and wait for it; returns only when the server ended."""
+    refuse_restart(
+        f"service '{launch.name}'",
+        "a restarted server would answer at an address the driver does not know",
+    )
     job_started_at = time.time()
     rank, world_size = task_rank()
     place = TaskPlace(rank, world_size, node_name(), resolve_host(launch.host))
@@ -264,7 +306,7 @@ def _run_server(
 
     argv = _command(launch, place, port, head, scratch)
     service_env = {k: v.replace(SCRATCH, scratch) for k, v in launch.env.items()}
-    env = {**os.environ, **service_env, "AIFACTORY_SERVICE": launch.name}
+    env = {**server_environment(service_env), "AIFACTORY_SERVICE": launch.name}
     env.update(
         {
             "AIFACTORY_HOST": place.host,

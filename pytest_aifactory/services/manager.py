@@ -23,6 +23,7 @@ from pytest_aifactory.cluster.rendezvous import Rendezvous, port_is_free, read_r
 from pytest_aifactory.cluster.run_control import KeptService
 from pytest_aifactory.cluster.rundir import RunDir, read_client_settings
 from pytest_aifactory.endpoints import Endpoint
+from pytest_aifactory.job_resources import service_resources
 from pytest_aifactory.redact import secrets_from_args, secrets_from_env
 from pytest_aifactory.services.base import (
     API_KEY_SETTING,
@@ -32,6 +33,7 @@ from pytest_aifactory.services.base import (
     ServicePlan,
     get_kind,
 )
+from pytest_aifactory.services.fingerprint import differences, fingerprint, service_plan
 from pytest_aifactory.services.health import base_url, is_healthy
 from pytest_aifactory.services.launch import ServiceLaunch, run_service
 
@@ -63,7 +65,7 @@ class ServiceManager:
         on_phase: PhaseCallback | None = None,
         *,
         keep: bool = False,
-        reuse: Mapping[str, KeptService] | None = None,
+        reuse: Mapping[str, list[KeptService]] | None = None,
         on_ready: Callable[[Endpoint], None] | None = None,
     ) -> None:
         self.recipe = recipe
@@ -73,6 +75,9 @@ class ServiceManager:
         self.keep = keep
         """Services outlive the session: they do not watch the driver's heartbeat."""
         self.reuse = dict(reuse or {})
+        """Kept services of other runs by recipe service name, newest first."""
+        self.not_reused: dict[str, str] = {}
+        """Why no kept service was reused, by recipe service name (for the run's summary)."""
         self.on_ready = on_ready or (lambda _: None)
         self.endpoints: dict[str, Endpoint] = {}
         self.failures: dict[str, ServiceStartError] = {}
@@ -92,29 +97,36 @@ class ServiceManager:
         return self.endpoints[name]
 
     def _reused(self, name: str) -> Endpoint | None:
-        """A kept service of another run, if it is the same kind and answers its health check;
-        otherwise None (and why), and the service is started as usual."""
-        kept = self.reuse.get(name)
-        if kept is None:
+        """The newest kept service of another run whose whole plan is this recipe's and that
+        answers its health check; otherwise None, having said why not (the fields that
+        differ), and the service is started as usual."""
+        candidates = self.reuse.get(name)
+        if not candidates:
             return None
+        wanted = service_plan(self.recipe, name, self.executor)
         kind = self.recipe.services[name].kind
-        if kept.service.kind != kind:
-            self.on_phase(
-                name,
-                "not reused",
-                0.0,
-                f"run {kept.run_id} kept a '{kept.service.kind}' service, this recipe's is "
-                f"'{kind}': starting a new one",
-            )
+        reasons: list[str] = []
+        chosen: KeptService | None = None
+        for kept in candidates:
+            if kept.service.plan is None:
+                reasons.append(f"run {kept.run_id} did not record its plan")
+                continue
+            changed = differences(kept.service.plan, wanted)
+            if changed:
+                fields = ", ".join(changed)
+                reasons.append(f"run {kept.run_id} kept one whose plan differs in {fields}")
+                continue
+            if not kept.healthy():
+                reasons.append(f"{kept.address} (kept by run {kept.run_id}) is not healthy")
+                continue
+            chosen = kept
+            break
+        if chosen is None:
+            note = f"{'; '.join(reasons)}: starting a new one"
+            self.not_reused[name] = note
+            self.on_phase(name, "not reused", 0.0, note)
             return None
-        if not kept.healthy():
-            self.on_phase(
-                name,
-                "not reused",
-                0.0,
-                f"{kept.address} (kept by run {kept.run_id}) is not healthy: starting a new one",
-            )
-            return None
+        kept = chosen
         healthy_at = time.time()
         self.on_phase(name, "reused", 0.0, f"{kept.address} kept by run {kept.run_id}")
         service = kept.service
@@ -134,6 +146,7 @@ class ServiceManager:
             reused_from=kept,
             healthy_at=healthy_at,
             client_env=client_env,
+            plan=service.plan,
         )
 
     def _start(self, name: str) -> Endpoint:
@@ -147,8 +160,10 @@ class ServiceManager:
         plan = self._with_api_key(get_kind(service.kind), plan)
         if plan.client_env:
             self.run.save_client_settings(name, plan.client_env)
-        resources = JobResources(nodes=service.nodes, gpus_per_node=service.gpus_per_node)
-        return self.launch(name, service.kind, plan, resources, service.health_timeout_s)
+        resources = service_resources(service)
+        endpoint = self.launch(name, service.kind, plan, resources, service.health_timeout_s)
+        endpoint.plan = fingerprint(service_plan(self.recipe, name, self.executor))
+        return endpoint
 
     def _with_api_key(self, kind: ServiceKind, plan: ServicePlan) -> ServicePlan:
         """Lock a server that takes an API key with the run's (unless the recipe gave its own
@@ -189,9 +204,11 @@ class ServiceManager:
         *,
         job_name: str | None = None,
         role: str = "service",
+        job_function: Callable[[ServiceLaunch], int] = run_service,
     ) -> Endpoint:
         """Submit `plan` as a job and wait until it is healthy (also used for the run's own
-        monitoring servers, which are not recipe services)."""
+        monitoring servers, which are not recipe services). `job_function`: what the job runs
+        with the launch orders, `run_service` or a function around it (Prometheus's)."""
         self.learn_secrets(plan.env, plan.client_env, plan.argv)
         if plan.port is not None and not port_is_free(plan.host, plan.port):
             raise ServiceStartError(
@@ -211,6 +228,7 @@ class ServiceManager:
             ports=plan.ports,
             exporter=plan.exporter,
             metrics_port_offset=plan.metrics_port_offset,
+            gpus_per_node=resources.gpus,
         )
         local_keep = self.keep and self.executor.name == "local"
         if local_keep:
@@ -220,7 +238,7 @@ class ServiceManager:
         try:
             with _detached() if local_keep else contextlib.nullcontext():
                 job = self.executor.submit(
-                    run_service,
+                    job_function,
                     launch,
                     name=job_name or f"service-{name}",
                     role=role,

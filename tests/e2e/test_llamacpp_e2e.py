@@ -240,7 +240,7 @@ def test_every_job_log_is_kept(session: Session) -> None:
     service_err = "\n".join(p.read_text() for p in (logs / "service-llm").glob("*_log.err"))
     assert "aifactory: starting llm" in service_err
     assert "job cancelled, stopping" in service_err  # written after the cancel
-    fan_logs = sorted(p.name for p in (logs / "client-test_serving_fan-concurrency-3").iterdir())
+    fan_logs = sorted(p.name for p in (logs / "client-fan").iterdir())
     assert len([name for name in fan_logs if name.endswith("_log.out")]) == 3
 
 

@@ -92,10 +92,11 @@ def test_the_shipped_recipes_validate() -> None:
     vllm = load_recipe(REPO / "recipes" / "meluxina" / "vllm.yaml", environ={})
     assert vllm.platform.executor == "slurm"
     service = vllm.services["llm"]
-    assert service.model == "meta-llama/Llama-3.1-8B-Instruct"  # a hub id, not a path
+    data = os.path.expanduser("~/aifactory")  # AIFACTORY_DATA's default
+    assert service.model == f"{data}/models/Llama-3.1-8B-Instruct"
     assert service.gpus_per_node == 4
     assert service.container is not None
-    assert service.container.image == "/project/scratch/p200981/vllm.sif"
+    assert service.container.image == f"{data}/images/vllm.sif"
     assert vllm.clients["chat"].load.levels == [1, 8, 32, 64]
     assert {o.key for o in vllm.objectives("chat")} == {
         "ttft_ms.p99",
@@ -104,12 +105,20 @@ def test_the_shipped_recipes_validate() -> None:
         "error_rate",
     }
     scratch = load_recipe(
-        REPO / "recipes" / "meluxina" / "vllm.yaml", environ={"SCRATCH": "/scratch/me"}
+        REPO / "recipes" / "meluxina" / "vllm.yaml", environ={"AIFACTORY_DATA": "/scratch/me"}
     )
-    assert scratch.services["llm"].container.image == "/scratch/me/vllm.sif"  # type: ignore[union-attr]
+    assert scratch.services["llm"].container.image == "/scratch/me/images/vllm.sif"  # type: ignore[union-attr]
     load_recipe(REPO / "recipes" / "llamacpp-smollm2.yaml", environ={})
     cpu = load_recipe(REPO / "recipes" / "vllm.yaml", environ={})
     assert (cpu.platform.executor, cpu.services["llm"].model) == ("local", "smollm2-135m")
+
+
+def test_a_hub_id_is_not_a_path(tmp_path: Path) -> None:
+    text = MINIMAL.replace(
+        "{kind: llamacpp}", "{kind: vllm, model: meta-llama/Llama-3.1-8B-Instruct}"
+    )
+    recipe = load_recipe(write(tmp_path, text), environ={})
+    assert next(iter(recipe.services.values())).model == "meta-llama/Llama-3.1-8B-Instruct"
 
 
 def test_defaults_fill_a_minimal_recipe(tmp_path: Path) -> None:

@@ -279,13 +279,14 @@ def test_shipped_recipes_validate(monkeypatch: pytest.MonkeyPatch) -> None:
     local = load_recipe(REPO / "recipes" / "triton.yaml")
     assert {c.kind for c in local.clients.values()} == {"triton"}
     assert {c.options()["protocol"] for c in local.clients.values()} == {"http", "grpc"}
-    monkeypatch.setenv("SCRATCH", "/project/scratch/p200981")
+    monkeypatch.setenv("AIFACTORY_DATA", "/project/scratch/p1/me/aifactory")
     cluster = load_recipe(REPO / "recipes" / "meluxina" / "triton.yaml")
     service = cluster.services["triton"]
     assert service.container is not None
     assert service.gpus_per_node == 1
     plan = get_kind("triton").plan("triton", service, cluster)
-    assert option(plan.argv, "--model-repository").startswith("/project/scratch/p200981/")
+    repository = option(plan.argv, "--model-repository")
+    assert repository == "/project/scratch/p1/me/aifactory/triton-models"
 
 
 HTTP_CONFIG = {

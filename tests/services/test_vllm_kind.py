@@ -222,7 +222,9 @@ def test_a_service_without_a_model_is_refused() -> None:
 PARALLELISM = {
     # name: (service fields, the parallel flags the kind adds)
     "cpu-defaults": ({}, []),
-    "gpus-of-the-node": ({"gpus_per_node": 4}, ["--tensor-parallel-size", "4"]),
+    # the GPUs the job was granted, counted in the job: `{gpus}`
+    "gpus-of-the-node": ({"gpus_per_node": 4}, ["--tensor-parallel-size", "{gpus}"]),
+    "gres-of-the-node": ({"gres": "gpu:a100:4"}, ["--tensor-parallel-size", "{gpus}"]),
     "keys": (
         {"gpus_per_node": 4, "tensor_parallel_size": 2, "pipeline_parallel_size": 2},
         ["--tensor-parallel-size", "2", "--pipeline-parallel-size", "2"],
@@ -235,7 +237,7 @@ PARALLELISM = {
     ),
     "pipeline-from-args-tensor-derived": (
         {"gpus_per_node": 4, "args": ["--pipeline-parallel-size", "1"]},
-        ["--tensor-parallel-size", "4"],
+        ["--tensor-parallel-size", "{gpus}"],
     ),
 }
 
@@ -246,7 +248,7 @@ def test_parallel_sizes_from_keys_args_or_the_allocation(case: str) -> None:
     plan = plan_of(**fields)
     args = [str(a) for a in fields.get("args", [])]
     name = ["--served-model-name", "Llama-3.1-8B-Instruct"]
-    cpu = [] if fields.get("gpus_per_node") else CPU_ARGS
+    cpu = [] if fields.get("gpus_per_node") or fields.get("gres") else CPU_ARGS
     assert plan.argv == server_argv(HUB_ID, *name, *flags, *cpu, *args)
 
 
@@ -338,7 +340,7 @@ def test_multi_node_head_runs_the_launcher_and_workers_join_its_ray_cluster() ->
         "--distributed-executor-backend",
         "ray",
         "--tensor-parallel-size",
-        "4",
+        "{gpus}",
         "--pipeline-parallel-size",
         "2",
     )
@@ -353,7 +355,7 @@ def test_multi_node_head_runs_the_launcher_and_workers_join_its_ray_cluster() ->
         "--node-ip",
         "{host}",
         "--num-gpus",
-        "4",
+        "{gpus}",
         "--expect-nodes",
         "2",
         "--timeout",
@@ -368,7 +370,7 @@ def test_multi_node_head_runs_the_launcher_and_workers_join_its_ray_cluster() ->
         "start",
         "--address={head_host}:6379",
         "--node-ip-address={host}",
-        "--num-gpus=4",
+        "--num-gpus={gpus}",
         "--block",
     ]
 

@@ -34,6 +34,7 @@ from pytest_aifactory.cluster.slurm import (
     time_limit_minutes,
 )
 from pytest_aifactory.endpoints import Endpoint
+from pytest_aifactory.job_resources import service_resources
 from pytest_aifactory.recipe import Recipe
 from pytest_aifactory.services.launch import (
     AUTO_HOST,
@@ -134,7 +135,9 @@ def test_recipe_settings_and_resources_become_sbatch_options(tmp_path: Path) -> 
         "module load Apptainer",
     ):
         assert expected in lines, script
-    assert not any("requeue" in line for line in lines), "false means: leave the option out"
+    # false means: leave the option out; jobs are never requeued unless the recipe says so
+    assert "#SBATCH --requeue" not in lines
+    assert "#SBATCH --no-requeue" in lines
 
 
 def test_command_line_overrides_the_recipe(tmp_path: Path) -> None:
@@ -186,7 +189,9 @@ def test_service_orders_for_a_cluster_node() -> None:
     def launch(name: str, host: str = "127.0.0.1") -> ServiceLaunch:
         return ServiceLaunch(name=name, argv=["srv"], rendezvous_path="/r.json", host=host)
 
-    (auto,), resources = for_cluster(recipe, (launch("auto"),), JobResources())
+    (auto,), resources = for_cluster(
+        recipe, (launch("auto"),), service_resources(recipe.services["auto"])
+    )
     assert auto.host == AUTO_HOST
     assert (resources.cpus_per_task, resources.memory) == (4, "8G")
     (pinned,), _ = for_cluster(recipe, (launch("pinned", "10.0.0.5"),), JobResources())

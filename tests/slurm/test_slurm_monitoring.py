@@ -4,6 +4,7 @@ partition, a node exporter on every node a service or client runs on."""
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -95,3 +96,21 @@ def test_server_and_clients_agree_on_tokens(session: Session) -> None:
     (check,) = test["cross_checks"]
     assert check["server"] == pytest.approx(check["client"], rel=0.02)
     assert session.summary()["monitoring"]["mode"] == "prometheus"
+
+
+def test_prometheus_kept_its_database_on_its_node_and_the_run_has_a_copy(
+    session: Session,
+) -> None:
+    """On the node's local disk while it ran (not the shared run folder), copied home at the
+    end, and the local copy removed; the run says where each monitoring program ran."""
+    (run,) = session.run_dirs()
+    log = "".join(p.read_text() for p in (run / "logs" / "monitor-prometheus").glob("*_log.err"))
+    local = log.split("Prometheus's database in ", 1)[1].split(" ", 1)[0]
+    assert not local.startswith(str(run)), local
+    assert f"--storage.tsdb.path={local}" in log
+    assert "Prometheus's database copied to" in log
+    assert not Path(local).exists()  # the dev nodes share this machine's /tmp
+    assert (run / "monitor" / "tsdb" / "wal").is_dir()
+    components = session.summary()["monitoring"]["components"]
+    assert components["prometheus"]["nodes"] == ["n1"]  # the monitor partition's node
+    assert components["node_exporter"]["nodes"] == ["n1", "n2", "n3"]

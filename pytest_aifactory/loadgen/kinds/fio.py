@@ -43,6 +43,11 @@ class FioOptions(KindOptions):
     rate_iodepth: PositiveInt = 16
     args: list[str] = Field(default_factory=list)
 
+    def level_seconds(self, load_s: float) -> float:
+        """fio runs for its own ramp and runtime; the load's requests and duration do not
+        apply. Laying out the files counts as start-up."""
+        return self.ramp_time_s + self.runtime_s
+
     @field_validator("bs", "size")
     @classmethod
     def _fio_size(cls, value: str | int) -> str | int:

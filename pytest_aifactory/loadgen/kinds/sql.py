@@ -18,6 +18,14 @@ class SqlOptions(KindOptions):
     mix: Literal["tpcb", "read-only"] = "tpcb"
     scale: PositiveInt = 1
 
+    def level_seconds(self, load_s: float) -> float:
+        """The tables are filled before the load: allow SETUP_S_PER_SCALE per unit of scale."""
+        return load_s + self.scale * SETUP_S_PER_SCALE
+
+
+SETUP_S_PER_SCALE = 2.0
+"""pgbench fills about 100,000 accounts (one unit of scale) per second; twice that allowed."""
+
 
 CLIENT_KIND = ClientKind(
     name="sql",

@@ -49,6 +49,10 @@ class VectorDbOptions(KindOptions):
     """FAISS: OpenMP threads per query (the load's concurrency runs queries side by side;
     loading uses one per core)."""
 
+    def level_seconds(self, load_s: float) -> float:
+        """Loading the collection comes first and may take up to `load_timeout_s`."""
+        return load_s + self.load_timeout_s
+
     @field_validator("collection")
     @classmethod
     def _vector_collection(cls, value: str | None) -> str | None:

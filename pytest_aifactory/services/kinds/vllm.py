@@ -18,7 +18,10 @@ compiled artefacts are not reused) and, for a small model, serves no faster.
 
 Parallelism comes from the recipe's `tensor_parallel_size` / `pipeline_parallel_size`, else
 from `--tensor-parallel-size` / `--pipeline-parallel-size` in `args`, else from the
-allocation: tensor parallel over the GPUs of a node, pipeline parallel over the nodes.
+allocation: tensor parallel over the GPUs of a node, pipeline parallel over the nodes. The GPUs
+of a node are those the job was granted (`CUDA_VISIBLE_DEVICES`, which the job passes on to the
+server untouched), counted inside the job; the recipe's `gpus_per_node` (or `gres`) where the
+job is not told.
 
 Over several nodes vLLM needs a Ray cluster spanning them: rank 0 runs `vllm_head` (Ray head,
 wait for every node, then the API server), the other ranks run a Ray worker that joins it. Ray
@@ -37,6 +40,7 @@ from typing import TYPE_CHECKING
 
 from pytest_aifactory.monitor.series import Series
 from pytest_aifactory.services.base import (
+    GPUS,
     HealthCheck,
     ServiceConfigError,
     ServiceKind,
@@ -88,6 +92,8 @@ class Parallelism:
     pipeline: int
     tensor_flag: bool
     pipeline_flag: bool
+    tensor_from_gpus: bool = False
+    """The tensor size is the node's GPUs: written `{gpus}`, the count the job was granted."""
 
 
 def flag_value(args: list[str], flags: tuple[str, ...]) -> str | None:
@@ -121,8 +127,10 @@ def parallelism(name: str, service: Service) -> Parallelism:
     args = list(service.args)
     tensor_arg = _size_from_args(name, args, "tensor_parallel_size")
     pipeline_arg = _size_from_args(name, args, "pipeline_parallel_size")
-    tensor = service.tensor_parallel_size or tensor_arg or max(service.gpus_per_node, 1)
+    gpus = service.gpu_count
+    tensor = service.tensor_parallel_size or tensor_arg or max(gpus, 1)
     pipeline = service.pipeline_parallel_size or pipeline_arg or service.nodes
+    from_gpus = gpus > 0 and service.tensor_parallel_size is None and tensor_arg is None
     # a size from a key is always written out, a derived one when it is not vLLM's default of 1
     # or when the service spans nodes (the command line then says how it is split)
     multi_node = service.nodes > 1
@@ -132,15 +140,15 @@ def parallelism(name: str, service: Service) -> Parallelism:
     pipeline_flag = pipeline_arg is None and (
         service.pipeline_parallel_size is not None or pipeline > 1 or multi_node
     )
-    total = service.nodes * service.gpus_per_node
-    if service.gpus_per_node > 0 and tensor * pipeline != total:
+    total = service.nodes * gpus
+    if gpus > 0 and tensor * pipeline != total:
         raise ServiceConfigError(
             f"service '{name}': tensor parallel {tensor} x pipeline parallel {pipeline} = "
             f"{tensor * pipeline} GPUs, but the service has {service.nodes} node(s) x "
-            f"{service.gpus_per_node} GPU(s) = {total}: change tensor_parallel_size, "
-            "pipeline_parallel_size, nodes or gpus_per_node so that they match"
+            f"{gpus} GPU(s) = {total}: change tensor_parallel_size, "
+            "pipeline_parallel_size, nodes or gpus_per_node (gres) so that they match"
         )
-    return Parallelism(tensor, pipeline, tensor_flag, pipeline_flag)
+    return Parallelism(tensor, pipeline, tensor_flag, pipeline_flag, from_gpus)
 
 
 def served_name(model: str, args: list[str]) -> str:
@@ -334,7 +342,7 @@ class VllmService(ServiceKind):
         source = model_source(name, service.model)
         served = served_name(service.model, args)  # a catalogue key keeps its name
         python = vllm_python(name, service)
-        on_cpu = service.gpus_per_node == 0
+        on_cpu = service.gpu_count == 0
         server = [
             python,
             "-m",
@@ -352,7 +360,8 @@ class VllmService(ServiceKind):
         if multi_node and not has_flag(args, (EXECUTOR_FLAG,)):
             server += [EXECUTOR_FLAG, "ray"]
         if sizes.tensor_flag:
-            server += ["--tensor-parallel-size", str(sizes.tensor)]
+            tensor = GPUS if sizes.tensor_from_gpus else str(sizes.tensor)
+            server += ["--tensor-parallel-size", tensor]
         if sizes.pipeline_flag:
             server += ["--pipeline-parallel-size", str(sizes.pipeline)]
         if on_cpu:
@@ -363,7 +372,7 @@ class VllmService(ServiceKind):
         if multi_node:
             port = ray_port(name, service)
             ray = ray_executable(python, service)
-            gpus = str(service.gpus_per_node)
+            gpus = GPUS if service.gpu_count else "0"
             argv = [
                 *head_launcher(python, service.container is not None),
                 "--ray",
