@@ -251,6 +251,12 @@ class Driver:
                 self.run.redactor.data(self.recipe.model_dump(mode="json")),
             )
             self.run.start_heartbeat()
+            if self.keep_services and not executor.jobs_outlive_session:
+                self.terminal.line(
+                    "warning: --keep-services keeps nothing here: services run as steps of this "
+                    "session's allocation and end with it"
+                )
+                self.keep_services = False
             self.registry = JobRegistry.start(
                 self.run,
                 self.recipe.name,

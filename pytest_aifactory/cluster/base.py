@@ -219,6 +219,8 @@ class JobExecutor(abc.ABC):
     """Submits the run's jobs and cancels every one of them at the end, however it ends."""
 
     name: str = "abstract"
+    jobs_outlive_session: bool = True
+    """Whether a job may go on after the session (services kept with --keep-services)."""
 
     def __init__(self, run: RunDir) -> None:
         self.run = run

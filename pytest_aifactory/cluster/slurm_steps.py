@@ -551,6 +551,7 @@ class SlurmStepExecutor(JobExecutor):
     """Each job is a step of one allocation, started by srun on the nodes its role has."""
 
     name = "slurm"
+    jobs_outlive_session = False  # steps end with their allocation's session
 
     def __init__(
         self,

@@ -645,6 +645,8 @@ def test_default_recipe_inside_salloc_runs_as_steps(
         "-p",
         "no:cacheprovider",
         "-v",
+        # steps cannot outlive the session: asked to keep services, it says so and keeps none
+        "--keep-services",
     ]
     try:
         session = subprocess.run(
@@ -658,6 +660,7 @@ def test_default_recipe_inside_salloc_runs_as_steps(
     assert granted, output
     job = granted.group(1)
     assert calls.read_text() == "", "no sbatch call inside an allocation"
+    assert "--keep-services keeps nothing here" in output
     assert re.search(rf"allocation {job} \(n\S+\): service llm on n\S+; clients on", output)
     (run,) = (tmp_path / "reports").iterdir()
     rows = wait_for(
