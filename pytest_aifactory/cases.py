@@ -167,6 +167,7 @@ def process_specs(
                 records_path=str(records_path(rank)),
                 progress_path=str(progress_path(rank)),
                 api=client.api,
+                models=tuple(client.model_mix) if len(client.model_mix) > 1 else (),
                 arrival=load.arrival,
                 burstiness=load.burstiness,
                 requests=requests[slot],

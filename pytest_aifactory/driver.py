@@ -553,7 +553,7 @@ class Driver:
             case,
             client,
             base_url=endpoint.url if endpoint else "",
-            model=client.model
+            model=client.model_name
             or (endpoint.served_model if endpoint else None)
             or client.service
             or "",

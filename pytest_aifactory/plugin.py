@@ -272,8 +272,12 @@ def _summary_rows(tests: Sequence[Mapping[str, Any]]) -> list[tuple[str, ...]]:
         verdict = "PASS" if test["passed"] else "FAIL"
         return test["name"], verdict, f"{counts.get('completed', 0)}/{counts.get('sent', 0)}"
 
-    kinds = {test.get("kind") or "openai" for test in tests}
-    columns = get_client_kind(kinds.pop()).closing_columns if len(kinds) == 1 else ()
+    kinds = {(test.get("kind") or "openai", test.get("api")) for test in tests}
+    kind, api = kinds.pop() if len(kinds) == 1 else ("", None)
+    # an api with a headline of its own (embeddings) has none of the kind's usual columns
+    declared = get_client_kind(kind) if kind else None
+    own_api = declared is not None and api in dict(declared.api_headlines)
+    columns = declared.closing_columns if declared is not None and not own_api else ()
     if columns:
         table: list[tuple[str, ...]] = [
             ("test", "verdict", "ok/sent", *(label for label, _ in columns))
@@ -285,7 +289,7 @@ def _summary_rows(tests: Sequence[Mapping[str, Any]]) -> list[tuple[str, ...]]:
         ("test", "verdict", "ok/sent", "latency", "p50", "p99", "throughput")
     ]
     for test in tests:
-        head = headline_of(test.get("kind"))
+        head = headline_of(test.get("kind"), test.get("api"))
         values = headline_values(test)
         rows.append(
             (

@@ -46,6 +46,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from pytest_aifactory.cluster.base import gres_gpus
+from pytest_aifactory.dataset_checks import dataset_problems
+from pytest_aifactory.loadgen.kind import KindOptions
 from pytest_aifactory.loadgen.kinds import (
     all_metrics,
     client_kind_names,
@@ -471,19 +473,104 @@ def _format_level(level: float) -> str:
     return str(int(level)) if level.is_integer() else repr(level)
 
 
-class Dataset(_Section):
-    """What to send. For LLM clients, `random`: prompts of exactly `input_tokens` tokens asking
-    for exactly `output_tokens` tokens (the end-of-sequence token is ignored where the server
-    allows). For vector clients: `random` uniform vectors, `clustered` Gaussian clusters (how
-    real embeddings look), or `file`, a user's own vectors (.npy or .parquet at `path`,
-    relative to the recipe); `count` vectors of `dim` dimensions are stored and `queries` of
-    them searched for their `k` nearest neighbours."""
+class TokenLengths(_Section):
+    """Token counts that vary from request to request, each request drawing its own: `mean`
+    with `range_ratio` r, uniform whole numbers in [floor(mean*(1-r)), ceil(mean*(1+r))] (vLLM's
+    `--random-range-ratio`); `distribution: normal`, around `mean` with `std`, rounded and
+    never below 1; or `values`, a list taken in turn (`order: cycle`) or drawn at random
+    (`order: sample`). Real traffic's lengths vary, and fixed lengths hide how a server batches."""
 
-    kind: Literal["random", "clustered", "file"] = "random"
-    input_tokens: PositiveInt = 128
-    output_tokens: PositiveInt = 64
+    distribution: Literal["uniform", "normal"] | None = None
+    """default: `uniform`, `normal` when `std` is given; not with `values`."""
+    mean: PositiveInt | None = None
+    range_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
+    std: Annotated[float, BeforeValidator(_not_bool), Field(ge=0.0)] | None = None
+    values: list[PositiveInt] | None = Field(default=None, min_length=1)
+    order: Literal["cycle", "sample"] = "cycle"
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> TokenLengths:
+        if self.values is not None:
+            for key in ("distribution", "mean", "std"):
+                if getattr(self, key) is not None:
+                    _fail(f"give values or {key}, not both", (key,))
+            if self.range_ratio:
+                _fail("give values or range_ratio, not both", ("range_ratio",))
+            return self
+        if "order" in self.model_fields_set:
+            _fail("order applies to a list of values", ("order",))
+        if self.mean is None:
+            _fail("give mean (with range_ratio or std) or values", ("mean",))
+        if self.distribution is None:
+            self.distribution = "normal" if self.std is not None else "uniform"
+        if self.distribution == "normal":
+            if self.std is None:
+                _fail("a normal distribution needs std", ("std",))
+            if self.range_ratio:
+                _fail("range_ratio is for the uniform distribution", ("range_ratio",))
+        elif self.std is not None:
+            _fail("std is for distribution: normal", ("std",))
+        return self
+
+
+_LENGTH_SHAPES = (
+    "expected a token count (128) or a distribution: {mean: 128, range_ratio: 0.5}, "
+    "{distribution: normal, mean: 128, std: 32} or {values: [64, 128, 256]}"
+)
+
+
+def _token_count(value: Any) -> Any:
+    """A count stays a number (so a saved recipe reads as written); a mapping is validated
+    here, so that its mistakes are named by its own keys."""
+    if isinstance(value, TokenLengths):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            _fail(f"must be at least 1, got {value}")
+        return value
+    if not isinstance(value, Mapping):
+        _fail(f"{_LENGTH_SHAPES}, got {describe(value)}")
+    try:
+        return TokenLengths.model_validate(value)
+    except ValidationError as err:
+        error = err.errors(include_url=False)[0]
+        if error["type"] == "extra_forbidden":
+            key = str(error["loc"][-1])
+            allowed = list(TokenLengths.model_fields)
+            _fail(
+                f"unknown key '{key}' ({_close(key, allowed)}expected one of: "
+                f"{', '.join(allowed)})",
+                error["loc"],
+            )
+        at, message = _humanize(error)
+        _fail(message, at)
+
+
+TokenCount = Annotated[PositiveInt | TokenLengths, BeforeValidator(_token_count)]
+
+
+class Dataset(_Section):
+    """What to send. LLM clients (docs/recipes.md has a section per kind): `random` prompts of
+    exactly `input_tokens` tokens asking for exactly `output_tokens` tokens (the
+    end-of-sequence token is ignored where the server allows), either a count or a
+    distribution; `sharegpt`, first turns of real conversations selected as vLLM's benchmark
+    selects them (`min_*`/`max_*` bound the pairs kept); `file`, a user's JSONL, CSV or Parquet
+    prompts. Vector clients: `random` uniform vectors, `clustered` Gaussian clusters (how real
+    embeddings look), or `file`, a user's own vectors (.npy or .parquet at `path`); `count`
+    vectors of `dim` dimensions are stored and `queries` of them searched for their `k`
+    nearest neighbours. Paths are relative to the recipe. Which kinds and keys a client may
+    use is checked with the whole recipe (`dataset_checks.py`)."""
+
+    kind: Literal["random", "sharegpt", "file", "clustered"] = "random"
+    input_tokens: TokenCount = 128
+    output_tokens: TokenCount | None = None
+    """default: 64 for `random`; the data's own for `sharegpt` and `file`."""
     seed: Int = 0
     ignore_eos: bool = True
+    min_input_tokens: PositiveInt = 4
+    min_output_tokens: PositiveInt = 4
+    max_input_tokens: PositiveInt = 1024
+    max_total_tokens: PositiveInt = 2048
     dim: PositiveInt = 128
     count: PositiveInt = 10_000
     queries: PositiveInt = 200
@@ -494,9 +581,16 @@ class Dataset(_Section):
     @model_validator(mode="after")
     def _file_has_path(self) -> Dataset:
         if self.kind == "file" and not self.path:
-            _fail("a dataset of kind 'file' needs path: a .npy or .parquet file", ("path",))
-        if self.path is not None and self.kind != "file":
-            _fail(f"path is for kind 'file' (this dataset is kind '{self.kind}')", ("path",))
+            _fail(
+                "a dataset of kind 'file' needs path: prompts (.jsonl, .csv, .parquet) for "
+                "an openai client, vectors (.npy, .parquet) for a vectordb client",
+                ("path",),
+            )
+        if self.path is not None and self.kind not in ("file", "sharegpt"):
+            _fail(
+                f"path is for kinds 'file' and 'sharegpt' (this dataset is kind '{self.kind}')",
+                ("path",),
+            )
         return self
 
 
@@ -613,6 +707,13 @@ class Load(_Section):
         return f"{self.levels_mode}-{_format_level(level)}"
 
 
+class WeightedModel(_Section):
+    """One model of a client's mix and its relative weight."""
+
+    name: str = Field(min_length=1)
+    weight: PositiveFloat = 1.0
+
+
 class ClientFields(JobResourceKeys):
     """A load generator aimed at one service; it runs as one job of nodes x processes_per_node
     tasks (`cpus_per_task` is per process).
@@ -623,9 +724,12 @@ class ClientFields(JobResourceKeys):
 
     kind: ClientKindName
     service: str | None = Field(default=None, validate_default=True)
-    api: Literal["completions", "chat"] = "completions"
-    model: str | None = None
-    """Model name sent in requests; None lets the service decide (the name it serves)."""
+    api: Literal["completions", "chat", "embeddings"] = "completions"
+    model: str | dict[str, PositiveFloat] | list[WeightedModel] | None = None
+    """Model name sent in requests; None lets the service decide (the name it serves). A
+    mapping of names to weights (or a list of {name, weight}) is a mix: each request names one
+    model, drawn with these relative weights from the load's seed (several served models or
+    LoRA adapters behind one server)."""
     nodes: PositiveInt = 1
     processes_per_node: PositiveInt = 1
     dataset: Dataset = Field(default_factory=Dataset)
@@ -638,6 +742,56 @@ class ClientFields(JobResourceKeys):
         if value is None and kind is not None and kind.needs_service:
             _fail(f"required for a client of kind '{kind.name}': the name of a service it loads")
         return value
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model(cls, value: Any) -> Any:
+        """A mix, in either spelling, as a list of {name, weight}, checked here so that a
+        mistake reads as one problem at its key (not one per spelling the key allows)."""
+        if isinstance(value, str) and not value.strip():
+            _fail("must not be empty")
+        if not isinstance(value, dict | list):
+            return value
+        if not value:
+            _fail("a mix needs at least one model")
+        if isinstance(value, dict):
+            pairs = [((name,), {"name": name, "weight": w}) for name, w in value.items()]
+        else:
+            pairs = [((index,), entry) for index, entry in enumerate(value)]
+        seen: dict[str, str] = {}
+        for at, entry in pairs:
+            if not isinstance(entry, dict):
+                _fail(f"expected {{name, weight}}, got {describe(entry)}", at)
+            extra = sorted(set(entry) - {"name", "weight"})
+            if extra:
+                _fail(f"unknown key '{extra[0]}' (expected name, weight)", at)
+            name, weight = entry.get("name"), entry.get("weight", 1.0)
+            if not isinstance(name, str) or not name.strip():
+                _fail(f"name: expected a model name, got {describe(name)}", at)
+            number = finite_number(weight) if isinstance(weight, int | float) else None
+            if number is None or number <= 0:
+                _fail(f"weight: expected a positive number, got {describe(weight)}", at)
+            if name in seen:
+                _fail(f"model '{name}' is already {seen[name]}", at)
+            seen[name] = format_key(("model", *at))
+        return [entry for _, entry in pairs]
+
+    @property
+    def model_mix(self) -> list[tuple[str, float]]:
+        """(name, weight) of each model requests name; [] when the service decides."""
+        if self.model is None:
+            return []
+        if isinstance(self.model, str):
+            return [(self.model, 1.0)]
+        if isinstance(self.model, dict):
+            return [(name, float(weight)) for name, weight in self.model.items()]
+        return [(entry.name, float(entry.weight)) for entry in self.model]
+
+    @property
+    def model_name(self) -> str | None:
+        """The model a request names when there is one (a mix's first otherwise)."""
+        mix = self.model_mix
+        return mix[0][0] if mix else None
 
     @model_validator(mode="after")
     def _own_section(self) -> ClientFields:
@@ -656,8 +810,19 @@ class ClientFields(JobResourceKeys):
                 f"'{self.kind}', which keeps its own connections)",
                 ("load", "connections"),
             )
+        if len(self.model_mix) > 1 and not kind.model_mix:
+            _fail(
+                f"a mix of models applies to clients of kind {_MIX_KINDS} (this client is kind "
+                f"'{self.kind}'): give one model name",
+                ("model",),
+            )
         if kind.options is not None and getattr(self, self.kind) is None:
             setattr(self, self.kind, kind.options())
+        options = getattr(self, self.kind, None) if self.kind in _SECTIONS else None
+        problem = options.client_problem(self) if isinstance(options, KindOptions) else None
+        if problem is not None:
+            at, message = problem
+            _fail(message, (self.kind, *at))
         return self
 
     def options(self) -> dict[str, Any]:
@@ -668,6 +833,7 @@ class ClientFields(JobResourceKeys):
 
 _SECTIONS: tuple[str, ...] = tuple(k.name for k in client_kinds().values() if k.options)
 _POOLING_KINDS = " or ".join(f"'{k.name}'" for k in client_kinds().values() if k.pooled_connections)
+_MIX_KINDS = " or ".join(f"'{k.name}'" for k in client_kinds().values() if k.model_mix)
 
 if TYPE_CHECKING:
     Client = ClientFields
@@ -956,7 +1122,11 @@ def reference_problems(data: Mapping[str, Any]) -> list[tuple[KeyPath, str]]:
                 )
             )
     problems += _slo_problems(dict(data))
+    problems += dataset_problems(clients, _DATASET_DEFAULTS)
     return problems
+
+
+_DATASET_DEFAULTS = {name: info.default for name, info in Dataset.model_fields.items()}
 
 
 # -- loading ------------------------------------------------------------------------------------

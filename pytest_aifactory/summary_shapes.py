@@ -98,7 +98,13 @@ class LevelSummary(TypedDict):
     errors: dict[str, int]
     """Failed requests by error class (the text before the first ':')."""
     by_op: NotRequired[dict[str, OperationFigures]]
+    by_model: NotRequired[dict[str, dict[str, Any]]]
+    """`openai` clients whose requests named several models: counts and figures per model."""
+    api: NotRequired[str]
+    """`embeddings` for an embeddings level of an `openai` client (its own headline)."""
     tokens_estimated: NotRequired[bool]
+    prompt_tokens_exact: NotRequired[bool]
+    """LLM kinds: every prompt's length was counted by the server's tokenizer."""
     percentiles: NotRequired[str]
     """fio: whether percentiles are exact or upper bounds over processes."""
     ended_early: NotRequired[list[Shortfall]]

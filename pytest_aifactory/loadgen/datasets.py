@@ -4,18 +4,26 @@
 tokenize (llama.cpp and vLLM both expose /tokenize and /detokenize): random token ids are
 detokenized to text and the text is re-tokenized and trimmed or extended until its count is
 exact, the way vLLM's own random dataset does it. Without a tokenizer endpoint the prompts are
-random words and the token count comes from the server's usage report.
+random words and the token count comes from the server's usage report. Each prompt's input and
+output counts are fixed or drawn from a distribution (`llm_datasets/lengths.py`).
+
+The other kinds (`sharegpt`, `file`) are built by their own modules in `llm_datasets/`, named
+in `dataset_kinds.py`; `build_prompts` runs whichever the dataset names, with what they all
+share from here: the `Prompt`, the server's tokenizer and the pool's size.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
 import numpy as np
 
+from pytest_aifactory.loadgen.dataset_kinds import pool_builder
+from pytest_aifactory.loadgen.llm_datasets.lengths import draw_lengths
 from pytest_aifactory.loadgen.spec import LoadSpec
 
 POOL_SIZE = 256
@@ -51,11 +59,15 @@ WORDS: tuple[str, ...] = tuple(_WORD_TEXT.split())
 @dataclass(frozen=True)
 class Prompt:
     """One prompt. `exact`: `input_tokens` was counted by the server's own tokenizer;
-    otherwise it is an estimate (words) and the server's usage report is the truth."""
+    otherwise it is an estimate (words) and the server's usage report is the truth.
+    `output_tokens`: the tokens to ask for (None: the dataset's fixed `output_tokens`);
+    `messages`: a chat given whole (a `file` dataset's), sent instead of `text`."""
 
     text: str
     input_tokens: int | None
     exact: bool
+    output_tokens: int | None = None
+    messages: tuple[dict[str, Any], ...] | None = None
 
 
 def api_root(base_url: str) -> str:
@@ -68,19 +80,39 @@ class TokenizerUnavailable(Exception):
     """The server has no usable /tokenize + /detokenize pair."""
 
 
+class TokenizerRefused(Exception):
+    """The server refused the run's key (or its absence) at /tokenize or /detokenize: prompts
+    of a guessed length would hide a wrong key, so the load does not start."""
+
+
 class ServerTokenizer:
     """The server's own tokenizer over HTTP, in llama.cpp's or vLLM's request shape."""
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, model: str) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+    ) -> None:
         self.session = session
         self.root = api_root(base_url)
         self.model = model
         self.shape: str | None = None
         self.timeout = aiohttp.ClientTimeout(total=TOKENIZER_TIMEOUT_S)
+        # the same header the requests send: a keyed server refuses the probe without it
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     async def _post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
         try:
-            async with self.session.post(self.root + path, json=body, timeout=self.timeout) as resp:
+            async with self.session.post(
+                self.root + path, json=body, headers=self.headers, timeout=self.timeout
+            ) as resp:
+                if resp.status in (401, 403):
+                    raise TokenizerRefused(
+                        f"the server refused the prompt-length probe: POST {path} answered "
+                        f"{resp.status} {resp.reason} (the client's API key is missing or wrong)"
+                    )
                 if resp.status >= 400:
                     return resp.status, None
                 return resp.status, await resp.json(content_type=None)
@@ -163,11 +195,34 @@ def pool_size(spec: LoadSpec) -> int:
     return max(1, min(spec.requests + spec.warmup_requests, POOL_SIZE))
 
 
+DEFAULT_OUTPUT_TOKENS = 64
+"""What a `random` prompt asks for when the recipe gives no `output_tokens`."""
+LENGTHS_STREAM = 0x1E9
+"""Seeds the lengths' generators apart from the prompts' own (`[seed, index]`)."""
+
+
+def random_lengths(spec: LoadSpec, count: int) -> tuple[list[int], list[int]]:
+    """Each prompt's input and output token counts, drawn from generators of their own so the
+    lengths do not depend on how the prompts are made (exact or words)."""
+    dataset = spec.dataset
+    output = DEFAULT_OUTPUT_TOKENS if dataset.output_tokens is None else dataset.output_tokens
+    inputs = draw_lengths(
+        dataset.input_tokens, count, np.random.default_rng([spec.seed, LENGTHS_STREAM, 1])
+    )
+    outputs = draw_lengths(output, count, np.random.default_rng([spec.seed, LENGTHS_STREAM, 2]))
+    return inputs, outputs
+
+
 def word_prompts(spec: LoadSpec, count: int) -> list[Prompt]:
     """Random words, about one per token: the fallback where the server cannot tokenize."""
-    target = spec.dataset.input_tokens
+    inputs, outputs = random_lengths(spec, count)
     return [
-        Prompt(random_words(np.random.default_rng([spec.seed, i]), target), target, False)
+        Prompt(
+            random_words(np.random.default_rng([spec.seed, i]), inputs[i]),
+            inputs[i],
+            False,
+            outputs[i],
+        )
         for i in range(count)
     ]
 
@@ -175,10 +230,10 @@ def word_prompts(spec: LoadSpec, count: int) -> list[Prompt]:
 async def exact_pool(tokenizer: ServerTokenizer, spec: LoadSpec, count: int) -> list[Prompt]:
     """`count` exact prompts, each from its own seeded generator so the pool does not depend
     on the order in which the server answers."""
-    target = spec.dataset.input_tokens
+    inputs, outputs = random_lengths(spec, count)
     await tokenizer.probe()
     seed_rng = np.random.default_rng([spec.seed, count])
-    sample = await tokenizer.tokenize(random_words(seed_rng, max(256, 2 * target)))
+    sample = await tokenizer.tokenize(random_words(seed_rng, max(256, 2 * max(inputs))))
     vocabulary = np.unique(np.asarray(sample, dtype=np.int64))
     if vocabulary.size == 0:
         raise TokenizerUnavailable("the tokenizer returned no tokens")
@@ -187,7 +242,8 @@ async def exact_pool(tokenizer: ServerTokenizer, spec: LoadSpec, count: int) -> 
     async def one(index: int) -> Prompt:
         async with limit:
             rng = np.random.default_rng([spec.seed, index])
-            return await exact_prompt(tokenizer, rng, target, vocabulary)
+            prompt = await exact_prompt(tokenizer, rng, inputs[index], vocabulary)
+            return replace(prompt, output_tokens=outputs[index])
 
     async with asyncio.TaskGroup() as group:
         tasks = [group.create_task(one(i)) for i in range(count)]
@@ -196,13 +252,30 @@ async def exact_pool(tokenizer: ServerTokenizer, spec: LoadSpec, count: int) -> 
 
 async def build_prompts(session: aiohttp.ClientSession, spec: LoadSpec) -> list[Prompt]:
     """The process's prompt pool, built before the load starts (not timed)."""
-    if spec.dataset.kind != "random":
-        raise ValueError(f"unknown dataset kind '{spec.dataset.kind}' (expected random)")
     count = pool_size(spec)
-    tokenizer = ServerTokenizer(session, spec.base_url, spec.model)
+    tokenizer = ServerTokenizer(session, spec.base_url, spec.model, spec.api_key)
+    if spec.dataset.kind != "random":
+        try:
+            return await pool_builder(spec.dataset.kind)(tokenizer, spec, count)
+        except* TokenizerRefused as refused:
+            raise refused.exceptions[0] from None
     prompts: list[Prompt] = []
     try:
         prompts = await exact_pool(tokenizer, spec, count)
-    except* TokenizerUnavailable:
+    except* TokenizerRefused as refused:
+        raise refused.exceptions[0] from None
+    except* TokenizerUnavailable as missing:
         prompts = word_prompts(spec, count)
+        if spec.process == 0:  # once per load, not once per process
+            print(estimated_note(spec, missing.exceptions[0]), file=sys.stderr, flush=True)
     return prompts
+
+
+def estimated_note(spec: LoadSpec, reason: BaseException) -> str:
+    """What a load without the server's tokenizer says in its output: its prompts' lengths are
+    guesses (records say `prompt_tokens_exact: false`)."""
+    return (
+        f"client '{spec.client}': prompts are random words of estimated length, not exact "
+        f"token counts: the server's tokenizer is not usable ({reason}); input_tokens come "
+        "from the server's usage where it reports one"
+    )

@@ -61,6 +61,14 @@ class KindOptions(BaseModel):
         a cluster job's time limit is made from it, and a limit too short kills the level."""
         return load_s
 
+    def client_problem(self, client: Any) -> KindProblem | None:
+        """What is wrong with this section given the rest of its client (`recipe.Client`: its
+        `api`, its dataset), as (key path below the section, message); None when nothing is."""
+        return None
+
+
+KindProblem = tuple[tuple[str | int, ...], str]
+"""A problem of a kind's recipe section: where below the section, and what."""
 
 ByteSize = Annotated[str | int, Field(examples=["4k", "1M", 1048576])]
 """A size as fio and S3 users write it: bytes, or a number with k, M, G (powers of 1024)."""
@@ -92,8 +100,16 @@ class ClientKind:
     """False: a client may run with no service (FAISS inside the job, fio on its disk)."""
     metrics: tuple[MetricInfo, ...] = ()
     common_metrics: tuple[str, ...] = COMMON_METRIC_NAMES
+    datasets: str | None = None
+    """The family of `dataset` kinds it sends (`dataset_kinds.DATASET_FAMILIES`: `prompts`,
+    `vectors`); None: it reads no dataset, and the recipe's is not checked."""
     pooled_connections: bool = False
     """Whether the recipe's `load.connections` applies (its client pools HTTP connections)."""
+    model_mix: bool = False
+    """Whether the recipe's `model` may be a weighted mix of models (one drawn per request)."""
+    api_headlines: tuple[tuple[str, Headline], ...] = ()
+    """(api, headline) for a client `api` that its figures sum up otherwise than `headline`
+    (an embeddings client has no TTFT)."""
     closing_columns: tuple[tuple[str, str], ...] = ()
     """(label, figure) columns of the end-of-session table when every test is of this kind, a
     figure written `metric.statistic` (per request) or `metric` (per level); empty: the
@@ -108,16 +124,21 @@ class ClientKind:
             )
         names = self.metric_names
         figures = [figure.split(".", 1)[0] for _, figure in self.closing_columns]
+        heads = [self.headline, *(head for _, head in self.api_headlines)]
         for needed in (
             self.throughput_metric,
-            self.headline.throughput,
-            self.headline.latency,
+            *(head.throughput for head in heads),
+            *(head.latency for head in heads),
             *figures,
         ):
             if needed not in names:
                 raise KindDeclarationError(
                     f"client kind '{self.name}' names metric '{needed}' but does not declare it"
                 )
+
+    def headline_for(self, api: str | None) -> Headline:
+        """The headline of a client of this kind speaking `api` (None: the kind's own)."""
+        return dict(self.api_headlines).get(api or "", self.headline)
 
     @property
     def metric_names(self) -> tuple[str, ...]:

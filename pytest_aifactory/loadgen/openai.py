@@ -2,8 +2,9 @@
 
 Timing follows docs/metrics.md: the clock starts immediately before the request's bytes are
 written to the connection (aiohttp's request tracing tells when), TTFT ends at the first
-server-sent event that carries generated text (a role-only chat delta does not), ITL are the gaps
-between such events; an event's time is when the connection received it (`arrivals`). aiohttp
+server-sent event that carries generated text (a role-only chat delta does not), a reasoning
+model's thinking included; TTFO at the first that carries answer text; ITL are the gaps between
+events of either kind; an event's time is when the connection received it (`arrivals`). aiohttp
 writes a request with a body from a task of its own (before Python 3.12), so a request handed to
 it during a burst of other work leaves only when the loop gets to that task: a clock started at
 the hand-over would count that wait as the server's; it is the client's, and lands in `queue_ms`
@@ -36,8 +37,14 @@ from typing import Any
 import aiohttp
 
 from pytest_aifactory.loadgen.arrivals import Arrivals, timed_connector, watch_arrivals
-from pytest_aifactory.loadgen.datasets import Prompt, api_root, build_prompts
+from pytest_aifactory.loadgen.datasets import (
+    DEFAULT_OUTPUT_TOKENS,
+    Prompt,
+    api_root,
+    build_prompts,
+)
 from pytest_aifactory.loadgen.records import Clock
+from pytest_aifactory.loadgen.request_options import ModelMix, RequestOptions
 from pytest_aifactory.loadgen.runner import LoadDriver, SendFn
 from pytest_aifactory.loadgen.spec import LoadSpec
 
@@ -55,7 +62,7 @@ MAX_EVENT_BYTES = 2**24
 
 _DONE = b"[DONE]"
 
-APIS = ("completions", "chat")
+APIS = ("completions", "chat", "embeddings")
 CONNECTIONS = ("pooled", "per_request")
 MAX_RESENDS = 3
 """Times a request is sent again after finding its pooled connection closed by the server: one
@@ -64,22 +71,38 @@ _STALE_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
 _STALE_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 
-def request_body(spec: LoadSpec, prompt: Prompt) -> bytes:
-    """The JSON body of one request, encoded once per prompt rather than once per request."""
+def prompt_output_tokens(spec: LoadSpec, prompt: Prompt) -> int:
+    """The tokens one prompt asks for: its own (drawn, or its dataset's), else the fixed
+    count of the recipe."""
+    if prompt.output_tokens is not None:
+        return prompt.output_tokens
+    fixed = spec.dataset.output_tokens
+    return fixed if isinstance(fixed, int) else DEFAULT_OUTPUT_TOKENS
+
+
+def request_body(
+    spec: LoadSpec, prompt: Prompt, model: str | None = None, options: RequestOptions | None = None
+) -> bytes:
+    """The JSON body of one request naming `model` (default: the spec's), encoded once per
+    prompt and model rather than once per request: the client's own keys, the recipe's
+    sampling options, then its `extra_body` (which may not set any of them)."""
     dataset = spec.dataset
+    options = options or RequestOptions.of(spec)
     payload: dict[str, Any] = {
-        "model": spec.model,
+        "model": model if model is not None else spec.model,
         "stream": True,
         "stream_options": {"include_usage": True},
-        "max_tokens": dataset.output_tokens,
-        "temperature": 0,
+        "max_tokens": prompt_output_tokens(spec, prompt),
+        **options.sampling,
     }
     if spec.api == "chat":
-        payload["messages"] = [{"role": "user", "content": prompt.text}]
+        messages = prompt.messages or ({"role": "user", "content": prompt.text},)
+        payload["messages"] = list(messages)
     else:
         payload["prompt"] = prompt.text
     if dataset.ignore_eos:
         payload["ignore_eos"] = True
+    payload.update(options.extra_body)
     return json.dumps(payload).encode()
 
 
@@ -95,11 +118,15 @@ def _excerpt(data: bytes | str) -> str:
 
 @dataclass
 class StreamState:
-    """What one response stream has shown so far."""
+    """What one response stream has shown so far. `events_ns` holds every event that carried
+    generated text, reasoning included; `answer_ns` the first of them that carried answer text
+    (0 until one did), `reasoning_events` how many carried reasoning only."""
 
     chat: bool
     status: int | None = None
     events_ns: list[int] = field(default_factory=list)
+    answer_ns: int = 0
+    reasoning_events: int = 0
     usage: dict[str, Any] | None = None
     done: bool = False
     error: str = ""
@@ -122,19 +149,32 @@ class StreamState:
         choices = chunk.get("choices")
         if choices and isinstance(choices, list) and isinstance(choices[0], dict):
             first = choices[0]
-            if self.chat:
-                delta = first.get("delta")
-                content = delta.get("content") if isinstance(delta, dict) else None
-            else:
-                content = first.get("text")
-            if content:
-                self.events_ns.append(arrived_ns)
+            part = first.get("delta") if self.chat else first
+            if isinstance(part, dict):
+                self._on_text(part, arrived_ns)
         elif chunk.get("error") is not None:
             self.error = f"StreamError: error event: {_excerpt(json.dumps(chunk['error']))}"
             return
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self.usage = usage
+
+    def _on_text(self, part: dict[str, Any], arrived_ns: int) -> None:
+        """A chat delta or a completions choice: answer text (`content`, `text`), or a
+        reasoning model's thinking, which comes first and which servers put in
+        `reasoning_content` (DeepSeek-R1 style, llama.cpp) or `reasoning` (gpt-oss, newer
+        vLLM). Both are generated tokens; only the answer ends the time to first output."""
+        if part.get("content" if self.chat else "text"):
+            self.events_ns.append(arrived_ns)
+            if not self.answer_ns:
+                self.answer_ns = arrived_ns
+        elif _is_text(part.get("reasoning_content")) or _is_text(part.get("reasoning")):
+            self.events_ns.append(arrived_ns)
+            self.reasoning_events += 1
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) and value != ""
 
 
 class ConnectionTrace:
@@ -220,6 +260,15 @@ def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def reasoning_tokens(usage: dict[str, Any] | None, reasoning_events: int) -> int:
+    """The server's own count (`usage.completion_tokens_details.reasoning_tokens`) where it
+    gives a positive one, else the events that carried reasoning (one token each, as servers
+    stream them). A server that reports 0 beside reasoning it streamed does not count it."""
+    details = usage.get("completion_tokens_details") if usage else None
+    told = _int_or_none(details.get("reasoning_tokens")) if isinstance(details, dict) else None
+    return told if told else reasoning_events
+
+
 async def read_stream(response: aiohttp.ClientResponse, state: StreamState) -> None:
     """Server-sent events from whatever the socket has, not line by line: one await per read,
     however many events it holds. `data:` lines are joined when an event has several; a blank
@@ -299,6 +348,16 @@ def _on_block(block: bytes, arrived_ns: int, state: StreamState) -> None:
         state.on_event(lines[0] if len(lines) == 1 else b"\n".join(lines), arrived_ns)
 
 
+def client_session(spec: LoadSpec, force_close: bool) -> aiohttp.ClientSession:
+    """A session whose connections are timed (`connect_ms`); `force_close`: one per request."""
+    return aiohttp.ClientSession(
+        connector=timed_connector(limit=0, force_close=force_close),
+        timeout=aiohttp.ClientTimeout(total=spec.timeout_s),
+        read_bufsize=READ_BUFFER,
+        trace_configs=[connection_tracing()],
+    )
+
+
 class OpenAIStreamer:
     """Sends requests over one shared session and turns each response into a record."""
 
@@ -308,14 +367,22 @@ class OpenAIStreamer:
         spec: LoadSpec,
         prompts: list[Prompt],
         clock: Clock,
+        fresh: aiohttp.ClientSession | None = None,
     ) -> None:
         if not prompts:
             raise ValueError("no prompts to send")
         self.session = session
+        self.fresh = fresh or session
+        """Where a request that met a closed pooled connection is sent again: a session that
+        always connects anew, since the pool may hold more connections the server closed."""
         self.spec = spec
         self.clock = clock
         self.prompts = prompts
-        self.bodies = [request_body(spec, p) for p in prompts]
+        self.mix = ModelMix(spec)
+        options = RequestOptions.of(spec)
+        self.bodies = [
+            [request_body(spec, p, name, options) for p in prompts] for name in self.mix.names
+        ]
         self.url = endpoint_url(spec)
         self.chat = spec.api == "chat"
         self.headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
@@ -324,8 +391,10 @@ class OpenAIStreamer:
         self.timeout = aiohttp.ClientTimeout(total=spec.timeout_s)
 
     async def send(self, record: dict[str, Any], scheduled_ns: int) -> dict[str, Any]:
-        index = record["request_id"] % len(self.bodies)
-        body = self.bodies[index]
+        index = record["request_id"] % len(self.prompts)
+        model = self.mix.index(record["request_id"])
+        body = self.bodies[model][index]
+        record["model"] = self.mix.names[model]
         headers = {**self.headers, "X-Request-Id": f"{self.spec.process}-{record['request_id']}"}
         resends = 0
         while True:
@@ -333,7 +402,8 @@ class OpenAIStreamer:
             trace = ConnectionTrace()
             start_ns = perf_counter_ns()
             try:
-                await self._exchange(body, headers, state, trace)
+                session = self.session if resends == 0 else self.fresh
+                await self._exchange(session, body, headers, state, trace)
             except Exception as err:
                 stale = trace.reused and state.status is None and closed_before_answer(err)
                 if stale and resends < MAX_RESENDS:
@@ -356,9 +426,14 @@ class OpenAIStreamer:
         return self._fill(record, self.prompts[index], state, sent_ns, end_ns)
 
     async def _exchange(
-        self, body: bytes, headers: dict[str, str], state: StreamState, trace: ConnectionTrace
+        self,
+        session: aiohttp.ClientSession,
+        body: bytes,
+        headers: dict[str, str],
+        state: StreamState,
+        trace: ConnectionTrace,
     ) -> None:
-        async with self.session.post(
+        async with session.post(
             self.url,
             data=body,
             headers=headers,
@@ -397,6 +472,8 @@ class OpenAIStreamer:
         usage = state.usage
         output_tokens = _int_or_none(usage.get("completion_tokens")) if usage else None
         input_tokens = _int_or_none(usage.get("prompt_tokens")) if usage else None
+        record["reasoning_tokens"] = reasoning_tokens(usage, state.reasoning_events)
+        record["prompt_tokens_exact"] = prompt.exact
         record["tokens_estimated"] = output_tokens is None or input_tokens is None
         if output_tokens is None:
             output_tokens = len(events) or None
@@ -411,6 +488,8 @@ class OpenAIStreamer:
             record["ttft_ms"] = ttft_ms
             record["e2el_ms"] = e2el_ms
             record["itl_ms"] = [(b - a) / 1e6 for a, b in itertools.pairwise(events)]
+            if state.answer_ns:
+                record["ttfo_ms"] = (state.answer_ns - start_ns) / 1e6
             if output_tokens is not None and output_tokens > 1:
                 record["tpot_ms"] = (e2el_ms - ttft_ms) / (output_tokens - 1)
         return record
@@ -424,17 +503,19 @@ async def run_openai(spec: LoadSpec) -> dict[str, Any]:
         raise ValueError(
             f"unknown connections '{spec.connections}' (expected one of {', '.join(CONNECTIONS)})"
         )
+    if spec.api == "embeddings":
+        # deferred: the embeddings loop builds on this module's connection handling
+        from pytest_aifactory.loadgen.embeddings import run_embeddings
+
+        return await run_embeddings(spec)
     driver = LoadDriver(spec)
-    connector = timed_connector(limit=0, force_close=spec.connections == "per_request")
-    async with aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=spec.timeout_s),
-        read_bufsize=READ_BUFFER,
-        trace_configs=[connection_tracing()],
-    ) as session:
+    async with (
+        client_session(spec, force_close=spec.connections == "per_request") as session,
+        client_session(spec, force_close=True) as fresh,
+    ):
 
         async def prepare() -> SendFn:
             prompts = await build_prompts(session, spec)
-            return OpenAIStreamer(session, spec, prompts, driver.clock).send
+            return OpenAIStreamer(session, spec, prompts, driver.clock, fresh=fresh).send
 
         return await driver.run(prepare)

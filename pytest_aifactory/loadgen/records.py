@@ -44,15 +44,19 @@ RECORD_COLUMNS: dict[str, ColumnType] = {
     "connect_ms": "float",
     "resends": "nullable_int",
     "ttft_ms": "float",
+    "ttfo_ms": "float",
     "e2el_ms": "float",
     "tpot_ms": "float",
     "itl_ms": "list",
     "output_tokens": "nullable_int",
     "input_tokens": "nullable_int",
+    "reasoning_tokens": "nullable_int",
     "tokens_estimated": "bool",
+    "prompt_tokens_exact": "bool",
     "content_events": "int",
     "http_status": "nullable_int",
     "error": "str",
+    "model": "str",
     "op": "str",
     "latency_ms": "float",
     "ttfb_ms": "float",
@@ -64,10 +68,13 @@ RECORD_COLUMNS: dict[str, ColumnType] = {
 """Every column of a record with its type, in file and DataFrame order (docs/metrics.md).
 
 `connect_ms` is the time an HTTP request spent getting a connection (0 for a reused pooled
-one), `resends` how often it was sent again after finding its pooled connection closed. The
-LLM fields come first; `op` to `extra` serve the other kinds: the operation's name, its
-latency, an object GET's time to first byte, payload bytes, items handled (vectors, rows,
-I/Os), a query's recall@k, and a kind's own detail as a JSON object."""
+one), `resends` how often it was sent again after finding its pooled connection closed.
+`ttfo_ms` is the time to the first answer token (after any reasoning), `reasoning_tokens` how
+many of `output_tokens` were reasoning, `prompt_tokens_exact` whether the prompt's length was
+counted by the server's tokenizer (False: estimated). The LLM fields come first; `op` to
+`extra` serve the other kinds: the operation's name, its latency, an object GET's time to first
+byte, payload bytes, items handled (vectors, rows, I/Os), a query's recall@k, and a kind's own
+detail as a JSON object. `model` is the model an `openai` request named (one of a mix)."""
 
 RECORD_FIELDS: tuple[str, ...] = tuple(RECORD_COLUMNS)
 

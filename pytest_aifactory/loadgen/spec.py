@@ -16,13 +16,20 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class DatasetSpec:
     """Prompts to send. `random`: prompts of exactly `input_tokens` tokens where the server can
-    tokenize, asking for exactly `output_tokens` tokens (EOS ignored where the server allows)."""
+    tokenize, asking for exactly `output_tokens` tokens (EOS ignored where the server allows);
+    either is a count or a distribution (`llm_datasets/lengths.py`), as plain data. `sharegpt`:
+    first turns of ShareGPT conversations within the `min_*`/`max_*` bounds; `file`: prompts
+    from `path`. `output_tokens` None: 64 for `random`, the data's own for the others."""
 
     kind: str = "random"
-    input_tokens: int = 128
-    output_tokens: int = 64
+    input_tokens: int | dict[str, Any] = 128
+    output_tokens: int | dict[str, Any] | None = None
     seed: int = 0
     ignore_eos: bool = True
+    min_input_tokens: int = 4
+    min_output_tokens: int = 4
+    max_input_tokens: int = 1024
+    max_total_tokens: int = 2048
     dim: int = 128
     """Vector kinds: `random` (uniform), `clustered` (Gaussian mixture of `clusters` centres),
     `file` (a user's .npy/.parquet at `path`); `count` vectors stored, `queries` searched for
@@ -48,6 +55,9 @@ class LoadSpec:
     records_path: str
     progress_path: str
     api: str = "completions"
+    models: tuple[tuple[str, float], ...] = ()
+    """A mix: (name, relative weight) of each model a request may name, one drawn per
+    request; empty: every request names `model`."""
     arrival: str = "poisson"
     burstiness: float = 1.0
     requests: int | None = None

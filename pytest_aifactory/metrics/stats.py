@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 PER_REQUEST_METRICS: tuple[str, ...] = (
     "ttft_ms",
+    "ttfo_ms",
     "tpot_ms",
     "itl_ms",
     "e2el_ms",
@@ -30,6 +31,7 @@ PER_REQUEST_METRICS: tuple[str, ...] = (
     "connect_ms",
     "output_tokens",
     "input_tokens",
+    "reasoning_tokens",
 )
 """Per-request metrics of an LLM load level, in the order summaries list them."""
 CLIENT_SIDE_METRICS = frozenset({"queue_ms", "connect_ms"})
@@ -210,7 +212,8 @@ def summarize_llm(
     and not needed here.
 
     Returns a strict-JSON-ready dict (NaN -> None) with `counts`, `per_request` statistics,
-    `per_level` rates, `errors` by class and `tokens_estimated`.
+    `per_level` rates, `errors` by class, `tokens_estimated` and `prompt_tokens_exact` (every
+    prompt's length counted by the server's tokenizer).
 
     Latency and token statistics use the successful requests; `queue_ms` and `connect_ms` use
     every request sent, since a request that failed still waited in the client and still got a
@@ -261,6 +264,7 @@ def summarize_llm(
 
     errors = Counter(error_class(e) for e in _error_texts(rows) if e)
     estimated = _column(rows, "tokens_estimated", False).map(lambda v: not _missing(v) and bool(v))
+    exact = _column(rows, "prompt_tokens_exact", False).map(lambda v: not _missing(v) and bool(v))
     return json_safe(
         {
             "counts": {
@@ -274,6 +278,7 @@ def summarize_llm(
             "per_level": per_level,
             "errors": dict(errors.most_common()),
             "tokens_estimated": bool(estimated.any()),
+            "prompt_tokens_exact": bool(len(exact) and exact.all()),
         }
     )
 

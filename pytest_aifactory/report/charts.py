@@ -511,7 +511,7 @@ def client_levels(summary: Mapping[str, Any], client: str) -> pd.DataFrame:
     rows = []
     for test in client_tests(summary, client):
         per_level = test.get("per_level") or {}
-        head = headline_of(test.get("kind"))
+        head = headline_of(test.get("kind"), test.get("api"))
         values = headline_values(test)
         rows.append(
             {

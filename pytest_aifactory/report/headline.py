@@ -19,7 +19,7 @@ __all__ = ["Headline", "headline_of", "headline_values"]
 
 def headline_values(test: Mapping[str, Any]) -> dict[str, float | None]:
     """A test entry's throughput and latency p50/p99 by its kind's headline."""
-    head = headline_of(test.get("kind"))
+    head = headline_of(test.get("kind"), test.get("api"))
     latency = ((test.get("per_request") or {}).get(head.latency)) or {}
     return {
         "throughput": finite_number((test.get("per_level") or {}).get(head.throughput)),

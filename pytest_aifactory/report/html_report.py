@@ -379,7 +379,41 @@ def stats_table(test: Mapping[str, Any]) -> str:
         ]
         parts.append(_table(("Error kind", "Failed requests"), error_rows, "errors"))
     parts.append(operations_table(test))
+    parts.append(models_table(test))
     return "".join(parts)
+
+
+def models_table(test: Mapping[str, Any]) -> str:
+    """A mix of models' figures per model (`by_model`), read by the level's headline: TTFT
+    and generated tokens per second, or an embeddings level's latency and inputs per second."""
+    by_model = test.get("by_model") or {}
+    if not by_model:
+        return ""
+    head = headline_of(test.get("kind"), test.get("api"))
+    rows = []
+    for name, figures in by_model.items():
+        counts = figures.get("counts") or {}
+        latency = figures.get(head.latency) or {}
+        cells = [
+            fmt_number(counts.get("sent")),
+            fmt_number(counts.get("failed")),
+            fmt_number(figures.get("request_throughput")),
+            fmt_number(figures.get(head.throughput)),
+            fmt_number(latency.get("p50")),
+            fmt_number(latency.get("p99")),
+        ]
+        row_cells = "".join(f'<td class="num">{_e(c)}</td>' for c in cells)
+        rows.append(f"<tr><td><code>{_e(name)}</code></td>{row_cells}</tr>")
+    headers = (
+        "Model",
+        "Sent",
+        "Failed",
+        "req/s",
+        head.throughput_label,
+        f"{head.latency_label} p50 (ms)",
+        f"{head.latency_label} p99 (ms)",
+    )
+    return _table(headers, rows, "models")
 
 
 def operations_table(test: Mapping[str, Any]) -> str:
@@ -493,7 +527,7 @@ def overview_table(tests: Sequence[Mapping[str, Any]], anchors: Mapping[str, str
     rows = []
     for test in tests:
         counts = test.get("counts") or {}
-        head = headline_of(test.get("kind"))
+        head = headline_of(test.get("kind"), test.get("api"))
         values = headline_values(test)
         anchor = anchors.get(str(test.get("test_id")), "")
         rows.append(

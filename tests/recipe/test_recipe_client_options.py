@@ -25,6 +25,8 @@ def problems(tmp_path: Path, text: str) -> list[str]:
 
 
 def test_sections_reach_the_client_job_as_plain_data(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "vectors.npy").write_bytes(b"")  # the recipe checks it exists
     recipe = load(
         tmp_path,
         """\

@@ -123,7 +123,7 @@ def kind_metrics(kind: str | None) -> list[MetricInfo]:
     return [table[name] for name in (*own, *declared.common_metrics)]
 
 
-def headline_of(kind: str | None) -> Headline:
-    """A kind's headline figures; a test entry without a kind comes from a run that had only
-    LLM clients."""
-    return get_client_kind(kind or "openai").headline
+def headline_of(kind: str | None, api: str | None = None) -> Headline:
+    """A kind's headline figures (for a client speaking `api`, where it has its own); a test
+    entry without a kind comes from a run that had only LLM clients."""
+    return get_client_kind(kind or "openai").headline_for(api)

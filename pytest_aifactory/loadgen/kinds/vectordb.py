@@ -81,6 +81,7 @@ CLIENT_KIND = ClientKind(
     throughput_metric="qps",
     options=VectorDbOptions,
     needs_service=False,
+    datasets="vectors",
     metrics=(
         metric("recall_at_k", "ratio", True, False, "vectordb", "overlap with exact top-k"),
         metric("qps", "q/s", True, False, "vectordb", "queries per second"),
