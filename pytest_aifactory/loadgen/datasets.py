@@ -100,10 +100,24 @@ class ServerTokenizer:
         self.model = model
         self.shape: str | None = None
         self.timeout = aiohttp.ClientTimeout(total=TOKENIZER_TIMEOUT_S)
-        # the same header the requests send: a keyed server refuses the probe without it
-        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # the same header the requests send: a keyed server refuses the probe without it. One
+        # connection per request: llama.cpp's server closes a kept-alive connection after a few
+        # requests, and a pooled one it closed fails the next write.
+        self.headers = {"Connection": "close"}
+        if api_key:
+            self.headers["Authorization"] = f"Bearer {api_key}"
 
     async def _post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        try:
+            return await self._post_once(path, body)
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            pass  # a connection pooled before the probe may have been closed by the server
+        try:
+            return await self._post_once(path, body)
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as err:
+            raise TokenizerUnavailable(f"{path}: {type(err).__name__}: {err}") from err
+
+    async def _post_once(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
         try:
             async with self.session.post(
                 self.root + path, json=body, headers=self.headers, timeout=self.timeout
@@ -116,6 +130,8 @@ class ServerTokenizer:
                 if resp.status >= 400:
                     return resp.status, None
                 return resp.status, await resp.json(content_type=None)
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            raise
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as err:
             raise TokenizerUnavailable(f"{path}: {type(err).__name__}: {err}") from err
 

@@ -178,9 +178,24 @@ class StreamingServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def _closed_on_reuse(self, request: web.Request) -> bool:
+        """With `close_on_reuse`, close a connection that carries its second request, unanswered,
+        as a server closing kept-alive connections without saying so."""
+        transport = request.transport
+        if not self.behaviour.close_on_reuse or transport is None:
+            return False
+        if transport in self._answered:
+            self.seen.closed_on_reuse += 1
+            transport.close()
+            return True
+        self._answered.add(transport)
+        return False
+
     # -- tokenizer -----------------------------------------------------------------------------
 
     async def _tokenize(self, request: web.Request) -> web.Response:
+        if self._closed_on_reuse(request):
+            return web.Response()
         body = await request.json()
         shape = self.behaviour.tokenizer
         if shape == "llama" and "content" in body:
@@ -193,6 +208,8 @@ class StreamingServer:
         return web.json_response({"error": "bad request"}, status=400)
 
     async def _detokenize(self, request: web.Request) -> web.Response:
+        if self._closed_on_reuse(request):
+            return web.Response()
         body = await request.json()
         shape = self.behaviour.tokenizer
         if shape is None:
@@ -253,13 +270,8 @@ class StreamingServer:
 
     async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
         seen = self.seen
-        transport = request.transport
-        if self.behaviour.close_on_reuse and transport is not None:
-            if transport in self._answered:
-                seen.closed_on_reuse += 1
-                transport.close()
-                return web.Response()  # written to nobody: the connection is gone
-            self._answered.add(transport)
+        if self._closed_on_reuse(request):
+            return web.Response()  # written to nobody: the connection is gone
         seen.in_flight += 1
         seen.max_in_flight = max(seen.max_in_flight, seen.in_flight)
         try:

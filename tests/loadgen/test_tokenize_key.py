@@ -134,3 +134,17 @@ def test_llama_server_refuses_the_probe_without_the_key(tmp_path: Path, llama: E
     spec = spec_for(tmp_path, llama.url, model="smollm2-135m", api_key=None)
     with pytest.raises(TokenizerRefused, match="POST /tokenize answered 401"):
         run_load(spec)
+
+
+def test_the_probe_survives_a_server_closing_kept_alive_connections(tmp_path: Path) -> None:
+    """llama.cpp's server closes a kept-alive connection after a few requests; a probe that
+    reused pooled connections met a closed one and fell back to word prompts of guessed length.
+    This server closes every connection at its second request."""
+    with StreamingServer(ttft_s=0.0, gap_s=0.0) as server:
+        server.behaviour.close_on_reuse = True
+        spec = spec_for(tmp_path, server.url, requests=8)
+        outcome = run_load(spec)
+    records = records_of(spec)
+    assert outcome["failed"] == 0, records["error"].tolist()
+    assert records["prompt_tokens_exact"].all()
+    assert (records["input_tokens"] == INPUT_TOKENS).all()
