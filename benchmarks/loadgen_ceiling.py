@@ -235,7 +235,7 @@ def guidellm_figures(report: dict[str, Any]) -> dict[str, Any]:
         value = metrics[name]["successful"].get(key)
         if value is None and key.startswith("p"):
             value = metrics[name]["successful"]["percentiles"].get(key)
-        return value
+        return None if value is None else float(value)
 
     output_tokens = metrics["output_token_count"]["successful"]["total_sum"]
     return {
@@ -296,37 +296,78 @@ def vllm_bench_python(option: str | None) -> str | None:
     return str(found) if found else None
 
 
+def vllm_common_args(
+    url: str, model: str, tokenizer: Path, prompts: int, in_flight: int
+) -> list[str]:
+    """`vllm bench serve` options every run here shares: the server's completions API,
+    `prompts` requests at an unlimited request rate with at most `in_flight` in flight, each
+    generating all the tokens it asks for (EOS ignored)."""
+    return [
+        *("--backend", "openai", "--base-url", url, "--endpoint", "/v1/completions"),
+        *("--model", model, "--tokenizer", str(tokenizer)),
+        *("--ignore-eos", "--num-prompts", str(prompts), "--request-rate", "inf"),
+        *("--max-concurrency", str(in_flight), "--disable-tqdm"),
+    ]
+
+
 def vllm_bench_args(
     url: str, tokenizer: Path, input_len: int, output_len: int, prompts: int, in_flight: int
 ) -> list[str]:
     """`vllm bench serve` options for random prompts to the token server's completions API at
     an unlimited request rate with at most `in_flight` requests in flight."""
     return [
-        "--backend",
-        "openai",
-        "--base-url",
-        url,
-        "--endpoint",
-        "/v1/completions",
-        "--model",
-        "token-server",
-        "--tokenizer",
-        str(tokenizer),
-        "--dataset-name",
-        "random",
-        "--random-input-len",
-        str(input_len),
-        "--random-output-len",
-        str(output_len),
-        "--ignore-eos",
-        "--num-prompts",
-        str(prompts),
-        "--request-rate",
-        "inf",
-        "--max-concurrency",
-        str(in_flight),
-        "--disable-tqdm",
+        *vllm_common_args(url, "token-server", tokenizer, prompts, in_flight),
+        *("--dataset-name", "random", "--random-input-len", str(input_len)),
+        *("--random-output-len", str(output_len)),
     ]
+
+
+def vllm_sharegpt_args(
+    url: str, model: str, tokenizer: Path, sample: Path, prompts: int, seed: int, in_flight: int
+) -> list[str]:
+    """`vllm bench serve` options for the conversations of a ShareGPT file, `prompts` of them
+    shuffled by `seed`, each asking for its reply's token count."""
+    return [
+        *vllm_common_args(url, model, tokenizer, prompts, in_flight),
+        *("--dataset-name", "sharegpt", "--dataset-path", str(sample), "--seed", str(seed)),
+    ]
+
+
+VLLM_SERVE = """
+import argparse, sys
+from vllm.benchmarks.serve import add_cli_args, main
+parser = argparse.ArgumentParser()
+add_cli_args(parser)
+main(parser.parse_args(sys.argv[1:]))
+"""
+
+
+def run_vllm_saved(
+    python: str, args: list[str], timeout_s: float = 900.0
+) -> tuple[dict[str, Any] | None, str]:
+    """vLLM's serving benchmark (what `vllm bench serve` runs) with `args`; (the result it saves
+    with `--save-result --save-detailed`: totals, medians and per-request lists, "") or (None,
+    why it failed)."""
+    folder = Path(tempfile.mkdtemp(prefix="vllm-bench-"))
+    saved = ["--save-result", "--save-detailed", "--result-dir", str(folder)]
+    command = [python, "-c", VLLM_SERVE, *args, *saved, "--result-filename", "result.json"]
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+    }
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env)
+        result = folder / "result.json"
+        if done.returncode != 0 or not result.exists():
+            tail = (done.stderr or done.stdout)[-1500:]
+            return None, f"vLLM's benchmark exited {done.returncode}: {tail}"
+        return json.loads(result.read_text(encoding="utf-8")), ""
+    except subprocess.TimeoutExpired:
+        return None, f"vLLM's benchmark did not finish within {timeout_s:g} s"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def run_vllm_bench(

@@ -28,6 +28,8 @@ _EXPORTS: dict[str, str] = {
     "run_load": "pytest_aifactory.loadgen.runner",
     "TokenServer": "pytest_aifactory.testing.token_server",
     "load_spec": "pytest_aifactory.testing.load_specs",
+    "sharegpt_sample_dataset": "pytest_aifactory.testing.sharegpt_sample",
+    "write_sharegpt_sample": "pytest_aifactory.testing.sharegpt_sample",
     # a client kind of one's own (docs/adding-a-kind.md)
     "ClientKind": "pytest_aifactory.loadgen.kind",
     "KindOptions": "pytest_aifactory.loadgen.kind",
@@ -86,6 +88,12 @@ if TYPE_CHECKING:  # `X as X`: re-exported, for type checkers
     from pytest_aifactory.services.models import hf_model_dir as hf_model_dir
     from pytest_aifactory.services.models import resolve_gguf as resolve_gguf
     from pytest_aifactory.testing.load_specs import load_spec as load_spec
+    from pytest_aifactory.testing.sharegpt_sample import (
+        sharegpt_sample_dataset as sharegpt_sample_dataset,
+    )
+    from pytest_aifactory.testing.sharegpt_sample import (
+        write_sharegpt_sample as write_sharegpt_sample,
+    )
     from pytest_aifactory.testing.token_server import TokenServer as TokenServer
 
 

@@ -1,15 +1,16 @@
 """Load cases: one client at one load level, i.e. one pytest test.
 
 The driver splits a case into one `LoadSpec` per client process (nodes x processes per node),
-each with its share of the concurrency or rate and its own seed, so that together they make
-one load of the requested size.
+each with its share of the concurrency or rate (of a replay: of the trace's entries, dealt
+round-robin, at the level's speed) and its own seed, so that together they make one load of the
+requested size.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -113,6 +114,7 @@ def process_specs(
     client: Client,
     *,
     base_url: str,
+    replica_urls: Sequence[str] = (),
     model: str,
     records_path: Callable[[int], Path],
     progress_path: Callable[[int], Path],
@@ -131,6 +133,9 @@ def process_specs(
     load = client.load
     if case.mode == "concurrency":
         shares = [float(s) for s in split_evenly(int(case.level), slots)]
+    elif case.mode == "replay":
+        # a speed, not an amount: every process replays its entries at the trace's pace
+        shares = [case.level] * slots
     else:
         shares = [case.level / slots] * slots
     requests: list[int | None] = (
@@ -163,6 +168,7 @@ def process_specs(
                 mode=case.mode,
                 level=shares[slot],
                 base_url=base_url,
+                replica_urls=tuple(replica_urls),
                 model=model,
                 records_path=str(records_path(rank)),
                 progress_path=str(progress_path(rank)),

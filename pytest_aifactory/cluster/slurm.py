@@ -172,7 +172,9 @@ def for_cluster(
         return args, resources
     prepared: list[Any] = []
     for arg in args:
-        service = recipe.services.get(arg.name) if isinstance(arg, ServiceLaunch) else None
+        service = (
+            recipe.services.get(arg.service or arg.name) if isinstance(arg, ServiceLaunch) else None
+        )
         if service is None:
             prepared.append(arg)
             continue

@@ -53,6 +53,7 @@ from pytest_aifactory.cluster.slurm_commands import (
     squeue,
 )
 from pytest_aifactory.services.launch import ServiceLaunch
+from pytest_aifactory.services.replicas import replica_instance
 
 if TYPE_CHECKING:
     import submitit
@@ -111,7 +112,8 @@ class AllocationNeeds:
     """The nodes a recipe's session needs in an allocation."""
 
     services: dict[str, int]
-    """Nodes of each service that runs as a job (an `external` one does not)."""
+    """Nodes of each service that runs as a job (an `external` one does not), each replica of
+    a service of several its own (`<service>.replica<N>`): replicas run on nodes apart."""
     client_nodes: int
     """The widest client's nodes: clients run one at a time and share them."""
     monitor: bool
@@ -138,9 +140,10 @@ class AllocationNeeds:
 def allocation_needs(recipe: Recipe) -> AllocationNeeds:
     return AllocationNeeds(
         services={
-            name: service.nodes
+            replica_instance(name, replica): service.nodes
             for name, service in recipe.services.items()
             if service.kind != "external"
+            for replica in range(service.replicas)
         },
         client_nodes=max((client.nodes for client in recipe.clients.values()), default=0),
         monitor=recipe.monitor.prometheus,

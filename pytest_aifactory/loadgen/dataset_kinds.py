@@ -34,6 +34,8 @@ class DatasetKind:
     build: str | None = None
     """`module:function` of its `PoolBuilder` (prompt kinds other than `random`)."""
     needs_path: bool = False
+    apis: tuple[str, ...] | None = None
+    """The `api`s of the clients that can send it (None: every one)."""
 
 
 def _kinds(*kinds: DatasetKind) -> dict[str, DatasetKind]:
@@ -54,6 +56,33 @@ PROMPT_DATASETS = _kinds(
         "prompts from a JSONL, CSV or Parquet file",
         build="pytest_aifactory.loadgen.llm_datasets.prompt_file:file_pool",
         needs_path=True,
+    ),
+    DatasetKind(
+        "trace",
+        ("path", "format", "block_tokens", "output_tokens", "ignore_eos"),
+        "a request trace (Mooncake, BurstGPT or a prompt file) replayed at its own instants",
+        build="pytest_aifactory.loadgen.llm_datasets.trace:trace_pool",
+        needs_path=True,
+    ),
+    DatasetKind(
+        "shared_prefix",
+        ("groups", "prefix_tokens", "input_tokens", "output_tokens", "ignore_eos"),
+        "random prompts in groups sharing a prefix",
+        build="pytest_aifactory.loadgen.llm_datasets.shared_prefix:shared_prefix_pool",
+    ),
+    DatasetKind(
+        "conversation",
+        (
+            "source",
+            "path",
+            "max_turns",
+            "think_time_s",
+            "output_tokens",
+            "ignore_eos",
+            "max_total_tokens",
+        ),
+        "multi-turn sessions (ShareGPT or a file), each turn sending the history",
+        apis=("chat",),
     ),
 )
 VECTOR_DATASETS = _kinds(

@@ -61,13 +61,16 @@ class Prompt:
     """One prompt. `exact`: `input_tokens` was counted by the server's own tokenizer;
     otherwise it is an estimate (words) and the server's usage report is the truth.
     `output_tokens`: the tokens to ask for (None: the dataset's fixed `output_tokens`);
-    `messages`: a chat given whole (a `file` dataset's), sent instead of `text`."""
+    `messages`: a chat given whole (a `file` dataset's), sent instead of `text`; `at_s`: when
+    a replayed trace sends it, in seconds after the trace's first request (before the replay's
+    speed factor; None for warmup)."""
 
     text: str
     input_tokens: int | None
     exact: bool
     output_tokens: int | None = None
     messages: tuple[dict[str, Any], ...] | None = None
+    at_s: float | None = None
 
 
 def api_root(base_url: str) -> str:

@@ -21,11 +21,10 @@ import aiohttp
 from pytest_aifactory.loadgen.datasets import Prompt, api_root, build_prompts
 from pytest_aifactory.loadgen.kinds.openai import EMBEDDINGS_OP
 from pytest_aifactory.loadgen.openai import (
-    MAX_RESENDS,
     ConnectionTrace,
+    PooledPoster,
     _excerpt,
     client_session,
-    closed_before_answer,
 )
 from pytest_aifactory.loadgen.records import Clock
 from pytest_aifactory.loadgen.request_options import ModelMix, RequestOptions
@@ -35,8 +34,9 @@ from pytest_aifactory.loadgen.spec import LoadSpec
 OP = EMBEDDINGS_OP
 
 
-def embeddings_url(spec: LoadSpec) -> str:
-    return api_root(spec.base_url) + "/v1/embeddings"
+def embeddings_url(spec: LoadSpec, base_url: str | None = None) -> str:
+    """The embeddings path on `base_url` (default: the spec's first server)."""
+    return api_root(spec.base_url if base_url is None else base_url) + "/v1/embeddings"
 
 
 def embeddings_body(texts: list[str], model: str, options: RequestOptions) -> bytes:
@@ -80,7 +80,7 @@ class _Exchange:
     error: str = ""
 
 
-class EmbeddingsSender:
+class EmbeddingsSender(PooledPoster):
     """Sends batches over one shared session and turns each answer into a record."""
 
     def __init__(
@@ -93,21 +93,12 @@ class EmbeddingsSender:
     ) -> None:
         if not prompts:
             raise ValueError("no inputs to send")
-        self.session = session
-        self.fresh = fresh or session
-        """Where a batch that met a closed pooled connection is sent again (as for streams)."""
-        self.spec = spec
-        self.clock = clock
+        super().__init__(session, spec, clock, fresh, embeddings_url)
         self.prompts = prompts
         options = RequestOptions.of(spec)
         self.batch = options.batch_size
         self.mix = ModelMix(spec)
         self.options = options
-        self.url = embeddings_url(spec)
-        self.headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if spec.api_key:
-            self.headers["Authorization"] = f"Bearer {spec.api_key}"
-        self.timeout = aiohttp.ClientTimeout(total=spec.timeout_s)
 
     def inputs(self, request_id: int) -> list[Prompt]:
         """The request's `batch_size` prompts: the next ones of the pool, in turn."""
@@ -115,30 +106,37 @@ class EmbeddingsSender:
         return [self.prompts[(first + i) % len(self.prompts)] for i in range(self.batch)]
 
     async def send(self, record: dict[str, Any], scheduled_ns: int) -> dict[str, Any]:
+        """Send one batch to the server the balancer picks and fill its record."""
+
+        async def send(url: str) -> dict[str, Any]:
+            return await self._send(record, scheduled_ns, url)
+
+        return await self.on_replica(record, send)
+
+    async def _send(self, record: dict[str, Any], scheduled_ns: int, url: str) -> dict[str, Any]:
         request_id = record["request_id"]
         inputs = self.inputs(request_id)
         model = self.mix.names[self.mix.index(request_id)]
         body = embeddings_body([p.text for p in inputs], model, self.options)
-        headers = {**self.headers, "X-Request-Id": f"{self.spec.process}-{request_id}"}
-        resends = 0
-        while True:
+        headers = self.request_headers(record)
+        exchange = _Exchange()
+
+        async def attempt(session: aiohttp.ClientSession, trace: ConnectionTrace) -> None:
+            nonlocal exchange
             exchange = _Exchange()
-            trace = ConnectionTrace()
-            start_ns = perf_counter_ns()
-            try:
-                session = self.session if resends == 0 else self.fresh
-                await self._exchange(session, body, headers, exchange, trace)
-            except TimeoutError:
-                exchange.error = f"Timeout: no answer within {self.spec.timeout_s:g} s"
-            except (aiohttp.ClientError, OSError) as err:
-                stale = trace.reused and exchange.status is None and closed_before_answer(err)
-                if stale and resends < MAX_RESENDS:
-                    resends += 1  # the server never saw it: send it again, clock restarted
-                    continue
-                exchange.error = f"ConnectionError: {type(err).__name__}: {err}"
-            break
+            await self._exchange(session, url, body, headers, exchange, trace)
+
+        tried = await self.attempt(attempt, lambda: exchange.status is not None)
         end_ns = perf_counter_ns()
-        sent_ns = trace.written_ns or start_ns
+        failure = tried.failure
+        if isinstance(failure, TimeoutError):
+            exchange.error = f"Timeout: no answer within {self.spec.timeout_s:g} s"
+        elif isinstance(failure, aiohttp.ClientError | OSError):
+            exchange.error = f"ConnectionError: {type(failure).__name__}: {failure}"
+        elif failure is not None:
+            raise failure  # a bug, not the server: the load driver records it
+        trace = tried.trace
+        sent_ns = trace.written_ns or tried.start_ns
         record.update(
             op=OP,
             model=model,
@@ -146,7 +144,7 @@ class EmbeddingsSender:
             http_status=exchange.status,
             queue_ms=max(0, sent_ns - scheduled_ns - trace.connect_ns) / 1e6,
             connect_ms=trace.connect_ns / 1e6,
-            resends=resends,
+            resends=tried.resends,
             send_ts=self.clock.wall(sent_ns),
             end_ts=self.clock.wall(end_ns),
         )
@@ -176,13 +174,14 @@ class EmbeddingsSender:
     async def _exchange(
         self,
         session: aiohttp.ClientSession,
+        url: str,
         body: bytes,
         headers: dict[str, str],
         exchange: _Exchange,
         trace: ConnectionTrace,
     ) -> None:
         async with session.post(
-            self.url, data=body, headers=headers, timeout=self.timeout, trace_request_ctx=trace
+            url, data=body, headers=headers, timeout=self.timeout, trace_request_ctx=trace
         ) as response:
             exchange.status = response.status
             exchange.body = await response.read()

@@ -107,9 +107,15 @@ class ClientKind:
     """Whether the recipe's `load.connections` applies (its client pools HTTP connections)."""
     model_mix: bool = False
     """Whether the recipe's `model` may be a weighted mix of models (one drawn per request)."""
+    replicas: bool = False
+    """Whether it spreads its requests over a service's replicas (`services.<s>.replicas`, a
+    list of external URLs); a client of another kind may not load a service that has several."""
     api_headlines: tuple[tuple[str, Headline], ...] = ()
     """(api, headline) for a client `api` that its figures sum up otherwise than `headline`
     (an embeddings client has no TTFT)."""
+    api_omits: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """(api, metric names) that a client speaking `api` never reports (an embeddings client has
+    no TTFT, a streaming one no single latency): an objective on one could never be judged."""
     closing_columns: tuple[tuple[str, str], ...] = ()
     """(label, figure) columns of the end-of-session table when every test is of this kind, a
     figure written `metric.statistic` (per request) or `metric` (per level); empty: the
@@ -123,6 +129,12 @@ class ClientKind:
                 f"(declare them in its `metrics`)"
             )
         names = self.metric_names
+        for api, omitted in self.api_omits:
+            if set(omitted) - set(names):
+                raise KindDeclarationError(
+                    f"client kind '{self.name}': api '{api}' omits metrics it does not declare: "
+                    f"{sorted(set(omitted) - set(names))}"
+                )
         figures = [figure.split(".", 1)[0] for _, figure in self.closing_columns]
         heads = [self.headline, *(head for _, head in self.api_headlines)]
         for needed in (
@@ -144,6 +156,11 @@ class ClientKind:
     def metric_names(self) -> tuple[str, ...]:
         """Every metric its summaries hold and its SLOs may bound."""
         return (*self.common_metrics, *(info.name for info in self.metrics))
+
+    def metric_names_for(self, api: str | None) -> tuple[str, ...]:
+        """The metrics a client of this kind speaking `api` reports (None: all the kind's)."""
+        omitted = set(dict(self.api_omits).get(api or "", ()))
+        return tuple(name for name in self.metric_names if name not in omitted)
 
     def load_function(self) -> LoadFunction:
         function: LoadFunction = resolve(self.load, f"client kind '{self.name}' load")

@@ -28,7 +28,7 @@ from __future__ import annotations
 import errno
 import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from time import perf_counter_ns
 from types import SimpleNamespace
@@ -37,6 +37,7 @@ from typing import Any
 import aiohttp
 
 from pytest_aifactory.loadgen.arrivals import Arrivals, timed_connector, watch_arrivals
+from pytest_aifactory.loadgen.balance import ReplicaBalancer, replica_bases
 from pytest_aifactory.loadgen.datasets import (
     DEFAULT_OUTPUT_TOKENS,
     Prompt,
@@ -106,9 +107,10 @@ def request_body(
     return json.dumps(payload).encode()
 
 
-def endpoint_url(spec: LoadSpec) -> str:
+def endpoint_url(spec: LoadSpec, base_url: str | None = None) -> str:
+    """The spec's API path on `base_url` (default: the spec's first server)."""
     path = "/v1/chat/completions" if spec.api == "chat" else "/v1/completions"
-    return api_root(spec.base_url) + path
+    return api_root(spec.base_url if base_url is None else base_url) + path
 
 
 def _excerpt(data: bytes | str) -> str:
@@ -128,6 +130,8 @@ class StreamState:
     answer_ns: int = 0
     reasoning_events: int = 0
     usage: dict[str, Any] | None = None
+    cache_n: int | None = None
+    """llama.cpp's `timings.cache_n`: prompt tokens it served from its cache."""
     done: bool = False
     error: str = ""
 
@@ -158,6 +162,9 @@ class StreamState:
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self.usage = usage
+        timings = chunk.get("timings")
+        if isinstance(timings, dict):
+            self.cache_n = _int_or_none(timings.get("cache_n"))
 
     def _on_text(self, part: dict[str, Any], arrived_ns: int) -> None:
         """A chat delta or a completions choice: answer text (`content`, `text`), or a
@@ -269,6 +276,16 @@ def reasoning_tokens(usage: dict[str, Any] | None, reasoning_events: int) -> int
     return told if told else reasoning_events
 
 
+def cached_tokens(usage: dict[str, Any] | None, cache_n: int | None) -> int | None:
+    """The prompt tokens the server served from its prefix cache, as it said:
+    `usage.prompt_tokens_details.cached_tokens` (vLLM started with
+    `--enable-prompt-tokens-details`, recent llama.cpp), else llama.cpp's `timings.cache_n`;
+    None where it said neither."""
+    details = usage.get("prompt_tokens_details") if usage else None
+    told = _int_or_none(details.get("cached_tokens")) if isinstance(details, dict) else None
+    return told if told is not None else cache_n
+
+
 async def read_stream(response: aiohttp.ClientResponse, state: StreamState) -> None:
     """Server-sent events from whatever the socket has, not line by line: one await per read,
     however many events it holds. `data:` lines are joined when an event has several; a blank
@@ -358,83 +375,168 @@ def client_session(spec: LoadSpec, force_close: bool) -> aiohttp.ClientSession:
     )
 
 
-class OpenAIStreamer:
-    """Sends requests over one shared session and turns each response into a record."""
+@dataclass
+class Attempt:
+    """How a request's last attempt went: its connection's timings, when it began, how many
+    times it was sent again, and what stopped it (None: it ended normally)."""
+
+    trace: ConnectionTrace
+    start_ns: int
+    resends: int
+    failure: Exception | None
+
+
+class PooledPoster:
+    """What every request of an `openai` client shares, streamed or not: the pooled session and
+    the fresh one for resends, the servers (replicas) and how each request picks one, the
+    headers, and the resend of a request that met a pooled connection the server had closed."""
+
+    accept = "application/json"
 
     def __init__(
         self,
         session: aiohttp.ClientSession,
         spec: LoadSpec,
-        prompts: list[Prompt],
         clock: Clock,
-        fresh: aiohttp.ClientSession | None = None,
+        fresh: aiohttp.ClientSession | None,
+        url_of: Callable[[LoadSpec, str], str],
     ) -> None:
-        if not prompts:
-            raise ValueError("no prompts to send")
         self.session = session
         self.fresh = fresh or session
         """Where a request that met a closed pooled connection is sent again: a session that
         always connects anew, since the pool may hold more connections the server closed."""
         self.spec = spec
         self.clock = clock
-        self.prompts = prompts
-        self.mix = ModelMix(spec)
-        options = RequestOptions.of(spec)
-        self.bodies = [
-            [request_body(spec, p, name, options) for p in prompts] for name in self.mix.names
-        ]
-        self.url = endpoint_url(spec)
-        self.chat = spec.api == "chat"
-        self.headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        self.balancer = ReplicaBalancer.of(spec)
+        """Which of the service's servers each request goes to (one without replicas)."""
+        self.urls = [url_of(spec, base) for base in replica_bases(spec)]
+        self.url = self.urls[0]
+        self.headers = {"Content-Type": "application/json", "Accept": self.accept}
         if spec.api_key:
             self.headers["Authorization"] = f"Bearer {spec.api_key}"
         self.timeout = aiohttp.ClientTimeout(total=spec.timeout_s)
 
-    async def send(self, record: dict[str, Any], scheduled_ns: int) -> dict[str, Any]:
-        index = record["request_id"] % len(self.prompts)
-        model = self.mix.index(record["request_id"])
-        body = self.bodies[model][index]
-        record["model"] = self.mix.names[model]
-        headers = {**self.headers, "X-Request-Id": f"{self.spec.process}-{record['request_id']}"}
+    def request_headers(self, record: dict[str, Any]) -> dict[str, str]:
+        return {**self.headers, "X-Request-Id": f"{self.spec.process}-{record['request_id']}"}
+
+    async def on_replica(
+        self,
+        record: dict[str, Any],
+        send: Callable[[str], Awaitable[dict[str, Any]]],
+        replica: int | None = None,
+    ) -> dict[str, Any]:
+        """`send` the request to the server the balancer picks (`replica`: to that one), named
+        in its record, counted in flight until it ends."""
+        replica = self.balancer.acquire(replica)
+        record["replica"] = replica
+        record["replica_address"] = self.balancer.addresses[replica]
+        try:
+            return await send(self.urls[replica])
+        finally:
+            self.balancer.release(replica)
+
+    async def attempt(
+        self,
+        exchange: Callable[[aiohttp.ClientSession, ConnectionTrace], Awaitable[None]],
+        answered: Callable[[], bool],
+    ) -> Attempt:
+        """Run `exchange` until it ends, sending it again (clock restarted) only when it met a
+        pooled connection the server had closed before answering: the server never saw it."""
         resends = 0
         while True:
-            state = StreamState(chat=self.chat)
             trace = ConnectionTrace()
             start_ns = perf_counter_ns()
             try:
-                session = self.session if resends == 0 else self.fresh
-                await self._exchange(session, body, headers, state, trace)
+                await exchange(self.session if resends == 0 else self.fresh, trace)
             except Exception as err:
-                stale = trace.reused and state.status is None and closed_before_answer(err)
+                stale = trace.reused and not answered() and closed_before_answer(err)
                 if stale and resends < MAX_RESENDS:
-                    resends += 1  # the server never saw it: send it again, clock restarted
+                    resends += 1
                     continue
-                state.error = failure_text(err, state, self.spec.timeout_s)
-            break
+                return Attempt(trace, start_ns, resends, err)
+            return Attempt(trace, start_ns, resends, None)
+
+
+class StreamPoster(PooledPoster):
+    """Posts request bodies and turns each streamed response into a record: what every
+    streamed request shares, whatever decides its body."""
+
+    accept = "text/event-stream"
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        spec: LoadSpec,
+        clock: Clock,
+        fresh: aiohttp.ClientSession | None = None,
+    ) -> None:
+        super().__init__(session, spec, clock, fresh, endpoint_url)
+        self.chat = spec.api == "chat"
+
+    async def post(
+        self,
+        record: dict[str, Any],
+        scheduled_ns: int,
+        body: bytes,
+        prompt: Prompt,
+        new_state: Callable[[], StreamState] | None = None,
+        replica: int | None = None,
+    ) -> dict[str, Any]:
+        """Send one request to the server the balancer picks (`replica`: to that one) and fill
+        its record. `new_state` makes the state each attempt reads into, where a caller keeps
+        more of the stream than its timing (a conversation keeps the reply's text)."""
+
+        async def send(url: str) -> dict[str, Any]:
+            return await self._post(record, scheduled_ns, body, prompt, new_state, url)
+
+        return await self.on_replica(record, send, replica)
+
+    async def _post(
+        self,
+        record: dict[str, Any],
+        scheduled_ns: int,
+        body: bytes,
+        prompt: Prompt,
+        new_state: Callable[[], StreamState] | None,
+        url: str,
+    ) -> dict[str, Any]:
+        headers = self.request_headers(record)
+        state = StreamState(chat=self.chat)
+
+        async def exchange(session: aiohttp.ClientSession, trace: ConnectionTrace) -> None:
+            nonlocal state
+            state = new_state() if new_state is not None else StreamState(chat=self.chat)
+            await self._exchange(session, url, body, headers, state, trace)
+
+        attempt = await self.attempt(exchange, lambda: state.status is not None)
         end_ns = perf_counter_ns()
+        trace = attempt.trace
+        if attempt.failure is not None:
+            state.error = failure_text(attempt.failure, state, self.spec.timeout_s)
         if not state.error:
             if not state.done:
                 state.error = "StreamError: stream ended without [DONE]"
             elif not state.events_ns:
                 state.error = "EmptyResponse: no content events"
         # a request that never reached its write (no connection) counts from its hand-over
-        sent_ns = trace.written_ns or start_ns
+        sent_ns = trace.written_ns or attempt.start_ns
         waited_ns = sent_ns - scheduled_ns - trace.connect_ns
         record["queue_ms"] = max(0, waited_ns) / 1e6
         record["connect_ms"] = trace.connect_ns / 1e6
-        record["resends"] = resends
-        return self._fill(record, self.prompts[index], state, sent_ns, end_ns)
+        record["resends"] = attempt.resends
+        return self._fill(record, prompt, state, sent_ns, end_ns)
 
     async def _exchange(
         self,
         session: aiohttp.ClientSession,
+        url: str,
         body: bytes,
         headers: dict[str, str],
         state: StreamState,
         trace: ConnectionTrace,
     ) -> None:
         async with session.post(
-            self.url,
+            url,
             data=body,
             headers=headers,
             timeout=self.timeout,
@@ -473,6 +575,7 @@ class OpenAIStreamer:
         output_tokens = _int_or_none(usage.get("completion_tokens")) if usage else None
         input_tokens = _int_or_none(usage.get("prompt_tokens")) if usage else None
         record["reasoning_tokens"] = reasoning_tokens(usage, state.reasoning_events)
+        record["cached_tokens"] = cached_tokens(usage, state.cache_n)
         record["prompt_tokens_exact"] = prompt.exact
         record["tokens_estimated"] = output_tokens is None or input_tokens is None
         if output_tokens is None:
@@ -495,6 +598,34 @@ class OpenAIStreamer:
         return record
 
 
+class OpenAIStreamer(StreamPoster):
+    """Sends the pool's prompts in turn, each request's body encoded before the load."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        spec: LoadSpec,
+        prompts: list[Prompt],
+        clock: Clock,
+        fresh: aiohttp.ClientSession | None = None,
+    ) -> None:
+        if not prompts:
+            raise ValueError("no prompts to send")
+        super().__init__(session, spec, clock, fresh)
+        self.prompts = prompts
+        self.mix = ModelMix(spec)
+        options = RequestOptions.of(spec)
+        self.bodies = [
+            [request_body(spec, p, name, options) for p in prompts] for name in self.mix.names
+        ]
+
+    async def send(self, record: dict[str, Any], scheduled_ns: int) -> dict[str, Any]:
+        index = record["request_id"] % len(self.prompts)
+        model = self.mix.index(record["request_id"])
+        record["model"] = self.mix.names[model]
+        return await self.post(record, scheduled_ns, self.bodies[model][index], self.prompts[index])
+
+
 async def run_openai(spec: LoadSpec) -> dict[str, Any]:
     """One process of an `openai` client: build the prompts, then drive the load."""
     if spec.api not in APIS:
@@ -513,9 +644,16 @@ async def run_openai(spec: LoadSpec) -> dict[str, Any]:
         client_session(spec, force_close=spec.connections == "per_request") as session,
         client_session(spec, force_close=True) as fresh,
     ):
+        if spec.dataset.kind == "conversation":
+            # deferred: only a conversation's client keeps its sessions' histories
+            from pytest_aifactory.loadgen.conversation import run_conversations
+
+            return await run_conversations(spec, driver, session, fresh)
 
         async def prepare() -> SendFn:
             prompts = await build_prompts(session, spec)
+            if spec.mode == "replay" and spec.dataset.kind == "trace":  # prompts carry instants
+                driver.replay([p.at_s for p in prompts if p.at_s is not None])
             return OpenAIStreamer(session, spec, prompts, driver.clock, fresh=fresh).send
 
         return await driver.run(prepare)

@@ -51,12 +51,18 @@ RECORD_COLUMNS: dict[str, ColumnType] = {
     "output_tokens": "nullable_int",
     "input_tokens": "nullable_int",
     "reasoning_tokens": "nullable_int",
+    "cached_tokens": "nullable_int",
     "tokens_estimated": "bool",
     "prompt_tokens_exact": "bool",
     "content_events": "int",
     "http_status": "nullable_int",
     "error": "str",
     "model": "str",
+    "replica": "nullable_int",
+    "replica_address": "str",
+    "session_id": "nullable_int",
+    "turn": "nullable_int",
+    "session_turns": "nullable_int",
     "op": "str",
     "latency_ms": "float",
     "ttfb_ms": "float",
@@ -70,11 +76,17 @@ RECORD_COLUMNS: dict[str, ColumnType] = {
 `connect_ms` is the time an HTTP request spent getting a connection (0 for a reused pooled
 one), `resends` how often it was sent again after finding its pooled connection closed.
 `ttfo_ms` is the time to the first answer token (after any reasoning), `reasoning_tokens` how
-many of `output_tokens` were reasoning, `prompt_tokens_exact` whether the prompt's length was
-counted by the server's tokenizer (False: estimated). The LLM fields come first; `op` to
-`extra` serve the other kinds: the operation's name, its latency, an object GET's time to first
-byte, payload bytes, items handled (vectors, rows, I/Os), a query's recall@k, and a kind's own
-detail as a JSON object. `model` is the model an `openai` request named (one of a mix)."""
+many of `output_tokens` were reasoning, `cached_tokens` how many of `input_tokens` the
+server said it served from its prefix cache (None: it did not say), `prompt_tokens_exact`
+whether the prompt's length was counted by the server's tokenizer (False: estimated). The
+LLM fields come first; `op` to `extra` serve the other kinds: the operation's name, its
+latency, an object GET's time to first byte, payload bytes, items handled (vectors, rows,
+I/Os), a query's recall@k, and a kind's own detail as a JSON object. `model` is the model an
+`openai` request named (one of a mix); `replica` which of the service's servers it went to (an
+index into its list of URLs), `replica_address` that server's host:port. A turn of a
+multi-turn session (a `conversation` dataset) names its `session_id` (the process's count of
+sessions: unique with `process`), its `turn` (0 for the first) and the `session_turns` the
+session was to send."""
 
 RECORD_FIELDS: tuple[str, ...] = tuple(RECORD_COLUMNS)
 

@@ -3,7 +3,8 @@
 `run_load` is what runs in a submitit job (a local process or a Slurm task). `LoadDriver` owns
 what is the same for every kind: warmup, the start barrier, the concurrency and rate loops,
 records, progress, the driver's heartbeat and a graceful stop on SIGINT/SIGTERM. A kind only
-says how to send one request.
+says how to send one request, or, for multi-turn sessions, how to send a session's next turn
+(`sessions.py`): the session loop then decides when.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pytest_aifactory.cluster.node import LOOPBACK, in_slurm_job, node_address, node_name
 from pytest_aifactory.cluster.restart import refuse_restart
 from pytest_aifactory.cluster.rundir import driver_gone
@@ -28,6 +31,7 @@ from pytest_aifactory.loadgen.progress import WRITE_EVERY_S, Progress
 from pytest_aifactory.loadgen.records import Clock, RecordWriter, new_record
 from pytest_aifactory.loadgen.schedule import arrival_offsets
 from pytest_aifactory.loadgen.selfcheck import ClientMeter, client_stats_path
+from pytest_aifactory.loadgen.sessions import Session, Sessions
 from pytest_aifactory.loadgen.signals import install_stop_signals, restore_signals
 from pytest_aifactory.loadgen.spec import LoadSpec
 from pytest_aifactory.monitor.node_exporter import node_exporter
@@ -39,7 +43,7 @@ SendFn = Callable[[dict[str, Any], int], Awaitable[dict[str, Any]]]
 `scheduled_ts`, and the scheduled perf_counter_ns; fills in the measurements and returns it.
 It reports failures in the record's `error` and never raises for what a server does."""
 
-MODES = ("concurrency", "rate")
+MODES = ("concurrency", "rate", "replay")
 _POLL_S = 0.25
 """Longest sleep between checks of the stop flag while waiting for a send time."""
 _SPIN_NS = 1_500_000
@@ -65,7 +69,7 @@ def validate(spec: LoadSpec) -> None:
         raise ValueError(f"load level must be positive, got {spec.level}")
     if spec.mode == "concurrency" and int(spec.level) < 1:
         raise ValueError(f"concurrency must be at least 1, got {spec.level}")
-    if spec.requests is None and spec.duration_s is None:
+    if spec.requests is None and spec.duration_s is None and spec.mode != "replay":
         raise ValueError("a load needs `requests` or `duration_s`")
     if spec.max_concurrency is not None and spec.max_concurrency < 1:
         raise ValueError(f"max_concurrency must be at least 1, got {spec.max_concurrency}")
@@ -129,6 +133,8 @@ class LoadDriver:
         self.started_at: float | None = None
         self._t0_ns: int | None = None
         self._next_id = 0
+        self._next_session = 0
+        self._trace_s: list[float] | None = None
         self._stop_sending = asyncio.Event()
         self._aborted = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -137,8 +143,9 @@ class LoadDriver:
 
     # -- public --------------------------------------------------------------------------------
 
-    async def run(self, prepare: Callable[[], Awaitable[SendFn]]) -> dict[str, Any]:
+    async def run(self, prepare: Callable[[], Awaitable[SendFn | Sessions]]) -> dict[str, Any]:
         """Prepare (untimed: prompts, connections), warm up, wait for the start, run, flush.
+        What `prepare` gives sends one request, or is `Sessions` (the session loop sends them).
 
         Whatever stops the load (its end, the driver going away, a signal), records already
         taken are written and the outcome is returned.
@@ -154,13 +161,21 @@ class LoadDriver:
         ticker = asyncio.create_task(self._tick())
         try:
             send = await self._tracked(prepare())
+            if send is not None and self.spec.mode == "replay":
+                # the requests a replay sends; without a trace it stops before any request
+                self.progress.total = len(self._replay_offsets())
             if send is not None and not self._stop_sending.is_set():
-                await self._warmup(send)
+                if isinstance(send, Sessions):
+                    await self._session_warmup(send)
+                else:
+                    await self._warmup(send)
                 await self._wait_for_start()
                 self._t0_ns = self.clock.now_ns()
                 self.started_at = self.clock.wall(self._t0_ns)
                 self.meter.start()
-                if self.spec.mode == "concurrency":
+                if isinstance(send, Sessions):
+                    await self._session_loop(send)
+                elif self.spec.mode == "concurrency":
                     await self._closed_loop(send)
                 else:
                     await self._open_loop(send)
@@ -194,6 +209,12 @@ class LoadDriver:
     def stop_sending(self) -> None:
         """Send nothing new; requests in flight still finish and are recorded."""
         self._stop_sending.set()
+
+    def replay(self, times_s: list[float]) -> None:
+        """The instants of a replayed trace's requests (seconds after its first request, in
+        the order sent), given while preparing: mode `replay` sends request i at
+        `times_s[i] / level` after the start, the level being the speed."""
+        self._trace_s = list(times_s)
 
     # -- phases --------------------------------------------------------------------------------
 
@@ -256,8 +277,12 @@ class LoadDriver:
         """Requests launched at precomputed offsets from the start, whatever is in flight."""
         assert self._t0_ns is not None
         spec = self.spec
-        offsets = arrival_offsets(
-            spec.requests, spec.level, spec.arrival, spec.burstiness, spec.seed, spec.duration_s
+        offsets = (
+            self._replay_offsets()
+            if spec.mode == "replay"
+            else arrival_offsets(
+                spec.requests, spec.level, spec.arrival, spec.burstiness, spec.seed, spec.duration_s
+            )
         )
         targets = self._t0_ns + (offsets * 1e9).astype("int64")
         limiter = asyncio.Semaphore(spec.max_concurrency) if spec.max_concurrency else None
@@ -282,6 +307,127 @@ class LoadDriver:
         pending = [t for t in self._tasks if not t.done()]
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+
+    def _replay_offsets(self) -> np.ndarray:
+        """The trace's instants at the level's speed, those before `duration_s` only."""
+        if self._trace_s is None:
+            raise ValueError(
+                f"client '{self.spec.client}': load mode 'replay' sends a trace: give it a "
+                "dataset of kind 'trace'"
+            )
+        offsets = np.asarray(self._trace_s, dtype=float) / self.spec.level
+        if self.spec.duration_s is not None:
+            offsets = offsets[offsets < self.spec.duration_s]
+        return offsets
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    async def _session_warmup(self, sessions: Sessions) -> None:
+        """The first turns of the first `warmup_requests` sessions, which the measured load
+        does not open again."""
+        count = self.spec.warmup_requests
+        if count <= 0:
+            return
+        width = min(count, max(1, math.ceil(self.spec.level)))
+        if self.spec.max_concurrency:
+            width = min(width, self.spec.max_concurrency)
+
+        async def worker() -> None:
+            free_ns = self.clock.now_ns()
+            while not self._stop_sending.is_set() and self._next_session < count:
+                index = self._next_session
+                self._next_session += 1
+                await self._turn(sessions.open(index), index, 0, "warmup", free_ns)
+                free_ns = self.clock.now_ns()
+
+        await self._gather([worker() for _ in range(width)])
+
+    async def _session_loop(self, sessions: Sessions) -> None:
+        """Sessions instead of requests: `level` of them in flight (each worker opens the next
+        session when its last one ended) or `level` opened per second; each sends its turns one
+        after the other, a turn once the previous answer is in and the think time after it has
+        passed, which is then its scheduled instant (the pause is not `queue_ms`). `requests`
+        counts turns; a session cut by it, by `duration_s` or by a failed turn sends no more."""
+        assert self._t0_ns is not None
+        spec = self.spec
+        first_id = self._next_id
+        deadline = self._t0_ns + int(spec.duration_s * 1e9) if spec.duration_s else None
+        limiter = asyncio.Semaphore(spec.max_concurrency) if spec.max_concurrency else None
+
+        def more() -> bool:
+            if self._stop_sending.is_set():
+                return False
+            if spec.requests is not None and self._next_id - first_id >= spec.requests:
+                return False
+            return deadline is None or self.clock.now_ns() < deadline
+
+        async def turn_of(session: Session, index: int, turn: int, ready_ns: int) -> bool:
+            """Send one turn if the load still sends; whether it was answered."""
+            if limiter is None:
+                if not more():
+                    return False
+                record = await self._turn(session, index, turn, "measure", ready_ns)
+            else:
+                async with limiter:
+                    if not more():
+                        return False
+                    record = await self._turn(session, index, turn, "measure", ready_ns)
+            return not record.get("error")
+
+        async def run_session(start_ns: int) -> None:
+            index = self._next_session
+            self._next_session += 1
+            session = sessions.open(index)
+            ready_ns = start_ns
+            for turn in range(session.turns):
+                if turn:
+                    ready_ns = self.clock.now_ns() + int(session.think_s(turn) * 1e9)
+                    if deadline is not None and ready_ns >= deadline:
+                        return
+                    if not await self._sleep_until(ready_ns):
+                        return
+                if not await turn_of(session, index, turn, ready_ns):
+                    return
+
+        if spec.mode == "concurrency":
+
+            async def worker() -> None:
+                free_ns = self._t0_ns
+                assert free_ns is not None
+                while more():
+                    await run_session(free_ns)
+                    free_ns = self.clock.now_ns()
+
+            await self._gather([worker() for _ in range(int(spec.level))])
+            return
+        offsets = arrival_offsets(
+            spec.requests, spec.level, spec.arrival, spec.burstiness, spec.seed, spec.duration_s
+        )
+        for target in (self._t0_ns + (offsets * 1e9).astype("int64")).tolist():
+            if not await self._sleep_until(target) or not more():
+                break
+            self._spawn(run_session(target))
+        pending = [t for t in self._tasks if not t.done()]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _turn(
+        self, session: Session, index: int, turn: int, phase: str, scheduled_ns: int
+    ) -> dict[str, Any]:
+        """One turn of session `index` as one request, its record naming the session; the
+        record as written (an error in it ends the session)."""
+        request_id = self._next_id
+        self._next_id += 1
+        written: list[dict[str, Any]] = []
+
+        async def send(record: dict[str, Any], scheduled: int) -> dict[str, Any]:
+            record.update(session_id=index, turn=turn, session_turns=session.turns)
+            written.append(record)  # what `_one` writes, should the session raise
+            written[0] = await session.send(record, scheduled)
+            return written[0]
+
+        await self._one(send, request_id, phase, scheduled_ns)
+        return written[0] if written else {"error": "not sent"}
 
     # -- one request ---------------------------------------------------------------------------
 

@@ -19,7 +19,8 @@ class DatasetSpec:
     tokenize, asking for exactly `output_tokens` tokens (EOS ignored where the server allows);
     either is a count or a distribution (`llm_datasets/lengths.py`), as plain data. `sharegpt`:
     first turns of ShareGPT conversations within the `min_*`/`max_*` bounds; `file`: prompts
-    from `path`. `output_tokens` None: 64 for `random`, the data's own for the others."""
+    from `path`; `shared_prefix`, random prompts opening with one of `groups` shared prefixes.
+    `output_tokens` None: 64 for `random` and `shared_prefix`, the data's own for the others."""
 
     kind: str = "random"
     input_tokens: int | dict[str, Any] = 128
@@ -30,6 +31,21 @@ class DatasetSpec:
     min_output_tokens: int = 4
     max_input_tokens: int = 1024
     max_total_tokens: int = 2048
+    format: str = "auto"
+    """`trace`: the layout of the file at `path` (`auto`, `mooncake`, `burstgpt`, `file`),
+    replayed at its own instants (`llm_datasets/trace.py`); `block_tokens`: tokens per
+    Mooncake hash id."""
+    block_tokens: int = 512
+    groups: int = 8
+    """`shared_prefix`: `groups` prefixes of `prefix_tokens` tokens, each opening its group's
+    prompts; `input_tokens` is then each prompt's own suffix."""
+    prefix_tokens: int = 256
+    source: str = "sharegpt"
+    """`conversation`: multi-turn sessions from ShareGPT or from a file at `path`, cut at
+    `max_turns` (None: all); a session waits `think_time_s` (seconds, or a distribution as
+    plain data) after each answer before its next turn."""
+    max_turns: int | None = None
+    think_time_s: float | dict[str, Any] = 0.0
     dim: int = 128
     """Vector kinds: `random` (uniform), `clustered` (Gaussian mixture of `clusters` centres),
     `file` (a user's .npy/.parquet at `path`); `count` vectors stored, `queries` searched for
@@ -55,6 +71,9 @@ class LoadSpec:
     records_path: str
     progress_path: str
     api: str = "completions"
+    replica_urls: tuple[str, ...] = ()
+    """Every server of a service of several (replicas), `base_url` first; a client that
+    spreads its requests (`openai`) picks one per request. Empty: `base_url` alone."""
     models: tuple[tuple[str, float], ...] = ()
     """A mix: (name, relative weight) of each model a request may name, one drawn per
     request; empty: every request names `model`."""

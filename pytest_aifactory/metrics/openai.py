@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from pytest_aifactory.metrics.catalog import SloObjective
+from pytest_aifactory.metrics.conversations import has_sessions, session_counts, turn_figures
 from pytest_aifactory.metrics.embeddings import OP, embedding_figures, summarize_embeddings
+from pytest_aifactory.metrics.replicas import replica_figures
 from pytest_aifactory.metrics.stats import (
     _numeric,
     _rate,
@@ -46,7 +48,8 @@ def summarize_openai(
     kind: ClientKind | None = None,
 ) -> dict[str, Any]:
     """The level's summary; `api: embeddings` for an embeddings level; `by_model` when its
-    requests named more than one model."""
+    requests named more than one model, `by_replica` when they went to several servers;
+    `by_turn` and `sessions` when they were turns of multi-turn sessions."""
     if is_embeddings(records):
         summary = summarize_embeddings(records, requested_rate, objectives)
         figures: Callable[[pd.DataFrame, float], dict[str, Any]] = embedding_figures
@@ -56,6 +59,12 @@ def summarize_openai(
     models = model_figures(records, summary["per_level"].get("duration_s"), figures)
     if models:
         summary["by_model"] = models
+    replicas = replica_figures(records, summary["per_level"].get("duration_s"), figures)
+    if replicas:
+        summary["by_replica"] = replicas
+    if has_sessions(records):
+        summary["by_turn"] = json_safe(turn_figures(records))
+        summary["sessions"] = json_safe(session_counts(records))
     return summary
 
 

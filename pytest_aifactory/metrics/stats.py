@@ -17,6 +17,7 @@ import pandas as pd
 
 from pytest_aifactory.loadgen.kinds import metric_info
 from pytest_aifactory.metrics.catalog import STATISTICS, SloObjective
+from pytest_aifactory.metrics.prefix_cache import prefix_cache_figures
 
 if TYPE_CHECKING:
     from pytest_aifactory.loadgen.kind import ClientKind
@@ -213,7 +214,8 @@ def summarize_llm(
 
     Returns a strict-JSON-ready dict (NaN -> None) with `counts`, `per_request` statistics,
     `per_level` rates, `errors` by class, `tokens_estimated` and `prompt_tokens_exact` (every
-    prompt's length counted by the server's tokenizer).
+    prompt's length counted by the server's tokenizer), and `prefix_cache` where the server
+    said how many prompt tokens it served from its cache (`metrics.prefix_cache`).
 
     Latency and token statistics use the successful requests; `queue_ms` and `connect_ms` use
     every request sent, since a request that failed still waited in the client and still got a
@@ -251,6 +253,7 @@ def summarize_llm(
         return _rate(count, duration)
 
     send_span = float(send.max() - send.min()) if len(send) >= 2 else math.nan
+    hit_rate, prefix_cache = prefix_cache_figures(done)
     per_level = {
         "duration_s": duration,
         "request_throughput": throughput(completed),
@@ -260,27 +263,29 @@ def summarize_llm(
         "goodput": throughput(good),
         "achieved_rate": _rate(len(send) - 1, send_span),
         "requested_rate": requested_rate,
+        "prefix_cache_hit_rate": hit_rate,
     }
 
     errors = Counter(error_class(e) for e in _error_texts(rows) if e)
     estimated = _column(rows, "tokens_estimated", False).map(lambda v: not _missing(v) and bool(v))
     exact = _column(rows, "prompt_tokens_exact", False).map(lambda v: not _missing(v) and bool(v))
-    return json_safe(
-        {
-            "counts": {
-                "sent": sent,
-                "completed": completed,
-                "failed": failed,
-                "good": good,
-                "resends": int(_numeric(rows, "resends").fillna(0).sum()),
-            },
-            "per_request": per_request,
-            "per_level": per_level,
-            "errors": dict(errors.most_common()),
-            "tokens_estimated": bool(estimated.any()),
-            "prompt_tokens_exact": bool(len(exact) and exact.all()),
-        }
-    )
+    summary = {
+        "counts": {
+            "sent": sent,
+            "completed": completed,
+            "failed": failed,
+            "good": good,
+            "resends": int(_numeric(rows, "resends").fillna(0).sum()),
+        },
+        "per_request": per_request,
+        "per_level": per_level,
+        "errors": dict(errors.most_common()),
+        "tokens_estimated": bool(estimated.any()),
+        "prompt_tokens_exact": bool(len(exact) and exact.all()),
+    }
+    if prefix_cache is not None:
+        summary["prefix_cache"] = prefix_cache
+    return json_safe(summary)
 
 
 CPU_SATURATED_PERCENT = 90.0

@@ -56,6 +56,7 @@ from pytest_aifactory.monitor.series import (
     GPU_SERIES,
     KIND_LABEL,
     NODE_SERIES,
+    REPLICA_LABEL,
     RUN_LABEL,
     SERVICE_LABEL,
     Series,
@@ -72,6 +73,7 @@ from pytest_aifactory.monitor.window import (
 from pytest_aifactory.services.base import HealthCheck, ServicePlan, get_kind
 from pytest_aifactory.services.launch import AUTO_HOST, ServiceLaunch, run_service
 from pytest_aifactory.services.manager import ServiceStartError
+from pytest_aifactory.services.replicas import replica_instance
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -332,11 +334,18 @@ class RunMonitor:
         labels = base_labels(self.run.run_id, "service", endpoint.node)
         labels[SERVICE_LABEL] = endpoint.name
         labels[KIND_LABEL] = endpoint.kind
+        target = endpoint.name
+        matcher = f'{SERVICE_LABEL}="{endpoint.name}"'
+        if endpoint.replicated:  # one target per server; the service's figures add them up
+            labels[REPLICA_LABEL] = str(endpoint.replica)
+            target = replica_instance(endpoint.name, endpoint.replica)
+            # this server's own target: the others' scrapes say nothing of whether it is seen
+            matcher += f',{REPLICA_LABEL}="{endpoint.replica}"'
         write_target(
             self.run.root,
-            Target("services", endpoint.name, parsed.netloc, parsed.path or "/metrics", labels),
+            Target("services", target, parsed.netloc, parsed.path or "/metrics", labels),
         )
-        if not self._await_scrape(f'{SERVICE_LABEL}="{endpoint.name}"', time.time(), first=True):
+        if not self._await_scrape(matcher, time.time(), first=True):
             self._warn(
                 f"monitoring: {endpoint.metrics_url} of service '{endpoint.name}' was not "
                 f"scraped within {TARGET_UP_TIMEOUT_S:g} s"

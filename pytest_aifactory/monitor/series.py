@@ -21,6 +21,8 @@ ROLE_LABEL = "aif_role"
 SERVICE_LABEL = "aif_service"
 NODE_LABEL = "aif_node"
 KIND_LABEL = "aif_kind"
+REPLICA_LABEL = "aif_replica"
+"""On each server of a service of several (replicas): which one, so its series stay apart."""
 """Labels every scrape target carries (file-based discovery sets them), so one Prometheus can
 serve several runs and every sample says which service and node it came from."""
 

@@ -754,7 +754,11 @@ def goodput_chart(levels: pd.DataFrame, title: str = "") -> alt.Chart | None:
         return None
     data["quantity"] = data["quantity"].map(columns)
     mode = str(levels["mode"].iloc[0]) if len(levels) else ""
-    axis = {"rate": "requested rate (req/s)", "concurrency": "concurrency"}.get(mode, "load level")
+    axis = {
+        "rate": "requested rate (req/s)",
+        "concurrency": "concurrency",
+        "replay": "replay speed (x the trace's)",
+    }.get(mode, "load level")
     chart: alt.Chart = (
         alt.Chart(data)
         .mark_line(point=True)

@@ -380,6 +380,8 @@ def stats_table(test: Mapping[str, Any]) -> str:
         parts.append(_table(("Error kind", "Failed requests"), error_rows, "errors"))
     parts.append(operations_table(test))
     parts.append(models_table(test))
+    parts.append(turns_table(test))
+    parts.append(replicas_table(test))
     return "".join(parts)
 
 
@@ -387,11 +389,31 @@ def models_table(test: Mapping[str, Any]) -> str:
     """A mix of models' figures per model (`by_model`), read by the level's headline: TTFT
     and generated tokens per second, or an embeddings level's latency and inputs per second."""
     by_model = test.get("by_model") or {}
-    if not by_model:
+    rows = {str(name): figures for name, figures in by_model.items()}
+    return _breakdown_table(test, "Model", rows, "models")
+
+
+def replicas_table(test: Mapping[str, Any]) -> str:
+    """How the requests spread over a service's servers (`by_replica`) and how each answered,
+    read by the level's headline as the models' table is."""
+    by_replica = test.get("by_replica") or {}
+    rows = {
+        f"{index}: {figures.get('address') or '?'}": figures
+        for index, figures in by_replica.items()
+    }
+    return _breakdown_table(test, "Replica", rows, "replicas")
+
+
+def _breakdown_table(
+    test: Mapping[str, Any], label: str, parts: Mapping[str, Mapping[str, Any]], css: str
+) -> str:
+    """One row per part of a level (a model, a replica): requests, failures and the level's
+    headline figures of that part alone; nothing when the level has no such parts."""
+    if not parts:
         return ""
     head = headline_of(test.get("kind"), test.get("api"))
     rows = []
-    for name, figures in by_model.items():
+    for name, figures in parts.items():
         counts = figures.get("counts") or {}
         latency = figures.get(head.latency) or {}
         cells = [
@@ -405,7 +427,7 @@ def models_table(test: Mapping[str, Any]) -> str:
         row_cells = "".join(f'<td class="num">{_e(c)}</td>' for c in cells)
         rows.append(f"<tr><td><code>{_e(name)}</code></td>{row_cells}</tr>")
     headers = (
-        "Model",
+        label,
         "Sent",
         "Failed",
         "req/s",
@@ -413,7 +435,37 @@ def models_table(test: Mapping[str, Any]) -> str:
         f"{head.latency_label} p50 (ms)",
         f"{head.latency_label} p99 (ms)",
     )
-    return _table(headers, rows, "models")
+    return _table(headers, rows, css)
+
+
+def turns_table(test: Mapping[str, Any]) -> str:
+    """Multi-turn sessions' figures per turn index (`by_turn`): how TTFT follows the history's
+    growth, and how many sessions the level completed."""
+    by_turn = test.get("by_turn") or {}
+    if not by_turn:
+        return ""
+    rows = []
+    for turn, figures in by_turn.items():
+        ttft = figures.get("ttft_ms") or {}
+        cells = [
+            fmt_number(figures.get("requests")),
+            fmt_number(figures.get("failed")),
+            fmt_number(figures.get("input_tokens_mean")),
+            fmt_number(ttft.get("p50")),
+            fmt_number(ttft.get("p99")),
+        ]
+        row_cells = "".join(f'<td class="num">{_e(c)}</td>' for c in cells)
+        rows.append(f"<tr><td>{_e(turn)}</td>{row_cells}</tr>")
+    headers = ("Turn", "Sent", "Failed", "input tokens (mean)", "TTFT p50 (ms)", "TTFT p99 (ms)")
+    sessions = test.get("sessions") or {}
+    note = (
+        f'<p class="sessions">sessions: {_e(fmt_number(sessions.get("started")))} opened, '
+        f"{_e(fmt_number(sessions.get('completed')))} completed, "
+        f"{_e(fmt_number(sessions.get('turns_mean')))} turns each on average</p>"
+        if sessions
+        else ""
+    )
+    return _table(headers, rows, "turns") + note
 
 
 def operations_table(test: Mapping[str, Any]) -> str:

@@ -36,6 +36,8 @@ SLURM_KEYS = frozenset({"partition", "account", "qos", "setup", "additional"})
 def service_plan(recipe: Recipe, name: str, executor: JobExecutor) -> dict[str, Any]:
     """Everything that decides what server `name` is and where it runs, as plain data."""
     plan = recipe.services[name].model_dump(mode="json", exclude=set(NOT_PLANNED))
+    if plan.get("replicas") == 1:  # one server: planned as before services had replicas
+        del plan["replicas"]
     plan["executor"] = executor.name
     settings = getattr(executor, "settings", None)
     if isinstance(settings, SlurmSettings):

@@ -67,6 +67,9 @@ class ServiceLaunch:
     argv: list[str]
     rendezvous_path: str
     env: dict[str, str] = field(default_factory=dict)
+    service: str | None = None
+    """The recipe service this server is one replica of (`name` is `<service>.replica<N>`);
+    None: the service is `name`."""
     host: str = LOOPBACK
     """Address to bind; `auto` is the address of the node the task runs on."""
     port: int | None = None

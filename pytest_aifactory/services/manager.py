@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,10 +36,11 @@ from pytest_aifactory.services.base import (
 from pytest_aifactory.services.fingerprint import differences, fingerprint, service_plan
 from pytest_aifactory.services.health import base_url, is_healthy
 from pytest_aifactory.services.launch import ServiceLaunch, run_service
+from pytest_aifactory.services.replicas import join_replicas, replica_instance, replica_services
 
 if TYPE_CHECKING:
     from pytest_aifactory.monitor.node_exporter import NodeExporterOrder
-    from pytest_aifactory.recipe import Recipe
+    from pytest_aifactory.recipe import Recipe, Service
 
 PhaseCallback = Callable[[str, str, float, str], None]
 """(service, phase, seconds since submit, detail)"""
@@ -54,6 +55,18 @@ KEPT_LOCAL_TIME_LIMIT_MIN = 7 * 24 * 60
 
 class ServiceStartError(Exception):
     """A service could not be brought up; the message names it, the cause and its log tail."""
+
+
+@dataclass(frozen=True)
+class _Submitted:
+    """A server's job, submitted and not yet known to be up."""
+
+    instance: str
+    replica: int
+    job: JobHandle
+    start: float
+    """`time.monotonic()` at submission: the start-up timeout counts from here."""
+    submitted_at: float
 
 
 class ServiceManager:
@@ -93,7 +106,8 @@ class ServiceManager:
             except ServiceStartError as err:
                 self.failures[name] = err
                 raise
-            self.on_ready(self.endpoints[name])
+            for replica in self.endpoints[name].all_replicas():
+                self.on_ready(replica)
         return self.endpoints[name]
 
     def _reused(self, name: str) -> Endpoint | None:
@@ -102,6 +116,11 @@ class ServiceManager:
         differ), and the service is started as usual."""
         candidates = self.reuse.get(name)
         if not candidates:
+            return None
+        if self.recipe.services[name].replica_count > 1:
+            note = "a service of several replicas is not reused: starting new ones"
+            self.not_reused[name] = note
+            self.on_phase(name, "not reused", 0.0, note)
             return None
         wanted = service_plan(self.recipe, name, self.executor)
         kind = self.recipe.services[name].kind
@@ -151,19 +170,60 @@ class ServiceManager:
 
     def _start(self, name: str) -> Endpoint:
         service = self.recipe.services[name]
+        kind = get_kind(service.kind)
         try:
-            plan = get_kind(service.kind).plan(name, service, self.recipe)
+            plans = [kind.plan(name, copy, self.recipe) for copy in replica_services(service)]
         except ServiceConfigError as err:
             raise ServiceStartError(str(err)) from None
-        if plan.external_url is not None:
-            return self._check_external(name, service.kind, plan, service.health_timeout_s)
-        plan = self._with_api_key(get_kind(service.kind), plan)
+        if plans[0].external_url is not None:
+            timeout_s = service.health_timeout_s
+            return join_replicas(
+                [
+                    self._check_external(name, service.kind, plan, timeout_s, replica=index)
+                    for index, plan in enumerate(plans)
+                ]
+            )
+        plan = self._with_api_key(kind, plans[0])
         if plan.client_env:
             self.run.save_client_settings(name, plan.client_env)
         resources = service_resources(service)
-        endpoint = self.launch(name, service.kind, plan, resources, service.health_timeout_s)
-        endpoint.plan = fingerprint(service_plan(self.recipe, name, self.executor))
+        if service.replicas > 1:
+            endpoint = self._launch_replicas(name, service.kind, plan, resources, service)
+        else:
+            endpoint = self.launch(name, service.kind, plan, resources, service.health_timeout_s)
+        planned = fingerprint(service_plan(self.recipe, name, self.executor))
+        for replica in endpoint.all_replicas():
+            replica.plan = planned
         return endpoint
+
+    def _launch_replicas(
+        self,
+        name: str,
+        kind: str,
+        plan: ServicePlan,
+        resources: JobResources,
+        service: Service,
+    ) -> Endpoint:
+        """Submit every replica's job first, then wait for each: they start side by side, so
+        N replicas take about as long as one. If any fails, the others are stopped too."""
+        if plan.port is not None and self.executor.name == "local":
+            raise ServiceStartError(
+                f"service '{name}': {service.replicas} replicas on this machine cannot all "
+                f"listen on port {plan.port}: leave `port` at auto"
+            )
+        pending: list[_Submitted] = []
+        try:
+            for index in range(service.replicas):
+                pending.append(self._submit(name, plan, resources, replica=index))
+            ready = [
+                self._await_ready(name, kind, plan, submitted, service.health_timeout_s)
+                for submitted in pending
+            ]
+        except ServiceStartError:
+            for submitted in pending:
+                self.executor.cancel(submitted.job)
+            raise
+        return join_replicas(ready)
 
     def _with_api_key(self, kind: ServiceKind, plan: ServicePlan) -> ServicePlan:
         """Lock a server that takes an API key with the run's (unless the recipe gave its own
@@ -209,16 +269,36 @@ class ServiceManager:
         """Submit `plan` as a job and wait until it is healthy (also used for the run's own
         monitoring servers, which are not recipe services). `job_function`: what the job runs
         with the launch orders, `run_service` or a function around it (Prometheus's)."""
+        submitted = self._submit(
+            name, plan, resources, job_name=job_name, role=role, job_function=job_function
+        )
+        return self._await_ready(name, kind, plan, submitted, timeout_s)
+
+    def _submit(
+        self,
+        name: str,
+        plan: ServicePlan,
+        resources: JobResources,
+        *,
+        replica: int = 0,
+        job_name: str | None = None,
+        role: str = "service",
+        job_function: Callable[[ServiceLaunch], int] = run_service,
+    ) -> _Submitted:
+        """Submit one server's job. `replica` > 0: another copy of the service, with its own
+        job, rendezvous and log (all named `<service>.replica<N>`)."""
         self.learn_secrets(plan.env, plan.client_env, plan.argv)
+        instance = replica_instance(name, replica)
         if plan.port is not None and not port_is_free(plan.host, plan.port):
             raise ServiceStartError(
                 f"service '{name}': port {plan.port} on {plan.host} is already taken"
             )
         launch = ServiceLaunch(
-            name=name,
+            name=instance,
+            service=name if replica else None,
             argv=plan.argv,
             worker_argv=plan.worker_argv,
-            rendezvous_path=str(self.run.rendezvous_path(name)),
+            rendezvous_path=str(self.run.rendezvous_path(instance)),
             env=plan.env,
             host=plan.host,
             port=plan.port,
@@ -240,23 +320,31 @@ class ServiceManager:
                 job = self.executor.submit(
                     job_function,
                     launch,
-                    name=job_name or f"service-{name}",
+                    name=job_name or f"service-{instance}",
                     role=role,
                     resources=resources,
                 )
         except SubmitError as err:
-            raise ServiceStartError(f"service '{name}' could not be submitted: {err}") from None
-        self.on_phase(name, "pending", 0.0, f"job {job.job_id}")
+            raise ServiceStartError(f"service '{instance}' could not be submitted: {err}") from None
+        self.on_phase(instance, "pending", 0.0, f"job {job.job_id}")
+        return _Submitted(instance, replica, job, start, submitted_at)
+
+    def _await_ready(
+        self, name: str, kind: str, plan: ServicePlan, submitted: _Submitted, timeout_s: float
+    ) -> Endpoint:
+        """Wait until a submitted server is up and answers its health check; cancel its job
+        when it does not."""
+        instance, job, start = submitted.instance, submitted.job, submitted.start
         try:
-            rendezvous = self._await_rendezvous(name, job, start, timeout_s)
+            rendezvous = self._await_rendezvous(instance, job, start, timeout_s)
             job.pids.append(rendezvous.pid)
-            self.on_phase(name, "starting", time.monotonic() - start, rendezvous.address)
-            healthy_at = self._await_health(name, job, plan, rendezvous, start, timeout_s)
+            self.on_phase(instance, "starting", time.monotonic() - start, rendezvous.address)
+            healthy_at = self._await_health(instance, job, plan, rendezvous, start, timeout_s)
         except ServiceStartError:
             self.executor.cancel(job)
             raise
         elapsed = time.monotonic() - start
-        self.on_phase(name, "healthy", elapsed, rendezvous.address)
+        self.on_phase(instance, "healthy", elapsed, rendezvous.address)
         return Endpoint(
             name=name,
             kind=kind,
@@ -276,10 +364,11 @@ class ServiceManager:
             nodes=rendezvous.nodes,
             health=plan.health,
             client_env=dict(plan.client_env),
-            submitted_at=submitted_at,
+            submitted_at=submitted.submitted_at,
             job_started_at=rendezvous.job_started_at,
             launched_at=rendezvous.launched_at,
             healthy_at=healthy_at,
+            replica=submitted.replica,
         )
 
     def _died(self, name: str, job: JobHandle, phase: str) -> ServiceStartError:
@@ -332,12 +421,13 @@ class ServiceManager:
         return time.time()
 
     def _check_external(
-        self, name: str, kind: str, plan: ServicePlan, timeout_s: float
+        self, name: str, kind: str, plan: ServicePlan, timeout_s: float, *, replica: int = 0
     ) -> Endpoint:
         start = time.monotonic()
         assert plan.external_url is not None
         assert plan.port is not None
-        self.on_phase(name, "checking", 0.0, plan.external_url)
+        instance = replica_instance(name, replica)
+        self.on_phase(instance, "checking", 0.0, plan.external_url)
         while not is_healthy(plan.host, plan.port, plan.health, url=plan.external_url):
             if time.monotonic() - start > timeout_s:
                 raise ServiceStartError(
@@ -347,7 +437,7 @@ class ServiceManager:
             time.sleep(HEALTH_POLL_S)
         healthy_at = time.time()
         elapsed = time.monotonic() - start
-        self.on_phase(name, "healthy", elapsed, plan.external_url)
+        self.on_phase(instance, "healthy", elapsed, plan.external_url)
         return Endpoint(
             name=name,
             kind=kind,
@@ -359,12 +449,14 @@ class ServiceManager:
             started_s=elapsed,
             health=plan.health,
             healthy_at=healthy_at,
+            replica=replica,
         )
 
     def stop_all(self) -> None:
         for endpoint in self.endpoints.values():
-            if endpoint.job is not None:
-                self.executor.cancel(endpoint.job)
+            for replica in endpoint.all_replicas():
+                if replica.job is not None:
+                    self.executor.cancel(replica.job)
 
 
 @contextlib.contextmanager

@@ -5,7 +5,8 @@ drive the real client (in `asyncio.run` or `run_load`) against it. Its tokenizer
 pieces of at most four characters (with a leading space), so detokenizing and re-tokenizing
 random ids can merge pieces, as real BPE tokenizers do. It can answer as a reasoning model does
 (its first tokens as `reasoning_content` or `reasoning`) and, given a key, refuse every call
-that does not send it, as a keyed llama-server or vLLM does.
+that does not send it, as a keyed llama-server or vLLM does. Asked to, it says how many of a
+prompt's tokens a prefix cache held, as vLLM and llama.cpp do in their usage or timings.
 """
 
 from __future__ import annotations
@@ -68,6 +69,10 @@ class Behaviour:
     """Report reasoning tokens in `usage.completion_tokens_details`."""
     api_key: str | None = None
     """Answer 401 to any call without `Authorization: Bearer <api_key>`."""
+    prefix_cache: str | None = None
+    """Say how many prompt tokens a cache of every prompt seen so far held (the longest
+    shared opening): `usage` in `usage.prompt_tokens_details.cached_tokens` (vLLM, recent
+    llama.cpp), `timings` in the last chunk's `timings.cache_n` (llama.cpp); None: say nothing."""
 
 
 @dataclass
@@ -112,6 +117,8 @@ class StreamingServer:
         self.behaviour = Behaviour(**behaviour)
         self.seen = Seen()
         self.vocabulary = Vocabulary()
+        self.prompts_seen: list[list[int]] = []
+        """Every generation prompt's tokens, in arrival order (`prefix_cache`)."""
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -247,6 +254,20 @@ class StreamingServer:
 
     # -- generation ----------------------------------------------------------------------------
 
+    def _cached(self, prompt_ids: list[int]) -> int:
+        """The tokens of the longest opening this prompt shares with one seen before: what a
+        prefix cache that never evicts would hold; the prompt is then seen."""
+        best = 0
+        for seen in self.prompts_seen:
+            shared = 0
+            for a, b in zip(seen, prompt_ids, strict=False):
+                if a != b:
+                    break
+                shared += 1
+            best = max(best, shared)
+        self.prompts_seen.append(prompt_ids)
+        return best
+
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, chat=False)
 
@@ -294,7 +315,10 @@ class StreamingServer:
         if fault == "content_type":
             return web.json_response({"choices": [{"text": "not streamed"}]})
         tokens = b.tokens if b.tokens is not None else int(body.get("max_tokens", 16))
-        prompt = body["messages"][-1]["content"] if chat else body["prompt"]
+        # a chat's prompt is all of it, as a server's template joins it (multi-turn histories)
+        prompt = "\n".join(m["content"] for m in body["messages"]) if chat else body["prompt"]
+        prompt_ids = self.vocabulary.encode(prompt)
+        cached = self._cached(prompt_ids)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
 
@@ -336,7 +360,7 @@ class StreamingServer:
             await response.write_eof()
             return response
         if b.usage:
-            prompt_tokens = len(self.vocabulary.encode(prompt))
+            prompt_tokens = len(prompt_ids)
             usage: dict[str, Any] = {
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": sent,
@@ -344,7 +368,12 @@ class StreamingServer:
             }
             if b.reasoning_usage:
                 usage["completion_tokens_details"] = {"reasoning_tokens": thinking}
-            await event({"id": "x", "choices": [], "usage": usage})
+            last: dict[str, Any] = {"id": "x", "choices": [], "usage": usage}
+            if b.prefix_cache == "usage":
+                usage["prompt_tokens_details"] = {"cached_tokens": cached}
+            elif b.prefix_cache == "timings":
+                last["timings"] = {"cache_n": cached, "prompt_n": prompt_tokens - cached}
+            await event(last)
         await event("[DONE]")
         await response.write_eof()
         if b.close_after_stream and request.transport is not None:

@@ -4,7 +4,9 @@ vLLM takes minutes to start on 2 cores, so one pytest run of the benchmark serve
 here: two clients share the service, one held to the shipped recipe's objectives (they must
 hold) and one to an output throughput no server reaches (it must fail, naming the metric).
 Monitoring is on, so the run also shows that the kind's declared Prometheus series exist in
-vLLM's real /metrics and that the tokens vLLM counts match the clients' count.
+vLLM's real /metrics and that the tokens vLLM counts match the clients' count. A third client
+sends prompts in groups sharing a prefix: vLLM serves the prefixes from its cache, and says so
+per request (its usage) and in its counters.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ pytestmark = [
 SHIPPED = REPO / "recipes" / "vllm.yaml"
 REQUESTS = 8
 IMPOSSIBLE = 1e9
+PREFIX = 256
+"""Two of the CPU build's 128-token blocks: vLLM caches whole blocks only."""
 
 
 def recipe_document() -> dict[str, Any]:
@@ -42,6 +46,18 @@ def recipe_document() -> dict[str, Any]:
     hopeless = copy.deepcopy(chat)
     hopeless["load"] |= {"levels": [2], "requests": 4}
     document["clients"]["hopeless"] = hopeless
+    prefix = copy.deepcopy(chat)
+    prefix["dataset"] = {
+        "kind": "shared_prefix",
+        "groups": 2,
+        "prefix_tokens": PREFIX,
+        "input_tokens": 16,
+        "output_tokens": chat["dataset"]["output_tokens"],
+    }
+    prefix["load"] |= {"levels": [2]}
+    document["clients"]["prefix"] = prefix
+    # per-request cached tokens in the usage; the counters are there without it
+    document["services"]["llm"]["args"] = ["--enable-prompt-tokens-details"]
     document["slo"] = speed_objectives_loosened(document["slo"])
     document["slo"]["hopeless"] = {"output_throughput": {"min": IMPOSSIBLE}}
     document["monitor"] = {"prometheus": True, "scrape_interval_s": 0.5}
@@ -132,6 +148,16 @@ def test_server_token_count_agrees_with_the_clients(
         assert check["client"] == float(mine["output_tokens"].sum())
         assert check["server"] == pytest.approx(check["client"], rel=0.02), test["test_id"]
         assert not check["flagged"]
+
+
+def test_the_prefix_cache_serves_shared_prefixes(summary: dict[str, Any]) -> None:
+    (test,) = [t for t in summary["tests"] if t["client"] == "prefix"]
+    per_request = test["prefix_cache"]
+    assert per_request["requests"] == REQUESTS
+    assert test["per_level"]["prefix_cache_hit_rate"] > 0.5, per_request
+    server = test["server"]["llm"]
+    assert server["prefix_cache_hit_rate"] > 0.5, server
+    assert server["prefix_cache_hit_tokens"] >= per_request["cached_tokens"]
 
 
 def test_nothing_is_left_running(session: Session, summary: dict[str, Any]) -> None:

@@ -207,7 +207,7 @@ ERRORS = {
         CLIENT + "    load: {mode: burst}\n",
         9,
         "clients.chat.load.mode",
-        "expected one of 'concurrency', 'rate', 'sweep', got 'burst'",
+        "expected one of 'concurrency', 'rate', 'replay', 'sweep', got 'burst'",
     ),
     "fractional-concurrency": (
         CLIENT + "    load:\n      levels:\n        - 1\n        - 2.5\n",
@@ -245,6 +245,18 @@ ERRORS = {
         11,
         "slo.chat.ttft",
         "unknown metric 'ttft'",
+    ),
+    "slo-never-reported-by-embeddings": (
+        CLIENT + "    api: embeddings\nslo:\n  chat:\n    ttft_ms: {p99: {max: 1}}\n",
+        12,
+        "slo.chat.ttft_ms",
+        "unknown metric 'ttft_ms' for a client of kind 'openai' speaking api 'embeddings'",
+    ),
+    "slo-never-reported-by-a-stream": (
+        CLIENT + "    api: chat\nslo:\n  chat:\n    embedding_throughput: {min: 1}\n",
+        12,
+        "slo.chat.embedding_throughput",
+        "unknown metric 'embedding_throughput' for a client of kind 'openai' speaking api 'chat'",
     ),
     "metric-of-another-kind": (
         CLIENT + "slo:\n  chat:\n    recall_at_k: {min: 0.9}\n",

@@ -109,10 +109,10 @@ def higher_is_better(metric: str) -> bool:
     return info.higher_is_better
 
 
-def metrics_for_client_kind(kind: str) -> dict[str, MetricInfo]:
-    """Metric names an SLO of a client of this kind may use."""
+def metrics_for_client_kind(kind: str, api: str | None = None) -> dict[str, MetricInfo]:
+    """Metric names an SLO of a client of this kind (speaking `api`, where it has one) may use."""
     table = all_metrics()
-    return {name: table[name] for name in get_client_kind(kind).metric_names}
+    return {name: table[name] for name in get_client_kind(kind).metric_names_for(api)}
 
 
 def kind_metrics(kind: str | None) -> list[MetricInfo]:

@@ -4,7 +4,7 @@ tokens per second); docs/metrics.md defines each figure."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt, field_validator
 
@@ -46,6 +46,10 @@ class OpenAIOptions(KindOptions):
     extra_body: dict[str, Any] = Field(default_factory=dict)
     batch_size: PositiveInt = 1
     """`api: embeddings`: inputs per request."""
+    balance: Literal["round_robin", "least_outstanding"] = "round_robin"
+    """How a client process spreads its requests over a service's replicas: in turn
+    (`round_robin`), or to the replica with the fewest of its own requests in flight
+    (`least_outstanding`, ties to the first listed); nothing to do with one replica."""
 
     @field_validator("extra_body")
     @classmethod
@@ -69,6 +73,14 @@ class OpenAIOptions(KindOptions):
         return None
 
 
+STREAM_ONLY_METRICS: tuple[str, ...] = (
+    "ttft_ms", "ttfo_ms", "tpot_ms", "itl_ms", "e2el_ms", "output_tokens", "reasoning_tokens",
+    "output_throughput", "prefix_cache_hit_rate",
+)  # fmt: skip
+"""What only a streamed generation reports: an embeddings summary never holds them."""
+EMBEDDINGS_ONLY_METRICS: tuple[str, ...] = ("latency_ms", "embedding_throughput")
+"""What only an embeddings level reports: a stream is timed by TTFT and E2E latency instead."""
+
 _LLM_HEADLINE = Headline("output_throughput", "out tok/s", "ttft_ms", "TTFT")
 _EMBEDDINGS_HEADLINE = Headline("embedding_throughput", "inputs/s", "latency_ms", "latency")
 
@@ -80,11 +92,17 @@ CLIENT_KIND = ClientKind(
     summarize="pytest_aifactory.metrics.openai:summarize_openai",
     headline=_LLM_HEADLINE,
     api_headlines=(("embeddings", _EMBEDDINGS_HEADLINE),),
+    api_omits=(
+        ("embeddings", STREAM_ONLY_METRICS),
+        ("completions", EMBEDDINGS_ONLY_METRICS),
+        ("chat", EMBEDDINGS_ONLY_METRICS),
+    ),
     throughput_metric="request_throughput",
     options=OpenAIOptions,
     pooled_connections=True,
     datasets="prompts",
     model_mix=True,
+    replicas=True,
     closing_columns=(
         ("TTFT p50", "ttft_ms.p50"),
         ("TTFT p99", "ttft_ms.p99"),
@@ -109,6 +127,8 @@ CLIENT_KIND = ClientKind(
                "of output_tokens, reasoning tokens per request"),
         metric("output_throughput", "tok/s", True, False, "llm", "generated tokens per second"),
         metric("total_token_throughput", "tok/s", True, False, "llm", "prompt + generated tok/s"),
+        metric("prefix_cache_hit_rate", "ratio", True, False, "llm",
+               "prompt tokens the server served from its prefix cache / prompt tokens"),
         metric("embedding_throughput", "inputs/s", True, False, "llm",
                "embeddings: inputs embedded per second"),
     ),

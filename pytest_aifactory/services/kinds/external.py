@@ -22,11 +22,14 @@ class ExternalService(ServiceKind):
     default_health = HealthCheck(http_path=None)
 
     def plan(self, name: str, service: Service, recipe: Recipe) -> ServicePlan:
-        if not service.url:
+        """The plan of its first URL; the service manager plans each URL of a list (each a
+        replica) with a copy of the service naming that one."""
+        if not service.urls:
             raise ServiceConfigError(f"service '{name}': kind external needs a 'url'")
-        parts = urlsplit(service.url)
+        url = service.urls[0]
+        parts = urlsplit(url)
         if not parts.hostname:
-            raise ServiceConfigError(f"service '{name}': url '{service.url}' has no host")
+            raise ServiceConfigError(f"service '{name}': url '{url}' has no host")
         port = parts.port or (443 if parts.scheme == "https" else 80)
         return ServicePlan(
             name=name,
@@ -36,5 +39,5 @@ class ExternalService(ServiceKind):
             health=self.health(service),
             metrics_path=self.metrics_path(service),
             served_model=service.model,
-            external_url=service.url.rstrip("/"),
+            external_url=url.rstrip("/"),
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,14 @@ METRIC_SERIES = (
         "service",
         "tokens",
         "prompt tokens processed (cached ones excluded)",
+    ),
+    Series(
+        "llamacpp_prompt_tokens_cached",
+        "llamacpp:prompt_tokens_cached_total",
+        "counter",
+        "service",
+        "tokens",
+        "prompt tokens served from the prompt cache",
     ),
     Series(
         "llamacpp_generated_tokens",
@@ -119,6 +128,20 @@ class LlamaCppService(ServiceKind):
     metric_series = METRIC_SERIES
     generated_tokens_series = "llamacpp_generated_tokens"
     api_key_env = "LLAMA_API_KEY"
+
+    def server_figures(self, increase: Callable[[str], float | None]) -> dict[str, float | None]:
+        """The share of prompt tokens served from the slots' prompt cache over the test (its
+        counter of processed prompt tokens leaves the cached ones out)."""
+        cached = increase("llamacpp_prompt_tokens_cached")
+        processed = increase("llamacpp_prompt_tokens")
+        if cached is None or processed is None:
+            return {}
+        looked_up = cached + processed
+        return {
+            "prefix_cache_hit_rate": cached / looked_up if looked_up else None,
+            "prefix_cache_hit_tokens": cached,
+            "prefix_cache_query_tokens": looked_up,
+        }
 
     def plan(self, name: str, service: Service, recipe: Recipe) -> ServicePlan:
         model_ref = service.model or "smollm2-135m"

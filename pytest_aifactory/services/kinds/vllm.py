@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -320,6 +321,22 @@ METRIC_SERIES = (
         "requests",
         "requests preempted for lack of KV cache",
     ),
+    Series(
+        "vllm_prefix_cache_queries",
+        "vllm:prefix_cache_queries_total",
+        "counter",
+        "service",
+        "tokens",
+        "prompt tokens looked up in the prefix cache",
+    ),
+    Series(
+        "vllm_prefix_cache_hits",
+        "vllm:prefix_cache_hits_total",
+        "counter",
+        "service",
+        "tokens",
+        "prompt tokens found in the prefix cache",
+    ),
 )
 
 
@@ -330,6 +347,18 @@ class VllmService(ServiceKind):
     metric_series = METRIC_SERIES
     generated_tokens_series = "vllm_generated_tokens"
     api_key_env = "VLLM_API_KEY"
+
+    def server_figures(self, increase: Callable[[str], float | None]) -> dict[str, float | None]:
+        """The share of prompt tokens the prefix cache held over the test, by vLLM's own
+        counters of tokens looked up and found."""
+        hits, queries = increase("vllm_prefix_cache_hits"), increase("vllm_prefix_cache_queries")
+        if hits is None or queries is None:
+            return {}
+        return {
+            "prefix_cache_hit_rate": hits / queries if queries else None,
+            "prefix_cache_hit_tokens": hits,
+            "prefix_cache_query_tokens": queries,
+        }
 
     def plan(self, name: str, service: Service, recipe: Recipe) -> ServicePlan:
         if not service.model:
