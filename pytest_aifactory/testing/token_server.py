@@ -67,6 +67,10 @@ class Timing:
     close_after_stream: bool = False
     """Close the connection after each stream while announcing keep-alive, as llama-server
     does: a client's next request on that pooled connection finds it closed."""
+    close_on_reuse: bool = False
+    """Close a kept-alive connection at its second request, unanswered, as a server whose
+    keep-alive timeout ran out in between would: every reuse of a pooled connection meets a
+    closed one, however soon the client reuses it."""
     reasoning_tokens: int = 0
     """The first this many tokens of each answer are reasoning (all of them if the answer is
     shorter), streamed in `reasoning_field` of the chat delta or the completions choice."""
@@ -174,6 +178,7 @@ class Connection(asyncio.Protocol):
         self.first_byte_ns = 0
         self.busy = False
         self.closed = False
+        self.answered = 0
         self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -215,6 +220,10 @@ class Connection(asyncio.Protocol):
         received_ns = self.first_byte_ns
         self.first_byte_ns = perf_counter_ns() if self.buffer else 0
         keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+        if self.answered and self.server.timing.close_on_reuse and self.transport is not None:
+            self.transport.close()
+            return
+        self.answered += 1
         self.busy = True
         self._route(method, path.split("?", 1)[0], headers, body, received_ns, keep)
 

@@ -65,13 +65,15 @@ def test_each_process_writes_its_self_measurement(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_overdriven_client_says_it_was_saturated(tmp_path: Path, server: TokenServer) -> None:
-    """A rate far beyond what one process can send: requests leave late, and the run says so."""
+    """A rate far beyond what one process can send: requests leave late, and the run says so.
+    Which sign it names first depends on the machine: late sends (queue_ms) where the process
+    keeps up with its own bookkeeping, a CPU core at its limit where it does not."""
     spec = spec_for(tmp_path, server.url, mode="rate", level=4000.0, requests=None, duration_s=0.5)
     run_load(spec)
     records = read_records([spec.records_path])
     health = client_health(records, read_client_stats([client_stats_path(spec.records_path)]))
     assert health["saturated"], health
-    assert "queue_ms p99" in health["reason"]
+    assert "queue_ms p99" in health["reason"] or "of a CPU core" in health["reason"], health
     note = saturation_note(health)
     assert note is not None
     assert "measure the client, not the server" in note
