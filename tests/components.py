@@ -113,6 +113,11 @@ COMPONENTS: dict[str, Component] = {
             "as root: bash scripts/install-browser.sh",
             lambda: _executable("/usr/bin/chromium"),
         ),
+        Component(
+            "other-user",
+            "run the tests as root: they act as the local account aifactory-other",
+            lambda: os.geteuid() == 0 and shutil.which("useradd") is not None,
+        ),
         Component("fio", "as root: bash scripts/install-fio.sh", lambda: _on_path("fio")),
         Component(
             "llama-server",

@@ -15,6 +15,8 @@ import pytest
 from pytest_aifactory.loadgen.spec import LoadSpec
 from pytest_aifactory.recipe import Recipe
 from pytest_aifactory.testing.load_specs import load_spec
+from pytest_aifactory.testing.other_user import OtherUser, OtherUserUnavailable
+from pytest_aifactory.testing.other_user import other_user as local_other_user
 from tests.components import missing_component, require_component
 from tests.factories import recipe
 from tests.markers import (  # noqa: F401  (hooks: pytest finds them in this module)
@@ -72,6 +74,17 @@ def private_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
         os.environ.pop("AIFACTORY_STATE_DIR", None)
     else:
         os.environ["AIFACTORY_STATE_DIR"] = saved
+
+
+@pytest.fixture(scope="session")
+def other_user() -> OtherUser:
+    """Another local account on this node, with no rights to the run's files or services:
+    tests act as it and try to get in (testing/other_user.py)."""
+    require_component("other-user")
+    try:
+        return local_other_user()
+    except OtherUserUnavailable as error:
+        missing_component("other-user", str(error))
 
 
 @pytest.fixture
