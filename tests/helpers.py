@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,8 @@ class Session:
 
     def summary(self) -> dict[str, Any]:
         (run,) = self.run_dirs()
-        return json.loads((run / "summary.json").read_text())
+        summary: dict[str, Any] = json.loads((run / "summary.json").read_text())
+        return summary
 
     def verdicts(self) -> tuple[set[str], list[str]]:
         """The test names pytest's `-rA` summary lists as passed and as failed (whatever the
@@ -345,3 +347,107 @@ def running_plan(
                 stop_child(proc)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def keyed_llama_server(tmp: Path, name: str, *args: str) -> Iterator[tuple[str, str]]:
+    """A llama-server (SmolLM2) started as a run's service job starts it, keyed with that run's
+    API key, for the block: (url, key). The run's heartbeat beats meanwhile, because the service
+    job stops its server when a run stops beating. `args`: extra server arguments."""
+    from pytest_aifactory.cluster.local import LocalJobExecutor
+    from pytest_aifactory.cluster.rundir import RunDir, make_run_id
+    from pytest_aifactory.services.manager import ServiceManager
+    from tests.factories import recipe
+
+    run = RunDir.create(tmp / "reports", make_run_id(name))
+    run.start_heartbeat()
+    services = ServiceManager(
+        recipe(name=name, service={"args": list(args)}), run, LocalJobExecutor(run)
+    )
+    try:
+        yield services.endpoint("llm").url, run.api_key()
+    finally:
+        services.stop_all()
+        run.stop_heartbeat()
+
+
+def run_dying_service(
+    tmp_path: Path, name: str, command: str, requests: int, **service: Any
+) -> Session:
+    """A pytest session against a command service `svc` that runs `command` (a server meant to
+    die during the load; `service`: more of its keys), loaded by an `openai` client `chat` at a
+    steady 20 requests a second, `requests` in all, so the load goes on after the death; checked
+    to have failed (its test did) without a traceback."""
+    document = {
+        "name": name,
+        "services": {
+            "svc": {"kind": "command", "command": command, "health_timeout_s": 60, **service}
+        },
+        "clients": {
+            "chat": {
+                "kind": "openai",
+                "service": "svc",
+                "dataset": {"input_tokens": 8, "output_tokens": 4},
+                "load": {
+                    "mode": "rate",
+                    "levels": [20],
+                    "arrival": "constant",
+                    "requests": requests,
+                },
+            }
+        },
+        "monitor": {"prometheus": False},
+    }
+    session = run_benchmark(tmp_path, write_recipe(tmp_path / "recipe.yaml", document), timeout=120)
+    assert session.returncode == 1, session.output
+    assert "Traceback" not in session.stdout
+    return session
+
+
+def run_benchmark_in_allocation(
+    tmp_path: Path,
+    recipe: Path,
+    *args: str,
+    nodes: int = 3,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+) -> Session:
+    """The benchmark suite on `recipe` with the Slurm executor, run by `salloc` in a fresh
+    allocation of `nodes` nodes (so its jobs become steps of it); the allocation is cancelled by
+    its name afterwards, whatever became of the session."""
+    name = f"aif-test-{uuid.uuid4().hex[:8]}"
+    report_dir = tmp_path / "reports"
+    command = [
+        *("salloc", f"--nodes={nodes}", f"--job-name={name}"),
+        *benchmark_command(recipe, report_dir, "--executor", "slurm", "-v", *args),
+    ]
+    try:
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=tmp_path,
+            env=env or benchmark_env(tmp_path),
+            check=False,
+        )
+    finally:
+        subprocess.run(["scancel", f"--name={name}"], check=False, timeout=30)
+    return Session(done.returncode, done.stdout, done.stderr, report_dir)
+
+
+def validate_refuses(recipe: Path) -> str:
+    """`aifactory recipe validate` on `recipe` in a process of its own, as a user runs it,
+    refusing the recipe (exit status 1) with its problems said, never a traceback: its
+    output, for the caller to find each problem's key in."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest_aifactory.cli", "recipe", "validate", str(recipe)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "Traceback" not in output
+    return output

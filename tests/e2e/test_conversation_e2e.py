@@ -18,8 +18,6 @@ import aiohttp
 import pandas as pd
 import pytest
 
-from pytest_aifactory.cluster.local import LocalJobExecutor
-from pytest_aifactory.cluster.rundir import RunDir, make_run_id
 from pytest_aifactory.loadgen.conversation import ConversationRun, ConversationSessions
 from pytest_aifactory.loadgen.datasets import api_root
 from pytest_aifactory.loadgen.llm_datasets.conversation import Conversation, Turn
@@ -29,10 +27,9 @@ from pytest_aifactory.loadgen.records import Clock, new_record, read_records
 from pytest_aifactory.loadgen.runner import run_load
 from pytest_aifactory.loadgen.spec import DatasetSpec, LoadSpec
 from pytest_aifactory.metrics.openai import summarize_openai
-from pytest_aifactory.services.manager import ServiceManager
 from pytest_aifactory.testing.load_specs import load_spec
-from tests.factories import recipe, recipe_document
-from tests.helpers import run_benchmark, write_recipe
+from tests.factories import recipe_document
+from tests.helpers import keyed_llama_server, run_benchmark, write_recipe
 
 pytestmark = [pytest.mark.slow, pytest.mark.requires("llama-server")]
 
@@ -48,18 +45,8 @@ ANSWER_TOKENS = 8
 def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """A keyed llama-server of a run: (url, the run's key)."""
     tmp = tmp_path_factory.mktemp("llama")
-    run = RunDir.create(tmp / "reports", make_run_id("conversation"))
-    run.start_heartbeat()  # the service job watches it, as under a session
-    services = ServiceManager(
-        recipe(name="conversation", service={"args": ["--parallel", "4"]}),
-        run,
-        LocalJobExecutor(run),
-    )
-    try:
-        yield services.endpoint("llm").url, run.api_key()
-    finally:
-        services.stop_all()
-        run.stop_heartbeat()
+    with keyed_llama_server(tmp, "conversation", "--parallel", "4") as server:
+        yield server
 
 
 def spec_for(tmp_path: Path, llama: tuple[str, str], **fields: Any) -> LoadSpec:

@@ -17,17 +17,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pytest_aifactory.cluster.local import LocalJobExecutor
-from pytest_aifactory.cluster.rundir import RunDir, make_run_id
 from pytest_aifactory.loadgen.datasets import Prompt, build_prompts
 from pytest_aifactory.loadgen.llm_datasets.sharegpt_source import package_file
 from pytest_aifactory.loadgen.records import read_records
 from pytest_aifactory.loadgen.runner import run_load
 from pytest_aifactory.loadgen.spec import DatasetSpec, LoadSpec
-from pytest_aifactory.services.manager import ServiceManager
 from pytest_aifactory.testing.load_specs import load_spec
-from tests.factories import recipe, recipe_document
-from tests.helpers import Session, run_benchmark, write_recipe
+from tests.factories import recipe_document
+from tests.helpers import Session, keyed_llama_server, run_benchmark, write_recipe
 
 pytestmark = [pytest.mark.slow, pytest.mark.requires("llama-server")]
 
@@ -40,16 +37,8 @@ needs_sharegpt = pytest.mark.skipif(
 def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """A keyed llama-server of a run: (url, the run's key)."""
     tmp = tmp_path_factory.mktemp("llama")
-    run = RunDir.create(tmp / "reports", make_run_id("datasets"))
-    run.start_heartbeat()  # the service job watches it, as under a session
-    services = ServiceManager(
-        recipe(name="datasets", service={"args": ["--parallel", "4"]}), run, LocalJobExecutor(run)
-    )
-    try:
-        yield services.endpoint("llm").url, run.api_key()
-    finally:
-        services.stop_all()
-        run.stop_heartbeat()
+    with keyed_llama_server(tmp, "datasets", "--parallel", "4") as server:
+        yield server
 
 
 def spec_for(

@@ -15,8 +15,6 @@ import aiohttp
 import pandas as pd
 import pytest
 
-from pytest_aifactory.cluster.local import LocalJobExecutor
-from pytest_aifactory.cluster.rundir import RunDir, make_run_id
 from pytest_aifactory.loadgen.datasets import Prompt, build_prompts
 from pytest_aifactory.loadgen.kinds import get_client_kind
 from pytest_aifactory.loadgen.records import read_records
@@ -25,10 +23,9 @@ from pytest_aifactory.loadgen.spec import DatasetSpec, LoadSpec
 from pytest_aifactory.metrics.openai import summarize_openai
 from pytest_aifactory.monitor.run_monitor import find_prometheus
 from pytest_aifactory.services.base import get_kind
-from pytest_aifactory.services.manager import ServiceManager
 from pytest_aifactory.testing.load_specs import load_spec
-from tests.factories import recipe, recipe_document
-from tests.helpers import Session, run_benchmark, write_recipe
+from tests.factories import recipe_document
+from tests.helpers import Session, keyed_llama_server, run_benchmark, write_recipe
 
 pytestmark = [pytest.mark.slow, pytest.mark.requires("llama-server")]
 
@@ -42,16 +39,8 @@ REQUESTS = 12
 def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """A keyed llama-server of a run: (url, the run's key)."""
     tmp = tmp_path_factory.mktemp("llama")
-    run = RunDir.create(tmp / "reports", make_run_id("prefix"))
-    run.start_heartbeat()  # the service job watches it, as under a session
-    services = ServiceManager(
-        recipe(name="prefix", service={"args": ["--parallel", "4"]}), run, LocalJobExecutor(run)
-    )
-    try:
-        yield services.endpoint("llm").url, run.api_key()
-    finally:
-        services.stop_all()
-        run.stop_heartbeat()
+    with keyed_llama_server(tmp, "prefix", "--parallel", "4") as server:
+        yield server
 
 
 def shared_prefix(**fields: Any) -> DatasetSpec:

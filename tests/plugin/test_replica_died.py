@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.helpers import processes_matching, run_benchmark, write_recipe
+from tests.helpers import processes_matching, run_dying_service
 
 pytestmark = pytest.mark.slow  # a pytest session with real servers
 
@@ -29,34 +29,9 @@ def test_a_dying_replica_is_named_and_the_other_keeps_answering(tmp_path: Path) 
         f"'--host', '{{host}}', '--port', '{{port}}', '--marker', '{marker}', "
         "'--die-after-requests', n])"
     )
-    document = {
-        "name": "dying-replica",
-        "services": {
-            "svc": {
-                "kind": "command",
-                "command": f'{sys.executable} -c "{choose}"',
-                "replicas": 2,
-                "health_timeout_s": 60,
-            }
-        },
-        "clients": {
-            "chat": {
-                "kind": "openai",
-                "service": "svc",
-                "dataset": {"input_tokens": 8, "output_tokens": 4},
-                "load": {
-                    "mode": "rate",
-                    "levels": [20],
-                    "arrival": "constant",
-                    "requests": REQUESTS,
-                },
-            }
-        },
-        "monitor": {"prometheus": False},
-    }
-    session = run_benchmark(tmp_path, write_recipe(tmp_path / "recipe.yaml", document), timeout=120)
-    assert session.returncode == 1, session.output
-    assert "Traceback" not in session.stdout
+    session = run_dying_service(
+        tmp_path, "dying-replica", f'{sys.executable} -c "{choose}"', REQUESTS, replicas=2
+    )
     (test,) = session.summary()["tests"]
     note = test["notes"][0]
     assert note.startswith("service 'svc' died during the load (replica 1 at http://"), note

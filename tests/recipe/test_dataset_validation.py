@@ -5,8 +5,6 @@ the recipe's file, line and key (and the data file's own line or row)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import yaml
 from pytest_aifactory.loadgen.llm_datasets.sharegpt_source import package_file
 from pytest_aifactory.recipe import Recipe, RecipeError, RecipeProblem, load_recipe
 from tests.factories import recipe_document
+from tests.helpers import validate_refuses
 
 
 def write_recipe(tmp_path: Path, client: dict[str, Any], **sections: Any) -> Path:
@@ -260,16 +259,7 @@ def test_recipe_validate_names_every_dataset_problem_without_a_traceback(tmp_pat
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     jsonl(tmp_path / "p.jsonl", [{"prompt": "ok"}, {"prompt": 5}])
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest_aifactory.cli", "recipe", "validate", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    output = done.stdout + done.stderr
-    assert done.returncode == 1, output
-    assert "Traceback" not in output
+    output = validate_refuses(path)
     assert "clients.chat.dataset.path" in output
     assert "line 2: key 'prompt'" in output
     assert "clients.vectors.dataset.kind" in output

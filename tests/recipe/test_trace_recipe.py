@@ -6,8 +6,6 @@ processes and its job's time planned from the trace's span."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ from pytest_aifactory.cases import cases_for, process_specs
 from pytest_aifactory.job_time import START_SLACK_S, level_seconds
 from pytest_aifactory.recipe import Recipe, RecipeError, RecipeProblem, load_recipe
 from tests.factories import recipe_document
+from tests.helpers import validate_refuses
 
 TRACE_ROWS = [
     {"timestamp": 0, "input_length": 30, "output_length": 4, "hash_ids": [0, 1]},
@@ -161,15 +160,6 @@ def test_trace_mistakes_are_named_by_line_and_key(tmp_path: Path) -> None:
 def test_recipe_validate_names_trace_problems_without_a_traceback(tmp_path: Path) -> None:
     (tmp_path / "trace.csv").write_text("Timestamp,Request tokens,Response tokens\n1,x,4\n")
     path = write_recipe(tmp_path, replay_client(dataset={"path": "trace.csv"}))
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest_aifactory.cli", "recipe", "validate", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    output = done.stdout + done.stderr
-    assert done.returncode == 1, output
-    assert "Traceback" not in output
+    output = validate_refuses(path)
     assert "clients.chat.dataset.path" in output
     assert "line 2: column 'Request tokens'" in output

@@ -46,7 +46,14 @@ from pytest_aifactory.cluster.slurm_steps import (
 from pytest_aifactory.recipe import Recipe
 from pytest_aifactory.services.launch import ServiceLaunch
 from tests.factories import recipe_document
-from tests.helpers import BENCHMARK, REPO, benchmark_env, wait_for, write_recipe
+from tests.helpers import (
+    BENCHMARK,
+    REPO,
+    benchmark_env,
+    run_benchmark_in_allocation,
+    wait_for,
+    write_recipe,
+)
 
 if TYPE_CHECKING:
     from tests.conftest import SlurmCluster
@@ -627,34 +634,15 @@ def test_default_recipe_inside_salloc_runs_as_steps(
 ) -> None:
     recipe = write_recipe(tmp_path / "recipe.yaml", small_default_recipe())
     env, calls = sbatch_spy(tmp_path)
-    name = f"aif-test-{uuid.uuid4().hex[:8]}"
-    command = [
-        "salloc",
-        "--nodes=3",
-        f"--job-name={name}",
-        sys.executable,
-        "-m",
-        "pytest",
-        str(BENCHMARK),
-        "--recipe",
-        str(recipe),
-        "--executor",
-        "slurm",
-        "--report-dir",
-        str(tmp_path / "reports"),
-        "-p",
-        "no:cacheprovider",
-        "-v",
+    session = run_benchmark_in_allocation(
+        tmp_path,
+        recipe,
         # steps cannot outlive the session: asked to keep services, it says so and keeps none
         "--keep-services",
-    ]
-    try:
-        session = subprocess.run(
-            command, capture_output=True, text=True, timeout=420, cwd=tmp_path, env=env
-        )
-    finally:
-        subprocess.run(["scancel", f"--name={name}"], check=False, timeout=30)
-    output = session.stdout + session.stderr
+        timeout=420,
+        env=env,
+    )
+    output = session.output
     assert session.returncode == 0, output
     granted = re.search(r"Granted job allocation (\d+)", output)
     assert granted, output

@@ -5,9 +5,6 @@ root) for all but the placement test."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +14,13 @@ import pytest
 from pytest_aifactory.cluster.slurm_steps import AllocationNeeds, allocation_needs, plan_allocation
 from pytest_aifactory.services.launch import ServiceLaunch
 from tests.factories import recipe_document
-from tests.helpers import BENCHMARK, Session, benchmark_env, run_benchmark, wait_for, write_recipe
+from tests.helpers import (
+    Session,
+    run_benchmark,
+    run_benchmark_in_allocation,
+    wait_for,
+    write_recipe,
+)
 from tests.slurm.test_slurm_executor import queued_names, recipe_of, run_id_of, sacct_jobs
 
 if TYPE_CHECKING:
@@ -90,37 +93,7 @@ def test_replicas_run_as_steps_on_nodes_of_their_own(
     slurm_cluster: SlurmCluster, tmp_path: Path
 ) -> None:
     recipe = write_recipe(tmp_path / "replicas.yaml", replicas_recipe())
-    name = f"aif-test-{uuid.uuid4().hex[:8]}"
-    command = [
-        "salloc",
-        "--nodes=3",
-        f"--job-name={name}",
-        sys.executable,
-        "-m",
-        "pytest",
-        str(BENCHMARK),
-        "--recipe",
-        str(recipe),
-        "--executor",
-        "slurm",
-        "--report-dir",
-        str(tmp_path / "reports"),
-        "-p",
-        "no:cacheprovider",
-        "-v",
-    ]
-    try:
-        done = subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            cwd=tmp_path,
-            env=benchmark_env(tmp_path),
-        )
-    finally:
-        subprocess.run(["scancel", f"--name={name}"], check=False, timeout=30)
-    session = Session(done.returncode, done.stdout, done.stderr, tmp_path / "reports")
+    session = run_benchmark_in_allocation(tmp_path, recipe)
     assert "service llm on n" in session.output
     assert "service llm.replica1 on n" in session.output
     service, records = spread_over_both(session)
