@@ -21,7 +21,9 @@ from pytest_aifactory.cli_compare import register_compare
 from pytest_aifactory.cli_jobs import register_jobs
 from pytest_aifactory.cli_monitor import register_monitor
 from pytest_aifactory.cli_report import register_report
+from pytest_aifactory.cli_sign import register_sign
 from pytest_aifactory.cli_submit import register_submit
+from pytest_aifactory.cluster.rundir import private_umask
 from pytest_aifactory.recipe import RecipeError, load_recipe, recipe_json_schema
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
@@ -138,6 +140,7 @@ COMMAND_GROUPS: list[Callable[[Subcommands], None]] = [
     register_monitor,
     register_compare,
     register_report,
+    register_sign,
 ]
 
 
@@ -165,7 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        return int(func(args))
+        with private_umask():  # reports, run folders, dashboards: the user's alone
+            return int(func(args))
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `aifactory recipe schema | head`

@@ -19,11 +19,11 @@ from pytest_aifactory.report.compare import (
     Regression,
     RunView,
     compare_runs,
+    find_previous,
     format_comparison,
     load_run,
     parse_metrics,
     parse_tolerances,
-    previous_run,
     regressions,
     unchecked_metrics,
 )
@@ -34,13 +34,15 @@ EXIT_OK, EXIT_REGRESSED, EXIT_USAGE = 0, 1, 2
 def _runs(refs: list[str]) -> list[RunView]:
     runs = [load_run(ref) for ref in refs]
     if len(runs) == 1:
-        baseline = previous_run(runs[0])
-        if baseline is None:
+        found = find_previous(runs[0])
+        for reason in found.refused:
+            print_error(f"not a baseline: {reason}")
+        if found.run is None:
             raise CompareError(
                 f"{runs[0].run_id}: no earlier complete run of recipe '{runs[0].recipe}' in "
-                f"{runs[0].root.parent}; name the runs to compare"
+                f"{runs[0].root.parent} that verifies; name the runs to compare"
             )
-        runs.insert(0, baseline)
+        runs.insert(0, found.run)
     return runs
 
 

@@ -40,12 +40,13 @@ from pytest_aifactory.cluster.run_records import (
     read_run,
     resolve_run,
 )
-from pytest_aifactory.cluster.rundir import read_client_settings
+from pytest_aifactory.cluster.rundir import not_owned, read_client_settings, secrets_dir_of
 from pytest_aifactory.loadgen.live import (
     ClientCounters,
     fetch_client_counters,
     progress_counters,
 )
+from pytest_aifactory.monitor.credentials import read_credentials
 from pytest_aifactory.monitor.layout import read_endpoints
 from pytest_aifactory.redact import Redactor, secrets_from_env
 from pytest_aifactory.tabulate import format_table
@@ -63,6 +64,19 @@ def _resolve(ref: str) -> RunRecord | None:
     except RunNotFound as err:
         _error(str(err))
         return None
+
+
+def _resolve_own(ref: str, command: str) -> RunRecord | None:
+    """A run this account owns: `stop` would signal, `logs` would print, what another
+    account's run folder names (its job ids, its log paths), planted or not."""
+    record = _resolve(ref)
+    if record is None:
+        return None
+    problem = not_owned(Path(record.run_dir))
+    if problem:
+        _error(f"{command}: {problem}")
+        return None
+    return record
 
 
 def age(seconds: float) -> str:
@@ -126,7 +140,7 @@ def _status_redactor(record: RunRecord | None) -> Redactor:
     redactor = Redactor()
     if record is None:
         return redactor
-    secrets = Path(record.run_dir) / "secrets"
+    secrets = secrets_dir_of(Path(record.run_dir))
     with contextlib.suppress(OSError):
         redactor.add((secrets / "api_key").read_text().strip())
     for settings in secrets.glob("*.client.json"):
@@ -350,7 +364,10 @@ def _live_counters(record: RunRecord) -> tuple[list[ClientCounters], str, str | 
         problem = "the run has no pushgateway"
     else:
         try:
-            return fetch_client_counters(url, record.run_id), f"pushgateway {url}", None
+            credentials = read_credentials(record.root)
+            headers = credentials.header if credentials else None
+            rows = fetch_client_counters(url, record.run_id, headers=headers)
+            return rows, f"pushgateway {url}", None
         except (OSError, ValueError) as err:  # requests' errors are OSErrors
             problem = f"its pushgateway at {url} does not answer ({type(err).__name__})"
     return progress_counters(record.root), "progress files", problem
@@ -413,10 +430,14 @@ def cmd_stop(args: argparse.Namespace) -> int:
     if args.all:
         records = [r for _, r in iter_records(list_runs()) if _might_live(r)]
     else:
-        record = _resolve(args.run)
+        record = _resolve_own(args.run, "stop")
         if record is None:
             return EXIT_USAGE
         records = [record]
+    records = [r for r in records if not not_owned(Path(r.run_dir))]
+    if not records:
+        print("nothing to stop: no live jobs in any run of yours")
+        return EXIT_OK
     status = EXIT_OK
     stopped_any = False
     for record in records:
@@ -486,7 +507,7 @@ def _log_files(jobs: list[JobRecord]) -> list[tuple[str, Path]]:
     return files
 
 
-def _print_file(path: Path, lines: int | None, out: IO[str]) -> int:
+def _print_file(path: Path, lines: int | None, out: IO[str] | io.TextIOBase) -> int:
     """Writes the file (or its last `lines`), ending with a newline; returns the offset a
     follower goes on from."""
     text = ""
@@ -510,7 +531,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     if args.lines is not None and args.lines < 0:
         _error("logs: -n needs a number of lines >= 0")
         return EXIT_USAGE
-    record = _resolve(args.run)
+    record = _resolve_own(args.run, "logs")
     if record is None:
         return EXIT_USAGE
     jobs = _select_jobs(record, args.name)
@@ -518,7 +539,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
         names = ", ".join(j.name for j in record.jobs) or "none"
         _error(f"run {record.run_id} has no job '{args.name}' (jobs: {names})")
         return EXIT_USAGE
-    out = sys.stdout
+    out = _RedactingWriter(sys.stdout, _status_redactor(record))
     files = _log_files(jobs)
     offsets: dict[Path, int] = {}
     shown = None
@@ -534,14 +555,17 @@ def cmd_logs(args: argparse.Namespace) -> int:
         print(
             f"no log output from {args.name or 'any job'} of run {record.run_id}", file=sys.stderr
         )
+    out.flush()
     if not args.follow:
         return EXIT_OK
-    out.flush()
     return _follow(files, offsets, shown, out)
 
 
 def _follow(
-    files: list[tuple[str, Path]], offsets: dict[Path, int], shown: Path | None, out: IO[str]
+    files: list[tuple[str, Path]],
+    offsets: dict[Path, int],
+    shown: Path | None,
+    out: _RedactingWriter,
 ) -> int:
     """Like `tail -f` over several files: a header whenever the output switches file; the
     decoders keep a character split across two reads whole. Ends on Ctrl-C, with status 0."""
@@ -570,6 +594,30 @@ def _follow(
             time.sleep(FOLLOW_POLL_S)
     except KeyboardInterrupt:
         return EXIT_OK
+
+
+class _RedactingWriter(io.TextIOBase):
+    """What `logs` prints: the job's own files hold what servers echoed (keys included), so
+    they go out redacted, a whole line at a time (a secret split across two reads is still
+    seen whole); `flush` lets out a line without its end, as `-f` needs."""
+
+    def __init__(self, out: IO[str], redactor: Redactor) -> None:
+        self._out = out
+        self._redactor = redactor
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        lines = (self._pending + text).split("\n")
+        self._pending = lines.pop()
+        for line in lines:
+            self._out.write(self._redactor.text(line) + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            self._out.write(self._redactor.text(self._pending))
+            self._pending = ""
+        self._out.flush()
 
 
 # -- registration -------------------------------------------------------------------------------

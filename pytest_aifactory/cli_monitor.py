@@ -21,6 +21,7 @@ import pandas as pd
 
 from pytest_aifactory.cli_common import Subcommands, print_error
 from pytest_aifactory.cluster.run_records import RunNotFound, RunRecord, resolve_run
+from pytest_aifactory.monitor.credentials import read_credentials
 from pytest_aifactory.monitor.grafana import (
     DATASOURCE_UID,
     DEFAULT_PROMETHEUS_URL,
@@ -300,7 +301,12 @@ def _live_prometheus(record: RunRecord) -> str | None:
     endpoints = read_endpoints(record.root)
     if record.status != "running" or endpoints is None or not endpoints.prometheus_url:
         return None
-    client = PrometheusClient(endpoints.prometheus_url, timeout_s=READY_TIMEOUT_S)
+    credentials = read_credentials(record.root)
+    client = PrometheusClient(
+        endpoints.prometheus_url,
+        timeout_s=READY_TIMEOUT_S,
+        headers=credentials.header if credentials else None,
+    )
     return endpoints.prometheus_url if client.ready() else None
 
 

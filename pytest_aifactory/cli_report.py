@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pytest_aifactory.cli_common import Subcommands, print_error
 from pytest_aifactory.cluster.run_records import RunNotFound, resolve_run
+from pytest_aifactory.report.manifest import MANIFEST_FILE
 from pytest_aifactory.report.recover import RecoverError, recover_run
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -30,7 +31,8 @@ def run_folder(ref: str) -> Path:
 
 def _needs_rebuild(root: Path) -> str:
     """Why the run's summary must be rebuilt from its records ("" when it need not): the
-    session never wrote it, it is unreadable, or the session died before its end."""
+    session never wrote it, it is unreadable, or the session died before its end (before the
+    manifest, written last)."""
     path = root / "summary.json"
     if not (root / "records").is_dir():
         return ""
@@ -42,6 +44,8 @@ def _needs_rebuild(root: Path) -> str:
         return "its summary is unreadable"
     if status == "running":
         return "the session ended without finishing its summary"
+    if not (root / MANIFEST_FILE).is_file():  # signed last: its data may be torn
+        return "the session ended before signing its run"
     return ""
 
 

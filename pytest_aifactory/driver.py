@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ from pytest_aifactory.cluster.base import JobExecutor, SubmitError
 from pytest_aifactory.cluster.job_registry import JobRegistry
 from pytest_aifactory.cluster.local import LocalJobExecutor
 from pytest_aifactory.cluster.run_control import KeptService, find_kept_services
-from pytest_aifactory.cluster.rundir import RunDir, make_run_id
+from pytest_aifactory.cluster.rundir import PRIVATE_UMASK, RunDir, make_run_id
 from pytest_aifactory.cluster.slurm import SlurmError
 from pytest_aifactory.cluster.slurm_steps import SlurmStepExecutor, slurm_executor
 from pytest_aifactory.endpoints import Endpoint
@@ -36,7 +37,7 @@ from pytest_aifactory.monitor.grafana import export_grafana
 from pytest_aifactory.monitor.run_monitor import RunMonitor, merge_metrics
 from pytest_aifactory.redact import run_redactor
 from pytest_aifactory.report import run_store
-from pytest_aifactory.report.manifest import write_manifest
+from pytest_aifactory.report.manifest import remove_manifest
 from pytest_aifactory.report.recover import save_recipe
 from pytest_aifactory.results import CaseResult
 from pytest_aifactory.service_lock import ServiceLockError, ServiceLocks
@@ -154,6 +155,7 @@ class Driver:
         self.slurm_overrides = dict(slurm_overrides or {})
         self.registry: JobRegistry | None = None
         self.run: RunDir | None = None
+        self._umask: int | None = None
         self.executor: JobExecutor | None = None
         self.services: ServiceManager | None = None
         self.monitor: RunMonitor | None = None
@@ -231,6 +233,8 @@ class Driver:
     # -- life cycle ---------------------------------------------------------------------------
 
     def _ensure_started(self) -> tuple[RunDir, JobExecutor, ServiceManager]:
+        if self._umask is None:  # what the run writes is the user's alone; `finish` restores
+            self._umask = os.umask(PRIVATE_UMASK)
         if self.run is None and self.role == "worker":
             self._attach_worker()
         if self._start_error is not None:
@@ -322,6 +326,14 @@ class Driver:
 
         Returns False when a signal interrupted the last step, writing the report: the run is
         then saved as interrupted and `aifactory report RUN` writes the report later."""
+        try:
+            return self._finish(status)
+        finally:
+            if self._umask is not None:
+                os.umask(self._umask)
+                self._umask = None
+
+    def _finish(self, status: str) -> bool:
         if self.run is None:
             return True
         if self.status == "running":
@@ -423,9 +435,10 @@ class Driver:
 
     def _save(self) -> None:
         """While the session runs, after each test: the summary (every statistic so far). Once
-        it ends, however it ends: the records, the merged metrics and the manifest too. Writing
-        those after each test would cost time growing with the square of the run's size; a
-        driver killed outright still leaves its clients' raw records for `aifactory report`."""
+        it ends, however it ends: the merged metrics, the records, the summary and the signed
+        manifest too, in that order (`run_store.save_run`). Writing those after each test would
+        cost time growing with the square of the run's size; a driver killed outright still
+        leaves its clients' raw records for `aifactory report`."""
         assert self.run is not None
         final = self.status != "running"
         records: pd.DataFrame | None = None
@@ -438,8 +451,9 @@ class Driver:
             run_store.save_part(self.run, self.worker_id, tests, records)
             return
         if final:
+            remove_manifest(self.run.root)  # unsigned, not signed-but-changed, until re-signed
             merge_metrics(self.run.root)
-        run_store.save_run(
+        unsigned = run_store.save_run(
             self.run,
             self.recipe,
             tests,
@@ -449,8 +463,8 @@ class Driver:
             services=self._service_summary(),
             monitoring=self.monitor.summary() if self.monitor is not None else None,
         )
-        if final:
-            write_manifest(self.run.root)
+        if unsigned:
+            self.terminal.line(unsigned)
 
     def _service_summary(self) -> dict[str, dict[str, Any]]:
         if self.services is None:
@@ -578,6 +592,7 @@ class Driver:
                 dataclasses.replace(
                     spec,
                     push_url=monitor.push_url,
+                    push_password_file=monitor.push_password_file,
                     run_id=run.run_id,
                     node_exporter=monitor.node_exporter,
                 )

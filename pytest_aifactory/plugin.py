@@ -151,7 +151,8 @@ def _baseline_check(config: pytest.Config) -> BaselineCheck | None:
 
 
 def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM (scancel, a CI timeout) ends the session like Ctrl-C: jobs cancelled, data kept."""
+    """SIGTERM (scancel, a CI timeout) and SIGHUP (a closed terminal) end the session like
+    Ctrl-C: jobs cancelled, data kept."""
     raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
 
 
@@ -195,8 +196,10 @@ def pytest_configure(config: pytest.Config) -> None:
         driver = config.stash[DRIVER_KEY]
         assert driver is not None
         driver.attach(json.loads(workerinput["aifactory"]), workerinput["workerid"])
-    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    # SIGHUP: the terminal or ssh session of an interactive run went away
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) in (signal.SIG_DFL, None):
+            signal.signal(signum, _raise_keyboard_interrupt)
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -8,8 +8,9 @@ expression that scans each position a bounded number of times, so a large log co
 proportion to its size.
 
 Names are judged by their words (`HF_TOKEN` -> hf, token; `maxTokens` -> max, tokens): a name is
-secret when it ends in a key, token, secret, password or credential word, or has a password,
-secret or credential word anywhere. So `max_tokens: 64`, `eos_token_id = 2` and
+secret when it ends in a key, token, JWT, secret, pass, PWD, password or credential word
+(`SLURM_JWT`, `MYSQL_PWD`, `--db-pass`), or has a password, secret or credential word anywhere
+(`PGPASSWORD`). So `max_tokens: 64`, `eos_token_id = 2` and
 `tokenizer=llama` stay as they are, while `api_key=...` and `HUGGING_FACE_HUB_TOKEN=...` do not.
 """
 
@@ -25,17 +26,23 @@ if TYPE_CHECKING:
     from pytest_aifactory.recipe import Recipe
 
 MASK = "***"
+ENV_KEY = "env"
+"""The key of a service's (or client's) environment in recipes and what is saved of them."""
 MIN_SECRET_LENGTH = 4
 """Shorter known values would turn common words and numbers into masks all over a log."""
 
 _SECRET_WORD = re.compile(
-    r"(?:api|access|auth|bearer|client|hf|master|private|refresh|secret|session)?"
-    r"(?:keys?|token|secrets?|passwords?|passwd|credentials?)",
+    r"(?:api|access|auth|bearer|client|hf|master|private|refresh|secret|session|db)?"
+    r"(?:keys?|token|secrets?|passwords?|passwd|pass|pwd|jwt|credentials?)",
 )
 """The last word of a secret name; `tokens` (a count) is not one, and `key` or `token` inside
 a name (`eos_token_id`, `num_key_value_heads`) says nothing of its value."""
-_STRONG_WORD = re.compile(r"secrets?|passwords?|passwd|credentials?")
-"""Words that make a name secret wherever they stand in it (`DB_PASSWORD_VALUE`)."""
+_STRONG_WORD = re.compile(r"[a-z0-9]*(?:secrets?|passwords?|passwd|credentials?)")
+"""Words that make a name secret wherever they stand in it (`DB_PASSWORD_VALUE`), also run
+together with another (`PGPASSWORD`)."""
+_LONE_WORDS = (["key"], ["keys"], ["pwd"], ["pass"])
+"""Names that are secret only with another word: a bare `key` names a lookup key
+(`slo[].key`), `PWD` the shell's working folder, `pass` a test outcome."""
 _WORDS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 _HARMLESS_VALUE = re.compile(r"(?i)(?:true|false|none|null|yes|no|on|off|[-+]?\d+(?:\.\d+)?)")
 """Values a secret-named setting can take that are no secret (`num_key_value_heads=8`)."""
@@ -59,8 +66,8 @@ _VALUE = re.compile(r"\"[^\"\n]*\"|'[^'\n]*'|[^\s\"',;&{}[\]()]+")
 def looks_secret(name: str) -> bool:
     """Whether a setting, variable, flag or key of this name holds a secret."""
     words = [word.lower() for word in _WORDS.findall(name)]
-    if not words or words in (["key"], ["keys"]):
-        return False  # a bare `key` names a lookup key (`slo[].key`), not a credential
+    if not words or words in _LONE_WORDS:
+        return False
     return bool(_SECRET_WORD.fullmatch(words[-1])) or any(
         _STRONG_WORD.fullmatch(word) for word in words
     )
@@ -114,6 +121,12 @@ def _mask_values(
     return "".join([*parts, s[done:]]) if parts else s
 
 
+def _env_masked(env: Mapping[Any, Any]) -> dict[Any, Any]:
+    """A recipe's `env` is where its credentials go under names nobody can foresee
+    (`APP_CONN`, `DSN`): its values are all masked, its names kept."""
+    return {name: MASK if value not in (None, "") else value for name, value in env.items()}
+
+
 def _authorization(match: re.Match[str]) -> str:
     prefix, scheme, _ = match.groups()
     return f"{prefix}{scheme} {MASK}" if scheme else f"{prefix}{MASK}"
@@ -140,6 +153,24 @@ def secrets_from_args(args: Iterable[str]) -> list[str]:
                 else:
                     pending = True
     return [value for value in found if worth_hiding(value)]
+
+
+def api_key_flags(args: Iterable[str]) -> list[tuple[str, str]]:
+    """(flag, value) of each `--api-key X` / `--api-key=X` on a command line, empty values
+    included: what a server would take as its key."""
+    found: list[tuple[str, str]] = []
+    argv = list(args)
+    for index, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if flag != "--api-key":
+            continue
+        if eq:
+            found.append((flag, value))
+        elif index + 1 < len(argv) and not argv[index + 1].startswith("--"):
+            found.append((flag, argv[index + 1]))
+        else:
+            found.append((flag, ""))
+    return found
 
 
 class Redactor:
@@ -185,14 +216,17 @@ class Redactor:
         return [self.text(line) for line in lines]
 
     def data(self, obj: Any) -> Any:
-        """A copy of JSON-like data with secret-named keys' values masked and every string
-        redacted; in a list, the value after a secret flag (`["--api-key", "X"]`) is masked."""
+        """A copy of JSON-like data with secret-named keys' values and every value of an `env`
+        mapping masked, and every string redacted; in a list, the value after a secret flag
+        (`["--api-key", "X"]`) is masked."""
         if isinstance(obj, str):
             return self.text(obj)
         if isinstance(obj, Mapping):
             return {
                 key: self._masked_all(value)
                 if isinstance(key, str) and looks_secret(key)
+                else _env_masked(value)
+                if key == ENV_KEY and isinstance(value, Mapping)
                 else self.data(value)
                 for key, value in obj.items()
             }

@@ -118,6 +118,11 @@ COMPONENTS: dict[str, Component] = {
             "run the tests as root: they act as the local account aifactory-other",
             lambda: os.geteuid() == 0 and shutil.which("useradd") is not None,
         ),
+        Component(
+            "ray",
+            "as root: bash scripts/install-ray.sh",
+            lambda: _executable("/opt/aifactory-ray/bin/ray"),
+        ),
         Component("fio", "as root: bash scripts/install-fio.sh", lambda: _on_path("fio")),
         Component(
             "llama-server",

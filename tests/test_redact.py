@@ -6,6 +6,7 @@ import json
 import stat
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -49,6 +50,11 @@ from tests.helpers import write_recipe
         "GOOGLE_APPLICATION_CREDENTIALS",
         "Password",
         "hftoken",
+        "PGPASSWORD",
+        "MYSQL_PWD",
+        "DB_PASS",
+        "SLURM_JWT",
+        "--db-pass",
     ],
 )
 def test_secret_names(name: str) -> None:
@@ -70,6 +76,10 @@ def test_secret_names(name: str) -> None:
         "keyboard",
         "--port",
         "SSH_AUTH_SOCK",
+        "OLDPWD",
+        "bypass",
+        "num_passes",
+        "pass",
         "",
     ],
 )
@@ -226,7 +236,8 @@ def test_data_masks_secret_keys_and_redacts_strings_recursively() -> None:
     assert redacted == {
         "services": {
             "llm": {
-                "env": {"HF_TOKEN": "***", "OMP_NUM_THREADS": "4", "API_KEY": ""},
+                # an env's values are masked wholesale: credentials hide under any name
+                "env": {"HF_TOKEN": "***", "OMP_NUM_THREADS": "***", "API_KEY": ""},
                 "args": ["--api-key", "***", "--port", "8000", "--token=***"],
                 "command": "server --password ***",
                 "credentials": {"user": "***", "pairs": [["***", "***"]], "n": 3},
@@ -334,7 +345,7 @@ def test_collect_logs_without_a_redactor_uses_patterns(tmp_path: Path) -> None:
 def test_saved_parts_are_redacted(tmp_path: Path) -> None:
     run = RunDir.create(tmp_path, "run-3")
     run.redactor = Redactor(["known-secret-9"])
-    tests = [
+    tests: list[Any] = [  # a part's entries, only the fields redaction is about
         {
             "test_id": "t1",
             "passed": False,
@@ -354,3 +365,40 @@ def test_a_bare_key_is_a_lookup_key_not_a_secret() -> None:
         "key": "ttft_ms.p99",
         "api_key": "***",
     }
+
+
+@pytest.mark.parametrize(
+    ("line", "secret"),
+    [
+        ("PGPASSWORD=pg-pass-1 pgbench -c 4", "pg-pass-1"),
+        ("export MYSQL_PWD=my-pwd-22", "my-pwd-22"),
+        ("DB_PASS: 'db-pass-333'", "db-pass-333"),
+        ("SLURM_JWT=eyJhbGciOi.eyJzdWIi.sig", "eyJhbGciOi.eyJzdWIi.sig"),
+        ("loader --db-pass hunter2222 --port 5432", "hunter2222"),
+    ],
+)
+def test_database_and_scheduler_credentials_are_masked(line: str, secret: str) -> None:
+    assert secret not in Redactor().text(line)
+    assert MASK in Redactor().text(line)
+
+
+def test_recipe_env_values_are_masked_wholesale_in_what_a_run_saves(tmp_path: Path) -> None:
+    """A credential under a name nobody foresaw (`APP_CONN`) is still in a service's `env`:
+    recipe.json keeps the names, never the values."""
+    path = write_recipe(
+        tmp_path / "recipe.yaml",
+        {
+            "name": "env-masking",
+            "services": {
+                "app": {
+                    "kind": "command",
+                    "command": "python3 -m http.server {port}",
+                    "env": {"APP_CONN": "postgres://u@db/x?sslkey=abc", "MODE": "fast"},
+                }
+            },
+        },
+    )
+    recipe = load_recipe(path)
+    saved = run_redactor(recipe, env={}).data(recipe.model_dump(mode="json"))
+    assert saved["services"]["app"]["env"] == {"APP_CONN": MASK, "MODE": MASK}
+    assert "sslkey=abc" not in json.dumps(saved)

@@ -149,7 +149,7 @@ class LocalJobExecutor(JobExecutor):
         # deferred: submitit (and the asyncio it loads) is only needed to submit, not to stop
         import submitit
 
-        executor = submitit.LocalExecutor(folder=self.run.jobs_dir / job_name)
+        executor = submitit.LocalExecutor(folder=self.run.job_folder(job_name))
         # one machine: every node's processes are tasks of the one local job
         executor.update_parameters(
             timeout_min=resources.time_limit_min or DEFAULT_TIME_LIMIT_MIN,

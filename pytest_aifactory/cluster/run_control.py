@@ -30,6 +30,7 @@ from pytest_aifactory.cluster.run_records import (
     resolve_run,
     rewrite_run,
 )
+from pytest_aifactory.cluster.rundir import not_owned
 from pytest_aifactory.cluster.slurm_commands import ENDED, SlurmState, job_states, scancel
 from pytest_aifactory.services.base import HealthCheck
 from pytest_aifactory.services.health import is_healthy
@@ -209,6 +210,9 @@ def find_kept_services(
             record = resolve_run(ref)
         except RunNotFound as err:
             return {}, f"cannot reuse services: {err}"
+        problem = not_owned(Path(record.run_dir))
+        if problem:  # its services' addresses and credentials would be another's choice
+            return {}, f"cannot reuse services: {problem}"
         found = kept_services(record)
         if not found:
             return {}, f"run {record.run_id} has no kept services running"
@@ -221,6 +225,8 @@ def find_kept_services(
         if entry.recipe != recipe_name or not entry.kept_services:
             continue
         if exclude is not None and Path(entry.run_dir) == exclude:
+            continue
+        if not_owned(Path(entry.run_dir)):
             continue
         candidate = read_run(Path(entry.run_dir))
         found = kept_services(candidate) if candidate is not None else {}

@@ -6,15 +6,19 @@ rendezvous files, records, progress and the driver's heartbeat are all paths bel
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
+import pwd
 import re
 import secrets
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pytest_aifactory.cluster.run_records import state_dir
 from pytest_aifactory.redact import Redactor
 
 HEARTBEAT_INTERVAL_S = 5.0
@@ -24,6 +28,66 @@ SUBMITTED_RUN_ENV = "AIFACTORY_RUN_DIR"
 """Set by `aifactory submit` for the session it submits: the run folder it made and recorded
 before the job started, so that the run is visible while it waits in the queue."""
 RUN_SUBFOLDERS = ("jobs", "rendezvous", "records", "progress", "logs")
+PRIVATE_RUNS = "runs"
+"""Under the per-user state folder: each run's secrets and job folders (submitit's pickles carry
+services' environments, keys included), away from the run folder people copy and upload."""
+PRIVATE_UMASK = 0o077
+MIN_API_KEY_LENGTH = 16
+"""A shorter key is guessed; an empty one turns a server's authentication off."""
+
+
+def not_owned(run_root: Path) -> str:
+    """Why a run folder is not this account's to act on ('' when it is): another account's
+    folder may name job ids, processes and logs it wants us to stop or print."""
+    try:
+        owner = run_root.stat().st_uid
+    except OSError as err:
+        return f"run folder {run_root} cannot be read ({err.strerror})"
+    if owner != os.geteuid():
+        return f"run folder {run_root} belongs to {_user_name(owner)}, not to you: refused"
+    return ""
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return f"user {pwd.getpwuid(uid).pw_name}"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def private_root_of(run_root: Path) -> Path:
+    """The run's private folder, found again from its run folder alone (by `aifactory status`
+    and `stop`, by a later run reusing its services): the run folder's own path under the
+    state folder's `runs/`, so a job's command line still names its run. The state folder
+    sits in the home folder on a cluster, seen by every node as the run folder is."""
+    absolute = Path(run_root).resolve()
+    return state_dir() / PRIVATE_RUNS / absolute.relative_to(absolute.anchor)
+
+
+def secrets_dir_of(run_root: Path) -> Path:
+    return private_root_of(run_root) / "secrets"
+
+
+def private_tree(path: Path) -> Path:
+    """`path` and every folder above it up to the state folder made 0700, so no other account
+    can list or enter the way to a secret."""
+    top = state_dir()
+    private_mkdir(top)
+    for parent in reversed(path.relative_to(top).parents):
+        private_mkdir(top / parent)
+    return private_mkdir(path)
+
+
+@contextlib.contextmanager
+def private_umask() -> Iterator[None]:
+    """Everything written inside (run files, reports, Prometheus' and Grafana's files, job
+    folders, and what jobs started inside write: they inherit it, Slurm's too) is the owner's
+    alone."""
+    previous = os.umask(PRIVATE_UMASK)
+    try:
+        yield
+    finally:
+        os.umask(previous)
 
 
 def make_run_id(recipe_name: str, now: dt.datetime | None = None) -> str:
@@ -53,13 +117,21 @@ class RunDir:
 
     @classmethod
     def create(cls, report_dir: Path, run_id: str) -> RunDir:
+        """A new folder no other session has: `mkdir` fails when the name exists (two
+        sessions of a recipe started in the same second, on any node of a shared file
+        system), and the next suffix is tried; the folder that `mkdir` made is this run's
+        alone."""
         report_dir.mkdir(parents=True, exist_ok=True)
         root = report_dir / run_id
         suffix = 1
-        while root.exists():
-            suffix += 1
-            root = report_dir / f"{run_id}-{suffix}"
-        private_mkdir(root)
+        while True:
+            try:
+                root.mkdir(mode=0o700)
+                break
+            except FileExistsError:
+                suffix += 1
+                root = report_dir / f"{run_id}-{suffix}"
+        os.chmod(root, 0o700)
         run = cls(root=root, run_id=root.name)
         for sub in RUN_SUBFOLDERS:
             private_mkdir(root / sub)
@@ -84,13 +156,24 @@ class RunDir:
 
     @property
     def jobs_dir(self) -> Path:
+        """Job folders that hold no secret (the batch script of `aifactory submit`)."""
         return self.root / "jobs"
+
+    @property
+    def private_root(self) -> Path:
+        return private_root_of(self.root)
+
+    def job_folder(self, job_name: str) -> Path:
+        """A job's submitit folder: its pickles carry the job's environment and orders (keys
+        included), so it lives in the private folder; `collect_logs` copies its logs,
+        redacted, into the run folder."""
+        return private_tree(self.private_root / "jobs") / job_name
 
     @property
     def api_key_path(self) -> Path:
         """The run's API key (0600): services that take one require it, its clients and its
         Prometheus send it, so nobody else on a shared node can use or load them."""
-        return self.root / "secrets" / "api_key"
+        return secrets_dir_of(self.root) / "api_key"
 
     def api_key(self) -> str:
         """The run's API key, made on first use (a worker reads its controller's)."""
@@ -99,7 +182,7 @@ class RunDir:
             return path.read_text().strip()
         except FileNotFoundError:
             pass
-        private_mkdir(path.parent)
+        private_tree(path.parent)
         key = secrets.token_urlsafe(32)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -110,13 +193,13 @@ class RunDir:
         return key
 
     def client_settings_path(self, service: str) -> Path:
-        return self.root / "secrets" / f"{service}.client.json"
+        return secrets_dir_of(self.root) / f"{service}.client.json"
 
     def save_client_settings(self, service: str, settings: dict[str, str]) -> None:
         """What clients of a service must be told (credentials), kept 0600 with the run, so
         a later run reusing a kept service can still talk to it."""
         path = self.client_settings_path(service)
-        private_mkdir(path.parent)
+        private_tree(path.parent)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             json.dump(settings, fh)
@@ -143,7 +226,8 @@ class RunDir:
         not UTF-8 become U+FFFD rather than stopping the copy."""
         redactor = self.redactor or Redactor()
         copied = []
-        for log in sorted(self.jobs_dir.glob("*/*_log.*")):
+        folders = [self.jobs_dir, self.private_root / "jobs"]
+        for log in sorted(log for folder in folders for log in folder.glob("*/*_log.*")):
             target = self.root / "logs" / log.parent.name / log.name
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -170,11 +254,18 @@ class RunDir:
             self._thread = None
 
     def _beat(self) -> None:
+        """A failed touch (a shared file system's hiccup, a full quota) is tried again at the
+        next beat: jobs give up only after `HEARTBEAT_STALE_S` without one, so a lasting
+        failure still ends them, a passing one ends nothing."""
         while not self._stop.wait(HEARTBEAT_INTERVAL_S):
             try:
-                os.utime(self.heartbeat_path)
+                self.beat()
             except OSError:
-                return
+                continue
+
+    def beat(self) -> None:
+        """Made again if it went missing: jobs read a missing heartbeat as a gone driver."""
+        self.heartbeat_path.touch()
 
 
 def driver_gone(
@@ -199,7 +290,7 @@ def driver_gone(
 def read_client_settings(run_root: Path, service: str) -> dict[str, str]:
     """A service's client settings as its run saved them ({} when none or unreadable)."""
     try:
-        data = json.loads((run_root / "secrets" / f"{service}.client.json").read_text())
+        data = json.loads((secrets_dir_of(run_root) / f"{service}.client.json").read_text())
     except (OSError, ValueError):
         return {}
     return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}

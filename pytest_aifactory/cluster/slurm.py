@@ -440,7 +440,7 @@ class SlurmJobExecutor(JobExecutor):
         return f"aif-{self.run.run_id}-{name}"
 
     def _executor(self, job_name: str, resources: JobResources) -> submitit.Executor:
-        executor = submitit.SlurmExecutor(folder=self.run.jobs_dir / job_name)
+        executor = submitit.SlurmExecutor(folder=self.run.job_folder(job_name))
         executor.update_parameters(
             **sbatch_parameters(self.settings, resources, self.job_name(job_name))
         )

@@ -612,7 +612,7 @@ class SlurmStepExecutor(JobExecutor):
         # deferred: pickling the call is all the driver needs of submitit here
         from submitit.core.utils import DelayedSubmission
 
-        folder = self.run.jobs_dir / name
+        folder = self.run.job_folder(name)
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         token = secrets.token_hex(6)
         DelayedSubmission(fn, *args).dump(submission_path(folder, token))

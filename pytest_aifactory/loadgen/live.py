@@ -9,19 +9,21 @@ load it reports on.
 
 from __future__ import annotations
 
+import base64
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import requests
 from prometheus_client import CollectorRegistry, push_to_gateway
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from pytest_aifactory import direct_http
 from pytest_aifactory.loadgen.progress import read_progress
+from pytest_aifactory.monitor.credentials import USER as MONITOR_USER
 from pytest_aifactory.monitor.series import CLIENT_GROUP_LABELS, CLIENT_SERIES, RUN_LABEL
 
 PUSH_EVERY_S = 1.0
@@ -46,8 +48,11 @@ class LivePusher:
         *,
         interval_s: float = PUSH_EVERY_S,
         timeout_s: float = PUSH_TIMEOUT_S,
+        password_file: str | None = None,
     ) -> None:
+        """`password_file`: the run's monitoring password (its gateway takes no other push)."""
         self.url = url
+        self.password_file = password_file
         self.grouping_key = dict(grouping_key)
         self.interval_s = interval_s
         self.timeout_s = timeout_s
@@ -69,7 +74,7 @@ class LivePusher:
         """The pusher of one load process (`spec` is its `LoadSpec`)."""
         values = (spec.run_id, spec.client, spec.level_label, node, str(spec.process))
         key = dict(zip(CLIENT_GROUP_LABELS, values, strict=True))
-        return cls(spec.push_url, key, **options)
+        return cls(spec.push_url, key, password_file=spec.push_password_file, **options)
 
     # -- the event loop's side: plain integer updates -------------------------------------------
 
@@ -114,6 +119,7 @@ class LivePusher:
                 registry=self.registry,
                 grouping_key=self.grouping_key,
                 timeout=self.timeout_s,
+                handler=self._handler(),
             )
         except Exception as err:
             self.push_errors += 1
@@ -128,6 +134,20 @@ class LivePusher:
             return False
         self.pushes += 1
         return True
+
+    def _handler(self) -> Callable[..., Callable[[], None]]:
+        """Pushes go straight to the gateway (never through a proxy), with the run's
+        credentials where it has them."""
+        if self.password_file is None:
+            return direct_http.push_handler
+        auth = basic_auth_header(self.password_file)
+
+        def handler(
+            url: str, method: str, timeout: float | None, headers: Any, data: bytes
+        ) -> Callable[[], None]:
+            return direct_http.push_handler(url, method, timeout, [*headers, auth], data)
+
+        return handler
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -205,11 +225,25 @@ def parse_client_counters(text: str, run_id: str) -> list[ClientCounters]:
     return sorted(rows, key=_order)
 
 
+def basic_auth_header(password_file: str) -> tuple[str, str]:
+    """The run's monitoring credentials as a header (read each time: a pusher outlives no
+    run, and the file is small)."""
+    password = Path(password_file).read_text().strip()
+    token = base64.b64encode(f"{MONITOR_USER}:{password}".encode()).decode()
+    return "Authorization", f"Basic {token}"
+
+
 def fetch_client_counters(
-    pushgateway_url: str, run_id: str, timeout_s: float = PUSH_TIMEOUT_S
+    pushgateway_url: str,
+    run_id: str,
+    timeout_s: float = PUSH_TIMEOUT_S,
+    headers: dict[str, str] | None = None,
 ) -> list[ClientCounters]:
-    """Raises `requests.RequestException` when the gateway does not answer."""
-    response = requests.get(pushgateway_url.rstrip("/") + "/metrics", timeout=timeout_s)
+    """Raises `requests.RequestException` when the gateway does not answer. `headers`: the
+    run's credentials."""
+    response = direct_http.get(
+        pushgateway_url.rstrip("/") + "/metrics", timeout=timeout_s, headers=headers
+    )
     response.raise_for_status()
     return parse_client_counters(response.text, run_id)
 

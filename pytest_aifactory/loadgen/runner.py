@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from pytest_aifactory import direct_http
 from pytest_aifactory.cluster.node import LOOPBACK, in_slurm_job, node_address, node_name
 from pytest_aifactory.cluster.restart import refuse_restart
 from pytest_aifactory.cluster.rundir import driver_gone
@@ -105,6 +106,8 @@ def run_load(spec: LoadSpec) -> dict[str, Any]:
     "records_path", "interrupted"}; the measurements themselves are in the records file.
     """
     validate(spec)
+    # every library a client kind may use (httpx, gRPC) goes to the run's servers directly
+    direct_http.bypass_proxy_for([spec.base_url, *spec.replica_urls, spec.push_url])
     load = get_client_kind(spec.kind).load_function()
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(load(spec))

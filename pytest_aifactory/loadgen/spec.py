@@ -99,6 +99,8 @@ class LoadSpec:
     heartbeat_path: str | None = None
     push_url: str | None = None
     """The run's pushgateway: live counters go there while the load runs (None: not pushed)."""
+    push_password_file: str | None = None
+    """The run's monitoring password, which its pushgateway asks of every push."""
     run_id: str = ""
     node_exporter: NodeExporterOrder | None = None
     """Run the node's exporter while the load runs (the run is monitored)."""

@@ -16,10 +16,10 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from pytest_aifactory import direct_http
 from pytest_aifactory.cluster.child import start_quiet_child, stop_child
 from pytest_aifactory.cluster.rendezvous import free_port
 from pytest_aifactory.monitor.components import (
@@ -47,7 +47,7 @@ STARTUP_S = 15.0
 def answers_dcgm(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
     """Whether `host:port` serves DCGM metrics (not merely anything on that port)."""
     try:
-        with urllib.request.urlopen(f"http://{address}/metrics", timeout=timeout_s) as reply:
+        with direct_http.urlopen(f"http://{address}/metrics", timeout=timeout_s) as reply:
             return DCGM_MARKER in reply.read(PROBE_LIMIT_BYTES)
     except (OSError, ValueError):  # URLError is an OSError
         return False

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from pytest_aifactory.cluster.rundir import private_root_of, private_tree
+from pytest_aifactory.monitor.credentials import MonitorCredentials, read_credentials
 from pytest_aifactory.monitor.layout import monitor_dir, read_endpoints, tsdb_dir
 from pytest_aifactory.monitor.prometheus_config import duration
 from pytest_aifactory.monitor.series import (
@@ -25,7 +27,6 @@ from pytest_aifactory.monitor.series import (
     NODE_LABEL,
     NODE_SERIES,
     RATE_WINDOW,
-    RUN_LABEL,
     SERVICE_LABEL,
     Series,
     service_series,
@@ -92,7 +93,10 @@ def has_tsdb(run_root: Path) -> bool:
 
 def run_selector(series: Series, **matchers: str) -> str:
     """`metric{aif_run="$run",...}`; a matcher value starting with `!` is a negative match."""
-    equal = {RUN_LABEL: RUN_MATCH, **{k: v for k, v in matchers.items() if not v.startswith("!")}}
+    equal = {
+        **series.run_labels(RUN_MATCH),
+        **{k: v for k, v in matchers.items() if not v.startswith("!")},
+    }
     selector = series.selector(equal)
     negative = [f'{k}!="{v[1:]}"' for k, v in sorted(matchers.items()) if v.startswith("!")]
     return selector[:-1] + "".join("," + m for m in negative) + "}" if negative else selector
@@ -396,10 +400,14 @@ def panel_datasource_uids(board: dict[str, Any]) -> set[str]:
 
 
 def datasource_provisioning(
-    prometheus_url: str, uid: str = DATASOURCE_UID, scrape_interval_s: float | None = None
+    prometheus_url: str,
+    uid: str = DATASOURCE_UID,
+    scrape_interval_s: float | None = None,
+    credentials: MonitorCredentials | None = None,
 ) -> dict[str, Any]:
     """`timeInterval` tells Grafana the scrape interval, so `$__rate_interval` spans enough
-    samples for a rate."""
+    samples for a rate. `credentials`: the run's, for its own Prometheus while it runs; Grafana
+    reads the password from its private file (`$__file{}`), so none is written here."""
     source: dict[str, Any] = {
         "name": DATASOURCE_NAME,
         "type": "prometheus",
@@ -411,6 +419,10 @@ def datasource_provisioning(
     }
     if scrape_interval_s:
         source["jsonData"] = {"timeInterval": duration(scrape_interval_s)}
+    if credentials is not None:
+        source["basicAuth"] = True
+        source["basicAuthUser"] = credentials.user
+        source["secureJsonData"] = {"basicAuthPassword": f"$__file{{{credentials.password_file}}}"}
     return {"apiVersion": 1, "datasources": [source]}
 
 
@@ -503,8 +515,11 @@ def export_grafana(
     _write(path, json.dumps(board, indent=2) + "\n")
     endpoints = read_endpoints(run_root)
     provisioning = provisioning_dir(run_root)
+    live = endpoints is not None and endpoints.prometheus_url == prometheus_url
     source = datasource_provisioning(
-        prometheus_url, scrape_interval_s=endpoints.scrape_interval_s if endpoints else None
+        prometheus_url,
+        scrape_interval_s=endpoints.scrape_interval_s if endpoints else None,
+        credentials=read_credentials(run_root) if live else None,
     )
     _write(provisioning / "datasources" / "aifactory.yaml", yaml.safe_dump(source, sort_keys=False))
     _write(
@@ -543,8 +558,24 @@ def replay_argv(
     ]
 
 
+def grafana_state_dir(run_root: Path) -> Path:
+    """Grafana's own database, sessions and logs for the run: private (its database holds
+    the admin's password hash), and the run's alone (a distribution's default folders are
+    shared by every Grafana on the machine)."""
+    return private_root_of(run_root.resolve()) / "grafana"
+
+
 def grafana_env(run_root: Path, listen: str = "127.0.0.1") -> dict[str, str]:
-    return {
+    """The admin's password is the run's monitoring password, read from its private file
+    (never Grafana's well-known default, which anyone on the node could use)."""
+    state = private_tree(grafana_state_dir(run_root))
+    env = {
         "GF_PATHS_PROVISIONING": str(provisioning_dir(run_root.resolve())),
         "GF_SERVER_HTTP_ADDR": listen,
+        "GF_PATHS_DATA": str(state / "data"),
+        "GF_PATHS_LOGS": str(state / "logs"),
     }
+    credentials = read_credentials(run_root)
+    if credentials is not None:
+        env["GF_SECURITY_ADMIN_PASSWORD__FILE"] = str(credentials.password_file)
+    return env

@@ -7,6 +7,9 @@ node agree that only one of them runs it through a lock held by the node's kerne
 (`cluster/node_lock.py`), not a file in the run folder, which may be on Lustre without `flock`;
 the lock is held for the life of the task that started it and freed however that task ends.
 Each task that runs the exporters writes what ran on its node, and why not, for the summary.
+
+The node exporter listens on the node's address: it takes the run's monitoring credentials
+(`--web.config.file`, see credentials.py), so only the run's Prometheus reads the node.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pytest_aifactory import direct_http
 from pytest_aifactory.cluster.child import start_quiet_child, stop_child
 from pytest_aifactory.cluster.node_lock import node_lock
 from pytest_aifactory.cluster.rendezvous import free_port
@@ -33,6 +37,7 @@ from pytest_aifactory.monitor.components import (
     locate,
     write_node_status,
 )
+from pytest_aifactory.monitor.credentials import MonitorCredentials, read_credentials
 from pytest_aifactory.monitor.gpu_exporter import DEFAULT_PORT as DEFAULT_GPU_PORT
 from pytest_aifactory.monitor.gpu_exporter import gpu_exporter
 from pytest_aifactory.monitor.targets import Target, base_labels, remove_target, write_target
@@ -65,12 +70,16 @@ def find_node_exporter() -> str | None:
     return found.prefix[0] if isinstance(found, Program) else None
 
 
-def exporter_argv(binary: str, host: str, port: int) -> list[str]:
-    return [binary, *exporter_args(host, port)]
+def exporter_argv(binary: str, host: str, port: int, web_config: Path | None = None) -> list[str]:
+    return [binary, *exporter_args(host, port, web_config)]
 
 
-def exporter_args(host: str, port: int) -> list[str]:
+def exporter_args(host: str, port: int, web_config: Path | None = None) -> list[str]:
+    """Only the chosen collectors: the defaults would also read folders outside the run (the
+    distribution's textfile folder, which any local package may fill)."""
     args = [f"--web.listen-address={host}:{port}", "--collector.disable-defaults"]
+    if web_config is not None:
+        args.append(f"--web.config.file={web_config}")
     return args + [f"--collector.{name}" for name in COLLECTORS]
 
 
@@ -111,7 +120,8 @@ def _node_series(order: NodeExporterOrder, node: str, host: str) -> Iterator[Non
         write_node_status(run_root, ComponentStatus(NODE_EXPORTER, False, None, program.why, node))
         yield
         return
-    spawned = _spawn(program, host)
+    credentials = read_credentials(run_root)
+    spawned = _spawn(program, host, credentials)
     if spawned is None:
         why = f"{program.source} did not start or answer (see this job's log)"
         write_node_status(run_root, ComponentStatus(NODE_EXPORTER, False, None, why, node))
@@ -128,24 +138,31 @@ def _node_series(order: NodeExporterOrder, node: str, host: str) -> Iterator[Non
         stop_child(proc)
 
 
-def answers(address: str, timeout_s: float = 1.0) -> bool:
+def answers(address: str, timeout_s: float = 1.0, headers: dict[str, str] | None = None) -> bool:
+    request = urllib.request.Request(f"http://{address}/metrics", headers=headers or {})
     try:
-        with urllib.request.urlopen(f"http://{address}/metrics", timeout=timeout_s) as reply:
+        with direct_http.urlopen(request, timeout=timeout_s) as reply:
             return bool(reply.status == 200)
     except (OSError, ValueError):
         return False
 
 
-def _spawn(program: Program, host: str) -> tuple[subprocess.Popen[bytes], int] | None:
+def _spawn(
+    program: Program, host: str, credentials: MonitorCredentials | None
+) -> tuple[subprocess.Popen[bytes], int] | None:
     """The running exporter and its port, once it answers (None when it would not)."""
+    web_config = credentials.web_config if credentials else None
+    headers = credentials.header if credentials else None
+    binds = [str(web_config.parent)] if web_config else []
     for _ in range(3):  # the port may be taken between choosing and binding it
         port = free_port(host)
-        proc = start_quiet_child(program.argv(exporter_args(host, port)), "node exporter")
+        argv = program.argv(exporter_args(host, port, web_config), binds=binds)
+        proc = start_quiet_child(argv, "node exporter")
         if proc is None:
             return None
         deadline = time.monotonic() + STARTUP_S
         while proc.poll() is None:
-            if answers(f"{host}:{port}"):
+            if answers(f"{host}:{port}", headers=headers):
                 _say(f"node exporter on {host}:{port}: {program.source}")
                 return proc, port
             if time.monotonic() > deadline:

@@ -2,15 +2,27 @@
 
 Targets appear while the run goes on (a service becomes healthy, a client job starts on a new
 node), so nothing is listed statically: each scrape job watches one folder of target files.
+
+The run's own programs (node exporters, the pushgateway, Prometheus itself) let in only holders
+of the run's monitoring password, which Prometheus sends; services get the run's API key.
+
+Pushed series cannot pose as anyone else's: the pushgateway is scraped without
+`honor_labels`, so the labels that say where a series comes from (`aif_run`, `aif_role`,
+`aif_node`, `job`, `instance`) are the gateway target's own, whatever a pusher wrote; a pushed
+one that disagrees is kept aside as `exported_<name>`. Every reader of server and node series
+selects them by `aif_role` as well as by run, so nothing pushed lands among them.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import yaml
 
+from pytest_aifactory.monitor.credentials import USER
 from pytest_aifactory.monitor.layout import TARGET_GROUPS, monitor_dir, targets_dir
+from pytest_aifactory.monitor.series import EXTERNAL_KIND, KIND_LABEL
 
 SCRAPE_JOBS = {
     "services": "aifactory-services",
@@ -27,11 +39,39 @@ def duration(seconds: float) -> str:
     return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
 
 
+PUSHED_DUPLICATES = r"exported_(job|instance|aif_run)"
+"""What the gateway's target labels replace in every pushed series and say again (a client
+pushes its run's id and the gateway adds `job` and `instance`): dropped. Pushed labels that
+differ from the target's (`exported_aif_role`, ...) stay, so they show as the pushers'."""
+
+
+EXTERNAL_SERVICES_JOB = "aifactory-external-services"
+
+
+def _kind_is_external(action: str) -> dict[str, object]:
+    return {"action": action, "source_labels": [KIND_LABEL], "regex": EXTERNAL_KIND}
+
+
+def _external_services(services_job: dict[str, object]) -> dict[str, object]:
+    """`kind: external` services are someone else's servers: scraped by a job of their own,
+    from the same target files, that sends them no key of the run's."""
+    return {
+        **services_job,
+        "job_name": EXTERNAL_SERVICES_JOB,
+        "relabel_configs": [_kind_is_external("keep")],
+    }
+
+
 def render_config(
-    run_root: Path, scrape_interval_s: float, api_key_file: Path | None = None
+    run_root: Path,
+    scrape_interval_s: float,
+    api_key_file: Path | None = None,
+    password_file: Path | None = None,
+    user: str = USER,
 ) -> str:
     """`api_key_file`: the run's API key, sent to the services (servers that take a key
-    serve their metrics only to its holder; the others ignore it)."""
+    serve their metrics only to its holder; the others ignore it). `password_file`: the run's
+    monitoring password, sent to its own programs."""
     interval = duration(scrape_interval_s)
     jobs = []
     for group, job_name in SCRAPE_JOBS.items():
@@ -45,9 +85,15 @@ def render_config(
             ],
         }
         if group == "pushgateway":
-            job["honor_labels"] = True  # keep each client process's own labels
-        if group == "services" and api_key_file is not None:
-            job["authorization"] = {"type": "Bearer", "credentials_file": str(api_key_file)}
+            job["honor_labels"] = False
+            job["metric_relabel_configs"] = [{"action": "labeldrop", "regex": PUSHED_DUPLICATES}]
+        if group == "services":
+            if api_key_file is not None:
+                jobs.append(_external_services(job))
+                job["authorization"] = {"type": "Bearer", "credentials_file": str(api_key_file)}
+                job["relabel_configs"] = [_kind_is_external("drop")]
+        elif password_file is not None:
+            job["basic_auth"] = {"username": user, "password_file": str(password_file)}
         jobs.append(job)
     config = {
         "global": {
@@ -61,10 +107,15 @@ def render_config(
 
 
 def write_config(
-    run_root: Path, scrape_interval_s: float, api_key_file: Path | None = None
+    run_root: Path,
+    scrape_interval_s: float,
+    api_key_file: Path | None = None,
+    password_file: Path | None = None,
 ) -> Path:
     for group in TARGET_GROUPS:
         targets_dir(run_root, group).mkdir(parents=True, exist_ok=True, mode=0o700)
     path = monitor_dir(run_root) / "prometheus.yml"
-    path.write_text(render_config(run_root, scrape_interval_s, api_key_file))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(render_config(run_root, scrape_interval_s, api_key_file, password_file))
     return path

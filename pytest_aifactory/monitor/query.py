@@ -13,6 +13,8 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from pytest_aifactory import direct_http
+
 DEFAULT_TIMEOUT_S = 5.0
 
 
@@ -21,13 +23,26 @@ class PrometheusUnavailable(Exception):
 
 
 class PrometheusClient:
-    def __init__(self, url: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    """`headers`: the run's credentials (its Prometheus lets in no one else)."""
+
+    def __init__(
+        self,
+        url: str,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
+        self.headers = dict(headers or {})
+
+    def _request(self, url: str) -> urllib.request.Request:
+        return urllib.request.Request(url, headers=self.headers)
 
     def ready(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=self.timeout_s) as resp:
+            with direct_http.urlopen(
+                self._request(f"{self.url}/-/ready"), timeout=self.timeout_s
+            ) as resp:
                 return int(resp.status) == 200
         except (OSError, ValueError):
             return False
@@ -35,8 +50,8 @@ class PrometheusClient:
     def _get(self, path: str, params: dict[str, str]) -> Any:
         query = urllib.parse.urlencode(params)
         try:
-            with urllib.request.urlopen(
-                f"{self.url}{path}?{query}", timeout=self.timeout_s
+            with direct_http.urlopen(
+                self._request(f"{self.url}{path}?{query}"), timeout=self.timeout_s
             ) as resp:
                 body = json.loads(resp.read())
         except urllib.error.HTTPError as err:

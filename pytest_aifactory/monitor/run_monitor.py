@@ -11,7 +11,6 @@ import functools
 import os
 import time
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -20,6 +19,7 @@ import pandas as pd
 
 from pytest_aifactory.atomic import replacing
 from pytest_aifactory.cluster.base import JobResources
+from pytest_aifactory.cluster.rundir import secrets_dir_of
 from pytest_aifactory.monitor import components as programs
 from pytest_aifactory.monitor.components import (
     COMPONENTS,
@@ -35,6 +35,12 @@ from pytest_aifactory.monitor.components import (
     locate,
     read_node_statuses,
     report,
+)
+from pytest_aifactory.monitor.credentials import (
+    MonitorCredentials,
+    credentials_dir,
+    ensure_credentials,
+    read_credentials,
 )
 from pytest_aifactory.monitor.layout import (
     MonitorEndpoints,
@@ -89,7 +95,6 @@ TARGET_UP_TIMEOUT_S = 15.0
 """How long a new target may take to be scraped for the first time (discovery + one scrape)."""
 DATABASE_COPY_TIMEOUT_S = 300.0
 """How long Prometheus's job may take, once asked to quit, to copy its database into the run."""
-QUIT_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -139,6 +144,8 @@ class RunMonitor:
         self.ran: dict[str, ComponentStatus] = {}
         """What became of the programs the driver starts (Prometheus, pushgateway)."""
         self._stopped = False
+        self.credentials: MonitorCredentials | None = None
+        """Who may talk to the run's Prometheus, pushgateway and node exporters."""
 
     # -- start --------------------------------------------------------------------------------
 
@@ -150,34 +157,48 @@ class RunMonitor:
             return
         self.sources = self._choose_sources(COMPONENTS)
         self.run.api_key()  # made now: Prometheus reads it for its first scrape
-        config = write_config(self.run.root, self.interval_s, self.run.api_key_path)
+        credentials = self.credentials = ensure_credentials(self.run.root)
+        web_config = f"--web.config.file={credentials.web_config}"
+        config = write_config(
+            self.run.root, self.interval_s, self.run.api_key_path, credentials.password_file
+        )
         program = locate(self.sources[programs.PROMETHEUS])
         if isinstance(program, Missing):
             self._record(programs.PROMETHEUS, None, program.why)
             self._start_scraper(f"no Prometheus binary found ({program.why})")
         else:
+            # no `--web.enable-lifecycle`: its job stops it by PID (prometheus_job.py)
             args = [
                 f"--config.file={config}",
                 f"--storage.tsdb.path={TSDB}",
                 "--storage.tsdb.retention.time=3650d",
                 "--web.listen-address={host}:{port}",
-                "--web.enable-lifecycle",
+                web_config,
             ]
-            # an image sees the run's folder (configuration, targets, key) and the database
-            argv = program.argv(args, binds=[str(self.run.root), TSDB])
+            # an image sees the run's folder (configuration, targets), its private one (key,
+            # credentials) and the database
+            binds = [str(self.run.root), str(secrets_dir_of(self.run.root)), TSDB]
+            argv = program.argv(args, binds=binds)
             job = functools.partial(run_prometheus, tsdb_copy=str(tsdb_dir(self.run.root)))
             self.prometheus = self._launch(PROMETHEUS, programs.PROMETHEUS, program, argv, job)
-            if self.prometheus is None:
+            if self.prometheus is not None:
+                self.client = PrometheusClient(self.prometheus.url, headers=credentials.header)
+                if not self._await_ready(self.client):
+                    self.client = None
+            if self.prometheus is None or self.client is None:
                 self._start_scraper("Prometheus did not start")
             else:
                 self.mode = "prometheus"
-                self.client = PrometheusClient(self.prometheus.url)
                 self._announce(PROMETHEUS, "prometheus", self.prometheus, "/metrics")
         gateway = locate(self.sources[programs.PUSHGATEWAY])
         if isinstance(gateway, Missing):
             self._record(programs.PUSHGATEWAY, None, gateway.why)
         else:
-            argv = gateway.argv(["--web.listen-address={host}:{port}"])
+            # its state is the run's alone: nothing kept on disk after it (a distribution's
+            # default file would carry every earlier run's series into this one)
+            args = ["--web.listen-address={host}:{port}", web_config, "--persistence.file="]
+            binds = [str(credentials_dir(self.run.root))]
+            argv = gateway.argv(args, binds=binds)
             self.pushgateway = self._launch(PUSHGATEWAY, programs.PUSHGATEWAY, gateway, argv)
             if self.pushgateway is not None:
                 self._announce(PUSHGATEWAY, "pushgateway", self.pushgateway, "/metrics")
@@ -202,7 +223,8 @@ class RunMonitor:
         job: Callable[[ServiceLaunch], int] = run_service,
     ) -> Endpoint | None:
         host = AUTO_HOST if self.executor_name == "slurm" else "127.0.0.1"
-        plan = ServicePlan(name=name, argv=argv, host=host, health=HealthCheck("/-/ready"))
+        # every path asks for the run's credentials: up is a port that takes connections
+        plan = ServicePlan(name=name, argv=argv, host=host, health=HealthCheck(None))
         resources = JobResources(partition=self.settings.partition)
         try:
             endpoint = self.services.launch(
@@ -222,6 +244,19 @@ class RunMonitor:
             return None
         self._record(component, program.source, node=endpoint.node)
         return endpoint
+
+    def _await_ready(self, client: PrometheusClient) -> bool:
+        """Prometheus answers its readiness check (with the run's credentials) in time."""
+        deadline = time.monotonic() + self.settings.start_timeout_s
+        while not client.ready():
+            if time.monotonic() > deadline:
+                self._warn(
+                    "monitoring: Prometheus did not get ready within "
+                    f"{self.settings.start_timeout_s:g} s, going on without it"
+                )
+                return False
+            time.sleep(0.1)
+        return True
 
     def _record(self, component: str, source: str | None, why: str = "", node: str = "") -> None:
         ran = source is not None
@@ -293,8 +328,10 @@ class RunMonitor:
             return
         self.mode = endpoints.mode
         self.interval_s = endpoints.scrape_interval_s
+        self.credentials = read_credentials(self.run.root)
+        headers = self.credentials.header if self.credentials else None
         if endpoints.prometheus_url:
-            self.client = PrometheusClient(endpoints.prometheus_url)
+            self.client = PrometheusClient(endpoints.prometheus_url, headers=headers)
         self._push_url = endpoints.pushgateway_url
         if self.mode != "off":
             self.services.node_exporter = self._exporter_order()
@@ -318,6 +355,11 @@ class RunMonitor:
         if self.pushgateway is not None:
             return self.pushgateway.url
         return self._push_url
+
+    @property
+    def push_password_file(self) -> str | None:
+        """What a client sends its live counters with (the gateway lets in no one else)."""
+        return str(self.credentials.password_file) if self.credentials else None
 
     @property
     def node_exporter(self) -> NodeExporterOrder | None:
@@ -482,7 +524,7 @@ class RunMonitor:
         rows: list[dict[str, Any]] = []
         for entry in series:
             found = self.client.raw_samples(
-                entry.selector({RUN_LABEL: self.run.run_id}), start, end
+                entry.selector(entry.run_labels(self.run.run_id)), start, end
             )
             rows.extend(sample_rows(entry, found, "prometheus"))
         return to_frame(rows, test_id)
@@ -555,17 +597,7 @@ class RunMonitor:
             return
         copy = tsdb_dir(self.run.root)
         marker = quit_marker(copy)
-        marker.touch()
-        try:
-            request = urllib.request.Request(f"{endpoint.url}/-/quit", method="POST")
-            with urllib.request.urlopen(request, timeout=QUIT_TIMEOUT_S):
-                pass
-        except OSError as err:
-            self._warn(
-                f"monitoring: Prometheus did not take the request to quit ({err}); its "
-                f"database may be missing from {copy}"
-            )
-            return
+        marker.touch()  # the job watches for it and stops Prometheus by PID
         deadline = time.monotonic() + DATABASE_COPY_TIMEOUT_S
         try:
             while not endpoint.job.finished() and time.monotonic() < deadline:

@@ -21,8 +21,18 @@ import pandas as pd
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from pytest_aifactory import direct_http
+from pytest_aifactory.cluster.rundir import secrets_dir_of
+from pytest_aifactory.monitor.credentials import read_credentials
 from pytest_aifactory.monitor.samples import empty_samples, normalize
-from pytest_aifactory.monitor.series import NODE_LABEL, ROLE_LABEL, SERVICE_LABEL, Series
+from pytest_aifactory.monitor.series import (
+    EXTERNAL_KIND,
+    KIND_LABEL,
+    NODE_LABEL,
+    ROLE_LABEL,
+    SERVICE_LABEL,
+    Series,
+)
 from pytest_aifactory.monitor.targets import Target, read_targets
 
 ORIGIN = "scrape"
@@ -84,7 +94,10 @@ class DirectScraper:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._auth = _bearer(self.run_root / "secrets" / "api_key")
+        self._auth = _bearer(secrets_dir_of(self.run_root) / "api_key")
+        credentials = read_credentials(self.run_root)
+        self._own_auth = credentials.header if credentials is not None else None
+        """For the run's own programs (node exporters, the pushgateway)."""
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -134,12 +147,17 @@ class DirectScraper:
             self._scrape(target)
         self.scrapes += 1
 
+    def _service_auth(self, target: Target) -> dict[str, str] | None:
+        """The run's key goes to the servers the run started, never to a `kind: external`
+        service: that one is someone else's, and the recipe gave it no key of ours."""
+        return None if target.labels.get(KIND_LABEL) == EXTERNAL_KIND else self._auth
+
     def _scrape(self, target: Target) -> None:
         url = target.url
         started = time.time()
         try:
-            headers = self._auth if target.group == "services" else None
-            response = requests.get(url, timeout=self.timeout_s, headers=headers)
+            headers = self._service_auth(target) if target.group == "services" else self._own_auth
+            response = direct_http.get(url, timeout=self.timeout_s, headers=headers)
             response.raise_for_status()
             self._keep(target, started, response.text)
         except (requests.RequestException, ValueError) as err:
@@ -184,8 +202,11 @@ class DirectScraper:
         )
         index = self._key_index.get(identity)
         if index is None:
-            labels = {**target.labels, **sample_labels}  # like honor_labels: the exporter wins
-            service = labels.pop(SERVICE_LABEL, "")
+            # as Prometheus keeps them: the target's labels win, and a service is only what
+            # its own target says (nothing pushed to the gateway poses as one)
+            labels = {**sample_labels, **target.labels}
+            labels.pop(SERVICE_LABEL, None)
+            service = target.labels.get(SERVICE_LABEL, "")
             node = labels.pop(NODE_LABEL, "")
             row = (
                 series.name,

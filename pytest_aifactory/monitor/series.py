@@ -21,10 +21,20 @@ ROLE_LABEL = "aif_role"
 SERVICE_LABEL = "aif_service"
 NODE_LABEL = "aif_node"
 KIND_LABEL = "aif_kind"
+EXTERNAL_KIND = "external"
+"""The `KIND_LABEL` of a `kind: external` service: not the run's, so sent no key of the run's."""
 REPLICA_LABEL = "aif_replica"
 """On each server of a service of several (replicas): which one, so its series stay apart."""
 """Labels every scrape target carries (file-based discovery sets them), so one Prometheus can
 serve several runs and every sample says which service and node it came from."""
+
+SOURCE_ROLES: dict[SeriesSource, str] = {
+    "service": "service",
+    "node": "node",
+    "gpu": "node",
+    "client": "pushgateway",
+}
+"""Where each source's series are scraped from (a target's `aif_role`)."""
 
 RATE_WINDOW = "$__rate_interval"
 """Grafana's rate window; replaced by a concrete duration when a query runs outside Grafana."""
@@ -42,6 +52,17 @@ class Series:
     source: SeriesSource
     unit: str
     help: str
+
+    @property
+    def role(self) -> str:
+        """The `aif_role` of the targets this series is read from: a series is taken from
+        nowhere else, so one pushed to the pushgateway (role `pushgateway`) never counts as a
+        server's or a node's, whatever labels it was pushed with."""
+        return SOURCE_ROLES[self.source]
+
+    def run_labels(self, run_id: str) -> dict[str, str]:
+        """What selects this series of one run."""
+        return {RUN_LABEL: run_id, ROLE_LABEL: self.role}
 
     def selector(self, labels: dict[str, str] | None = None) -> str:
         """`metric{label="value",...}`; label values are escaped for PromQL."""

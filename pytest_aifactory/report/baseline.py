@@ -18,9 +18,9 @@ from pytest_aifactory.report.compare import (
     RunView,
     compare_runs,
     default_metrics,
+    find_previous,
     format_comparison,
     load_run,
-    previous_run,
     read_run_folder,
     regressions,
     unchecked_metrics,
@@ -55,22 +55,33 @@ def check_run(
     write_html: bool = True,
 ) -> RunCheck:
     """Compares a finished run with `baseline` (`last`: the latest earlier complete run of the
-    same recipe in the same folder) and, given tolerances, lists its regressions. Without a
-    baseline it says so in `note` and finds no regression: a first run has nothing to lose."""
+    same recipe in the same folder that verifies) and, given tolerances, lists its regressions.
+    Without a baseline it says so in `note` and finds no regression: a first run has nothing to
+    lose. Later runs refused as baselines (planted, edited, unsigned) are named in `note`."""
     run = read_run_folder(run_root)
-    base = previous_run(run) if baseline == LAST else baseline
-    if isinstance(base, str):
-        base = load_run(base)
+    refused: list[str] = []
+    if baseline == LAST:
+        found = find_previous(run)
+        base, refused = found.run, found.refused
+    else:
+        base = load_run(baseline) if isinstance(baseline, str) else baseline
+    refusals = "".join(f"\nnot a baseline: {reason}" for reason in refused)
     if base is None:
         note = (
-            f"no earlier complete run of recipe '{run.recipe}' in {run.root.parent}: "
-            "nothing to compare with"
+            f"no earlier complete run of recipe '{run.recipe}' in {run.root.parent} that "
+            f"verifies: nothing to compare with{refusals}"
         )
         return RunCheck(run, None, tolerances=dict(tolerances or {}) or None, note=note)
     metrics = default_metrics([base, run])
     metrics.extend(key for key in tolerances or {} if key not in metrics)
     comparison = compare_runs([base, run], metrics)
-    check = RunCheck(run, base, comparison, tolerances=dict(tolerances) if tolerances else None)
+    check = RunCheck(
+        run,
+        base,
+        comparison,
+        tolerances=dict(tolerances) if tolerances else None,
+        note=refusals.strip(),
+    )
     if tolerances:
         check.found = regressions(comparison, tolerances)
         check.unchecked = unchecked_metrics(comparison, tolerances)
@@ -83,7 +94,9 @@ def check_run(
                 comparison, default_html_path(comparison), check.found, check.tolerances
             )
         except (OSError, ValueError) as err:
-            check.note = f"comparison page not written: {err}"
+            check.note = "\n".join(
+                filter(None, [check.note, f"comparison page not written: {err}"])
+            )
     return check
 
 
@@ -123,7 +136,9 @@ class BaselineCheck:
         if result.html is not None:
             lines.append((f"comparison page: {result.html}", False))
         if result.note:
-            lines.append((result.note, False))
+            lines.extend(
+                (line, line.startswith("not a baseline")) for line in result.note.split("\n")
+            )
         if result.tolerances is None or result.comparison is None:
             return lines
         lines.extend((f"not checked (no test has it): {m}", False) for m in result.unchecked)

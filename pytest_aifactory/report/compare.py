@@ -21,7 +21,7 @@ from pytest_aifactory.cluster.run_records import RunNotFound, resolve_run
 from pytest_aifactory.loadgen.kinds import all_metrics, higher_is_better
 from pytest_aifactory.metrics.catalog import STATISTICS
 from pytest_aifactory.numbers import finite_number
-from pytest_aifactory.report.manifest import manifest_problems
+from pytest_aifactory.report.manifest import verify_run
 from pytest_aifactory.tabulate import format_table
 
 Verdict = Literal["better", "worse", "same"]
@@ -108,17 +108,15 @@ def _unchecked_run(folder: Path) -> RunView:
 
 
 def _check_data(run: RunView) -> RunView:
-    problems = manifest_problems(run.root)
+    problems = verify_run(run.root)
     if problems:
-        raise CompareError(
-            "refusing to compare a run whose data changed after it was written: "
-            + "; ".join(problems)
-        )
+        raise CompareError(f"refusing run {run.run_id}: " + "; ".join(problems))
     return run
 
 
 def read_run_folder(folder: Path) -> RunView:
-    """The run saved in `folder` (its summary.json), its data checked against its manifest."""
+    """The run saved in `folder` (its summary.json), once verified: this user's, closed to
+    others, its data matching its signed manifest."""
     return _check_data(_unchecked_run(folder))
 
 
@@ -134,9 +132,19 @@ def load_run(ref: str | Path) -> RunView:
     return read_run_folder(record.root)
 
 
-def previous_run(run: RunView, folder: Path | None = None) -> RunView | None:
+@dataclass(frozen=True)
+class PreviousRun:
+    """The run `--compare=last` and the report's previous-run section use, and the later
+    candidates refused on the way to it (planted, edited, unsigned), each with its reason."""
+
+    run: RunView | None
+    refused: list[str] = field(default_factory=list)
+
+
+def find_previous(run: RunView, folder: Path | None = None) -> PreviousRun:
     """The latest run of the same recipe saved in the same folder before `run` started, that
-    completed and measured something; None when there is none."""
+    completed, measured something and verifies (`verify_run`); a later folder that claims to
+    be such a run but does not verify is named in `refused`, never used."""
     folder = folder or run.root.parent
     candidates: list[RunView] = []
     for child in folder.iterdir() if folder.is_dir() else ():
@@ -153,13 +161,19 @@ def previous_run(run: RunView, folder: Path | None = None) -> RunView | None:
             and (other.started_at, other.run_id) < (run.started_at, run.run_id)
         ):
             candidates.append(other)
-    # the data of the latest is checked first: a folder of many runs is not read whole
+    # the latest is verified first: a folder of many runs is not read whole
+    refused: list[str] = []
     for other in sorted(candidates, key=lambda r: (r.started_at, r.run_id), reverse=True):
         try:
-            return _check_data(other)
-        except CompareError:  # altered after it was written: the one before it, then
-            continue
-    return None
+            return PreviousRun(_check_data(other), refused)
+        except CompareError as err:
+            refused.append(str(err))
+    return PreviousRun(None, refused)
+
+
+def previous_run(run: RunView, folder: Path | None = None) -> RunView | None:
+    """`find_previous`'s run alone."""
+    return find_previous(run, folder).run
 
 
 # -- metric keys --------------------------------------------------------------------------------

@@ -18,13 +18,15 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from pytest_aifactory.cases import LoadCase, cases_for, sweep_step
-from pytest_aifactory.cluster.rundir import RunDir
+from pytest_aifactory.cluster.run_control import driver_alive
+from pytest_aifactory.cluster.run_records import read_run
+from pytest_aifactory.cluster.rundir import RunDir, driver_gone
 from pytest_aifactory.loadgen.records import read_records
 from pytest_aifactory.metrics import slo as slo_eval
 from pytest_aifactory.metrics.summaries import summarize
 from pytest_aifactory.recipe import Recipe
-from pytest_aifactory.report.manifest import write_manifest
 from pytest_aifactory.report.run_store import results_records, save_run, test_entry
+from pytest_aifactory.report.signing import ownership_problem
 from pytest_aifactory.results import CaseResult
 
 if TYPE_CHECKING:
@@ -108,9 +110,32 @@ def recover_tests(root: Path, recipe: Recipe) -> tuple[list[RunTestEntry], pd.Da
     return [test_entry(r) for r in results], results_records(results)
 
 
+def driver_still_running(root: Path) -> str:
+    """Why the run's driver may still be writing it ("" when it is not): its recorded process
+    lives on this host, or, on another host, it touched the heartbeat lately. A rebuild then
+    would race the driver's own saving and overwrite what it writes."""
+    record = read_run(root)
+    if record is None:
+        return ""
+    alive = driver_alive(record)
+    if alive is None and record.status == "running" and not driver_gone(root / "heartbeat"):
+        return f"its driver on {record.driver_host} beat lately ({root / 'heartbeat'})"
+    if alive:
+        pid = record.driver.pid if record.driver is not None else "?"
+        return f"its driver (PID {pid} on {record.driver_host}) is still running"
+    return ""
+
+
 def recover_run(root: Path) -> Path:
     """Write summary.json, records.parquet, benchmark.json and the manifest again from the
-    run's records and saved recipe; returns the summary's path."""
+    run's records and saved recipe; returns the summary's path. Only a run of this user's
+    (its records are signed with the user's key) whose driver is gone."""
+    problem = ownership_problem(root, "refusing to rebuild and sign it")
+    if problem:
+        raise RecoverError(problem)
+    running = driver_still_running(root)
+    if running:
+        raise RecoverError(f"{root}: not rebuilt while the session may still write it: {running}")
     recipe = load_saved_recipe(root)
     tests, records = recover_tests(root, recipe)
     if not tests:
@@ -120,6 +145,9 @@ def recover_run(root: Path) -> Path:
         default=0.0,
     )
     run = RunDir.open(root)
-    save_run(run, recipe, tests, records, "recovered", started)
-    write_manifest(root)
+    for leftover in root.glob(".*.tmp"):  # a write the killed session never finished
+        leftover.unlink(missing_ok=True)
+    unsigned = save_run(run, recipe, tests, records, "recovered", started)
+    if unsigned:
+        raise RecoverError(f"rebuilt, but {unsigned}")
     return root / "summary.json"

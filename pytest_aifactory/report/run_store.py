@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING, Any, cast
 import pandas as pd
 
 from pytest_aifactory import __version__
-from pytest_aifactory.atomic import write_text_atomic
+from pytest_aifactory.atomic import replacing, write_text_atomic
 from pytest_aifactory.loadgen.records import read_parquet, write_parquet
 from pytest_aifactory.metrics.stats import json_safe
 from pytest_aifactory.redact import Redactor
 from pytest_aifactory.report.environment import collect_environment
+from pytest_aifactory.report.manifest import remove_manifest, write_manifest
+from pytest_aifactory.report.signing import SigningError
 
 if TYPE_CHECKING:
     from pytest_aifactory.cluster.rundir import RunDir
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
     from pytest_aifactory.summary_shapes import RunSummary, RunSweep, RunTestEntry
 
 SUMMARY_FORMAT = 1
+SUMMARY_FILE = "summary.json"
+RECORDS_FILE = "records.parquet"
 
 
 def _iso(ts: float) -> str:
@@ -127,18 +131,34 @@ def save_run(
     started_at: float,
     services: dict[str, dict[str, Any]] | None = None,
     monitoring: dict[str, Any] | None = None,
-) -> None:
+) -> str:
     """`records`: None while the session runs (the summary alone is written); `services`: per
     service, where it ran and how long it took to become usable; `monitoring`: how the run was
-    monitored and what went wrong with it."""
+    monitored and what went wrong with it.
+
+    Once the session ends, the records and benchmark.json are written (each under a name of
+    its own, synced, renamed) before the summary, so a session killed at any step leaves a
+    summary that still says `running` (rebuilt from the raw records by `aifactory report`) or
+    one whose data files are all whole, and the manifest is signed last. Returns why the run
+    could not be signed ("" when it was, or while the session runs)."""
     summary = build_summary(run, recipe, tests, status, started_at, services, monitoring)
-    write_text_atomic(run.root / "summary.json", json.dumps(redacted(run, summary), indent=2))
+    remove_manifest(run.root)
+    if records is not None:
+        if len(records):
+            with replacing(run.root / RECORDS_FILE, durable=True) as tmp:
+                write_parquet(records, tmp)
+        if tests:
+            save_benchmark(run, recipe, tests, records, summary)
+    # the commit point: a summary that says the session ended comes after every data file
+    text = json.dumps(redacted(run, summary), indent=2)
+    write_text_atomic(run.root / SUMMARY_FILE, text, durable=records is not None)
     if records is None:
-        return
-    if len(records):
-        write_parquet(records, run.root / "records.parquet")
-    if tests:
-        save_benchmark(run, recipe, tests, records, summary)
+        return ""
+    try:
+        write_manifest(run.root)
+    except SigningError as err:
+        return f"run not signed (not usable as a baseline): {err}"
+    return ""
 
 
 # -- parts written by pytest-xdist workers ---------------------------------------------------
@@ -150,9 +170,10 @@ def save_part(
     """`records`: None while the worker runs (its tests' entries alone are written)."""
     parts = run.root / "parts"
     parts.mkdir(exist_ok=True, mode=0o700)
+    if records is not None and len(records):  # before the entries that refer to them
+        with replacing(parts / f"{worker}.parquet", durable=True) as tmp:
+            write_parquet(records, tmp)
     write_text_atomic(parts / f"{worker}.json", json.dumps(redacted(run, tests), indent=2))
-    if records is not None and len(records):
-        write_parquet(records, parts / f"{worker}.parquet")
 
 
 def load_parts(run: RunDir, with_records: bool = True) -> tuple[list[RunTestEntry], pd.DataFrame]:
@@ -211,7 +232,7 @@ def save_benchmark(
         }
     )
     data = redacted(run, data)
-    write_text_atomic(run.root / "benchmark.json", json.dumps(data, indent=2))
+    write_text_atomic(run.root / "benchmark.json", json.dumps(data, indent=2), durable=True)
     storage = Path(os.environ.get("AIFACTORY_BENCHMARK_STORAGE", ".benchmarks"))
     marker = run.root / ".benchmark-path"
     if marker.exists():  # rewrite the same file as the run goes on, not a new one per test

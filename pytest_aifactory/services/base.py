@@ -96,6 +96,10 @@ class ServiceKind:
     """The variable through which the server takes an API key (`LLAMA_API_KEY`,
     `VLLM_API_KEY`): the run's key is given that way, never on the command line where `ps`
     shows it to every user of the node. None: the kind takes no key."""
+    unauthenticated: ClassVar[str | None] = None
+    """What anyone who reaches the server can do without a credential, for kinds whose server
+    takes none (or guards only part of itself): such a service is refused on addresses other
+    hosts reach unless its nodes are exclusive (services/exposure.py). None: it locks itself."""
     request_count_series: ClassVar[str | None] = None
     """The series (a counter) of requests the server answered successfully, cross-checked
     against the clients' successful requests; None for kinds that do not count them."""

@@ -6,6 +6,7 @@ import socket
 
 import requests
 
+from pytest_aifactory import direct_http
 from pytest_aifactory.services.base import HealthCheck
 
 
@@ -23,7 +24,7 @@ def is_healthy(host: str, port: int, check: HealthCheck, url: str | None = None)
             return False
     target = (url or base_url(host, port)) + check.http_path
     try:
-        response = requests.get(target, timeout=2)
+        response = direct_http.get(target, timeout=2)
     except requests.RequestException:
         return False
     return 200 <= response.status_code < 300

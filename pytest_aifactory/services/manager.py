@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING
 from pytest_aifactory.cluster.base import JobExecutor, JobHandle, JobResources, SubmitError
 from pytest_aifactory.cluster.rendezvous import Rendezvous, port_is_free, read_rendezvous
 from pytest_aifactory.cluster.run_control import KeptService
-from pytest_aifactory.cluster.rundir import RunDir, read_client_settings
+from pytest_aifactory.cluster.rundir import MIN_API_KEY_LENGTH, RunDir, read_client_settings
 from pytest_aifactory.endpoints import Endpoint
 from pytest_aifactory.job_resources import service_resources
-from pytest_aifactory.redact import secrets_from_args, secrets_from_env
+from pytest_aifactory.redact import api_key_flags, secrets_from_args, secrets_from_env
 from pytest_aifactory.services.base import (
     API_KEY_SETTING,
     HealthCheck,
@@ -33,6 +33,7 @@ from pytest_aifactory.services.base import (
     ServicePlan,
     get_kind,
 )
+from pytest_aifactory.services.exposure import check_exposure
 from pytest_aifactory.services.fingerprint import differences, fingerprint, service_plan
 from pytest_aifactory.services.health import base_url, is_healthy
 from pytest_aifactory.services.launch import ServiceLaunch, run_service
@@ -172,6 +173,7 @@ class ServiceManager:
         service = self.recipe.services[name]
         kind = get_kind(service.kind)
         try:
+            check_exposure(name, service, kind, self.executor.name)
             plans = [kind.plan(name, copy, self.recipe) for copy in replica_services(service)]
         except ServiceConfigError as err:
             raise ServiceStartError(str(err)) from None
@@ -183,7 +185,7 @@ class ServiceManager:
                     for index, plan in enumerate(plans)
                 ]
             )
-        plan = self._with_api_key(kind, plans[0])
+        plan = self._with_api_key(name, kind, plans[0])
         if plan.client_env:
             self.run.save_client_settings(name, plan.client_env)
         resources = service_resources(service)
@@ -225,14 +227,31 @@ class ServiceManager:
             raise
         return join_replicas(ready)
 
-    def _with_api_key(self, kind: ServiceKind, plan: ServicePlan) -> ServicePlan:
+    def _with_api_key(self, name: str, kind: ServiceKind, plan: ServicePlan) -> ServicePlan:
         """Lock a server that takes an API key with the run's (unless the recipe gave its own
-        in the service's env), and tell its clients the key to send."""
+        in the service's env), and tell its clients the key to send. A key the recipe gives
+        must be long enough to guess at no better than the run's: an empty one would turn
+        the server's authentication off."""
         variable = kind.api_key_env
         if variable is None:
             return plan
-        given = secrets_from_args(plan.argv)  # `--api-key X` in the recipe's args
-        key = plan.env.get(variable) or (given[0] if given else self.run.api_key())
+        given = [
+            (where, value)
+            for where, value in [
+                (f"env {variable}", plan.env.get(variable)),
+                *((f"args {flag}", value) for flag, value in api_key_flags(plan.argv)),
+            ]
+            if value is not None
+        ]
+        for where, value in given:
+            if len(value.strip()) < MIN_API_KEY_LENGTH:
+                raise ServiceStartError(
+                    f"service '{name}': the API key in {where} is "
+                    f"{'empty' if not value.strip() else f'{len(value.strip())} characters'}: "
+                    f"give one of at least {MIN_API_KEY_LENGTH} characters, or none for the "
+                    "run's own"
+                )
+        key = given[0][1].strip() if given else self.run.api_key()
         return replace(
             plan,
             env={**plan.env, variable: key},
@@ -376,9 +395,14 @@ class ServiceManager:
         time.sleep(0.3)
         cause = job.exception_text() or f"job {job.job_id} ended ({job.state()})"
         cause = cause.split(": ", 1)[1] if cause.startswith("ServiceExited: ") else cause
-        return ServiceStartError(
-            f"service '{name}' died while {phase}: {cause}\n{job.log_tail(LOG_TAIL_LINES)}"
-        )
+        if self.run.redactor is not None:
+            cause = self.run.redactor.text(cause)
+        return ServiceStartError(f"service '{name}' died while {phase}: {cause}\n{self._tail(job)}")
+
+    def _tail(self, job: JobHandle) -> str:
+        """The job's last words, through the run's redactor: servers echo their settings, the
+        run's key and the recipe's secrets among them, and start errors are shown and saved."""
+        return job.log_tail(LOG_TAIL_LINES, redactor=self.run.redactor)
 
     def _await_rendezvous(
         self, name: str, job: JobHandle, start: float, timeout_s: float
@@ -393,7 +417,7 @@ class ServiceManager:
             if time.monotonic() - start > timeout_s:
                 raise ServiceStartError(
                     f"service '{name}' did not start within {timeout_s:g} s "
-                    f"(job {job.job_id}, state {job.state()})\n{job.log_tail(LOG_TAIL_LINES)}"
+                    f"(job {job.job_id}, state {job.state()})\n{self._tail(job)}"
                 )
             time.sleep(POLL_S)
 
@@ -415,7 +439,7 @@ class ServiceManager:
                 raise ServiceStartError(
                     f"service '{name}' never became healthy: {what} on {rendezvous.address} "
                     f"did not succeed within {timeout_s:g} s (health_timeout_s)\n"
-                    f"{job.log_tail(LOG_TAIL_LINES)}"
+                    f"{self._tail(job)}"
                 )
             time.sleep(HEALTH_POLL_S)
         return time.time()

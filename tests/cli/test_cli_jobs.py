@@ -22,6 +22,7 @@ import yaml
 from pytest_aifactory.cli import main
 from pytest_aifactory.cluster import run_records
 from pytest_aifactory.cluster.run_records import JobRecord, RunRecord, process_ref, write_run
+from pytest_aifactory.cluster.rundir import secrets_dir_of
 from pytest_aifactory.tabulate import format_table
 from tests.helpers import (
     REPO,
@@ -326,8 +327,8 @@ def test_status_shows_no_secret(
         submitted_at=dt.datetime.now(dt.UTC),
     )
     record = synthetic_run(tmp_path, [job])
-    secrets = Path(record.run_dir) / "secrets"
-    secrets.mkdir()
+    secrets = secrets_dir_of(Path(record.run_dir))
+    secrets.mkdir(parents=True)
     (secrets / "api_key").write_text("run-key-0123456789abcdefghij")
     (secrets / "store.client.json").write_text(
         json.dumps({"AIFACTORY_S3_SECRET_KEY": "s3-secret-0123456789abcdef", "BUCKET": "b1"})

@@ -14,6 +14,7 @@ import yaml
 from pytest_aifactory.cli import main
 from pytest_aifactory.cluster import run_records
 from pytest_aifactory.cluster.run_records import RunRecord, index_entry, update_index, write_run
+from pytest_aifactory.monitor.grafana import grafana_state_dir
 from pytest_aifactory.monitor.layout import (
     MonitorEndpoints,
     metrics_parts_dir,
@@ -328,8 +329,10 @@ def test_grafana_of_a_run_with_kept_data(run: Path, capsys: pytest.CaptureFixtur
         "scrape_interval": "1s",
         "evaluation_interval": "1s",
     }
+    state = grafana_state_dir(root)
     assert (
         f"   GF_PATHS_PROVISIONING={root}/grafana/provisioning GF_SERVER_HTTP_ADDR=127.0.0.1 "
+        f"GF_PATHS_DATA={state}/data GF_PATHS_LOGS={state}/logs "
         "grafana-server --homepath /usr/share/grafana\n" in out
     )
     assert f"/d/{board['uid']}\n" in out

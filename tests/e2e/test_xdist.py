@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from pytest_aifactory.cluster.rundir import private_root_of
 from tests.helpers import run_benchmark, write_recipe
 
 pytestmark = [pytest.mark.slow, pytest.mark.requires("llama-server")]
@@ -53,7 +54,8 @@ def test_two_workers_one_run_each_service_once(
     assert workers == {"gw0", "gw1"}
     records = pd.read_parquet(run / "records.parquet")
     assert records.groupby("test_id").size().tolist() == [4, 4, 4, 4]
-    services = [p.name for p in (run / "jobs").iterdir() if p.name.startswith("service-")]
+    jobs_folder = private_root_of(run) / "jobs"  # submitit's pickles: outside the run folder
+    services = [p.name for p in jobs_folder.iterdir() if p.name.startswith("service-")]
     assert sorted(services) == ["service-alpha", "service-beta"]
     jobs = json.loads((run / "jobs.json").read_text())["jobs"]
     assert sorted(j["name"] for j in jobs if j["role"] == "service") == [

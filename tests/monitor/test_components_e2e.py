@@ -19,6 +19,7 @@ import pytest
 
 from pytest_aifactory.cluster.node import node_name
 from pytest_aifactory.cluster.rendezvous import free_port
+from pytest_aifactory.cluster.rundir import secrets_dir_of
 from pytest_aifactory.monitor.grafana import replay_argv, write_replay_config
 from pytest_aifactory.monitor.query import PrometheusClient
 from tests.helpers import Session, processes_matching, run_benchmark, wait_for, write_recipe
@@ -222,10 +223,13 @@ def test_prometheus_ran_from_the_image_with_its_folders_bound(
     assert components["prometheus"]["source"] == f"image {image} (monitor.components.prometheus)"
     local = local_database(run)
     args = (tmp / "runtime-args").read_text().splitlines()
-    assert args[:7] == [
+    # the run's folder, its private one (key, monitoring credentials) and the database
+    assert args[:9] == [
         "exec",
         "--bind",
         str(run),
+        "--bind",
+        str(secrets_dir_of(run)),
         "--bind",
         str(local),
         str(image),

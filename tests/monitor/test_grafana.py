@@ -204,15 +204,19 @@ def test_dashboard_layout() -> None:
     cells = {(p["gridPos"]["x"], p["gridPos"]["y"]) for p in board["panels"]}
     assert len(cells) == len(board["panels"])  # no panel on top of another
     exprs = panel_queries(board)
+    # each series only from its own kind of target: nothing pushed poses as a node's
     assert (
-        '1 - avg by (aif_node) (rate(node_cpu_seconds_total{aif_run="$run",mode="idle"}'
-        "[$__rate_interval]))" in exprs
+        "1 - avg by (aif_node) (rate(node_cpu_seconds_total"
+        '{aif_role="node",aif_run="$run",mode="idle"}[$__rate_interval]))' in exprs
     )
     assert (
         "sum by (client) (rate(aifactory_client_requests_completed_total"
-        '{aif_run="$run"}[$__rate_interval]))' in exprs
+        '{aif_role="pushgateway",aif_run="$run"}[$__rate_interval]))' in exprs
     )
-    assert 'sum by (client) (aifactory_client_in_flight{aif_run="$run"})' in exprs
+    assert (
+        "sum by (client) (aifactory_client_in_flight"
+        '{aif_role="pushgateway",aif_run="$run"})' in exprs
+    )
 
 
 @pytest.mark.parametrize(

@@ -222,3 +222,34 @@ def test_a_hanging_target_does_not_hold_the_others(tmp_path: Path, llama_metrics
         wait_for(lambda: not loop.is_alive(), 30, "the scraper's thread to end")
     assert "Timeout" in scraper.errors[hanging.url]
     assert len(scraper.samples()[lambda f: f["service"] == "llm"]) >= 3
+
+
+def test_a_pushed_series_keeps_the_gateways_labels(tmp_path: Path) -> None:
+    """Labels a pusher wrote do not override the target's: a series served by the pushgateway
+    names no service, whatever it was pushed with."""
+    pushed = (
+        "# TYPE llamacpp:tokens_predicted_total counter\n"
+        f'llamacpp:tokens_predicted_total{{aif_run="{RUN}",aif_role="service",'
+        'aif_service="llm",aif_node="n9"} 99\n'
+    )
+    server = ThreadingHTTPServer(("127.0.0.1", 0), metrics_handler(lambda: pushed))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        run_root = tmp_path / RUN
+        address = f"127.0.0.1:{server.server_address[1]}"
+        labels = base_labels(RUN, "pushgateway", "n1")
+        write_target(run_root, Target("pushgateway", "gw", address, labels=labels))
+        # the pushgateway's role is not mapped: every series is looked for in what it serves
+        scraper = DirectScraper(run_root, {"service": LLAMACPP_SERIES})
+        scraper.scrape_once()
+        frame = scraper.samples()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+    assert scraper.errors == {}
+    assert len(frame) == 1
+    assert frame["service"].tolist() == [""]
+    assert frame["node"].tolist() == ["n1"]
+    assert json.loads(frame["labels"].iloc[0])["aif_role"] == "pushgateway"

@@ -68,7 +68,8 @@ def save_run(
     status: str = "complete",
 ) -> Path:
     root = folder / run_id
-    root.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    root.mkdir(mode=0o700)
     summary = {
         "format": 1,
         "run_id": run_id,
@@ -79,6 +80,7 @@ def save_run(
         "tests": tests,
     }
     (root / "summary.json").write_text(json.dumps(summary))
+    write_manifest(root)  # as a session signs the runs it saves
     return root
 
 
@@ -92,6 +94,7 @@ def save_records(root: Path, client: str, label: str, ttft: np.ndarray) -> None:
             "error": "",
         }
     ).to_parquet(root / "records.parquet")
+    write_manifest(root)
 
 
 @pytest.fixture

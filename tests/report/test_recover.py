@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from pytest_aifactory.cli import main
-from pytest_aifactory.report.manifest import manifest_problems
+from pytest_aifactory.report.manifest import verify_run
 from pytest_aifactory.report.recover import RECOVERED_NOTE
 from tests.helpers import (
     REPO,
@@ -84,7 +84,7 @@ def test_a_run_without_summary_is_rebuilt_from_its_records(
     assert all(RECOVERED_NOTE in t["warnings"] for t in rebuilt["tests"])
     assert (run / "records.parquet").is_file()
     assert (run / "report.html").is_file()
-    assert manifest_problems(run) == []
+    assert verify_run(run) == []
 
 
 def test_a_summary_cut_short_is_completed(finished_run: tuple[Path, dict]) -> None:
@@ -101,7 +101,8 @@ def test_rebuilding_needs_the_saved_recipe(
 ) -> None:
     run, _ = finished_run
     bare = tmp_path / run.name
-    (bare / "records").mkdir(parents=True)
+    bare.mkdir(mode=0o700)
+    (bare / "records").mkdir()
     assert main(["report", str(bare), "--from-records"]) == 2
     assert "no recipe.json" in capsys.readouterr().err
 
@@ -134,5 +135,5 @@ def test_a_driver_killed_outright_leaves_what_report_rebuilds(tmp_path: Path) ->
     assert len(rebuilt["tests"]) >= len(left["tests"])
     assert all(t["counts"]["completed"] > 0 for t in rebuilt["tests"])
     assert (run / "records.parquet").is_file()
-    assert manifest_problems(run) == []
+    assert verify_run(run) == []
     assert not processes_matching(str(tmp_path))

@@ -79,7 +79,25 @@ def test_shipped_repository_is_a_triton_repository() -> None:
 def test_recipe_args_and_env_reach_the_server(tmp_path: Path) -> None:
     plan = plan_of({"args": ["--log-verbose=1"], "env": {"OMP_NUM_THREADS": "1"}})
     assert plan.argv[-2:] == ["--", "--log-verbose=1"]
+    key = plan.env.pop(triton_entry.KEY_ENV)
     assert plan.env == {"OMP_NUM_THREADS": "1"}
+    # a key of its own for the administrative protocols, never on the plan's command line
+    assert len(key) >= 32
+    assert not any(key in arg for arg in plan.argv)
+    assert plan_of({}).env[triton_entry.KEY_ENV] != key  # a fresh one per start
+
+
+def test_the_administrative_protocols_are_locked_with_the_services_key() -> None:
+    argv = triton_entry.command(entry_args(), None, "k" * 32)
+    locked = f"{triton_entry.RESTRICTED}:x-aifactory-key={'k' * 32}"
+    assert f"--http-restricted-api={locked}" in argv
+    assert f"--grpc-restricted-protocol={locked}" in argv
+    assert "model-repository" in triton_entry.RESTRICTED.split(",")
+    assert "inference" not in triton_entry.RESTRICTED.split(",")
+    # the recipe's own restriction wins; without a key nothing is added
+    own = triton_entry.command(entry_args("--", "--http-restricted-api=trace:a=b"), None, "k" * 32)
+    assert [a for a in own if "restricted-api" in a] == ["--http-restricted-api=trace:a=b"]
+    assert not any("restricted" in a for a in triton_entry.command(entry_args(), None))
 
 
 def test_own_repository_with_several_models_leaves_the_model_to_the_client(

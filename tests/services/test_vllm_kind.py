@@ -42,7 +42,11 @@ CPU_DTYPE = vllm.cpu_dtype
 """The real one: the tests' plans use a stand-in, so they do not depend on this machine's CPU."""
 CPU_ARGS = ["--dtype", "bfloat16", "--max-model-len", "2048", "--enforce-eager"]
 """What the kind adds without GPUs when the recipe's args do not say it."""
-CPU_ENV = {"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "2"}
+PRIVATE_ENV = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+"""Offline, and no usage report sent out or written to ~/.config/vllm."""
+CPU_ENV = {**PRIVATE_ENV, "VLLM_CPU_KVCACHE_SPACE": "2"}
+RUN_KEY = "run-key-0123456789abcdef"
+"""The API key a run gives its vLLM service (`VLLM_API_KEY`), which locks its Ray cluster."""
 
 
 @pytest.fixture(autouse=True)
@@ -120,13 +124,13 @@ def test_a_local_model_folder_is_passed_as_is_and_named_by_its_last_part() -> No
 
 def test_the_recipes_env_wins_over_the_offline_and_cpu_defaults() -> None:
     env = {"HF_HUB_OFFLINE": "0", "HF_HOME": "/scratch/hf", "VLLM_CPU_KVCACHE_SPACE": "6"}
-    assert plan_of(env=env).env == env
+    assert plan_of(env=env).env == {**PRIVATE_ENV, **env}
 
 
 def test_with_gpus_no_cpu_settings_are_added() -> None:
     plan = plan_of(gpus_per_node=1)
     assert plan.argv == server_argv(HUB_ID, "--served-model-name", "Llama-3.1-8B-Instruct")
-    assert plan.env == {"HF_HUB_OFFLINE": "1"}
+    assert plan.env == PRIVATE_ENV
 
 
 @pytest.mark.parametrize(
@@ -219,7 +223,7 @@ def test_a_service_without_a_model_is_refused() -> None:
 
 # -- tensor and pipeline parallel sizes ---------------------------------------------------------
 
-PARALLELISM = {
+PARALLELISM: dict[str, tuple[dict[str, Any], list[str]]] = {
     # name: (service fields, the parallel flags the kind adds)
     "cpu-defaults": ({}, []),
     # the GPUs the job was granted, counted in the job: `{gpus}`
@@ -344,14 +348,13 @@ def test_multi_node_head_runs_the_launcher_and_workers_join_its_ray_cluster() ->
         "--pipeline-parallel-size",
         "2",
     )
+    launcher = [sys.executable, "-m", "pytest_aifactory.services.kinds.vllm_head", "--ray", "ray"]
     assert plan.argv == [
-        sys.executable,
-        "-m",
-        "pytest_aifactory.services.kinds.vllm_head",
-        "--ray",
-        "ray",
+        *launcher,
         "--ray-port",
-        "6379",
+        "{port}",
+        "--ray-port-offset",
+        "1",
         "--node-ip",
         "{host}",
         "--num-gpus",
@@ -363,16 +366,26 @@ def test_multi_node_head_runs_the_launcher_and_workers_join_its_ray_cluster() ->
         "--",
         *server,
     ]
+    # Ray on the port after the API server's, chosen free with it on the head's node: the
+    # workers learn it from the head's rendezvous, never Ray's usual 6379
+    assert plan.ports == 2
     assert plan.worker_argv == [
-        "env",
-        "VLLM_HOST_IP={host}",
-        "ray",
-        "start",
-        "--address={head_host}:6379",
-        "--node-ip-address={host}",
-        "--num-gpus={gpus}",
-        "--block",
+        *launcher,
+        "--worker",
+        "--head-host",
+        "{head_host}",
+        "--ray-port",
+        "{head_port}",
+        "--ray-port-offset",
+        "1",
+        "--node-ip",
+        "{host}",
+        "--num-gpus",
+        "{gpus}",
     ]
+    assert "6379" not in [*plan.argv, *plan.worker_argv]
+    # the token travels in the environment the run gives (its API key), never on a command line
+    assert not any("TOKEN" in arg or "auth" in arg.lower() for arg in plan.worker_argv)
 
 
 def test_multi_node_ray_port_executor_and_host_ip_from_the_recipe() -> None:
@@ -395,13 +408,22 @@ def test_multi_node_ray_port_executor_and_host_ip_from_the_recipe() -> None:
         "-pp",
         "2",
     )
-    assert plan.worker_argv == [
-        "ray",
-        "start",
-        "--address={head_host}:7000",
-        "--node-ip-address={host}",
-        "--num-gpus=0",
-        "--block",
+    assert plan.argv[plan.argv.index("--ray-port-offset") + 1] == "0"
+    assert plan.ports == 1
+    assert plan.worker_argv is not None
+    worker = plan.worker_argv[plan.worker_argv.index("--worker") :]
+    assert worker == [
+        "--worker",
+        "--head-host",
+        "{head_host}",
+        "--ray-port",
+        "7000",
+        "--ray-port-offset",
+        "0",
+        "--node-ip",
+        "{host}",
+        "--num-gpus",
+        "0",
     ]
 
 
@@ -421,7 +443,7 @@ def test_ray_beside_an_unactivated_virtual_environments_python(
     plan = plan_of(nodes=2)
     assert plan.argv[plan.argv.index("--ray") + 1] == str(tmp_path / "ray")
     assert plan.worker_argv is not None
-    assert plan.worker_argv[2] == str(tmp_path / "ray")
+    assert plan.worker_argv[plan.worker_argv.index("--ray") + 1] == str(tmp_path / "ray")
 
 
 def test_in_a_container_the_launcher_travels_as_source_for_the_images_python() -> None:
@@ -443,12 +465,15 @@ state = os.environ["STANDIN_RAY_STATE"]
 nodes = os.path.join(state, "nodes")
 os.makedirs(nodes, exist_ok=True)
 def log(**entry):
+    names = ("VLLM_HOST_IP", "RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
     entry.update(t=time.time(), pid=os.getpid(), argv=sys.argv[1:],
-                 env={{k: os.environ.get(k) for k in ("VLLM_HOST_IP", "RAY_ADDRESS")}})
+                 env={{k: os.environ.get(k) for k in names}})
     with open(os.path.join(state, "calls.jsonl"), "a") as f:
         f.write(json.dumps(entry) + "\\n")
 command = sys.argv[1]
-if command == "status":
+if command == "--version":
+    print("ray, version " + os.environ.get("STANDIN_RAY_VERSION", "2.60.0"))
+elif command == "status":
     count = len(os.listdir(nodes))
     log(reported=count)
     if count == 0:
@@ -515,6 +540,7 @@ class StandInRay:
             **os.environ,
             "PATH": f"{self.bin}{os.pathsep}{os.environ['PATH']}",
             "STANDIN_RAY_STATE": str(self.state),
+            "VLLM_API_KEY": RUN_KEY,
             **extra,
         }
 
@@ -593,13 +619,26 @@ HEAD_START = [
     "--port=6390",
     "--node-ip-address=127.0.0.1",
     "--num-gpus=4",
+    "--temp-dir=<own>",
+    "--include-dashboard=false",
+    "--disable-usage-stats",
     "--block",
 ]
 
 
 def head_start(calls: list[dict[str, Any]]) -> dict[str, Any]:
     (found,) = [c for c in calls if c["argv"][:2] == ["start", "--head"] and "event" not in c]
-    return found
+    return {**found, "argv": own_temp_dir(found["argv"])}
+
+
+def own_temp_dir(argv: list[str]) -> list[str]:
+    """`argv` with its `--temp-dir` (a fresh folder each start) as `<own>`, once checked to be
+    a folder of its own that is gone after the stop."""
+    (given,) = [a for a in argv if a.startswith("--temp-dir=")]
+    folder = Path(given.partition("=")[2])
+    assert folder.name.startswith("aifactory-ray-")
+    assert not folder.exists()
+    return [a if a != given else "--temp-dir=<own>" for a in argv]
 
 
 @pytest.mark.slow
@@ -618,6 +657,9 @@ def test_launcher_waits_for_every_node_then_serves_and_stops_ray(
     head = head_start(calls)
     assert head["argv"] == HEAD_START
     assert head["env"]["VLLM_HOST_IP"] == "127.0.0.1"
+    # the cluster requires the run's key as its token, given through the environment
+    assert head["env"]["RAY_AUTH_MODE"] == "token"
+    assert head["env"]["RAY_AUTH_TOKEN"] == RUN_KEY
     statuses = [c for c in calls if c["argv"][0] == "status"]
     assert all(c["argv"] == ["status", "--address", "127.0.0.1:6390"] for c in statuses)
     assert statuses[-1]["reported"] == 2
@@ -625,10 +667,11 @@ def test_launcher_waits_for_every_node_then_serves_and_stops_ray(
     assert started["event"] == "started"
     assert started["t"] > statuses[-1]["t"]  # only after the second node was seen
     assert started["env"] == {"VLLM_HOST_IP": "127.0.0.1", "RAY_ADDRESS": "127.0.0.1:6390"}
-    # then the head is stopped and `ray stop` runs, after the server ended
-    assert commands[-2:] == ["start", "stop"]
-    assert calls[-2].get("event") == "terminated"
-    assert calls[-2]["pid"] == head["pid"]
+    # then the head's own processes are stopped, after the server ended; never `ray stop`,
+    # which would end every Ray of the user on the node
+    assert "stop" not in commands
+    assert calls[-1].get("event") == "terminated"
+    assert calls[-1]["pid"] == head["pid"]
     assert calls[-1]["t"] > started["t"]
     assert ray.nodes() == ["worker"]  # the head's node is gone
     assert "all 2 nodes joined" in stderr
@@ -645,7 +688,8 @@ def test_launcher_passes_sigterm_on_and_ends_as_stopped(
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == -signal.SIGTERM, stderr
     assert [e["event"] for e in ray.server_events()] == ["started", "terminated"]
-    assert [c["argv"][0] for c in ray.calls()][-1] == "stop"
+    assert "stop" not in [c["argv"][0] for c in ray.calls()]
+    assert ray.calls()[-1].get("event") == "terminated"
     assert ray.nodes() == ["worker"]
 
 
@@ -658,7 +702,7 @@ def test_launcher_gives_up_when_nodes_are_missing(
     assert proc.returncode == 1
     assert "only 1 of 3 nodes joined the Ray cluster within 2 s" in stderr
     assert ray.server_events() == []
-    assert ray.calls()[-1]["argv"] == ["stop"]
+    assert ray.calls()[-1].get("event") == "terminated"
     assert ray.nodes() == []
 
 
@@ -687,7 +731,7 @@ def test_launcher_runs_as_source_text_without_this_package(
     assert proc.returncode == 3, stderr
     assert [e["event"] for e in ray.server_events()] == ["started"]
     assert head_start(ray.calls())["argv"] == HEAD_START
-    assert ray.calls()[-1]["argv"] == ["stop"]
+    assert ray.calls()[-1].get("event") == "terminated"
 
 
 RAY_STATUS_V1 = """\
@@ -786,22 +830,31 @@ def test_two_node_service_starts_ray_workers_and_the_server_on_the_head(
     starts = [c for c in calls if c["argv"][0] == "start" and "event" not in c]
     head = next(c for c in starts if "--head" in c["argv"])
     worker = next(c for c in starts if "--head" not in c["argv"])
-    assert head["argv"] == [
+    assert own_temp_dir(head["argv"]) == [
         "start",
         "--head",
         "--port=6391",
         "--node-ip-address=127.0.0.1",
         "--num-gpus=0",
+        "--temp-dir=<own>",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
         "--block",
     ]
-    assert worker["argv"] == [
+    assert own_temp_dir(worker["argv"]) == [
         "start",
         "--address=127.0.0.1:6391",
         "--node-ip-address=127.0.0.1",
         "--num-gpus=0",
+        "--temp-dir=<own>",
+        "--disable-usage-stats",
         "--block",
     ]
     assert worker["env"]["VLLM_HOST_IP"] == "127.0.0.1"
+    # both ranks lock the cluster with the run's key, which the manager gave the service
+    key = run.api_key()
+    assert {c["env"]["RAY_AUTH_TOKEN"] for c in (head, worker)} == {key}
+    assert {c["env"]["RAY_AUTH_MODE"] for c in (head, worker)} == {"token"}
     (server,) = ray.server_events()
     assert server["t"] > worker["t"]  # vLLM starts only once the worker's Ray node is up
     assert server["argv"] == [
@@ -828,6 +881,6 @@ def test_two_node_service_starts_ray_workers_and_the_server_on_the_head(
         "RAY_ADDRESS": "127.0.0.1:6391",
         "HF_HUB_OFFLINE": "1",
     }
-    # stopping the service stops both Ray nodes and runs `ray stop` on the head
+    # stopping the service stops both Ray nodes, each by its own processes (no `ray stop`)
     assert ray.nodes() == []
-    assert calls[-1]["argv"] == ["stop"]
+    assert "stop" not in [c["argv"][0] for c in calls]

@@ -1,8 +1,13 @@
 """`kind: chroma`: a Chroma vector database server, its data in the job's scratch folder.
 
 `chroma run` comes with the chromadb package; it answers `/api/v2/heartbeat` once it serves
-(about a second) and has no Prometheus endpoint. Chroma indexes with HNSW only, so a recipe
-whose vectordb client asks this service for another index is refused before anything starts.
+(about a second) and has no Prometheus endpoint. Its server (chromadb 1.x, written in Rust)
+takes no credentials: Chroma's token settings (`CHROMA_SERVER_AUTHN_PROVIDER`,
+`CHROMA_SERVER_AUTHN_CREDENTIALS`) are those of the older Python server and are ignored, so
+the service is kept off addresses other hosts reach (services/exposure.py).
+
+Chroma indexes with HNSW only, so a recipe whose vectordb client asks this service for another
+index is refused before anything starts.
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ HEARTBEAT = "/api/v2/heartbeat"
 @service_kind("chroma")
 class ChromaService(ServiceKind):
     default_health = HealthCheck(http_path=HEARTBEAT)
+    unauthenticated = (
+        "Chroma's server takes no credentials: whoever reaches its port reads, changes and "
+        "deletes every collection"
+    )
 
     def plan(self, name: str, service: Service, recipe: Recipe) -> ServicePlan:
         check_clients(name, recipe, "chroma", ("hnsw",))

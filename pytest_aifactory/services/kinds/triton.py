@@ -10,6 +10,11 @@ Which `tritonserver`: `AIFACTORY_TRITONSERVER` (the recipe's `env`, then the env
 inside a container the image's own, else the one `nvidia-pytriton` bundles (CPU-capable, with
 the Python backend), else PATH's.
 
+Its administrative protocols take a key of the service's own (`triton_entry` says which and
+why not the run's); it is made per start unless the service's `env` sets
+`AIFACTORY_TRITON_KEY`. Inference, health and metadata take none, so the service is open to
+whoever reaches its ports: on a cluster node only with `exclusive: true` (services/exposure.py).
+
 Triton counts each request's queue and compute time; `server_figures` turns the counters'
 growth over a test into per-request milliseconds, and the successful-request counter is
 cross-checked against the clients' count.
@@ -18,6 +23,7 @@ cross-checked against the clients' count.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import sys
 from collections.abc import Callable
@@ -204,6 +210,10 @@ class TritonService(ServiceKind):
     default_metrics_path = "/metrics"
     metric_series = METRIC_SERIES
     request_count_series = "triton_request_success"
+    unauthenticated = (
+        "Triton's inference, health and metadata protocols take no key: whoever reaches its "
+        "ports runs its models"
+    )
 
     def plan(self, name: str, service: Service, recipe: Recipe) -> ServicePlan:
         repository, models = repository_for(name, service)
@@ -224,6 +234,8 @@ class TritonService(ServiceKind):
         if service.args:
             argv += ["--", *service.args]
         env = {k: v for k, v in service.env.items() if k != SERVER_ENV}
+        # its own key, not the run's: tritonserver shows it on its command line
+        env.setdefault(triton_entry.KEY_ENV, secrets.token_urlsafe(32))
         return self.plan_for(
             name,
             service,

@@ -18,6 +18,14 @@ made in `--backend-directory` with links to the bundle's backend and to this Pyt
 the environment points the stub at this Python: its shared library on LD_LIBRARY_PATH, its
 `python3` first on PATH (the stub takes its prefix, hence its site-packages, from there).
 
+Triton's administrative protocols (loading and unloading models, shared memory, statistics,
+tracing, logging) answer only requests with the header `x-aifactory-key` set to the service's
+key, taken from `AIFACTORY_TRITON_KEY` in the environment (`--http-restricted-api`,
+`--grpc-restricted-protocol`). Health, metadata, model configuration and inference stay open:
+the run's clients call them without a key. tritonserver takes the key only on its command line,
+where other users of the node can read it (`ps`), so the key is the service's own, never the
+run's API key, and it keeps out users elsewhere on the network, not those on the node.
+
 Every Python backend server gets its own shared-memory prefix, so several servers on one node
 do not collide. Standard library only: in a container image it runs as source text under the
 image's own `python3`, where this package is not installed.
@@ -38,6 +46,12 @@ EXIT_TIMEOUT_S = "5"
 """How long Triton waits for in-flight requests when stopped (its default is 30 s)."""
 PYTHON_BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
 STUB = "triton_python_backend_stub"
+KEY_ENV = "AIFACTORY_TRITON_KEY"
+KEY_HEADER = "x-aifactory-key"
+RESTRICTED = "model-repository,shared-memory,statistics,trace,logging"
+"""The protocols only a holder of the key may call: loading a model runs its code in the
+server (the Python backend), the others read or change the server's state."""
+RESTRICT_FLAGS = ("--http-restricted-api", "--grpc-restricted-protocol")
 
 
 class EntryError(Exception):
@@ -98,7 +112,16 @@ def _given(extra: list[str], flag: str) -> bool:
     return any(arg == flag or arg.startswith(flag + "=") for arg in extra)
 
 
-def command(args: argparse.Namespace, backend_dir: Path | None) -> list[str]:
+def restricted(key: str, extra: list[str]) -> list[str]:
+    """Triton's flags that lock its administrative protocols with `key` (none the recipe's own
+    `args` set themselves)."""
+    if not key:
+        return []
+    value = f"{RESTRICTED}:{KEY_HEADER}={key}"
+    return [f"{flag}={value}" for flag in RESTRICT_FLAGS if not _given(extra, flag)]
+
+
+def command(args: argparse.Namespace, backend_dir: Path | None, key: str = "") -> list[str]:
     grpc, metrics = ports(args.port)
     argv = [
         args.server,
@@ -118,7 +141,7 @@ def command(args: argparse.Namespace, backend_dir: Path | None) -> list[str]:
         argv.append(f"--backend-config=python,shm-region-prefix-name=aifactory{os.getpid()}_")
     if not _given(extra, "--exit-timeout-secs"):
         argv.append(f"--exit-timeout-secs={EXIT_TIMEOUT_S}")
-    return [*argv, *extra]
+    return [*argv, *restricted(key, extra), *extra]
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -147,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.bundle is not None:
             backend_dir = link_backends(args.bundle, args.backend_directory)
             env = bundle_env(env)
-        argv_out = command(args, backend_dir)
+        argv_out = command(args, backend_dir, env.pop(KEY_ENV, ""))
     except EntryError as err:
         print(f"triton: {err}", file=sys.stderr, flush=True)
         return 2

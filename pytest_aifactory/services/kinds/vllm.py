@@ -24,10 +24,12 @@ server untouched), counted inside the job; the recipe's `gpus_per_node` (or `gre
 job is not told.
 
 Over several nodes vLLM needs a Ray cluster spanning them: rank 0 runs `vllm_head` (Ray head,
-wait for every node, then the API server), the other ranks run a Ray worker that joins it. Ray
-listens on port 6379 of the head node (Ray's own default) unless the service's `env` sets
-`AIFACTORY_RAY_PORT`: the workers must know the port before the head has started, so it cannot
-be picked at run time.
+wait for every node, then the API server), the other ranks run it as a Ray worker that joins the
+head. The cluster requires the run's token (`vllm_head` says how), and Ray listens on the port
+after the API server's, which the head's job picks free on its node like the API port (the
+workers learn both from its rendezvous); the service's `env` may fix it with
+`AIFACTORY_RAY_PORT`. By default never Ray's usual 6379, where another user's Ray could be
+waiting for our workers.
 """
 
 from __future__ import annotations
@@ -65,11 +67,11 @@ if TYPE_CHECKING:
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 PYTHON_ENV = "AIFACTORY_VLLM_PYTHON"
 RAY_PORT_ENV = "AIFACTORY_RAY_PORT"
-DEFAULT_RAY_PORT = 6379
+RAY_PORT_OFFSET = 1
+"""Without `AIFACTORY_RAY_PORT`, Ray listens on the API server's port plus this (both chosen
+free together on the head's node)."""
 SERVED_NAME_FLAG = "--served-model-name"
 EXECUTOR_FLAG = "--distributed-executor-backend"
-HOST_IP_ENV = "VLLM_HOST_IP"
-"""The address vLLM's processes on a node announce; it must be the one Ray knows the node by."""
 INSTALL_SCRIPT = "scripts/install-vllm.sh"
 CPU_VENV = "vllm-cpu-venv"
 CPU_VENV_STAMP = ".aifactory-vllm"
@@ -79,6 +81,10 @@ CPU_DEFAULT_ARGS = (("--max-model-len", "2048"),)
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 """/proc/cpuinfo flags of CPUs that compute bfloat16 natively (x86 AVX-512/AMX, Arm)."""
 CPU_DEFAULT_ENV = {"VLLM_CPU_KVCACHE_SPACE": "2"}
+PRIVATE_ENV = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+"""Nothing leaves the node or lands outside the job's folders: no model hub (compute nodes
+have no internet), and no usage report, which vLLM would otherwise send out and also write to
+`~/.config/vllm` (a recipe's `env` may still set any of these)."""
 EAGER_FLAG = "--enforce-eager"
 COMPILE_FLAGS = (EAGER_FLAG, "--no-enforce-eager", "--compilation-config", "-cc", "-O")
 """Flags by which a recipe chooses for itself whether the model is compiled."""
@@ -247,10 +253,11 @@ def ray_executable(python: str, service: Service) -> str:
     return "ray"
 
 
-def ray_port(name: str, service: Service) -> int:
+def ray_port(name: str, service: Service) -> int | None:
+    """The recipe's fixed Ray port; None: the one after the API server's."""
     text = service.env.get(RAY_PORT_ENV)
     if text is None:
-        return DEFAULT_RAY_PORT
+        return None
     if not text.strip().isdigit() or not 1 <= int(text) <= 65535:
         raise ServiceConfigError(
             f"service '{name}': env {RAY_PORT_ENV} must be a port number 1-65535, got {text!r}"
@@ -265,7 +272,7 @@ def ray_port(name: str, service: Service) -> int:
 
 
 def head_launcher(python: str, in_container: bool) -> list[str]:
-    """How rank 0 starts `vllm_head`. In a container the package is not installed, so the
+    """How each rank starts `vllm_head`. In a container the package is not installed, so the
     launcher (standard library only) is handed to the image's Python as source text."""
     if in_container:
         return [python, "-c", Path(vllm_head.__file__).read_text(encoding="utf-8")]
@@ -396,22 +403,29 @@ class VllmService(ServiceKind):
         if on_cpu:
             server += cpu_defaults(args)
         server += args
-        env = {"HF_HUB_OFFLINE": "1", **(CPU_DEFAULT_ENV if on_cpu else {}), **service.env}
-        argv, worker_argv = server, None
+        env = {**PRIVATE_ENV, **(CPU_DEFAULT_ENV if on_cpu else {}), **service.env}
+        argv, worker_argv, ports = server, None, 1
         if multi_node:
-            port = ray_port(name, service)
+            fixed = ray_port(name, service)
             ray = ray_executable(python, service)
             gpus = GPUS if service.gpu_count else "0"
+            launcher = head_launcher(python, service.container is not None)
+            # the head's own API port, or the fixed one: workers count from the head's
+            if fixed is None:
+                head_port, worker_port = "{port}", "{head_port}"
+                offset, ports = str(RAY_PORT_OFFSET), RAY_PORT_OFFSET + 1
+            else:
+                head_port, worker_port, offset = str(fixed), str(fixed), "0"
+            node = ["--node-ip", "{host}", "--num-gpus", gpus]
             argv = [
-                *head_launcher(python, service.container is not None),
+                *launcher,
                 "--ray",
                 ray,
                 "--ray-port",
-                str(port),
-                "--node-ip",
-                "{host}",
-                "--num-gpus",
-                gpus,
+                head_port,
+                "--ray-port-offset",
+                offset,
+                *node,
                 "--expect-nodes",
                 str(service.nodes),
                 "--timeout",
@@ -420,15 +434,18 @@ class VllmService(ServiceKind):
                 *server,
             ]
             worker_argv = [
+                *launcher,
+                "--ray",
                 ray,
-                "start",
-                f"--address={{head_host}}:{port}",
-                "--node-ip-address={host}",
-                f"--num-gpus={gpus}",
-                "--block",
+                "--worker",
+                "--head-host",
+                "{head_host}",
+                "--ray-port",
+                worker_port,
+                "--ray-port-offset",
+                offset,
+                *node,
             ]
-            if HOST_IP_ENV not in service.env:
-                worker_argv = ["env", f"{HOST_IP_ENV}={{host}}", *worker_argv]
         return self.plan_for(
             name,
             service,
@@ -436,4 +453,5 @@ class VllmService(ServiceKind):
             worker_argv=worker_argv,
             env=env,
             served_model=served,
+            ports=ports,
         )
