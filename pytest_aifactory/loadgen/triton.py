@@ -23,7 +23,12 @@ import aiohttp
 import numpy as np
 
 from pytest_aifactory.loadgen.runner import LoadDriver, SendFn
-from pytest_aifactory.services.kinds.triton_entry import GRPC_OFFSET
+from pytest_aifactory.services.kinds.triton_entry import (
+    GRPC_KEY_HEADER,
+    GRPC_OFFSET,
+    KEY_ENV,
+    KEY_HEADER,
+)
 
 if TYPE_CHECKING:
     from pytest_aifactory.loadgen.records import Clock
@@ -363,20 +368,23 @@ async def describe_model(protocol: _Protocol, spec: LoadSpec) -> ModelInfo:
         return await protocol.describe(spec.model, version)
     except InferenceServerException as err:
         text, _ = protocol.error(err)
-        served = await _served_models(protocol)
+        served = await _served_models(protocol, spec.service_env.get(KEY_ENV, ""))
         listed = f" (it serves: {', '.join(served)}; set the client's `model`)" if served else ""
         raise TritonSetupError(
             f"model '{spec.model}' is not available on {protocol.address}: {text}{listed}"
         ) from None
 
 
-async def _served_models(protocol: _Protocol) -> list[str]:
+async def _served_models(protocol: _Protocol, key: str) -> list[str]:
+    """The repository index is one of the protocols the service locks with its own key."""
+    grpc = isinstance(protocol, _Grpc)
+    headers = {GRPC_KEY_HEADER if grpc else KEY_HEADER: key} if key else None
     try:
-        if isinstance(protocol, _Grpc):
-            index = await protocol.client.get_model_repository_index(as_json=True)
+        if grpc:
+            index = await protocol.client.get_model_repository_index(headers=headers, as_json=True)
             entries = index.get("models", [])
         else:
-            entries = await protocol.client.get_model_repository_index()
+            entries = await protocol.client.get_model_repository_index(headers=headers)
     except Exception:  # only a hint for the message above
         return []
     return sorted({str(e.get("name")) for e in entries if e.get("name")})

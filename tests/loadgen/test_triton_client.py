@@ -39,6 +39,8 @@ HOST = "127.0.0.1"
 class Server:
     port: int
     pid: int
+    client_env: dict[str, str]
+    """What the run hands its clients: the key of the server's locked protocols."""
 
     @property
     def url(self) -> str:
@@ -70,10 +72,11 @@ def _plan() -> ServicePlan:
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
     require_component("tritonserver")
-    with running_plan(_plan(), "tritonserver", host=HOST) as running:
+    plan = _plan()
+    with running_plan(plan, "tritonserver", host=HOST) as running:
         ready = f"http://{HOST}:{running.port}/v2/health/ready"
         running.wait_until(lambda: answers(ready), "tritonserver ready")
-        yield Server(running.port, running.process.pid)
+        yield Server(running.port, running.process.pid, dict(plan.client_env))
 
 
 def spec_for(tmp_path: Path, server: Server, **changes: Any) -> LoadSpec:
@@ -88,6 +91,7 @@ def spec_for(tmp_path: Path, server: Server, **changes: Any) -> LoadSpec:
         "warmup_requests": 2,
         "timeout_s": 30,
         "options": {"batch_size": 4, **options},
+        "service_env": server.client_env,
     }
     return load_spec(tmp_path, **{**fields, **changes})
 

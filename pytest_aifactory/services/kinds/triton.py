@@ -241,6 +241,8 @@ class TritonService(ServiceKind):
             service,
             argv,
             env=env,
+            # the run's clients list the served models (restricted) to name them in an error
+            client_env={triton_entry.KEY_ENV: env[triton_entry.KEY_ENV]},
             metrics_port_offset=METRICS_PORT_OFFSET,
             ports=METRICS_PORT_OFFSET + 1,
             served_model=models[0] if len(models) == 1 else None,

@@ -48,6 +48,8 @@ PYTHON_BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
 STUB = "triton_python_backend_stub"
 KEY_ENV = "AIFACTORY_TRITON_KEY"
 KEY_HEADER = "x-aifactory-key"
+GRPC_KEY_HEADER = f"triton-grpc-protocol-{KEY_HEADER}"
+"""Over gRPC, Triton expects the restricted protocols' header under this prefixed name."""
 RESTRICTED = "model-repository,shared-memory,statistics,trace,logging"
 """The protocols only a holder of the key may call: loading a model runs its code in the
 server (the Python backend), the others read or change the server's state."""
