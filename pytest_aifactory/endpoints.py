@@ -44,6 +44,9 @@ class Endpoint:
     healthy_at: float | None = None
     """When the health check first passed."""
     client_env: dict[str, str] = field(default_factory=dict)
+    metrics_basic_auth: bool = False
+    """Its metrics come from an exporter locked with the run's monitoring password (PostgreSQL's),
+    not from the server, which would take the run's API key."""
     """What clients of this service must be told (credentials, bucket, database name)."""
     plan: PlanFingerprint | None = None
     """What the run started (`services/fingerprint.py`), kept with the service for reuse."""

@@ -22,7 +22,7 @@ import yaml
 
 from pytest_aifactory.monitor.credentials import USER
 from pytest_aifactory.monitor.layout import TARGET_GROUPS, monitor_dir, targets_dir
-from pytest_aifactory.monitor.series import EXTERNAL_KIND, KIND_LABEL
+from pytest_aifactory.monitor.series import AUTH_LABEL, BASIC_AUTH, EXTERNAL_KIND, KIND_LABEL
 
 SCRAPE_JOBS = {
     "services": "aifactory-services",
@@ -50,6 +50,26 @@ EXTERNAL_SERVICES_JOB = "aifactory-external-services"
 
 def _kind_is_external(action: str) -> dict[str, object]:
     return {"action": action, "source_labels": [KIND_LABEL], "regex": EXTERNAL_KIND}
+
+
+EXPORTER_SERVICES_JOB = "aifactory-service-exporters"
+
+
+def _basic_auth_target(action: str) -> dict[str, object]:
+    return {"action": action, "source_labels": [AUTH_LABEL], "regex": BASIC_AUTH}
+
+
+def _service_exporters(
+    services_job: dict[str, object], user: str, password_file: Path
+) -> dict[str, object]:
+    """Services whose metrics come from an exporter locked with the run's monitoring password
+    (PostgreSQL's): scraped by a job of their own, from the same target files, with it."""
+    return {
+        **services_job,
+        "job_name": EXPORTER_SERVICES_JOB,
+        "basic_auth": {"username": user, "password_file": str(password_file)},
+        "relabel_configs": [_basic_auth_target("keep")],
+    }
 
 
 def _external_services(services_job: dict[str, object]) -> dict[str, object]:
@@ -88,10 +108,16 @@ def render_config(
             job["honor_labels"] = False
             job["metric_relabel_configs"] = [{"action": "labeldrop", "regex": PUSHED_DUPLICATES}]
         if group == "services":
+            relabel: list[dict[str, object]] = []
+            if password_file is not None:
+                jobs.append(_service_exporters(job, user, password_file))
+                relabel.append(_basic_auth_target("drop"))
             if api_key_file is not None:
                 jobs.append(_external_services(job))
                 job["authorization"] = {"type": "Bearer", "credentials_file": str(api_key_file)}
-                job["relabel_configs"] = [_kind_is_external("drop")]
+                relabel.append(_kind_is_external("drop"))
+            if relabel:
+                job["relabel_configs"] = relabel
         elif password_file is not None:
             job["basic_auth"] = {"username": user, "password_file": str(password_file)}
         jobs.append(job)

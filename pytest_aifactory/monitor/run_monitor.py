@@ -58,6 +58,8 @@ from pytest_aifactory.monitor.query import PrometheusClient, PrometheusUnavailab
 from pytest_aifactory.monitor.samples import empty_samples, normalize
 from pytest_aifactory.monitor.scraper import DirectScraper
 from pytest_aifactory.monitor.series import (
+    AUTH_LABEL,
+    BASIC_AUTH,
     CLIENT_SERIES,
     GPU_SERIES,
     KIND_LABEL,
@@ -376,6 +378,8 @@ class RunMonitor:
         labels = base_labels(self.run.run_id, "service", endpoint.node)
         labels[SERVICE_LABEL] = endpoint.name
         labels[KIND_LABEL] = endpoint.kind
+        if endpoint.metrics_basic_auth:
+            labels[AUTH_LABEL] = BASIC_AUTH
         target = endpoint.name
         matcher = f'{SERVICE_LABEL}="{endpoint.name}"'
         if endpoint.replicated:  # one target per server; the service's figures add them up

@@ -26,6 +26,8 @@ from pytest_aifactory.cluster.rundir import secrets_dir_of
 from pytest_aifactory.monitor.credentials import read_credentials
 from pytest_aifactory.monitor.samples import empty_samples, normalize
 from pytest_aifactory.monitor.series import (
+    AUTH_LABEL,
+    BASIC_AUTH,
     EXTERNAL_KIND,
     KIND_LABEL,
     NODE_LABEL,
@@ -149,7 +151,10 @@ class DirectScraper:
 
     def _service_auth(self, target: Target) -> dict[str, str] | None:
         """The run's key goes to the servers the run started, never to a `kind: external`
-        service: that one is someone else's, and the recipe gave it no key of ours."""
+        service: that one is someone else's, and the recipe gave it no key of ours. A
+        service's exporter locked with the run's monitoring password gets that instead."""
+        if target.labels.get(AUTH_LABEL) == BASIC_AUTH:
+            return self._own_auth
         return None if target.labels.get(KIND_LABEL) == EXTERNAL_KIND else self._auth
 
     def _scrape(self, target: Target) -> None:

@@ -23,6 +23,10 @@ NODE_LABEL = "aif_node"
 KIND_LABEL = "aif_kind"
 EXTERNAL_KIND = "external"
 """The `KIND_LABEL` of a `kind: external` service: not the run's, so sent no key of the run's."""
+AUTH_LABEL = "aif_auth"
+BASIC_AUTH = "basic"
+"""`AUTH_LABEL` of a service target served by an exporter that lets in only holders of the
+run's monitoring password (HTTP basic authentication), not of the run's API key."""
 REPLICA_LABEL = "aif_replica"
 """On each server of a service of several (replicas): which one, so its series stay apart."""
 """Labels every scrape target carries (file-based discovery sets them), so one Prometheus can

@@ -49,6 +49,10 @@ class MetricsExporter:
 
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    web_config_flag: str | None = None
+    """The exporter's flag for a `--web.config.file` (the Prometheus exporters' toolkit): given,
+    the job passes the run's monitoring web config, and the exporter answers only the run's
+    Prometheus, which scrapes it with the run's monitoring password."""
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,8 @@ class ServiceLaunch:
     """A local service kept after the session: the task leaves the driver's process group (and
     session), so a Ctrl-C in the driver's terminal does not reach it or its server."""
     exporter: MetricsExporter | None = None
+    exporter_web_config: str | None = None
+    """The run's monitoring web config, for an exporter that takes one (its `web_config_flag`)."""
     """Run beside the server by rank 0 (a server without metrics of its own)."""
     metrics_port_offset: int = 0
     """The exporter's `{metrics_port}` is the server's port plus this."""
@@ -388,6 +390,8 @@ def _start_exporter(
         return text.replace("{metrics_port}", metrics_port).replace(SCRATCH, scratch)
 
     argv = [fill(a) for a in fill_placeholders(launch.exporter.argv, place.host, port)]
+    if launch.exporter.web_config_flag and launch.exporter_web_config:
+        argv.append(f"{launch.exporter.web_config_flag}={launch.exporter_web_config}")
     env = {
         key: fill(fill_placeholders([value], place.host, port)[0])
         for key, value in launch.exporter.env.items()

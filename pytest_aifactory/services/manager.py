@@ -24,6 +24,7 @@ from pytest_aifactory.cluster.run_control import KeptService
 from pytest_aifactory.cluster.rundir import MIN_API_KEY_LENGTH, RunDir, read_client_settings
 from pytest_aifactory.endpoints import Endpoint
 from pytest_aifactory.job_resources import service_resources
+from pytest_aifactory.monitor.credentials import read_credentials
 from pytest_aifactory.redact import api_key_flags, secrets_from_args, secrets_from_env
 from pytest_aifactory.services.base import (
     API_KEY_SETTING,
@@ -168,6 +169,14 @@ class ServiceManager:
             client_env=client_env,
             plan=service.plan,
         )
+
+    def _exporter_web_config(self, plan: ServicePlan) -> str | None:
+        """The run's monitoring web config for a plan whose metrics exporter takes one; None
+        where the run is unmonitored (no credentials: no exporter either)."""
+        if plan.exporter is None or plan.exporter.web_config_flag is None:
+            return None
+        credentials = read_credentials(self.run.root)
+        return str(credentials.web_config) if credentials is not None else None
 
     def _start(self, name: str) -> Endpoint:
         service = self.recipe.services[name]
@@ -326,6 +335,7 @@ class ServiceManager:
             node_exporter=self.node_exporter,
             ports=plan.ports,
             exporter=plan.exporter,
+            exporter_web_config=self._exporter_web_config(plan),
             metrics_port_offset=plan.metrics_port_offset,
             gpus_per_node=resources.gpus,
         )
@@ -383,6 +393,7 @@ class ServiceManager:
             nodes=rendezvous.nodes,
             health=plan.health,
             client_env=dict(plan.client_env),
+            metrics_basic_auth=self._exporter_web_config(plan) is not None,
             submitted_at=submitted.submitted_at,
             job_started_at=rendezvous.job_started_at,
             launched_at=rendezvous.launched_at,

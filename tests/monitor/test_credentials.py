@@ -12,7 +12,12 @@ import yaml
 from pytest_aifactory.cluster.rundir import RunDir, make_run_id
 from pytest_aifactory.monitor.credentials import ensure_credentials, read_credentials
 from pytest_aifactory.monitor.grafana import datasource_provisioning, grafana_env
-from pytest_aifactory.monitor.prometheus_config import SCRAPE_JOBS, render_config
+from pytest_aifactory.monitor.prometheus_config import (
+    EXPORTER_SERVICES_JOB,
+    SCRAPE_JOBS,
+    render_config,
+)
+from pytest_aifactory.monitor.series import AUTH_LABEL, BASIC_AUTH
 
 
 def new_run(tmp_path: Path, name: str) -> RunDir:
@@ -56,6 +61,13 @@ def test_prometheus_sends_the_credentials_and_keeps_pushed_labels_apart(tmp_path
     gateway = jobs[SCRAPE_JOBS["pushgateway"]]
     assert gateway["honor_labels"] is False
     assert made.password not in yaml.safe_dump(config)
+    # a service's locked exporter (PostgreSQL's) is scraped with the password, not the key
+    exporters = jobs[EXPORTER_SERVICES_JOB]
+    assert exporters["basic_auth"]["password_file"] == str(made.password_file)
+    assert "authorization" not in exporters
+    keep = {"action": "keep", "source_labels": [AUTH_LABEL], "regex": BASIC_AUTH}
+    assert exporters["relabel_configs"] == [keep]
+    assert {**keep, "action": "drop"} in services["relabel_configs"]
 
 
 def test_grafana_reads_the_password_from_its_file(tmp_path: Path) -> None:

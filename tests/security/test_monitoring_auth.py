@@ -15,16 +15,22 @@ from pathlib import Path
 import pytest
 
 from pytest_aifactory import direct_http
+from pytest_aifactory.cluster.child import stop_child
 from pytest_aifactory.cluster.local import LocalJobExecutor
+from pytest_aifactory.cluster.rendezvous import free_port_block
 from pytest_aifactory.cluster.rundir import RunDir, make_run_id
+from pytest_aifactory.endpoints import Endpoint
 from pytest_aifactory.loadgen.live import LivePusher, fetch_client_counters
 from pytest_aifactory.monitor.credentials import MonitorCredentials
 from pytest_aifactory.monitor.layout import tsdb_dir
 from pytest_aifactory.monitor.node_exporter import node_exporter
+from pytest_aifactory.monitor.prometheus_config import EXPORTER_SERVICES_JOB
 from pytest_aifactory.monitor.run_monitor import RunMonitor
 from pytest_aifactory.monitor.series import RUN_LABEL, service_series
 from pytest_aifactory.monitor.targets import read_targets
 from pytest_aifactory.services.base import get_kind
+from pytest_aifactory.services.kinds.postgres import exporter_for
+from pytest_aifactory.services.launch import ServiceLaunch, TaskPlace, _start_exporter
 from pytest_aifactory.services.manager import ServiceManager
 from pytest_aifactory.testing.other_user import OtherUser
 from tests.factories import recipe
@@ -258,3 +264,51 @@ def test_the_runs_clients_push_with_its_credentials(stack: Stack) -> None:
         stack.pushgateway, stack.run.run_id, headers=stack.credentials.header
     )
     assert [row.process for row in rows] == ["0"]
+
+
+@pytest.mark.requires("other-user", "prometheus-postgres-exporter")
+def test_a_services_exporter_lets_in_only_the_runs_prometheus(
+    stack: Stack, other_user: OtherUser, tmp_path: Path
+) -> None:
+    """PostgreSQL's exporter, started as a service job starts it beside the server (no
+    database behind it here: it still serves its own series), takes the run's web config;
+    another account is refused, the run's Prometheus scrapes it with the monitoring password."""
+    exporter = exporter_for("aifactory", "unused-password")
+    assert exporter is not None
+    port = free_port_block("127.0.0.1", 2)
+    launch = ServiceLaunch(
+        name="db",
+        argv=[],
+        rendezvous_path=str(tmp_path / "rendezvous"),
+        exporter=exporter,
+        exporter_web_config=str(stack.credentials.web_config),
+        metrics_port_offset=1,
+    )
+    proc = _start_exporter(launch, TaskPlace(0, 1, NODE, "127.0.0.1"), port, str(tmp_path))
+    assert proc is not None
+    metrics = f"http://127.0.0.1:{port + 1}/metrics"
+    try:
+        wait_for(lambda: status_as(other_user, metrics) == 401, 15, "the exporter answering")
+        assert status_as(other_user, metrics, auth=WRONG) == 401
+        # the run's credentials open it (as its Prometheus sends them)
+        assert status_as(other_user, metrics, auth=stack.credentials.header["Authorization"]) == 200
+        stack.monitor.service_ready(
+            Endpoint(
+                name="db",
+                kind="postgres",
+                host="127.0.0.1",
+                port=port,
+                url=f"http://127.0.0.1:{port}",
+                served_model=None,
+                metrics_url=metrics,
+                metrics_basic_auth=True,
+            )
+        )
+        # scraped by the job that sends the monitoring password, not the one sending the key
+        # (with no database behind it, the exporter's answer may outlast the scrape timeout)
+        assert stack.monitor.client is not None
+        scraped = [t for t in stack.monitor.client.targets() if t["scrapeUrl"] == metrics]
+        assert [t["labels"]["job"] for t in scraped] == [EXPORTER_SERVICES_JOB]
+        assert "401" not in scraped[0]["lastError"]
+    finally:
+        stop_child(proc)

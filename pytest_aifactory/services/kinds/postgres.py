@@ -98,6 +98,7 @@ def exporter_for(user: str, password: str) -> MetricsExporter | None:
             "DATA_SOURCE_USER": user,
             "DATA_SOURCE_PASS": password,
         },
+        web_config_flag="--web.config.file",
     )
 
 
