@@ -5,21 +5,10 @@
     pytest benchmarks/test_storage.py --recipe recipes/fio.yaml
     pytest benchmarks/test_storage.py --recipe recipes/postgres.yaml
 
-Each test starts the client's service if it has one and is not running yet, drives the load
-level from client jobs, and fails when any of the recipe's service-level objectives is broken.
+The test is the package's (`pytest_aifactory.benchmarks.test_storage`), imported here so the
+repository's commands and test ids stay what they were.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import pytest
-
-from pytest_aifactory import CaseResult, LoadCase, assert_slos
-
-pytestmark = pytest.mark.aifactory_clients("s3", "fio", "sql")
-
-
-def test_storage(aifactory_load: Callable[[LoadCase], CaseResult], load_case: LoadCase) -> None:
-    result = aifactory_load(load_case)
-    assert_slos(result)
+from pytest_aifactory.benchmarks.test_storage import test_storage as test_storage

@@ -47,6 +47,8 @@ _EXPORTS: dict[str, str] = {
     "normalize": "pytest_aifactory.monitor.samples",
     # reports
     "build_report": "pytest_aifactory.report.build",
+    "build_index": "pytest_aifactory.report.index_html",
+    "write_manifest": "pytest_aifactory.report.manifest",
     "vega_bundle": "pytest_aifactory.report.html_report",
     # servers and models installed on this machine
     "find_llama_server": "pytest_aifactory.services.kinds.llamacpp",
@@ -82,6 +84,8 @@ if TYPE_CHECKING:  # `X as X`: re-exported, for type checkers
     from pytest_aifactory.monitor.samples import normalize as normalize
     from pytest_aifactory.report.build import build_report as build_report
     from pytest_aifactory.report.html_report import vega_bundle as vega_bundle
+    from pytest_aifactory.report.index_html import build_index as build_index
+    from pytest_aifactory.report.manifest import write_manifest as write_manifest
     from pytest_aifactory.results import CaseResult as CaseResult
     from pytest_aifactory.services.kinds.llamacpp import find_llama_server as find_llama_server
     from pytest_aifactory.services.kinds.vllm import installed_python as installed_python

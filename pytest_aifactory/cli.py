@@ -18,6 +18,8 @@ from pathlib import Path
 from pytest_aifactory import __version__
 from pytest_aifactory.cli_common import Subcommands, print_error
 from pytest_aifactory.cli_compare import register_compare
+from pytest_aifactory.cli_index import register_index
+from pytest_aifactory.cli_init import register_init
 from pytest_aifactory.cli_jobs import register_jobs
 from pytest_aifactory.cli_monitor import register_monitor
 from pytest_aifactory.cli_report import register_report
@@ -139,6 +141,8 @@ COMMAND_GROUPS: list[Callable[[Subcommands], None]] = [
     register_jobs,
     register_monitor,
     register_compare,
+    register_index,
+    register_init,
     register_report,
     register_sign,
 ]

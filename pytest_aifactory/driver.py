@@ -378,6 +378,7 @@ class Driver:
         try:
             self._export_dashboard()
             self._build_report()
+            self._build_index()
         except KeyboardInterrupt:
             # every job is stopped and every record saved already: only the page is missing
             self.status = "interrupted"
@@ -401,6 +402,21 @@ class Driver:
             self.terminal.line(f"report not written: {err}")
             return
         self.terminal.line(f"report: {path}")
+
+    def _build_index(self) -> None:
+        """The reports folder's experiments dashboard, with this run in it (`aifactory index`
+        rebuilds it later)."""
+        assert self.run is not None
+        # deferred: only a session's end needs the page (and its Vega bundle)
+        from pytest_aifactory.report.index import IndexBuildError
+        from pytest_aifactory.report.index_html import build_index
+
+        try:
+            path = build_index(self.run.root.parent)
+        except (IndexBuildError, OSError, ValueError) as err:
+            self.terminal.line(f"experiments dashboard not written: {err}")
+            return
+        self.terminal.line(f"experiments dashboard: {path}")
 
     def _export_dashboard(self) -> None:
         """A Grafana dashboard over the run's kept Prometheus data (`aifactory grafana RUN`

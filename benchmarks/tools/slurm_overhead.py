@@ -117,7 +117,7 @@ def run(nodes: int, work: Path) -> dict[str, Any]:
         text=True,
     )
     output = session.stdout + session.stderr
-    runs = list((work / "reports").iterdir()) if (work / "reports").exists() else []
+    runs = [p for p in (work / "reports").glob("*") if p.is_dir()]
     if session.returncode != 0 or len(runs) != 1:
         sys.exit(f"the {nodes}-node run failed (exit {session.returncode}):\n{output[-4000:]}")
     run_dir = runs[0]
@@ -204,7 +204,7 @@ def run_mode(mode: str, work: Path) -> dict[str, Any]:
         subprocess.run(["scancel", f"--name={name}"], capture_output=True, check=False)
     ended = time.time()
     output = session.stdout + session.stderr
-    runs = list((work / "reports").iterdir()) if (work / "reports").exists() else []
+    runs = [p for p in (work / "reports").glob("*") if p.is_dir()]
     if session.returncode != 0 or len(runs) != 1:
         sys.exit(f"the {mode} run failed (exit {session.returncode}):\n{output[-4000:]}")
     run_dir = runs[0]

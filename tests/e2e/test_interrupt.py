@@ -60,7 +60,7 @@ def test_signal_under_load_stops_every_job_and_keeps_records(
     proc = start_benchmark(tmp_path, recipe, "--executor", executor)
     try:
         wait_for(lambda: measured_lines(report_dir) >= 6, timeout=120, what="load")
-        (run,) = list(report_dir.iterdir())
+        (run,) = [p for p in report_dir.iterdir() if p.is_dir()]
         assert processes_matching(str(run))  # the run's jobs are alive now
         server_pid = json.loads((run / "rendezvous" / "llm.json").read_text())["pid"]
         proc.send_signal(signum)
@@ -128,7 +128,7 @@ def test_signal_while_a_service_starts_cancels_it(
     output = stop_with(proc, signum)
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, output
     assert wait_for(lambda: not processes_matching(f"time.sleep({marker})"), timeout=15)
-    (run,) = list((tmp_path / "reports").iterdir())
+    (run,) = [p for p in (tmp_path / "reports").iterdir() if p.is_dir()]
     if executor == "slurm":
         assert wait_for(lambda: run.name not in squeue_names(), timeout=30)
     summary = json.loads((run / "summary.json").read_text())
@@ -156,7 +156,7 @@ def test_signal_while_the_report_is_written_keeps_the_run(tmp_path: Path) -> Non
         proc.kill()
         raise
     output = stop_with(proc, signal.SIGINT)
-    (run,) = list(reports.iterdir())
+    (run,) = [p for p in reports.iterdir() if p.is_dir()]
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, output
     assert "interrupted while writing the report" in output
     assert f"aifactory report {run.name}" in output

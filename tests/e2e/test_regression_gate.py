@@ -88,7 +88,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     for name, recipe, args in (("A", many, ()), ("B", one, gate), ("C", many, gate)):
         before = {p.name for p in (tmp / "reports").glob("*")}
         sessions[name] = run_benchmark(tmp, recipe, *args, timeout=300)
-        (new,) = [p for p in (tmp / "reports").iterdir() if p.name not in before]
+        (new,) = [p for p in (tmp / "reports").iterdir() if p.is_dir() and p.name not in before]
         roots[name] = new
     return Runs(tmp / "reports", sessions, roots)
 

@@ -54,7 +54,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     recipe = write_recipe(tmp / "recipe.yaml", document)
     session = run_benchmark(tmp, recipe, timeout=300, benchmark=STORAGE)
     assert session.returncode == 1, session.output  # the impossible latency bound fails
-    (run,) = list((tmp / "reports").iterdir())
+    (run,) = [p for p in (tmp / "reports").iterdir() if p.is_dir()]
     saved = json.loads((run / "recipe.json").read_text())
     assert saved["document"]["name"] == "recover-fio"
     return run, json.loads((run / "summary.json").read_text())

@@ -167,7 +167,7 @@ def test_sighup_ends_the_session_like_sigterm(tmp_path: Path) -> None:
             proc.kill()
             proc.communicate()
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, output
-    (run,) = list(report_dir.iterdir())
+    (run,) = [p for p in report_dir.iterdir() if p.is_dir()]
     assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
 
 

@@ -334,7 +334,7 @@ def test_submit_records_the_run_before_it_starts(tmp_path: Path, sbatch_log: Pat
     )
     assert code == 0, err
     assert out == "987654\n", "the job id alone on stdout"
-    (run,) = reports.iterdir()
+    (run,) = [p for p in reports.iterdir() if p.is_dir()]
     assert f"run {run.name} ({run})" in err
     assert "services.llm.partition" in err, "a key the allocation decides instead is named"
     record = json.loads((run / "jobs.json").read_text())
@@ -650,7 +650,7 @@ def test_default_recipe_inside_salloc_runs_as_steps(
     assert calls.read_text() == "", "no sbatch call inside an allocation"
     assert "--keep-services keeps nothing here" in output
     assert re.search(rf"allocation {job} \(n\S+\): service llm on n\S+; clients on", output)
-    (run,) = (tmp_path / "reports").iterdir()
+    (run,) = [p for p in (tmp_path / "reports").iterdir() if p.is_dir()]
     rows = wait_for(
         lambda: (found := sacct_steps(job)) and len(found) >= 5 and found, 30, "sacct's steps"
     )
@@ -727,7 +727,7 @@ def test_submit_runs_a_recipe_to_a_finished_report(
     job = done.stdout.strip()
     assert job.isdigit(), done.stdout
     try:
-        (run,) = reports.iterdir()
+        (run,) = [p for p in reports.iterdir() if p.is_dir()]
         status = subprocess.run(
             [sys.executable, "-m", "pytest_aifactory.cli", "status", str(run)],
             capture_output=True,
@@ -810,7 +810,7 @@ def test_ctrl_c_ends_every_step_of_the_session(slurm_cluster: SlurmCluster, tmp_
             session.wait()
         subprocess.run(["scancel", f"--name={name}"], check=False, timeout=30)
     output = log.read_text()
-    (run,) = (tmp_path / "reports").iterdir()
+    (run,) = [p for p in (tmp_path / "reports").iterdir() if p.is_dir()]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "interrupted", output
     record = json.loads((run / "jobs.json").read_text())
