@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from benchmarks.tools.fidelity import (
@@ -171,28 +172,35 @@ def test_as_accurate_as_a_plain_client(tmp_path: Path, llm_like: TokenServer, st
     assert last["ours"]["matched"] == last["plain"]["matched"] == 256
 
 
+def run_closing(
+    tmp_path: Path, server: TokenServer, closing: str, level: int, requests: int
+) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
+    """A load of `requests` (after `level` warmup ones) at `level` streams against `server`
+    with its `closing` behaviour on for the load only: (outcome, records, server's truth)."""
+    server.configure(**{closing: True})
+    try:
+        server.reset()
+        spec = spec_for(
+            tmp_path,
+            server.url,
+            level=level,
+            requests=requests,
+            warmup_requests=level,
+            dataset=DatasetSpec(input_tokens=8, output_tokens=TOKENS),
+        )
+        outcome = run_load(spec)
+        return outcome, read_records([spec.records_path]), server.truth()
+    finally:
+        server.configure(**{closing: False})
+
+
 def test_resent_requests_keep_their_timing(tmp_path: Path, llm_like: TokenServer) -> None:
     """A server that closes kept-alive connections at their next request, unanswered:
     requests that find their pooled connection closed are sent again on a fresh one, none
     fails, and their TTFT is timed from the resend the server answered. (Closing after each
     stream, as llama-server does, leaves it to timing whether a reuse meets the closed
     connection or aiohttp saw the close first; closing on reuse makes every reuse meet one.)"""
-    llm_like.configure(close_on_reuse=True)
-    try:
-        llm_like.reset()
-        spec = spec_for(
-            tmp_path,
-            llm_like.url,
-            level=32,
-            requests=128,
-            warmup_requests=32,
-            dataset=DatasetSpec(input_tokens=8, output_tokens=TOKENS),
-        )
-        outcome = run_load(spec)
-        records = read_records([spec.records_path])
-        truth = llm_like.truth()
-    finally:
-        llm_like.configure(close_on_reuse=False)
+    outcome, records, truth = run_closing(tmp_path, llm_like, "close_on_reuse", 32, 128)
     assert outcome["failed"] == 0
     assert (records["error"] == "").all()
     measured = records[records["phase"] == "measure"]
@@ -213,22 +221,7 @@ def test_connections_closed_after_each_stream(tmp_path: Path, llm_like: TokenSer
     """A server that closes each connection after its stream while announcing keep-alive, as
     llama-server does: no request fails or is counted twice, and each one either connected
     anew or was resent after meeting the closed connection."""
-    llm_like.configure(close_after_stream=True)
-    try:
-        llm_like.reset()
-        spec = spec_for(
-            tmp_path,
-            llm_like.url,
-            level=8,
-            requests=32,
-            warmup_requests=8,
-            dataset=DatasetSpec(input_tokens=8, output_tokens=TOKENS),
-        )
-        outcome = run_load(spec)
-        records = read_records([spec.records_path])
-        truth = llm_like.truth()
-    finally:
-        llm_like.configure(close_after_stream=False)
+    outcome, records, truth = run_closing(tmp_path, llm_like, "close_after_stream", 8, 32)
     assert outcome["failed"] == 0
     assert (records["error"] == "").all()
     assert len(truth["requests"]) == len(records), "the server saw every request once"
