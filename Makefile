@@ -28,11 +28,11 @@ demo: setup
 
 # as root, the tests run against a development Slurm cluster that is torn down afterwards
 # (and chromium, for the check that reports render in a real browser; fio, PostgreSQL and the
-# vLLM CPU build, for the service families' tests)
+# vLLM CPU build, for the service families' tests); the slowest tests are listed at the end
 test: setup lint
 	bash scripts/install-browser.sh
 	bash scripts/install-services.sh
-	bash scripts/with-slurm.sh $(VENV)/bin/pytest tests/ $(PYTEST_ARGS)
+	bash scripts/with-slurm.sh $(VENV)/bin/pytest tests/ --durations=25 $(PYTEST_ARGS)
 
 check: lint unit
 

@@ -26,7 +26,15 @@ from pytest_aifactory.recipe import SLURM_OVERRIDE_KEYS, RecipeError, load_recip
 from pytest_aifactory.report.baseline import LAST, BaselineCheck
 from pytest_aifactory.report.compare import CompareError, load_run, parse_tolerances
 from pytest_aifactory.report.headline import headline_of, headline_values
-from pytest_aifactory.stash_keys import BASELINE_KEY, DRIVER_KEY
+from pytest_aifactory.session_guard import (
+    BENCHMARK_PROPERTY,
+    NO_RECIPE_ID,
+    BenchmarkTally,
+    is_benchmark,
+    refuse_without_recipe,
+    what_was_asked,
+)
+from pytest_aifactory.stash_keys import BASELINE_KEY, DRIVER_KEY, TALLY_KEY
 from pytest_aifactory.terminal import Terminal
 
 __all__ = ["aifactory", "aifactory_load", "aifactory_monitor"]
@@ -165,6 +173,8 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.stash[DRIVER_KEY] = None
     config.stash[BASELINE_KEY] = None
+    config.stash[TALLY_KEY] = tally = BenchmarkTally()
+    config.pluginmanager.register(tally, "aifactory-benchmark-tally")
     recipe_arg = config.getoption("recipe") or config.getini("aifactory_recipe")
     if not recipe_arg:
         return
@@ -218,7 +228,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     kinds = tuple(marker.args) if marker else ()
     if driver is None:
         skip = pytest.mark.skip(reason="no recipe: run with --recipe FILE")
-        metafunc.parametrize("load_case", [pytest.param(None, marks=skip)], ids=["no-recipe"])
+        metafunc.parametrize("load_case", [pytest.param(None, marks=skip)], ids=[NO_RECIPE_ID])
         return
     cases = cases_for(driver.recipe, kinds)
     if not cases:
@@ -233,7 +243,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """The cases selected to run (after -k, -m, --lf): a client's job is sized for its own."""
     driver = session.config.stash.get(DRIVER_KEY, None)
     if driver is None:
+        refuse_without_recipe(session.items, bool(session.config.option.collectonly))
         return
+    session.config.stash[TALLY_KEY].select(session.items)
     planned = []
     for item in session.items:
         callspec = getattr(item, "callspec", None)
@@ -241,6 +253,16 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         if isinstance(case, LoadCase):
             planned.append(case)
     driver.planned = planned
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Benchmark tests' reports say so: under pytest-xdist the process that tallies them has
+    no items of its own, only the reports."""
+    report = yield
+    if is_benchmark(item):
+        report.user_properties.append((BENCHMARK_PROPERTY, True))
+    return report
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitCode) -> None:
@@ -251,11 +273,26 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
     if not driver.finish("interrupted" if interrupted else "complete"):
         session.exitstatus = pytest.ExitCode.INTERRUPTED
         return
+    if driver.role != "worker":
+        _fail_when_nothing_ran(session, driver)
     check = session.config.stash.get(BASELINE_KEY, None)
     if check is None or interrupted or driver.run is None or driver.role == "worker":
         return
     check.run(driver.run.root)
     if check.failed and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _fail_when_nothing_ran(session: pytest.Session, driver: Driver) -> None:
+    tally = session.config.stash[TALLY_KEY]
+    if not tally.nothing_ran() or session.config.option.collectonly:
+        return
+    asked = what_was_asked(
+        has_objectives=any(driver.recipe.slo.values()),
+        fail_on_regression=session.config.getoption("fail_on_regression") is not None,
+    )
+    tally.closing_line = tally.verdict_line(asked)
+    if asked and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
@@ -315,6 +352,9 @@ def _figure(test: Mapping[str, Any], figure: str) -> Any:
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    tally = config.stash.get(TALLY_KEY, None)
+    if tally is not None and tally.closing_line:
+        terminalreporter.write_line(f"aifactory: {tally.closing_line}", red=True, bold=True)
     driver = config.stash.get(DRIVER_KEY, None)
     if driver is None or driver.run is None:
         return

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from pytest_aifactory.driver import Driver
     from pytest_aifactory.report.baseline import BaselineCheck
     from pytest_aifactory.results import CaseResult
+    from pytest_aifactory.session_guard import BenchmarkTally
 
 DRIVER_KEY: pytest.StashKey[Driver | None] = pytest.StashKey()
 """On the config: the run's driver; None when no recipe was given."""
@@ -22,3 +23,6 @@ RESULT_KEY: pytest.StashKey[CaseResult] = pytest.StashKey()
 BASELINE_KEY: pytest.StashKey[BaselineCheck | None] = pytest.StashKey()
 """On the config: the session's `--compare` / `--fail-on-regression`, and once the run is
 saved, its outcome."""
+TALLY_KEY: pytest.StashKey[BenchmarkTally] = pytest.StashKey()
+"""On the config: the benchmark tests selected and run, so that a session that measured nothing
+cannot pass a gate."""

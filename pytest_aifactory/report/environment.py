@@ -6,9 +6,11 @@ import contextlib
 import importlib.metadata
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 PACKAGES = (
@@ -48,6 +50,25 @@ def git_commit(cwd: str | None = None) -> str | None:
     return None
 
 
+SLURM_CONF = Path("/etc/slurm/slurm.conf")
+_CLUSTER_NAME = re.compile(r"^\s*ClusterName\s*=\s*(\S+)", re.MULTILINE | re.IGNORECASE)
+
+
+def slurm_cluster() -> str | None:
+    """The Slurm cluster this host belongs to, so that a dashboard says "meluxina" beside the
+    node names: the allocation's own word for it, else `ClusterName` read from slurm.conf
+    (asking slurmctld instead would hang a session on a host whose controller is down)."""
+    named = os.environ.get("SLURM_CLUSTER_NAME")
+    if named:
+        return named
+    try:
+        text = Path(os.environ.get("SLURM_CONF") or SLURM_CONF).read_text(errors="replace")
+    except OSError:
+        return None
+    found = _CLUSTER_NAME.search(text)
+    return found.group(1) if found else None
+
+
 def collect_environment() -> dict[str, Any]:
     return {
         "hostname": socket.gethostname(),
@@ -57,4 +78,5 @@ def collect_environment() -> dict[str, Any]:
         "packages": package_versions(),
         "git_commit": git_commit(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "slurm_cluster": slurm_cluster(),
     }

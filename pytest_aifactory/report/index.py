@@ -217,8 +217,8 @@ def test_row(test: Mapping[str, Any]) -> TestRow:
 
 
 def _where(folder: Path, summary: Mapping[str, Any]) -> tuple[str, str]:
-    """(host or nodes, executor): the run's own job record says where its jobs ran; a run
-    without one (copied from elsewhere, an old version) is read from its summary."""
+    """(host or cluster and nodes, executor): the run's own job record says where its jobs
+    ran; a run without one (copied from elsewhere, an old version) is read from its summary."""
     environment = summary.get("environment") or {}
     document = (summary.get("recipe") or {}).get("document") or {}
     executor = _text((document.get("platform") or {}).get("executor")) or "local"
@@ -230,6 +230,9 @@ def _where(folder: Path, summary: Mapping[str, Any]) -> tuple[str, str]:
         nodes = sorted({n for job in record.jobs for n in job.nodes if n and n != host})
         if executor == "slurm" and nodes:
             host = f"{', '.join(nodes)} (from {host})" if host else ", ".join(nodes)
+    cluster = _text(environment.get("slurm_cluster"))
+    if executor == "slurm" and cluster:
+        host = f"{cluster}: {host}" if host else cluster
     return host, executor
 
 

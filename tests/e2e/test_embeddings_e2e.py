@@ -23,7 +23,6 @@ from pytest_aifactory.loadgen.openai import request_body
 from pytest_aifactory.loadgen.records import read_records
 from pytest_aifactory.loadgen.runner import run_load
 from pytest_aifactory.loadgen.spec import DatasetSpec
-from pytest_aifactory.services.bert_gguf import convert_bert
 from pytest_aifactory.services.kinds.llamacpp import find_llama_server
 from pytest_aifactory.services.models import package_dir, resolve_gguf
 from pytest_aifactory.testing.load_specs import load_spec
@@ -80,6 +79,10 @@ def llama_server(model: Path, log: Path, *flags: str) -> Iterator[str]:
 def embedding_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """llama-server in embedding mode on all-MiniLM-L6-v2, converted afresh from the package
     that ships it (so the converter is what is tested, not a file it made earlier); its URL."""
+    # deferred: the converter needs the gguf package, which `make setup` installs and `make
+    # dev` (enough to collect these tests) does not
+    from pytest_aifactory.services.bert_gguf import convert_bert
+
     folder = tmp_path_factory.mktemp("server")
     package = package_dir("all_minilm_l6_v2")
     assert package is not None

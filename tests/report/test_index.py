@@ -66,6 +66,7 @@ def test_a_row_per_run_latest_first_with_what_the_run_says(tmp_path: Path) -> No
         started_at=at(5),
     )
     edit_summary(old, lambda s: s.update(environment={"hostname": "laptop"}))
+    edit_summary(new, lambda s: s.update(environment={"slurm_cluster": "meluxina"}))
     save_run(tmp_path, "old-2", [level_test("chat", 1)], started_at=at(1))
     (new / "report.html").write_text("<html></html>")
     write_run(
@@ -84,7 +85,8 @@ def test_a_row_per_run_latest_first_with_what_the_run_says(tmp_path: Path) -> No
     assert [r.run_id for r in rows] == ["new", "old-2", "old"]
     first = rows[0]
     assert (first.recipe, first.date, first.status) == ("other", "2026-03-01", "complete")
-    assert (first.host, first.executor) == ("login1", "slurm")  # from the job record
+    # from the job record, with the cluster the summary names
+    assert (first.host, first.executor) == ("meluxina: login1", "slurm")
     assert (first.passed, first.failed) == (1, 1)
     assert first.report == "new/report.html"
     figures = {f.name: (f.label, f.value) for f in first.tests[0].figures}
