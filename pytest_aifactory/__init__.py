@@ -41,14 +41,20 @@ _EXPORTS: dict[str, str] = {
     "evaluate": "pytest_aifactory.metrics.slo",
     "client_health": "pytest_aifactory.metrics.stats",
     "describe": "pytest_aifactory.metrics.stats",
+    "distribution": "pytest_aifactory.metrics.stats",
     "json_safe": "pytest_aifactory.metrics.stats",
     "measured": "pytest_aifactory.metrics.stats",
+    "succeeded": "pytest_aifactory.metrics.stats",
     "summarize_llm": "pytest_aifactory.metrics.stats",
     "normalize": "pytest_aifactory.monitor.samples",
     # reports
     "build_report": "pytest_aifactory.report.build",
     "build_index": "pytest_aifactory.report.index_html",
     "write_manifest": "pytest_aifactory.report.manifest",
+    # the regression gate's rule, one metric at a time
+    "judge_change": "pytest_aifactory.report.compare",
+    "regressed": "pytest_aifactory.report.compare",
+    "change_interval": "pytest_aifactory.report.noise",
     "vega_bundle": "pytest_aifactory.report.html_report",
     # servers and models installed on this machine
     "find_llama_server": "pytest_aifactory.services.kinds.llamacpp",
@@ -78,14 +84,19 @@ if TYPE_CHECKING:  # `X as X`: re-exported, for type checkers
     from pytest_aifactory.metrics.slo import evaluate as evaluate
     from pytest_aifactory.metrics.stats import client_health as client_health
     from pytest_aifactory.metrics.stats import describe as describe
+    from pytest_aifactory.metrics.stats import distribution as distribution
     from pytest_aifactory.metrics.stats import json_safe as json_safe
     from pytest_aifactory.metrics.stats import measured as measured
+    from pytest_aifactory.metrics.stats import succeeded as succeeded
     from pytest_aifactory.metrics.stats import summarize_llm as summarize_llm
     from pytest_aifactory.monitor.samples import normalize as normalize
     from pytest_aifactory.report.build import build_report as build_report
+    from pytest_aifactory.report.compare import judge_change as judge_change
+    from pytest_aifactory.report.compare import regressed as regressed
     from pytest_aifactory.report.html_report import vega_bundle as vega_bundle
     from pytest_aifactory.report.index_html import build_index as build_index
     from pytest_aifactory.report.manifest import write_manifest as write_manifest
+    from pytest_aifactory.report.noise import change_interval as change_interval
     from pytest_aifactory.results import CaseResult as CaseResult
     from pytest_aifactory.services.kinds.llamacpp import find_llama_server as find_llama_server
     from pytest_aifactory.services.kinds.vllm import installed_python as installed_python

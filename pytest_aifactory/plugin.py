@@ -22,8 +22,8 @@ from pytest_aifactory.cluster.slurm import SlurmError, effective_settings
 from pytest_aifactory.driver import Driver
 from pytest_aifactory.fixtures import aifactory, aifactory_load, aifactory_monitor
 from pytest_aifactory.loadgen.kinds import get_client_kind
-from pytest_aifactory.recipe import SLURM_OVERRIDE_KEYS, RecipeError, load_recipe
-from pytest_aifactory.report.baseline import LAST, BaselineCheck
+from pytest_aifactory.recipe import SLURM_OVERRIDE_KEYS, Recipe, RecipeError, load_recipe
+from pytest_aifactory.report.baseline import LAST, RECIPE_TOLERANCES, BaselineCheck
 from pytest_aifactory.report.compare import CompareError, load_run, parse_tolerances
 from pytest_aifactory.report.headline import headline_of, headline_values
 from pytest_aifactory.session_guard import (
@@ -89,7 +89,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="SPEC",
         default=None,
         help="fail the session when a metric got worse than the baseline (--compare, default "
-        "last) by more than its tolerance, e.g. 'ttft_ms.p99:10%%,output_throughput:5%%'",
+        "last) by more than its tolerance and than the runs' noise, e.g. "
+        "'ttft_ms.p99:10%%,output_throughput:5%%', added to the recipe's regression.tolerances; "
+        "'recipe': those alone",
     )
     slurm = parser.getgroup("aifactory-slurm", "Slurm (override the recipe's platform.slurm)")
     for option, key, help_text in (
@@ -141,21 +143,36 @@ def _slurm_overrides(config: pytest.Config, recipe: Any) -> dict[str, Any]:
     return overrides
 
 
-def _baseline_check(config: pytest.Config) -> BaselineCheck | None:
+def _baseline_check(config: pytest.Config, recipe: Recipe) -> BaselineCheck | None:
     """`--compare` and `--fail-on-regression`, checked before anything runs."""
     ref = config.getoption("compare")
     spec = config.getoption("fail_on_regression")
     if ref is None and spec is None:
         return None
-    try:
-        tolerances = parse_tolerances(spec) if spec is not None else None
-    except CompareError as err:
-        raise pytest.UsageError(f"--fail-on-regression: {err}") from None
+    tolerances = gate_tolerances(spec, recipe)
     try:
         baseline = load_run(ref) if ref not in (None, LAST) else LAST
     except CompareError as err:
         raise pytest.UsageError(f"--compare: {err}") from None
-    return BaselineCheck(baseline, tolerances)
+    return BaselineCheck(baseline, tolerances, confidence=recipe.regression.confidence)
+
+
+def gate_tolerances(spec: str | None, recipe: Recipe) -> dict[str, float] | None:
+    """The gate's tolerances: the recipe's `regression.tolerances`, with SPEC's added (SPEC
+    wins where both name a metric); `recipe` alone takes the recipe's."""
+    if spec is None:
+        return None
+    own = recipe.regression.fractions()
+    if spec.strip() == RECIPE_TOLERANCES:
+        if not own:
+            raise pytest.UsageError(
+                f"--fail-on-regression=recipe: {recipe.path} has no regression.tolerances"
+            )
+        return own
+    try:
+        return {**own, **parse_tolerances(spec)}
+    except CompareError as err:
+        raise pytest.UsageError(f"--fail-on-regression: {err}") from None
 
 
 def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -196,7 +213,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     workerinput = getattr(config, "workerinput", None)
     if workerinput is None:  # the run is compared once, by the process that owns it
-        config.stash[BASELINE_KEY] = _baseline_check(config)
+        config.stash[BASELINE_KEY] = _baseline_check(config, recipe)
     if config.pluginmanager.hasplugin("html") and config.getoption("htmlpath", None):
         # deferred: it imports pytest-html, an optional dependency present when this is true
         from pytest_aifactory.report import pytest_html as html_extras

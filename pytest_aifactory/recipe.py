@@ -1059,6 +1059,40 @@ class ReportSettings(_Section):
     dir: str = "reports"
 
 
+class RegressionSettings(_Section):
+    """The recipe's regression gate: each metric's tolerance (`ttft_ms.p99: 10%`), applied by
+    `--fail-on-regression` (whose own SPEC adds to it and wins where both name a metric), and
+    how sure a change must be to count (the interval it must leave: docs/metrics.md)."""
+
+    tolerances: dict[str, str | float] = Field(default_factory=dict)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+
+    @field_validator("tolerances")
+    @classmethod
+    def _tolerances(cls, tolerances: dict[str, str | float]) -> dict[str, str | float]:
+        # deferred: the metric catalogue knows every client kind, which imports this module
+        from pytest_aifactory.report.compare import CompareError, parse_tolerances
+
+        for metric, tolerance in tolerances.items():
+            text = f"{tolerance:g}%" if isinstance(tolerance, int | float) else tolerance
+            try:
+                parse_tolerances(f"{metric}:{text}")
+            except CompareError as err:
+                _fail(str(err).replace("tolerance '", "'"), (metric,))
+        return tolerances
+
+    def fractions(self) -> dict[str, float]:
+        """{'ttft_ms.p99': 0.1}: a number is a percentage, as `10%` is."""
+        # deferred: the metric catalogue knows every client kind, which imports this module
+        from pytest_aifactory.report.compare import parse_tolerances
+
+        spec = ",".join(
+            f"{metric}:{f'{value:g}%' if isinstance(value, int | float) else value}"
+            for metric, value in self.tolerances.items()
+        )
+        return parse_tolerances(spec) if spec else {}
+
+
 # -- the recipe ---------------------------------------------------------------------------------
 
 
@@ -1075,6 +1109,7 @@ class Recipe(_Section):
     """client name -> metric -> bound (see SloBound)."""
     monitor: Monitor = Field(default_factory=Monitor)
     report: ReportSettings = Field(default_factory=ReportSettings)
+    regression: RegressionSettings = Field(default_factory=RegressionSettings)
 
     _path: Path = PrivateAttr(default_factory=Path)
 

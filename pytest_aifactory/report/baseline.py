@@ -14,19 +14,23 @@ from pathlib import Path
 from pytest_aifactory.report.compare import (
     CompareError,
     Comparison,
+    Judgement,
     Regression,
     RunView,
     compare_runs,
     default_metrics,
     find_previous,
     format_comparison,
+    judge_metrics,
     load_run,
     read_run_folder,
-    regressions,
     unchecked_metrics,
 )
+from pytest_aifactory.report.noise import DEFAULT_CONFIDENCE
 
 LAST = "last"
+RECIPE_TOLERANCES = "recipe"
+"""`--fail-on-regression=recipe`: the recipe's own `regression.tolerances`, nothing added."""
 
 
 @dataclass
@@ -38,6 +42,8 @@ class RunCheck:
     comparison: Comparison | None = None
     tolerances: dict[str, float] | None = None
     found: list[Regression] = field(default_factory=list)
+    judged: list[Judgement] = field(default_factory=list)
+    """Every metric with a tolerance, regressed or not, and why."""
     unchecked: list[str] = field(default_factory=list)
     html: Path | None = None
     note: str = ""
@@ -53,6 +59,7 @@ def check_run(
     baseline: str | RunView = LAST,
     tolerances: Mapping[str, float] | None = None,
     write_html: bool = True,
+    confidence: float = DEFAULT_CONFIDENCE,
 ) -> RunCheck:
     """Compares a finished run with `baseline` (`last`: the latest earlier complete run of the
     same recipe in the same folder that verifies) and, given tolerances, lists its regressions.
@@ -83,7 +90,8 @@ def check_run(
         note=refusals.strip(),
     )
     if tolerances:
-        check.found = regressions(comparison, tolerances)
+        check.judged = judge_metrics(comparison, tolerances, confidence)
+        check.found = [j.regression for j in check.judged if j.counts]
         check.unchecked = unchecked_metrics(comparison, tolerances)
     if write_html:
         # deferred: the comparison page draws with altair, slow to import at pytest's start
@@ -109,12 +117,15 @@ class BaselineCheck:
     tolerances: dict[str, float] | None = None
     result: RunCheck | None = None
     error: str = ""
+    confidence: float = DEFAULT_CONFIDENCE
 
     def run(self, run_root: Path) -> RunCheck | None:
         """Never raises: a run that cannot be compared is said in `error`, not a crash at the
         end of a long benchmark."""
         try:
-            self.result = check_run(run_root, self.baseline, self.tolerances)
+            self.result = check_run(
+                run_root, self.baseline, self.tolerances, confidence=self.confidence
+            )
         except CompareError as err:
             self.error = str(err)
         return self.result
@@ -142,6 +153,7 @@ class BaselineCheck:
         if result.tolerances is None or result.comparison is None:
             return lines
         lines.extend((f"not checked (no test has it): {m}", False) for m in result.unchecked)
+        lines.extend((f"gate: {j.describe()}", j.counts) for j in result.judged)
         spec = ", ".join(f"{k}:{v * 100:g}%" for k, v in result.tolerances.items())
         if not result.found:
             lines.append((f"no regression beyond the tolerances ({spec})", False))

@@ -5,23 +5,35 @@ Tests are matched across runs by client and load level, so a recipe may gain or 
 between runs and the rest still compares. Better or worse follows each metric's direction in
 `metrics/catalog.py`: a lower TTFT is better, a lower throughput is worse. A regression gate
 gives each metric a tolerance (`output_throughput:5%`): the metric regressed when it moved the
-wrong way by more than that.
+wrong way by more than that and, for a per-request statistic, by more than the two runs' noise
+(`report/noise.py`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+import numpy as np
 
 from pytest_aifactory.cluster.run_records import RunNotFound, resolve_run
 from pytest_aifactory.loadgen.kinds import all_metrics, higher_is_better
 from pytest_aifactory.metrics.catalog import STATISTICS
 from pytest_aifactory.numbers import finite_number
 from pytest_aifactory.report.manifest import verify_run
+from pytest_aifactory.report.noise import (
+    DEFAULT_CONFIDENCE,
+    ChangeInterval,
+    Outcome,
+    RunSamples,
+    change_interval,
+)
 from pytest_aifactory.tabulate import format_table
 
 Verdict = Literal["better", "worse", "same"]
@@ -391,7 +403,8 @@ def compare_runs(runs: Sequence[RunView], metrics: Sequence[str] | None = None) 
 
 @dataclass(frozen=True)
 class Regression:
-    """A metric of a test that moved the wrong way by more than its tolerance."""
+    """A metric of a test that moved the wrong way by more than its tolerance (and, where the
+    runs' requests allow the question, by more than their noise)."""
 
     run_id: str
     baseline_run_id: str
@@ -404,20 +417,27 @@ class Regression:
     change: float | None
     tolerance: float
     """A fraction: 0.05 for 5%."""
+    interval: ChangeInterval | None = None
+    """The change's interval from the two runs' requests; None for a per-level figure."""
 
     @property
     def test(self) -> str:
         return test_label((self.client, self.level_label))
 
     def describe(self) -> str:
-        """`chat[concurrency=4] output_throughput: 33.9 -> 12.1 tok/s (-64.3%, worse than the
-        5% tolerance)`."""
+        """`chat[concurrency=4] ttft_ms.p99: 33.9 -> 52.1 ms (+53.7% [+31.0%, +80.2%], worse
+        than the 10% tolerance and than the noise)`."""
         unit = f" {metric_unit(self.metric)}".rstrip()
         value = "no value" if self.value is None else format_value(self.value)
-        change = "" if self.change is None else f"{self.change:+.1f}%, "
+        if self.interval is not None:
+            change = f"{self.interval.describe()}, "
+            beyond = " and than the noise"
+        else:
+            change = "" if self.change is None else f"{self.change:+.1f}%, "
+            beyond = ""
         return (
             f"{self.test} {self.metric}: {format_value(self.baseline)} -> {value}{unit} "
-            f"({change}worse than the {self.tolerance * 100:g}% tolerance)"
+            f"({change}worse than the {self.tolerance * 100:g}% tolerance{beyond})"
         )
 
 
@@ -432,16 +452,70 @@ def regressed(metric: str, baseline: float, value: float | None, tolerance: floa
     return value > baseline * (1.0 + tolerance)
 
 
-def regressions(comparison: Comparison, tolerances: Mapping[str, float]) -> list[Regression]:
-    """Each (later run, test, metric with a tolerance) that regressed against the baseline.
+@dataclass(frozen=True)
+class Judgement:
+    """What the gate made of one metric of one test: the change, its interval where the runs'
+    requests give one, and why it counts as a regression or not."""
 
-    Only tests both runs have are judged: a level the recipe dropped is not a regression.
+    regression: Regression
+    outcome: Outcome
+
+    @property
+    def counts(self) -> bool:
+        return self.outcome in ("regressed", "tolerance alone")
+
+    def describe(self) -> str:
+        r = self.regression
+        tolerance = f"{r.tolerance * 100:g}%"
+        if r.value is None:
+            return f"{r.test} {r.metric}: no value where the baseline had one: regressed"
+        change = (
+            r.interval.describe()
+            if r.interval is not None
+            else ("n/a" if r.change is None else f"{r.change:+.1f}%")
+        )
+        sure = f"{r.interval.confidence * 100:g}%" if r.interval is not None else ""
+        why = {
+            "regressed": f"worse than the {tolerance} tolerance, and its {sure} interval "
+            "excludes no change: regressed",
+            "within noise": f"worse than the {tolerance} tolerance, but its {sure} interval "
+            "includes no change: within the runs' noise",
+            "within tolerance": f"within the {tolerance} tolerance",
+            "tolerance alone": f"worse than the {tolerance} tolerance, judged on it alone (a "
+            "per-level figure: no requests to resample): regressed",
+        }[self.outcome]
+        return (
+            f"{r.test} {r.metric}: {format_value(r.baseline)} -> {format_value(r.value)} "
+            f"({change}): {why}"
+        )
+
+
+def _worse_beyond_noise(metric: str, interval: ChangeInterval) -> bool:
+    """The whole interval lies on the worse side of no change."""
+    if higher_is_better(metric):
+        return interval.high < 0.0
+    return interval.low > 0.0
+
+
+def judge_metrics(
+    comparison: Comparison,
+    tolerances: Mapping[str, float],
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> list[Judgement]:
+    """Each (later run, test, metric with a tolerance) judged against the baseline.
+
+    Only tests both runs have are judged: a level the recipe dropped is not a regression. A
+    per-request statistic worse than its tolerance is resampled from both runs' records
+    (`report/noise.py`) and counts only when its interval excludes no change; a per-level
+    figure, or a run without records, is judged on the tolerance alone.
     """
     base_run = comparison.baseline
     base_tests = base_run.tests_by_key()
-    found: list[Regression] = []
+    base_samples = RunSamples(base_run.root)
+    judged: list[Judgement] = []
     for run in comparison.runs[1:]:
         tests = run.tests_by_key()
+        samples = RunSamples(run.root)
         for key, base_test in base_tests.items():
             test = tests.get(key)
             if test is None:
@@ -451,21 +525,64 @@ def regressions(comparison: Comparison, tolerances: Mapping[str, float]) -> list
                 if baseline is None:
                     continue
                 value = metric_value(test, metric)
-                if regressed(metric, baseline, value, tolerance):
-                    found.append(
-                        Regression(
-                            run.run_id,
-                            base_run.run_id,
-                            key[0],
-                            key[1],
-                            metric,
-                            baseline,
-                            value,
-                            change_percent(baseline, value),
-                            tolerance,
-                        )
-                    )
-    return found
+                finding = Regression(
+                    run.run_id,
+                    base_run.run_id,
+                    key[0],
+                    key[1],
+                    metric,
+                    baseline,
+                    value,
+                    change_percent(baseline, value),
+                    tolerance,
+                )
+                name = metric.partition(".")[0]
+                outcome, interval = judge_change(
+                    metric,
+                    tolerance,
+                    baseline,
+                    value,
+                    functools.partial(base_samples.values, key[0], key[1], name),
+                    functools.partial(samples.values, key[0], key[1], name),
+                    confidence,
+                )
+                judged.append(Judgement(dataclasses.replace(finding, interval=interval), outcome))
+    return judged
+
+
+def judge_change(
+    metric: str,
+    tolerance: float,
+    baseline: float,
+    value: float | None,
+    baseline_samples: Callable[[], np.ndarray | None],
+    samples: Callable[[], np.ndarray | None],
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> tuple[Outcome, ChangeInterval | None]:
+    """The gate's rule for one metric (module docstring of `report/noise.py`): worse than the
+    tolerance, then, for a statistic of per-request samples, outside their noise. The samples
+    are read only when the tolerance alone would count the change."""
+    if not regressed(metric, baseline, value, tolerance):
+        return "within tolerance", None
+    statistic = metric.partition(".")[2]
+    if value is None or not statistic:
+        return "tolerance alone", None
+    base_values, values = baseline_samples(), samples()
+    if base_values is None or values is None:
+        return "tolerance alone", None
+    interval = change_interval(base_values, values, statistic, confidence)
+    if interval is None:
+        return "tolerance alone", None
+    return ("regressed" if _worse_beyond_noise(metric, interval) else "within noise"), interval
+
+
+def regressions(
+    comparison: Comparison,
+    tolerances: Mapping[str, float],
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> list[Regression]:
+    """The judgements that count (`judge_metrics`)."""
+    return [j.regression for j in judge_metrics(comparison, tolerances, confidence) if j.counts]
 
 
 def unchecked_metrics(comparison: Comparison, tolerances: Mapping[str, float]) -> list[str]:

@@ -102,9 +102,12 @@ def test_fewer_slots_fail_the_session_naming_the_metric(runs: Runs) -> None:
     assert session.returncode == 1, session.output
     assert f"aifactory: compared with {runs.roots['A'].name}" in session.stdout
     assert f"REGRESSION: 1 value(s) worse than tolerated: {METRIC}" in session.stdout
-    line = next(ln for ln in session.stdout.splitlines() if f"{METRIC}: " in ln)
-    assert line.strip().startswith(f"chat[concurrency=4] {METRIC}: "), line
-    assert line.rstrip().endswith("worse than the 20% tolerance)"), line
+    found = f"chat[concurrency=4] {METRIC}: "
+    line = next(ln for ln in session.stdout.splitlines() if ln.strip().startswith(found))
+    assert line.rstrip().endswith("worse than the 20% tolerance and than the noise)"), line
+    # every gated metric is said with its change, its interval and why it counts
+    gate = next(ln for ln in session.stdout.splitlines() if ln.startswith("gate: "))
+    assert gate.rstrip().endswith("excludes no change: regressed"), gate
     page = runs.roots["B"] / f"compare-{runs.roots['A'].name}.html"
     assert page.is_file()
     assert runs.roots["A"].name in page.read_text()
