@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pytest_aifactory import __version__
+from pytest_aifactory.api_reports import validate_recipe
+from pytest_aifactory.api_shapes import InvalidRecipeError, RecipeNotFoundError
 from pytest_aifactory.cli_common import Subcommands, print_error
 from pytest_aifactory.cli_compare import register_compare
 from pytest_aifactory.cli_index import register_index
@@ -23,8 +25,10 @@ from pytest_aifactory.cli_init import register_init
 from pytest_aifactory.cli_jobs import register_jobs
 from pytest_aifactory.cli_monitor import register_monitor
 from pytest_aifactory.cli_report import register_report
+from pytest_aifactory.cli_session import register_session
 from pytest_aifactory.cli_sign import register_sign
 from pytest_aifactory.cli_submit import register_submit
+from pytest_aifactory.cli_ui import register_ui
 from pytest_aifactory.cluster.rundir import private_umask
 from pytest_aifactory.recipe import RecipeError, load_recipe, recipe_json_schema
 
@@ -37,21 +41,19 @@ EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 def cmd_recipe_validate(args: argparse.Namespace) -> int:
     status = EXIT_OK
     for file in args.files:
-        path = Path(file)
-        if not path.is_file():
-            print_error(f"{file}: no such recipe file")
+        try:
+            check = validate_recipe(file)
+        except RecipeNotFoundError as err:
+            print_error(str(err))
             status = max(status, EXIT_USAGE)
             continue
-        try:
-            recipe = load_recipe(path)
-        except RecipeError as err:
+        except InvalidRecipeError as err:
             print(err, file=sys.stderr)
             status = max(status, EXIT_INVALID)
             continue
-        cases = sum(len(client.load.levels) for client in recipe.clients.values())
         print(
-            f"ok {file}: {recipe.name} ({_count(len(recipe.services), 'service')}, "
-            f"{_count(len(recipe.clients), 'client')}, {_count(cases, 'test case')})"
+            f"ok {file}: {check.name} ({_count(check.services, 'service')}, "
+            f"{_count(check.clients, 'client')}, {_count(check.test_cases, 'test case')})"
         )
     return status
 
@@ -138,6 +140,7 @@ COMMAND_GROUPS: list[Callable[[Subcommands], None]] = [
     register_recipe,
     register_recipes,
     register_submit,
+    register_session,
     register_jobs,
     register_monitor,
     register_compare,
@@ -145,6 +148,7 @@ COMMAND_GROUPS: list[Callable[[Subcommands], None]] = [
     register_init,
     register_report,
     register_sign,
+    register_ui,
 ]
 
 

@@ -1,9 +1,12 @@
-"""What every `aifactory` command group shares: the type its register function receives and
-how a command reports a user's mistake (one line on stderr, never a traceback)."""
+"""What every `aifactory` command group shares: the type its register function receives, how a
+command reports a user's mistake (one line on stderr, never a traceback), and the parser of the
+commands that hand the rest of their line to pytest (`submit`, `start`)."""
 
 from __future__ import annotations
 
+import argparse
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 Subcommands = Any
@@ -12,3 +15,21 @@ Subcommands = Any
 
 def print_error(message: str) -> None:
     print(f"aifactory: {message}", file=sys.stderr)
+
+
+class PytestArgsParser(argparse.ArgumentParser):
+    """Everything after the first `--` is pytest's. (argparse alone matches the positional
+    arguments before it reaches a `--` that follows an option, and then refuses what is
+    after it.)"""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        given = list(sys.argv[1:] if args is None else args)
+        tail: list[str] = []
+        if "--" in given:
+            cut = given.index("--")
+            given, tail = given[:cut], given[cut + 1 :]
+        parsed, extras = super().parse_known_args(given, namespace)
+        parsed.pytest = tail
+        return parsed, extras

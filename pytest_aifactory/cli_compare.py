@@ -13,37 +13,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pytest_aifactory.api_reports import compare
+from pytest_aifactory.api_shapes import ApiError
 from pytest_aifactory.cli_common import Subcommands, print_error
-from pytest_aifactory.report.compare import (
-    CompareError,
-    Regression,
-    RunView,
-    compare_runs,
-    find_previous,
-    format_comparison,
-    load_run,
-    parse_metrics,
-    parse_tolerances,
-    regressions,
-    unchecked_metrics,
-)
+from pytest_aifactory.report.compare import Regression
 
 EXIT_OK, EXIT_REGRESSED, EXIT_USAGE = 0, 1, 2
-
-
-def _runs(refs: list[str]) -> list[RunView]:
-    runs = [load_run(ref) for ref in refs]
-    if len(runs) == 1:
-        found = find_previous(runs[0])
-        for reason in found.refused:
-            print_error(f"not a baseline: {reason}")
-        if found.run is None:
-            raise CompareError(
-                f"{runs[0].run_id}: no earlier complete run of recipe '{runs[0].recipe}' in "
-                f"{runs[0].root.parent} that verifies; name the runs to compare"
-            )
-        runs.insert(0, found.run)
-    return runs
 
 
 def regression_lines(found: list[Regression]) -> list[str]:
@@ -53,17 +28,16 @@ def regression_lines(found: list[Regression]) -> list[str]:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     try:
-        runs = _runs(args.runs)
-        metrics = parse_metrics(args.metrics) if args.metrics else None
-        tolerances = parse_tolerances(args.fail_on_regression) if args.fail_on_regression else None
-        if metrics and tolerances:
-            metrics = list(dict.fromkeys([*metrics, *tolerances]))
-        comparison = compare_runs(runs, metrics)
-    except CompareError as err:
+        result = compare(args.runs, metrics=args.metrics, tolerances=args.fail_on_regression)
+    except ApiError as err:
+        for note in err.notes:
+            print_error(note)
         print_error(str(err))
         return EXIT_USAGE
-    print(format_comparison(comparison))
-    found = regressions(comparison, tolerances) if tolerances else []
+    for note in result.notes:
+        print_error(note)
+    comparison, tolerances, found = result.comparison, result.tolerances, result.regressions
+    print(result.text)
     if not args.no_html:
         # deferred: the page draws its charts with altair, slow to import for every command
         from pytest_aifactory.report.compare_html import default_html_path, write_comparison_html
@@ -77,8 +51,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"\ncomparison page: {path}")
     if tolerances is None:
         return EXIT_OK
-    for metric in unchecked_metrics(comparison, tolerances):
+    for metric in result.unchecked:
         print_error(f"warning: no test of these runs has {metric}: not checked")
+    if result.judgements:
+        print()
+        for judgement in result.judgements:
+            print(f"gate: {judgement.describe()}")
     if found:
         print()
         for line in regression_lines(found):
@@ -120,7 +98,8 @@ def register_compare(subcommands: Subcommands) -> None:
     compare.add_argument(
         "--fail-on-regression",
         metavar="SPEC",
-        help="exit 1 when a metric got worse than its tolerance, e.g. "
-        "'ttft_ms.p99:10%%,output_throughput:5%%'",
+        help="exit 1 when a metric got worse than its tolerance and than the runs' noise, e.g. "
+        "'ttft_ms.p99:10%%,output_throughput:5%%' (added to the last run's recipe's "
+        "regression.tolerances); 'recipe': those alone",
     )
     compare.set_defaults(func=cmd_compare)

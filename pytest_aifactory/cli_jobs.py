@@ -1,7 +1,8 @@
 """`aifactory status | stop | logs`: the jobs of runs, from any folder, after the driver is gone.
 
 Runs are found through the per-user index (`cluster/run_records.py`); a run is named by its id, a
-unique prefix of it, its folder, or `latest`.
+unique prefix of it, its folder, or `latest`. What is found and done is the Python API's
+(`api_runs.py`, `api_sessions.py`); this module prints it.
 """
 
 from __future__ import annotations
@@ -11,44 +12,32 @@ import codecs
 import collections
 import contextlib
 import datetime as dt
-import glob
 import io
 import json
-import re
 import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
+from pytest_aifactory.api_runs import (
+    counters_of,
+    find_own_run,
+    find_run,
+    job_log_files,
+    jobs_named,
+    runs,
+    status_of,
+    status_redactor,
+)
+from pytest_aifactory.api_sessions import stop_jobs, stop_session
+from pytest_aifactory.api_shapes import ApiError, NotOwnedError, RunSummary, StopResult
 from pytest_aifactory.cli_common import Subcommands
 from pytest_aifactory.cli_common import print_error as _error
-from pytest_aifactory.cluster.run_control import (
-    LiveJob,
-    driver_alive,
-    observe,
-    service_healthy,
-    stop_run,
-)
-from pytest_aifactory.cluster.run_records import (
-    TERMINAL_STATES,
-    JobRecord,
-    RunNotFound,
-    RunRecord,
-    iter_records,
-    list_runs,
-    read_run,
-    resolve_run,
-)
-from pytest_aifactory.cluster.rundir import not_owned, read_client_settings, secrets_dir_of
-from pytest_aifactory.loadgen.live import (
-    ClientCounters,
-    fetch_client_counters,
-    progress_counters,
-)
-from pytest_aifactory.monitor.credentials import read_credentials
-from pytest_aifactory.monitor.layout import read_endpoints
-from pytest_aifactory.redact import Redactor, secrets_from_env
+from pytest_aifactory.cluster.run_control import driver_alive
+from pytest_aifactory.cluster.run_records import TERMINAL_STATES, RunRecord, list_runs, read_run
+from pytest_aifactory.loadgen.live import ClientCounters
+from pytest_aifactory.redact import Redactor
 from pytest_aifactory.tabulate import format_table
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -60,8 +49,8 @@ COPY_CHUNK = 1 << 16
 
 def _resolve(ref: str) -> RunRecord | None:
     try:
-        return resolve_run(ref)
-    except RunNotFound as err:
+        return find_run(ref)
+    except ApiError as err:
         _error(str(err))
         return None
 
@@ -69,14 +58,11 @@ def _resolve(ref: str) -> RunRecord | None:
 def _resolve_own(ref: str, command: str) -> RunRecord | None:
     """A run this account owns: `stop` would signal, `logs` would print, what another
     account's run folder names (its job ids, its log paths), planted or not."""
-    record = _resolve(ref)
-    if record is None:
+    try:
+        return find_own_run(ref, command)
+    except ApiError as err:
+        _error(str(err))
         return None
-    problem = not_owned(Path(record.run_dir))
-    if problem:
-        _error(f"{command}: {problem}")
-        return None
-    return record
 
 
 def age(seconds: float) -> str:
@@ -93,22 +79,6 @@ def age(seconds: float) -> str:
 
 def _since(when: dt.datetime) -> float:
     return (dt.datetime.now(dt.UTC) - when).total_seconds()
-
-
-def _might_live(record: RunRecord) -> bool:
-    """Only runs with a job not known to have ended need a look at processes or Slurm."""
-    return any(job.state not in TERMINAL_STATES for job in record.jobs)
-
-
-def _run_status(record: RunRecord, live: list[LiveJob]) -> str:
-    status = record.status
-    if status == "running" and driver_alive(record) is False:
-        status = "running (driver gone)"
-    if status == "submitted" and not any(j.active for j in live):
-        status = "submitted, ended before the session started (see its session log)"
-    if any(j.record.kept and j.active for j in live):
-        status += ", services kept"
-    return status
 
 
 def _count(number: int, noun: str) -> str:
@@ -130,115 +100,73 @@ def cmd_status(args: argparse.Namespace) -> int:
     shown = io.StringIO()
     with contextlib.redirect_stdout(shown):
         code = _status_of_run(record, args.json) if record else _status_of_runs(args.json)
-    sys.stdout.write(_status_redactor(record).text(shown.getvalue()))
+    sys.stdout.write(status_redactor(record).text(shown.getvalue()))
     return code
 
 
-def _status_redactor(record: RunRecord | None) -> Redactor:
-    """Every secret the run keeps (its API key, its services' credentials), and whatever looks
-    like one (`user:pass@`, `Bearer ...`, `--api-key X`)."""
-    redactor = Redactor()
-    if record is None:
-        return redactor
-    secrets = secrets_dir_of(Path(record.run_dir))
-    with contextlib.suppress(OSError):
-        redactor.add((secrets / "api_key").read_text().strip())
-    for settings in secrets.glob("*.client.json"):
-        service = settings.name.removesuffix(".client.json")
-        for value in secrets_from_env(read_client_settings(Path(record.run_dir), service)):
-            redactor.add(value)
-    return redactor
-
-
 def _status_of_runs(as_json: bool) -> int:
+    """The runs with live jobs, and the latest one."""
     entries = list_runs()
     latest = entries[-1].run_dir if entries else None
-    shown = []
-    for entry, record in iter_records(entries):
-        live = [j for j in observe(record) if j.active] if _might_live(record) else []
-        if live or entry.run_dir == latest:
-            shown.append((record, live))
+    shown: list[RunSummary] = [s for s in runs() if s.live_jobs or s.run_dir == latest]
     if as_json:
-        runs = [
+        listing = [
             {
-                "run_id": record.run_id,
-                "run_dir": record.run_dir,
-                "recipe": record.recipe,
-                "status": record.status,
-                "kept_services": any(j.record.kept for j in live),
-                "driver_alive": driver_alive(record),
-                "started_at": record.started_at.isoformat(),
-                "latest": record.run_dir == latest,
+                "run_id": summary.run_id,
+                "run_dir": summary.run_dir,
+                "recipe": summary.recipe,
+                "status": summary.recorded_status,
+                "kept_services": summary.kept_services,
+                "driver_alive": summary.driver_alive,
+                "started_at": summary.started_at.isoformat(),
+                "latest": summary.run_dir == latest,
                 "live_jobs": [
-                    {"name": j.record.name, "role": j.record.role, "state": j.state} for j in live
+                    {"name": j.name, "role": j.role, "state": j.state} for j in summary.live_jobs
                 ],
             }
-            for record, live in shown
+            for summary in shown
         ]
-        print(json.dumps({"runs": runs}, indent=2))
+        print(json.dumps({"runs": listing}, indent=2))
         return EXIT_OK
     if not shown:
         print("no runs recorded yet", file=sys.stderr)
         return EXIT_OK
     rows = []
-    for record, live in shown:
-        roles = collections.Counter(j.record.role for j in live)
+    for summary in shown:
+        roles = collections.Counter(j.role for j in summary.live_jobs)
         shown_roles = ["service", "client", *sorted(set(roles) - {"service", "client"})]
         parts = [_count(roles[role], role) for role in shown_roles if roles[role]]
         rows.append(
             (
-                record.run_id,
-                record.recipe,
-                _run_status(record, live),
-                f"{age(_since(record.started_at))} ago",
+                summary.run_id,
+                summary.recipe,
+                summary.status,
+                f"{age(_since(summary.started_at))} ago",
                 ", ".join(parts) or "none",
-                record.run_dir,
+                summary.run_dir,
             )
         )
     print(format_table(("RUN", "RECIPE", "STATUS", "STARTED", "LIVE JOBS", "FOLDER"), rows))
     return EXIT_OK
 
 
-def _job_view(live: LiveJob) -> dict[str, Any]:
-    job = live.record
-    health = None
-    if job.service is not None and live.active and live.checked and job.endpoint:
-        health = "healthy" if service_healthy(job.service) else "unhealthy"
-    return {
-        "name": job.name,
-        "role": job.role,
-        "job_id": job.job_id,
-        "executor": job.executor,
-        "state": live.state,
-        "checked": live.checked,
-        "kept": job.kept,
-        "nodes": live.nodes,
-        "endpoint": job.endpoint,
-        "health": health,
-        "submitted_at": job.submitted_at.isoformat(),
-        "age_s": round(_since(job.submitted_at), 1),
-        "stdout": job.stdout,
-        "stderr": job.stderr,
-    }
-
-
 def _status_of_run(record: RunRecord, as_json: bool) -> int:
-    live = observe(record)
-    jobs = [_job_view(j) for j in live]
+    status = status_of(record)
+    jobs = status.jobs
     if as_json:
         run = record.model_dump(mode="json", exclude={"jobs"})
-        run["status_now"] = _run_status(record, live)
-        run["driver_alive"] = driver_alive(record)
-        print(json.dumps({"run": run, "jobs": jobs}, indent=2))
+        run["status_now"] = status.summary.status
+        run["driver_alive"] = status.summary.driver_alive
+        print(json.dumps({"run": run, "jobs": [j.to_json() for j in jobs]}, indent=2))
         return EXIT_OK
     driver = f"pid {record.driver.pid} on {record.driver_host}" if record.driver else "-"
-    alive = driver_alive(record)
+    alive = status.summary.driver_alive
     if alive is not None and record.status == "running":
         driver += " (alive)" if alive else " (gone)"
     print(f"run      {record.run_id}")
     print(f"recipe   {record.recipe} ({record.recipe_path or '-'})")
     print(f"folder   {record.run_dir}")
-    print(f"status   {_run_status(record, live)}")
+    print(f"status   {status.summary.status}")
     print(
         f"started  {record.started_at:%Y-%m-%d %H:%M:%S} UTC ({age(_since(record.started_at))} ago)"
     )
@@ -249,26 +177,26 @@ def _status_of_run(record: RunRecord, as_json: bool) -> int:
         print("no jobs")
         return EXIT_OK
     rows = []
-    for view in jobs:
-        state = view["state"] + ("" if view["checked"] else "?")
-        if view["kept"] and view["state"] not in TERMINAL_STATES:
+    for job in jobs:
+        state = job.state + ("" if job.checked else "?")
+        if job.kept and job.state not in TERMINAL_STATES:
             state += " (kept)"
         rows.append(
             (
-                view["name"],
-                view["role"],
-                view["job_id"],
+                job.name,
+                job.role,
+                job.job_id,
                 state,
-                ",".join(view["nodes"]),
-                view["endpoint"],
-                age(view["age_s"]),
-                view["health"],
+                ",".join(job.nodes),
+                job.endpoint,
+                age(job.age_s),
+                job.health,
             )
         )
     print()
     headers = ("NAME", "ROLE", "JOB", "STATE", "NODES", "ENDPOINT", "AGE", "HEALTH")
     print(format_table(headers, rows, right={6}))
-    if any(not view["checked"] for view in jobs):
+    if any(not job.checked for job in jobs):
         print("?: as last recorded (cannot be checked from here)")
     return EXIT_OK
 
@@ -356,23 +284,6 @@ def _watch_command(args: argparse.Namespace) -> int:
     return watch_run(record, args.interval, args.count, sys.stdout)
 
 
-def _live_counters(record: RunRecord) -> tuple[list[ClientCounters], str, str | None]:
-    """The rows, where they came from, and why not from the pushgateway (None if they did)."""
-    endpoints = read_endpoints(record.root)
-    url = endpoints.pushgateway_url if endpoints is not None else None
-    if url is None:
-        problem = "the run has no pushgateway"
-    else:
-        try:
-            credentials = read_credentials(record.root)
-            headers = credentials.header if credentials else None
-            rows = fetch_client_counters(url, record.run_id, headers=headers)
-            return rows, f"pushgateway {url}", None
-        except (OSError, ValueError) as err:  # requests' errors are OSErrors
-            problem = f"its pushgateway at {url} does not answer ({type(err).__name__})"
-    return progress_counters(record.root), "progress files", problem
-
-
 def _watch_ended(record: RunRecord) -> str | None:
     if record.status != "running":
         return f"run {record.run_id} is {record.status}"
@@ -392,7 +303,8 @@ def watch_run(record: RunRecord, interval_s: float, count: int | None, out: IO[s
     frames = 0
     try:
         while True:
-            rows, source, problem = _live_counters(record)
+            counters = counters_of(record)
+            rows, source, problem = counters.rows, counters.source, counters.note
             if problem is not None and not said_fallback:
                 print(f"note: {problem}; showing the progress files instead", file=sys.stderr)
                 said_fallback = True
@@ -427,84 +339,67 @@ def cmd_stop(args: argparse.Namespace) -> int:
     if args.all == (args.run is not None):
         _error("stop: give a RUN or --all")
         return EXIT_USAGE
+    if args.session and args.all:
+        _error("stop: --session stops one run's session: give its RUN, not --all")
+        return EXIT_USAGE
+    if args.session:
+        return _stop_session(args.run)
     if args.all:
-        records = [r for _, r in iter_records(list_runs()) if _might_live(r)]
+        refs = [s.run_dir for s in runs(live_only=True)]
+        which = "any run of yours"
     else:
         record = _resolve_own(args.run, "stop")
         if record is None:
             return EXIT_USAGE
-        records = [record]
-    records = [r for r in records if not not_owned(Path(r.run_dir))]
-    if not records:
-        print("nothing to stop: no live jobs in any run of yours")
-        return EXIT_OK
-    status = EXIT_OK
-    stopped_any = False
-    for record in records:
-        for result in stop_run(record):
-            stopped_any = True
-            if result.ok:
-                print(f"stopped {result.job.name} of run {record.run_id} ({result.detail})")
-            else:
-                _error(f"cannot stop {result.job.name} of run {record.run_id}: {result.detail}")
-                status = EXIT_FAILED
-    if not stopped_any:
-        which = "any run" if args.all else f"run {records[0].run_id}"
+        refs = [record.run_dir]
+        which = f"run {record.run_id}"
+    results: list[StopResult] = []
+    for ref in refs:
+        try:
+            results += stop_jobs(ref)
+        except NotOwnedError:  # another account's runs are not ours to stop: left alone
+            continue
+        except ApiError as err:
+            _error(str(err))
+            return EXIT_USAGE
+    if not results:
         print(f"nothing to stop: no live jobs in {which}")
+        return EXIT_OK
+    return _print_stopped(results)
+
+
+def _print_stopped(results: list[StopResult]) -> int:
+    status = EXIT_OK
+    for result in results:
+        if result.ok:
+            print(f"stopped {result.job} of run {result.run_id} ({result.detail})")
+        else:
+            _error(f"cannot stop {result.job} of run {result.run_id}: {result.detail}")
+            status = EXIT_FAILED
     return status
 
 
+def _stop_session(ref: str) -> int:
+    """`stop --session RUN`: the session saves what it measured, then its jobs are stopped."""
+    record = _resolve_own(ref, "stop")
+    if record is None:
+        return EXIT_USAGE
+    print(
+        f"stopping the session of run {record.run_id} (it saves what it measured first)",
+        file=sys.stderr,
+    )
+    try:
+        results = stop_session(record.run_dir)
+    except ApiError as err:
+        _error(str(err))
+        return EXIT_USAGE
+    if not results:
+        print(f"nothing to stop: no session or live job in run {record.run_id}")
+        return EXIT_OK
+    return _print_stopped(results)
+
+
 # -- aifactory logs RUN [NAME] [-f] [-n LINES] --------------------------------------------------
-
-
-def _select_jobs(record: RunRecord, name: str | None) -> list[JobRecord] | None:
-    """All jobs, the job `name` (a job array's `name.0`, `name.1`... too), `service-<name>`,
-    or the job of another run that kept a service this run reused."""
-    if name is None:
-        return list(record.jobs)
-    for wanted in (name, f"service-{name}"):
-        found = [j for j in record.jobs if j.name == wanted or j.name.startswith(wanted + ".")]
-        if found:
-            return found
-    for reused in record.reused_services:
-        if name in (reused.name, f"service-{reused.name}", reused.job):
-            other = read_run(Path(reused.run_dir))
-            if other is not None:
-                return [j for j in other.jobs if j.name == reused.job]
-    return None
-
-
-_FIRST_TASK_LOG = re.compile(r"^(?P<job>.+)_0_log\.(?P<ext>out|err)$")
-
-
-def _task_logs(path: Path) -> list[tuple[int, Path]]:
-    """The logs of every task of a job (one per client process, say), from the first one's
-    name: `55_0_log.out` -> `55_0_log.out`, `55_1_log.out`, ..."""
-    match = _FIRST_TASK_LOG.match(path.name)
-    if match is None:
-        return [(0, path)]
-    tasks = {0: path}
-    for other in path.parent.glob(f"{glob.escape(match['job'])}_*_log.{match['ext']}"):
-        task = other.name[len(match["job"]) + 1 : -len(f"_log.{match['ext']}")]
-        if task.isdigit():
-            tasks[int(task)] = other
-    return sorted(tasks.items())
-
-
-def _log_files(jobs: list[JobRecord]) -> list[tuple[str, Path]]:
-    files: list[tuple[str, Path]] = []
-    for job in jobs:
-        for label, recorded in (("stdout", job.stdout), ("stderr", job.stderr)):
-            if not recorded:
-                continue
-            tasks = _task_logs(Path(recorded))
-            for task, path in tasks:
-                if path not in {p for _, p in files}:
-                    shown = (
-                        f"{job.name} {label}" if len(tasks) == 1 else f"{job.name}[{task}] {label}"
-                    )
-                    files.append((shown, path))
-    return files
 
 
 def _print_file(path: Path, lines: int | None, out: IO[str] | io.TextIOBase) -> int:
@@ -534,13 +429,13 @@ def cmd_logs(args: argparse.Namespace) -> int:
     record = _resolve_own(args.run, "logs")
     if record is None:
         return EXIT_USAGE
-    jobs = _select_jobs(record, args.name)
-    if jobs is None:
-        names = ", ".join(j.name for j in record.jobs) or "none"
-        _error(f"run {record.run_id} has no job '{args.name}' (jobs: {names})")
+    try:
+        jobs = jobs_named(record, args.name)
+    except ApiError as err:
+        _error(str(err))
         return EXIT_USAGE
-    out = _RedactingWriter(sys.stdout, _status_redactor(record))
-    files = _log_files(jobs)
+    out = _RedactingWriter(sys.stdout, status_redactor(record))
+    files = [(log.label, Path(log.path)) for log in job_log_files(jobs)]
     offsets: dict[Path, int] = {}
     shown = None
     for label, path in files:
@@ -653,6 +548,11 @@ def register_jobs(subcommands: Subcommands) -> None:
         "run", nargs="?", metavar="RUN", help="run id, unique prefix, folder or 'latest'"
     )
     stop.add_argument("--all", action="store_true", help="every run that has live jobs")
+    stop.add_argument(
+        "--session",
+        action="store_true",
+        help="stop the run's session as Ctrl-C would (it saves what it measured), then its jobs",
+    )
     stop.set_defaults(func=cmd_stop)
 
     logs = subcommands.add_parser("logs", help="print (or follow) the logs of a run's jobs")

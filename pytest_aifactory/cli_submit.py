@@ -22,12 +22,11 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_aifactory.cli_common import Subcommands, print_error
+from pytest_aifactory.cli_common import PytestArgsParser, Subcommands, print_error
 from pytest_aifactory.cluster.base import JobResources
 from pytest_aifactory.cluster.run_records import (
     SESSION_ROLE,
@@ -298,24 +297,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-class _PytestArgsParser(argparse.ArgumentParser):
-    """Everything after the first `--` is pytest's. (argparse alone matches the positional
-    arguments before it reaches a `--` that follows an option, and then refuses what is
-    after it.)"""
-
-    def parse_known_args(  # type: ignore[override]
-        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
-    ) -> tuple[argparse.Namespace, list[str]]:
-        given = list(sys.argv[1:] if args is None else args)
-        tail: list[str] = []
-        if "--" in given:
-            cut = given.index("--")
-            given, tail = given[:cut], given[cut + 1 :]
-        parsed, extras = super().parse_known_args(given, namespace)
-        parsed.pytest = tail
-        return parsed, extras
-
-
 def register_submit(subcommands: Subcommands) -> None:
     submit = subcommands.add_parser(
         "submit",
@@ -324,7 +305,7 @@ def register_submit(subcommands: Subcommands) -> None:
         "from the recipe; arguments after `--` go to pytest. Prints the job id.",
         usage="aifactory submit [OPTIONS] RECIPE [-- PYTEST_ARGS...]",
     )
-    submit.__class__ = _PytestArgsParser
+    submit.__class__ = PytestArgsParser
     submit.add_argument("recipe", metavar="RECIPE", help="recipe YAML file")
     submit.add_argument(
         "--benchmarks",

@@ -23,8 +23,8 @@ from pytest_aifactory.driver import Driver
 from pytest_aifactory.fixtures import aifactory, aifactory_load, aifactory_monitor
 from pytest_aifactory.loadgen.kinds import get_client_kind
 from pytest_aifactory.recipe import SLURM_OVERRIDE_KEYS, Recipe, RecipeError, load_recipe
-from pytest_aifactory.report.baseline import LAST, RECIPE_TOLERANCES, BaselineCheck
-from pytest_aifactory.report.compare import CompareError, load_run, parse_tolerances
+from pytest_aifactory.report.baseline import LAST, BaselineCheck, merged_tolerances
+from pytest_aifactory.report.compare import CompareError, load_run
 from pytest_aifactory.report.headline import headline_of, headline_values
 from pytest_aifactory.session_guard import (
     BENCHMARK_PROPERTY,
@@ -162,15 +162,8 @@ def gate_tolerances(spec: str | None, recipe: Recipe) -> dict[str, float] | None
     wins where both name a metric); `recipe` alone takes the recipe's."""
     if spec is None:
         return None
-    own = recipe.regression.fractions()
-    if spec.strip() == RECIPE_TOLERANCES:
-        if not own:
-            raise pytest.UsageError(
-                f"--fail-on-regression=recipe: {recipe.path} has no regression.tolerances"
-            )
-        return own
     try:
-        return {**own, **parse_tolerances(spec)}
+        return merged_tolerances(spec, recipe.regression.fractions(), str(recipe.path))
     except CompareError as err:
         raise pytest.UsageError(f"--fail-on-regression: {err}") from None
 

@@ -114,6 +114,11 @@ COMPONENTS: dict[str, Component] = {
             lambda: _executable("/usr/bin/chromium"),
         ),
         Component(
+            "playwright",
+            "make dev installs it (the dev extra); the browser is Debian's chromium",
+            lambda: importlib.util.find_spec("playwright") is not None,
+        ),
+        Component(
             "other-user",
             "run the tests as root: they act as the local account aifactory-other",
             lambda: os.geteuid() == 0 and shutil.which("useradd") is not None,

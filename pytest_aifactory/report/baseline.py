@@ -23,6 +23,7 @@ from pytest_aifactory.report.compare import (
     format_comparison,
     judge_metrics,
     load_run,
+    parse_tolerances,
     read_run_folder,
     unchecked_metrics,
 )
@@ -31,6 +32,18 @@ from pytest_aifactory.report.noise import DEFAULT_CONFIDENCE
 LAST = "last"
 RECIPE_TOLERANCES = "recipe"
 """`--fail-on-regression=recipe`: the recipe's own `regression.tolerances`, nothing added."""
+
+
+def merged_tolerances(spec: str, own: Mapping[str, float], recipe: str) -> dict[str, float]:
+    """The gate's tolerances: the recipe's (`own`) with SPEC's added, SPEC winning where both
+    name a metric; `recipe` alone takes the recipe's. `CompareError` says what is wrong."""
+    if spec.strip() == RECIPE_TOLERANCES:
+        if not own:
+            raise CompareError(
+                f"'recipe' names the regression.tolerances of {recipe}, and it has none"
+            )
+        return dict(own)
+    return {**own, **parse_tolerances(spec)}
 
 
 @dataclass

@@ -19,7 +19,7 @@ def one_slot_recipe(load: dict[str, Any], ttft_p90_max_ms: float) -> dict[str, A
         name="sweep-smollm2",
         service={"model": "smollm2-135m", "args": ["--parallel", "1"], "health_timeout_s": 120},
         client={
-            "dataset": {"kind": "random", "input_tokens": 32, "output_tokens": 32},
+            "dataset": {"kind": "random", "input_tokens": 32, "output_tokens": 16},
             "load": load,
         },
         slo={"chat": {"ttft_ms": {"p90": {"max": ttft_p90_max_ms}}, "error_rate": {"max": 0.0}}},
@@ -28,7 +28,8 @@ def one_slot_recipe(load: dict[str, Any], ttft_p90_max_ms: float) -> dict[str, A
 
 
 def lone_request_ms(tmp_path: Path) -> tuple[float, float]:
-    """TTFT p90 and end-to-end latency p50 of one request at a time, on this machine."""
+    """TTFT and end-to-end latency (medians: one slow request of eight on a busy machine must
+    not stretch the bound) of one request at a time, on this machine."""
     folder = tmp_path / "alone"
     folder.mkdir()
     load = {"mode": "concurrency", "levels": [1], "requests": 8}
@@ -37,7 +38,7 @@ def lone_request_ms(tmp_path: Path) -> tuple[float, float]:
     assert session.returncode == 0, session.output
     (test,) = session.summary()["tests"]
     latency = test["per_request"]
-    return latency["ttft_ms"]["p90"], latency["e2el_ms"]["p50"]
+    return latency["ttft_ms"]["p50"], latency["e2el_ms"]["p50"]
 
 
 def test_sweep_finds_a_capacity_bracketed_by_its_neighbours(tmp_path: Path) -> None:

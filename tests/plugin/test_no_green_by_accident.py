@@ -13,6 +13,8 @@ import pytest
 
 from tests.helpers import BENCHMARK, processes_matching, run_benchmark, write_recipe
 
+pytestmark = pytest.mark.slow  # each test is a pytest session of its own
+
 SUITES = BENCHMARK.parent
 
 
@@ -66,7 +68,6 @@ def test_listing_them_without_a_recipe_is_allowed(tmp_path: Path) -> None:
     assert "test_serving[no-recipe]" in done.stdout
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("objective", "options", "fails"),
     [
@@ -93,7 +94,6 @@ def test_a_session_where_every_benchmark_was_skipped(
     assert processes_matching(marker) == []
 
 
-@pytest.mark.slow
 def test_a_session_where_every_benchmark_was_deselected_fails(tmp_path: Path) -> None:
     marker = f"nothing-ran-{tmp_path.name}"
     recipe = write_recipe(tmp_path / "recipe.yaml", recipe_document(marker, objective=True))

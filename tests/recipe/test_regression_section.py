@@ -69,7 +69,9 @@ def test_the_spec_adds_to_the_recipes_tolerances_and_wins(tmp_path: Path) -> Non
 
 def test_recipe_tolerances_that_are_not_there_are_a_usage_error(tmp_path: Path) -> None:
     recipe = recipe_with(tmp_path, None)
-    with pytest.raises(pytest.UsageError, match=r"has no regression\.tolerances"):
+    with pytest.raises(
+        pytest.UsageError, match=r"regression\.tolerances of .*recipe\.yaml, and it has none"
+    ):
         gate_tolerances("recipe", recipe)
     with pytest.raises(pytest.UsageError, match="--fail-on-regression"):
         gate_tolerances("ttft_ms.p99:ten", recipe)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pytest_aifactory.cli import main
 from pytest_aifactory.report.compare import compare_runs, judge_metrics, load_run, regressions
 from pytest_aifactory.report.noise import change_interval
 from tests.report.test_compare import level_test, save_records, save_run
@@ -112,3 +113,16 @@ def test_a_per_level_figure_is_judged_on_its_tolerance_alone(tmp_path: Path) -> 
     assert judgement.outcome == "tolerance alone"
     assert judgement.counts
     assert "judged on it alone" in judgement.describe()
+
+
+def test_the_compare_command_says_how_each_metric_was_judged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b = gated_pair(tmp_path, scale=1.6, count=300)
+    gate = "ttft_ms.p50:5%,ttft_ms.p99:1000%"
+    assert main(["compare", str(a), str(b), "--no-html", "--fail-on-regression", gate]) == 1
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("gate: ")]
+    assert len(lines) == 2, out
+    assert lines[0].endswith("excludes no change: regressed"), lines
+    assert lines[1].endswith("within the 1000% tolerance"), lines
