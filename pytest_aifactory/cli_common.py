@@ -33,3 +33,14 @@ class PytestArgsParser(argparse.ArgumentParser):
         parsed, extras = super().parse_known_args(given, namespace)
         parsed.pytest = tail
         return parsed, extras
+
+
+def add_session_arguments(parser: argparse.ArgumentParser, benchmarks_help: str) -> None:
+    """What every command that starts a session takes (`submit`, `start`): a recipe, the suite,
+    where the run goes, and pytest's own arguments after `--`, so that they cannot drift."""
+    parser.__class__ = PytestArgsParser
+    parser.add_argument("recipe", metavar="RECIPE", help="recipe YAML file")
+    parser.add_argument("--benchmarks", metavar="PATH", help=benchmarks_help)
+    parser.add_argument(
+        "--report-dir", metavar="DIR", help="where the run is saved (default: the recipe's)"
+    )

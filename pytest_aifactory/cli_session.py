@@ -12,7 +12,7 @@ import sys
 
 from pytest_aifactory.api_sessions import SESSION_JOB, start_session
 from pytest_aifactory.api_shapes import ApiError, InvalidRecipeError, RecipeNotFoundError
-from pytest_aifactory.cli_common import PytestArgsParser, Subcommands, print_error
+from pytest_aifactory.cli_common import Subcommands, add_session_arguments, print_error
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
@@ -55,15 +55,8 @@ def register_session(subcommands: Subcommands) -> None:
         "arguments after `--` go to pytest. Its output goes to the run's session log.",
         usage="aifactory start [OPTIONS] RECIPE [-- PYTEST_ARGS...]",
     )
-    start.__class__ = PytestArgsParser
-    start.add_argument("recipe", metavar="RECIPE", help="recipe YAML file")
-    start.add_argument(
-        "--benchmarks",
-        metavar="PATH",
-        help="the benchmark suite pytest runs (default: the suites the package ships)",
-    )
-    start.add_argument(
-        "--report-dir", metavar="DIR", help="where the run is saved (default: the recipe's)"
+    add_session_arguments(
+        start, "the benchmark suite pytest runs (default: the suites the package ships)"
     )
     start.add_argument(
         "--executor", metavar="NAME", help="local or slurm (default: the recipe's platform)"

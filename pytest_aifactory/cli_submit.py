@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_aifactory.cli_common import PytestArgsParser, Subcommands, print_error
+from pytest_aifactory.cli_common import Subcommands, add_session_arguments, print_error
 from pytest_aifactory.cluster.base import JobResources
 from pytest_aifactory.cluster.run_records import (
     SESSION_ROLE,
@@ -250,9 +250,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     except RecipeError as err:
         print(err, file=sys.stderr)
         return EXIT_INVALID
-    benchmarks = Path(args.benchmarks)
+    benchmarks = Path(args.benchmarks or "benchmarks")
     if not benchmarks.exists():
-        print_error(f"{args.benchmarks}: no such benchmark folder or file (--benchmarks)")
+        print_error(f"{benchmarks}: no such benchmark folder or file (--benchmarks)")
         return EXIT_USAGE
     if not recipe.clients:
         print_error(f"{args.recipe}: the recipe has no clients: nothing to run")
@@ -305,17 +305,7 @@ def register_submit(subcommands: Subcommands) -> None:
         "from the recipe; arguments after `--` go to pytest. Prints the job id.",
         usage="aifactory submit [OPTIONS] RECIPE [-- PYTEST_ARGS...]",
     )
-    submit.__class__ = PytestArgsParser
-    submit.add_argument("recipe", metavar="RECIPE", help="recipe YAML file")
-    submit.add_argument(
-        "--benchmarks",
-        default="benchmarks",
-        metavar="PATH",
-        help="the benchmark suite pytest runs (default: benchmarks)",
-    )
-    submit.add_argument(
-        "--report-dir", metavar="DIR", help="where the run is saved (default: the recipe's)"
-    )
+    add_session_arguments(submit, "the benchmark suite pytest runs (default: benchmarks)")
     submit.add_argument(
         "--nodes", type=int, metavar="N", help="nodes to ask for (default: from the recipe)"
     )
