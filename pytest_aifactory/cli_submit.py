@@ -252,7 +252,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     benchmarks = Path(args.benchmarks or "benchmarks")
     if not benchmarks.exists():
-        print_error(f"{benchmarks}: no such benchmark folder or file (--benchmarks)")
+        print_error(f"{args.benchmarks or benchmarks}: no such benchmark folder or file (--benchmarks)")
         return EXIT_USAGE
     if not recipe.clients:
         print_error(f"{args.recipe}: the recipe has no clients: nothing to run")
