@@ -8,7 +8,7 @@ another client (on Slurm it would otherwise hold its nodes idle) and at the end 
 
 Each level is followed as a job of its own used to be: done when every task reported; a task
 that is killed outright never reports, so one whose sign of life stops changing for
-`TASK_SILENT_S` counts as ended early, and the job, one load process short, takes no more
+`platform.silent_task_s` counts as ended early, and the job, one load process short, takes no more
 orders.
 """
 
@@ -32,8 +32,6 @@ if TYPE_CHECKING:
     from pytest_aifactory.loadgen.spec import LoadSpec
     from pytest_aifactory.recipe import Client
 
-TASK_SILENT_S = 30.0
-"""A task whose sign of life has not changed for this long is gone (it changes every 2 s)."""
 ALIVE_CHECK_S = 5.0
 """How often the driver reads the signs of life while a level runs."""
 STOP_WAIT_S = 10.0
@@ -49,6 +47,8 @@ class ClientJob:
     handle: JobHandle
     box: OrderBox
     tasks: int
+    silent_s: float
+    """A task whose sign of life has not changed for this long is gone (it changes every 2 s)."""
     posted: int = 0
     broken: str | None = None
     """Why it takes no more orders (a task of it is gone)."""
@@ -72,10 +72,10 @@ class ClientJob:
         gone = {}
         for rank in ranks:
             changed = self.signs.get(rank, ("", self.first_sign))[1]
-            if now - changed > TASK_SILENT_S:
+            if now - changed > self.silent_s:
                 gone[rank] = (
                     f"task {rank} of job {self.handle.job_id} stopped answering: no sign of "
-                    f"life for {TASK_SILENT_S:g} s (killed?)"
+                    f"life for {self.silent_s:g} s (killed?)"
                 )
         return gone
 
@@ -144,9 +144,12 @@ def planned_cases(client: Client, cases: Iterable[LoadCase]) -> list[LoadCase]:
 class ClientJobs:
     """The session's client jobs, one per client at a time."""
 
-    def __init__(self, run: RunDir, executor: JobExecutor, worker: str = "") -> None:
+    def __init__(
+        self, run: RunDir, executor: JobExecutor, silent_task_s: float, worker: str = ""
+    ) -> None:
         self.run = run
         self.executor = executor
+        self.silent_task_s = silent_task_s
         self.worker = worker
         """A pytest-xdist worker's id, in its jobs' names: workers share the run directory."""
         self.jobs: dict[str, ClientJob] = {}
@@ -192,7 +195,9 @@ class ClientJobs:
             role="client",
             resources=client_resources(client, planned_cases(client, planned)),
         )
-        job = ClientJob(name, handle, box, client.nodes * client.processes_per_node)
+        job = ClientJob(
+            name, handle, box, client.nodes * client.processes_per_node, self.silent_task_s
+        )
         self.jobs[name] = job
         self.submitted.append(job)
         return job

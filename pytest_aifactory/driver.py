@@ -294,7 +294,9 @@ class Driver:
         assert self.executor is not None
         assert self.services is not None
         if self.client_jobs is None:
-            self.client_jobs = ClientJobs(self.run, self.executor, self.worker_id)
+            self.client_jobs = ClientJobs(
+                self.run, self.executor, self.recipe.platform.silent_task_s, self.worker_id
+            )
         return self.run, self.executor, self.services
 
     def start_monitoring(self) -> RunMonitor | None:

@@ -288,6 +288,10 @@ SLURM_OVERRIDE_KEYS: tuple[str, ...] = (
 class Platform(_Section):
     executor: Literal["local", "slurm"] = "local"
     slurm: SlurmSettings = Field(default_factory=SlurmSettings)
+    silent_task_s: float = Field(default=30.0, ge=6.0)
+    """A client task whose sign of life (renewed every 2 s in the run folder) has not changed
+    for this long counts as gone. Raise it where the shared filesystem shows other nodes'
+    changes late."""
 
 
 # -- services -----------------------------------------------------------------------------------

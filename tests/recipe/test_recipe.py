@@ -228,6 +228,12 @@ ERRORS = {
         "required",
     ),
     "missing-name": ("\n# comment\nservices: {}\n", 3, "name", "required"),
+    "silence-shorter-than-three-signs-of-life": (
+        SERVICE + "platform:\n  silent_task_s: 3\n",
+        6,
+        "platform.silent_task_s",
+        "must be at least 6",
+    ),
     "missing-env": (
         SERVICE + "    model: ${MODEL_DIR}/m.gguf\n",
         5,
