@@ -250,9 +250,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     except RecipeError as err:
         print(err, file=sys.stderr)
         return EXIT_INVALID
-    benchmarks = Path(args.benchmarks or "benchmarks")
+    named = args.benchmarks or "benchmarks"
+    benchmarks = Path(named)
     if not benchmarks.exists():
-        print_error(f"{args.benchmarks or benchmarks}: no such benchmark folder or file (--benchmarks)")
+        print_error(f"{named}: no such benchmark folder or file (--benchmarks)")
         return EXIT_USAGE
     if not recipe.clients:
         print_error(f"{args.recipe}: the recipe has no clients: nothing to run")
