@@ -77,10 +77,14 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_") or "case"
 
 
-def process_seed(base: int, case: LoadCase, process: int) -> int:
-    """Distinct prompts per level and process: a server's prefix cache must not see a later
-    level's prompts before (it would flatter that level's TTFT), yet runs stay reproducible."""
-    digest = hashlib.sha256(f"{base}/{case.client}/{case.level!r}/{process}".encode()).digest()
+def process_seed(base: int, case: LoadCase, process: int, repeat: int = 0) -> int:
+    """Distinct prompts per level, process and repeat: a server's prefix cache must not see a
+    later level's (or repeat's) prompts before (it would flatter its TTFT), yet runs stay
+    reproducible. The first repeat keeps the seed a level had before repeats existed."""
+    key = f"{base}/{case.client}/{case.level!r}/{process}"
+    if repeat:
+        key += f"/repeat-{repeat}"
+    digest = hashlib.sha256(key.encode()).digest()
     return int.from_bytes(digest[:4], "big")
 
 
@@ -123,8 +127,10 @@ def process_specs(
     api_key: str | None = None,
     service_env: dict[str, str] | None = None,
     service_kind: str = "",
+    repeat: int = 0,
 ) -> list[LoadSpec]:
-    """The shares of the client processes that take part in the level, by process index.
+    """The shares of the client processes that take part in the level, by process index;
+    `repeat`: which measurement of the level (0 for the first) this load is.
 
     Processes that would get nothing (concurrency 2 over 6 slots) are not started: `place`
     spreads the ones that are over the client's nodes, and the job's other tasks stay idle.
@@ -184,8 +190,9 @@ def process_specs(
                 connections=load.connections,
                 api_key=api_key,
                 dataset=dataset,
-                seed=process_seed(client.dataset.seed, case, rank),
+                seed=process_seed(client.dataset.seed, case, rank, repeat),
                 process=rank,
+                repeat=repeat,
                 processes=len(active),
                 barrier_dir=str(barrier_dir) if barrier_dir else None,
                 heartbeat_path=heartbeat_path,

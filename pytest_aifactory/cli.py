@@ -23,6 +23,7 @@ from pytest_aifactory.cli_compare import register_compare
 from pytest_aifactory.cli_index import register_index
 from pytest_aifactory.cli_init import register_init
 from pytest_aifactory.cli_jobs import register_jobs
+from pytest_aifactory.cli_matrix import register_matrix
 from pytest_aifactory.cli_monitor import register_monitor
 from pytest_aifactory.cli_report import register_report
 from pytest_aifactory.cli_session import register_session
@@ -141,6 +142,7 @@ COMMAND_GROUPS: list[Callable[[Subcommands], None]] = [
     register_recipes,
     register_submit,
     register_session,
+    register_matrix,
     register_jobs,
     register_monitor,
     register_compare,

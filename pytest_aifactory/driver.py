@@ -12,7 +12,7 @@ import dataclasses
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 import pytest
@@ -33,6 +33,7 @@ from pytest_aifactory.loadgen.selfcheck import client_stats_path, read_client_st
 from pytest_aifactory.metrics import slo as slo_eval
 from pytest_aifactory.metrics.stats import client_health, saturation_note, succeeded
 from pytest_aifactory.metrics.summaries import summarize
+from pytest_aifactory.monitor.efficiency import efficiency_figures
 from pytest_aifactory.monitor.grafana import export_grafana
 from pytest_aifactory.monitor.run_monitor import RunMonitor, merge_metrics
 from pytest_aifactory.redact import run_redactor
@@ -72,16 +73,35 @@ SERVICE_DEATH_GRACE_S = 3.0
 """How long a service job that may have died as the load ended gets to say so."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+    """How a level is measured: how many loads, and what its objectives are judged on."""
+
+    repeats: int
+    slo_rule: Literal["estimate", "interval"]
+
+
 class CaseError(Exception):
     """A case could not be run at all (service failed to start); message is user-facing."""
 
 
-def shortfall(index: int, error: str, spec: LoadSpec, measured: pd.DataFrame) -> dict[str, Any]:
+def shortfall(error: str, spec: LoadSpec, measured: pd.DataFrame) -> dict[str, Any]:
     """What a client process that ended early left undone: its requests sent against its
     share, or its time run against the level's duration; what it did send is kept."""
-    mine = measured[measured["process"] == index] if "process" in measured else measured
+    index = spec.process
+    mine = measured
+    if "process" in measured:
+        mine = measured[measured["process"] == index]
+    if "repeat" in mine:
+        mine = mine[mine["repeat"] == spec.repeat]
     sent = len(mine)
-    entry: dict[str, Any] = {"process": index, "node": spec.node, "error": error, "sent": sent}
+    entry: dict[str, Any] = {
+        "process": index,
+        "repeat": spec.repeat,
+        "node": spec.node,
+        "error": error,
+        "sent": sent,
+    }
     if spec.requests:
         missing = max(spec.requests - sent, 0)
         entry.update(expected=spec.requests, missing=missing)
@@ -92,7 +112,8 @@ def shortfall(index: int, error: str, spec: LoadSpec, measured: pd.DataFrame) ->
             span = float(mine["end_ts"].max() - mine["send_ts"].min())
         entry.update(ran_s=span, expected_s=spec.duration_s)
         done = f"it ran {span:.1f} s of {spec.duration_s:g} s ({sent} requests sent)"
-    entry["note"] = f"client process {index} ended early: {error}; {done}"
+    which = f"client process {index}" + (f" (repeat {spec.repeat + 1})" if spec.repeat else "")
+    entry["note"] = f"{which} ended early: {error}; {done}"
     return entry
 
 
@@ -510,42 +531,84 @@ class Driver:
 
     def run_sweep(self, case: LoadCase, test_id: str, name: str) -> CaseResult:
         """Measure the levels a capacity search picks, each saved like any test; the result
-        is the capacity level's (failing: the lowest level's, or below `min_capacity`)."""
+        is the capacity level's (failing: the lowest level's, or below `min_capacity`). The
+        level the search ends on is measured again until it rests on `boundary_repeats` loads
+        judged on their intervals (`sweep.py`); from the first such measurement on, every new
+        level is measured that way at once."""
         client = self.recipe.clients[case.client]
-        assert client.load.sweep is not None
-        search = CapacitySearch(client.load.sweep)
-        steps: list[CaseResult] = []
-        while (level := search.next_level()) is not None:
+        settings = client.load.sweep
+        assert settings is not None
+        search = CapacitySearch(settings)
+        boundary = Measurement(max(settings.boundary_repeats, client.load.repeats), "interval")
+        steps: dict[float, CaseResult] = {}
+        confirming = False
+        while True:
+            level = search.next_level()
+            earlier: CaseResult | None = None
+            if level is None:
+                level = search.unconfirmed_capacity()
+                if level is None:
+                    break
+                confirming = True
+                earlier = steps[level]
+                self.terminal.line(
+                    f"{case.client} sweep: {earlier.case.label} held once; measuring it "
+                    f"{boundary.repeats} times in all"
+                )
             step = sweep_step(case, client, level)
             step_id = test_id.replace(f"[{case.id}]", f"[{step.id}]")
             step_name = name.replace(f"[{case.id}]", f"[{step.id}]")
-            result = self.run_case(step, step_id, step_name)
-            result.sweep = {"test_id": test_id, "step": len(steps)}
-            steps.append(result)
+            measurement = boundary if confirming else None
+            result = self.run_case(step, step_id, step_name, measurement, earlier)
+            index = list(steps).index(level) if level in steps else len(steps)
+            result.sweep = {"test_id": test_id, "step": index}
+            steps[level] = result
             breaches = "; ".join(
                 slo_eval.breach_line(case.client, step.label, o)
                 for o in result.outcomes
                 if not o.passed
             )
             breaches = breaches or "; ".join(result.notes)
-            search.record(SweepStep(level, result.passed, step_id, breaches))
+            repeats = int((result.summary.get("repeats") or {}).get("count") or 1)
+            search.record(
+                SweepStep(
+                    level,
+                    result.passed,
+                    step_id,
+                    breaches,
+                    repeats=repeats,
+                    confirmed=repeats >= boundary.repeats
+                    and result.summary.get("slo_judged_on") == "interval",
+                )
+            )
             verdict = "met every SLO" if result.passed else "broke an SLO"
             self.terminal.line(f"{case.client} sweep: {step.label} {verdict}")
         outcome = search.outcome()
-        for result in steps:
+        for result in steps.values():
             assert result.sweep is not None
             result.sweep["outcome"] = outcome
         self._save()
         line = describe_outcome(case.client, outcome)
         self.terminal.line(line)
-        at_capacity = [r for r in steps if r.passed and r.case.level == outcome["capacity"]]
-        chosen = at_capacity[0] if at_capacity else steps[0]
+        ordered = list(steps.values())
+        at_capacity = [r for r in ordered if r.passed and r.case.level == outcome["capacity"]]
+        chosen = at_capacity[0] if at_capacity else ordered[0]
         notes = list(chosen.notes)
         if outcome["capacity"] is None or outcome["below_min_capacity"]:
             notes.insert(0, line)
         return dataclasses.replace(chosen, test_id=test_id, name=name, notes=notes)
 
-    def run_case(self, case: LoadCase, test_id: str, name: str) -> CaseResult:
+    def run_case(
+        self,
+        case: LoadCase,
+        test_id: str,
+        name: str,
+        measurement: Measurement | None = None,
+        earlier: CaseResult | None = None,
+    ) -> CaseResult:
+        """Measure a level as the client's load says, or as `measurement` says (repeats and
+        how objectives are judged). `earlier`: this level's result so far, whose repeats are
+        kept and added to (it is replaced in the run by the new result)."""
         try:
             _, _, services = self._ensure_started()
         except SubmitError as err:
@@ -558,8 +621,10 @@ class Driver:
                 endpoint = services.endpoint(client.service)
             except ServiceStartError as err:
                 raise CaseError(str(err)) from None
+        if measurement is None:
+            measurement = Measurement(client.load.repeats, client.load.slo_rule)
         with self._service_held(client.service, case):
-            return self._run_load(case, test_id, name, endpoint)
+            return self._run_load(case, test_id, name, endpoint, measurement, earlier)
 
     @contextlib.contextmanager
     def _service_held(self, service: str | None, case: LoadCase) -> Iterator[None]:
@@ -580,13 +645,81 @@ class Driver:
             yield
 
     def _run_load(
-        self, case: LoadCase, test_id: str, name: str, endpoint: Endpoint | None
+        self,
+        case: LoadCase,
+        test_id: str,
+        name: str,
+        endpoint: Endpoint | None,
+        measurement: Measurement,
+        earlier: CaseResult | None = None,
     ) -> CaseResult:
-        """Give the level to the client's job, follow it and judge what it measured."""
+        """Give the level to the client's job once per repeat, follow each and judge what
+        they measured together. A repeat that went wrong (the service died, a process ended
+        early) is the last: the ones after it would measure the same fault."""
+        repeats = measurement.repeats
+        started_at = time.time()
+        specs: list[LoadSpec] = []
+        notes: list[str] = []
+        ended_early: dict[int, str] = {}
+        first = 0
+        if earlier is not None:
+            first = int((earlier.summary.get("repeats") or {}).get("count") or 1)
+            # the earlier repeats' files, read again with the new ones
+            for repeat in range(first):
+                specs.extend(self._process_specs(case, name, endpoint, repeat))
+            notes.extend(earlier.notes)
+        for repeat in range(first, repeats):
+            if repeats > 1:
+                self.terminal.line(f"{case.client}[{case.label}]: repeat {repeat + 1} of {repeats}")
+            these = self._process_specs(case, name, endpoint, repeat)
+            try:
+                more_notes, errors = self._run_repeat(case, these, endpoint)
+            except KeyboardInterrupt:
+                # keep what this case measured before the interruption in the saved run
+                self.status = "interrupted"
+                self._collect(
+                    case,
+                    test_id,
+                    name,
+                    [*specs, *these],
+                    started_at,
+                    [*notes, "interrupted during the load"],
+                    measurement=measurement,
+                    earlier=earlier,
+                    first_repeat=first,
+                )
+                raise
+            ended_early.update({len(specs) + index: error for index, error in errors.items()})
+            specs.extend(these)
+            notes.extend(more_notes)
+            if (more_notes or errors) and repeat + 1 < repeats:
+                notes.append(
+                    f"repeats {repeat + 2} to {repeats} were not run: repeat {repeat + 1} "
+                    "went wrong"
+                )
+                break
+        return self._collect(
+            case,
+            test_id,
+            name,
+            specs,
+            started_at,
+            notes,
+            ended_early,
+            measurement=measurement,
+            earlier=earlier,
+            first_repeat=first,
+        )
+
+    def _process_specs(
+        self, case: LoadCase, name: str, endpoint: Endpoint | None, repeat: int
+    ) -> list[LoadSpec]:
+        """The load processes of one repeat of a level, with their files ready."""
         run = self.run
         assert run is not None
         client = self.recipe.clients[case.client]
         case_slug = slug(name)
+        barrier = run.root / "barrier" / (case_slug if not repeat else f"{case_slug}-r{repeat}")
         specs = process_specs(
             case,
             client,
@@ -596,13 +729,14 @@ class Driver:
             or (endpoint.served_model if endpoint else None)
             or client.service
             or "",
-            records_path=lambda i: run.records_path(case_slug, i),
-            progress_path=lambda i: run.progress_path(case_slug, i),
+            records_path=lambda i: run.records_path(case_slug, i, repeat),
+            progress_path=lambda i: run.progress_path(case_slug, i, repeat),
             heartbeat_path=str(run.heartbeat_path),
-            barrier_dir=run.root / "barrier" / case_slug,
+            barrier_dir=barrier,
             service_env=endpoint.client_env if endpoint else None,
             service_kind=endpoint.kind if endpoint else "",
             api_key=endpoint.client_env.get(API_KEY_SETTING) if endpoint else None,
+            repeat=repeat,
         )
         monitor = self.monitor
         if monitor is not None and monitor.mode != "off":
@@ -619,7 +753,14 @@ class Driver:
         for spec in specs:
             Path(spec.records_path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             Path(spec.progress_path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        started_at = time.time()
+        return specs
+
+    def _run_repeat(
+        self, case: LoadCase, specs: list[LoadSpec], endpoint: Endpoint | None
+    ) -> tuple[list[str], dict[int, str]]:
+        """One load of the level: its notes and, by index into `specs`, the processes that
+        ended early."""
+        client = self.recipe.clients[case.client]
         # one job for all nodes x processes and every level of the client: one submission
         # however wide the fan-out and however many levels (`client_jobs.py`)
         tasks = place(specs, client.nodes, client.processes_per_node)
@@ -632,11 +773,6 @@ class Driver:
             notes, task_errors = self._watch(
                 case, order, [Path(s.progress_path) for s in specs], endpoint
             )
-        except KeyboardInterrupt:
-            # keep what this case measured before the interruption in the saved run
-            self.status = "interrupted"
-            self._collect(case, test_id, name, specs, started_at, ["interrupted during the load"])
-            raise
         finally:
             self.client_jobs.done(order)
         ended_early = {
@@ -644,7 +780,7 @@ class Driver:
             for rank, error in task_errors.items()
             if rank < len(tasks) and (task := tasks[rank]) is not None
         }
-        return self._collect(case, test_id, name, specs, started_at, notes, ended_early)
+        return notes, ended_early
 
     def _collect(
         self,
@@ -655,29 +791,49 @@ class Driver:
         started_at: float,
         notes: list[str],
         ended_early: dict[int, str] | None = None,
+        *,
+        measurement: Measurement,
+        earlier: CaseResult | None = None,
+        first_repeat: int = 0,
     ) -> CaseResult:
-        """Merge the processes' records, compute the statistics, judge the SLOs, save."""
+        """Merge the processes' records, compute the statistics, judge the SLOs, save.
+        `earlier`: the level's result before the repeats from `first_repeat` on, which this
+        one replaces; the server's view covers only those new repeats."""
         client = self.recipe.clients[case.client]
         records = read_records(Path(s.records_path) for s in specs)
         measured = records[records["phase"] == "measure"] if "phase" in records else records
         requested_rate = case.level if case.mode == "rate" else None
         objectives = self.recipe.objectives(case.client)
         summary = summarize(
-            client.kind, records, requested_rate=requested_rate, objectives=objectives
+            client.kind,
+            records,
+            requested_rate=requested_rate,
+            objectives=objectives,
+            confidence=client.load.confidence,
         )
         if ended_early:
             shortfalls = [
-                shortfall(index, error, specs[index], measured)
+                shortfall(error, specs[index], measured)
                 for index, error in sorted(ended_early.items())
                 if index < len(specs)
             ]
             summary["ended_early"] = shortfalls
             notes = [*(s["note"] for s in shortfalls), *notes]
-        outcomes = slo_eval.evaluate(summary, objectives)
+        summary["slo_judged_on"] = measurement.slo_rule
+        outcomes = slo_eval.evaluate(summary, objectives, measurement.slo_rule)
         ended_at = time.time()
-        warnings = self._server_view(
-            test_id, name, started_at, ended_at, records, summary, client.service
-        )
+        new_records = records
+        if first_repeat and len(records):
+            new_records = records[records["repeat"] >= first_repeat]
+        if earlier is not None and not len(new_records):  # judged anew, nothing measured
+            warnings = list(earlier.warnings)
+            for key in ("server", "cross_checks", "monitoring_samples"):
+                if key in earlier.summary:
+                    summary[key] = earlier.summary[key]
+        else:
+            warnings = self._server_view(
+                test_id, name, started_at, ended_at, new_records, summary, client.service
+            )
         client_stats = read_client_stats([client_stats_path(s.records_path) for s in specs])
         summary["load_generator"] = client_health(
             measured, client_stats, cpu_is_workload=client.service is None
@@ -696,10 +852,12 @@ class Driver:
             outcomes=outcomes,
             notes=notes,
             warnings=warnings,
-            started_at=started_at,
+            started_at=earlier.started_at if earlier is not None else started_at,
             ended_at=ended_at,
             error_hint=redactor.text(hint) if redactor is not None else hint,
         )
+        if earlier is not None:
+            self.results = [r for r in self.results if r is not earlier]
         self.results.append(result)
         self._save()
         return result
@@ -746,6 +904,13 @@ class Driver:
             summary["server"] = window.server
         if window.cross_checks:
             summary["cross_checks"] = window.cross_checks
+        endpoint = self.services.endpoints.get(service) if service else None
+        declared = self.recipe.services.get(service) if service else None
+        if endpoint is not None and declared is not None:
+            gpus = declared.gpu_count
+            figures = efficiency_figures(window.samples, records, summary, endpoint, gpus)
+            if figures:
+                summary["efficiency"] = figures
         summary["monitoring_samples"] = len(window.samples)
         return window.warnings
 

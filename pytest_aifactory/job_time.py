@@ -50,7 +50,13 @@ def minutes(seconds: float) -> int:
 
 
 def level_seconds(client: Client, mode: str, level: float) -> float:
-    """The longest one level of `client` may run in its job: start-up, warmup, load, drain.
+    """The longest one level of `client` may run in its job: each of its repeats' start-up,
+    warmup, load and drain."""
+    return client.load.repeats * _load_seconds(client, mode, level)
+
+
+def _load_seconds(client: Client, mode: str, level: float) -> float:
+    """The longest one load of a level may run.
 
     The load is shared among the client's processes as `cases.process_specs` shares it; the
     bound is that of the process with the most to do."""

@@ -22,7 +22,13 @@ from pytest_aifactory.cluster.slurm import SlurmError, effective_settings
 from pytest_aifactory.driver import Driver
 from pytest_aifactory.fixtures import aifactory, aifactory_load, aifactory_monitor
 from pytest_aifactory.loadgen.kinds import get_client_kind
-from pytest_aifactory.recipe import SLURM_OVERRIDE_KEYS, Recipe, RecipeError, load_recipe
+from pytest_aifactory.recipe import (
+    SLURM_OVERRIDE_KEYS,
+    Recipe,
+    RecipeError,
+    load_recipe,
+    with_repeats,
+)
 from pytest_aifactory.report.baseline import LAST, BaselineCheck, merged_tolerances
 from pytest_aifactory.report.compare import CompareError, load_run
 from pytest_aifactory.report.headline import headline_of, headline_values
@@ -76,6 +82,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="use services that runs kept instead of starting new ones, each only if its "
         "whole plan (kind, model, args, env, resources...) is the recipe's (default: the "
         "newest such of this recipe's runs); write --reuse-services=RUN",
+    )
+    group.addoption(
+        "--repeats",
+        type=int,
+        default=None,
+        metavar="N",
+        help="measure every level N times, a fresh load each time; overrides each client's "
+        "load.repeats",
+    )
+    group.addoption(
+        "--matrix-config",
+        type=int,
+        default=None,
+        metavar="N",
+        help="of a recipe with a configuration matrix (services.<s>.matrix), benchmark "
+        "configuration N (from 0); `aifactory matrix RECIPE` runs them all",
     )
     group.addoption(
         "--compare",
@@ -190,9 +212,22 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     path = Path(recipe_arg)
     try:
-        recipe = load_recipe(path)
+        recipe = load_recipe(path, matrix_config=config.getoption("matrix_config"))
     except RecipeError as err:
         raise pytest.UsageError(str(err)) from None
+    if recipe.matrix and recipe.matrix_config is None:
+        raise pytest.UsageError(
+            f"{path}: this recipe has a configuration matrix of {len(recipe.matrix)} "
+            "(services.<s>.matrix): run them all with `aifactory matrix "
+            f"{path}`, or one with --matrix-config N (0 to {len(recipe.matrix) - 1})"
+        )
+    repeats = config.getoption("repeats")
+    if repeats is not None:
+        if repeats < 1:
+            raise pytest.UsageError(
+                f"--repeats: expected a whole number of at least 1, got {repeats}"
+            )
+        recipe = with_repeats(recipe, repeats)
     executor = config.getoption("executor") or recipe.platform.executor
     report_dir = Path(config.getoption("report_dir") or recipe.report.dir)
     config.stash[DRIVER_KEY] = Driver(

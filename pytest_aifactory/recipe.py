@@ -57,6 +57,14 @@ from pytest_aifactory.loadgen.kinds import (
     metric_info,
     metrics_for_client_kind,
 )
+from pytest_aifactory.matrix_configs import (
+    MATRIX_KEY,
+    MatrixConfig,
+    apply_config,
+    matrix_configs,
+    matrix_problems,
+    without_matrix,
+)
 from pytest_aifactory.metrics.catalog import SLO_STATISTICS, SloObjective
 from pytest_aifactory.numbers import finite_number
 from pytest_aifactory.recipe_yaml import KeyPath, YamlSyntaxError, load_located
@@ -430,6 +438,9 @@ class Service(JobResourceKeys):
     metrics: str | None = None
     """Path of the service's Prometheus endpoint, when the kind has no default."""
     health_timeout_s: PositiveFloat = 600.0
+    matrix: dict[str, list[Any]] = Field(default_factory=dict)
+    """Service keys and the values each takes in turn: one configuration per combination,
+    each benchmarked as a recipe of its own (`aifactory matrix`; `matrix_configs.py`)."""
 
     @field_validator("command")
     @classmethod
@@ -760,6 +771,9 @@ class Sweep(_Section):
     max: PositiveFloat = 64.0
     resolution: PositiveFloat | None = None
     min_capacity: PositiveFloat | None = None
+    boundary_repeats: PositiveInt = 3
+    """The capacity counts only once measured this many times in all and held on its
+    intervals (`sweep.py`); 1: a single load decides."""
 
     @model_validator(mode="after")
     def _whole_numbers(self) -> Sweep:
@@ -812,6 +826,15 @@ class Load(_Section):
     connections: Literal["pooled", "per_request"] = "pooled"
     """`openai` clients: keep HTTP connections open between requests (`pooled`, as applications
     do) or open a new one for every request (`per_request`: connection setup inside TTFT)."""
+    repeats: PositiveInt = 1
+    """Each level is measured this many times, a fresh load each time (new prompts, same
+    service): the spread between repeats is what one run cannot show (docs/metrics.md)."""
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    """The share of the resampled values a figure's interval holds."""
+    slo_judged_on: Literal["estimate", "interval"] | None = None
+    """`interval`: an objective holds only when the whole interval of its figure meets the
+    bound; `estimate`: when the figure itself does. Default: `interval` with repeats,
+    `estimate` without."""
 
     @field_validator("levels")
     @classmethod
@@ -854,6 +877,13 @@ class Load(_Section):
             assert self.sweep is not None
             return self.sweep.over
         return self.mode
+
+    @property
+    def slo_rule(self) -> Literal["estimate", "interval"]:
+        """What an objective is judged on (`slo_judged_on`, or its default)."""
+        if self.slo_judged_on is not None:
+            return self.slo_judged_on
+        return "interval" if self.repeats > 1 else "estimate"
 
     def level_label(self, level: float) -> str:
         """`concurrency=8`, `rate=2.5`: how a level is named in messages and reports."""
@@ -1116,6 +1146,8 @@ class Recipe(_Section):
     regression: RegressionSettings = Field(default_factory=RegressionSettings)
 
     _path: Path = PrivateAttr(default_factory=Path)
+    _matrix: list[MatrixConfig] = PrivateAttr(default_factory=list)
+    _matrix_config: MatrixConfig | None = PrivateAttr(default=None)
 
     @field_validator("name")
     @classmethod
@@ -1152,6 +1184,16 @@ class Recipe(_Section):
     @property
     def path(self) -> Path:
         return self._path
+
+    @property
+    def matrix(self) -> list[MatrixConfig]:
+        """Every configuration of the recipe's matrix (`matrix_configs.py`); empty without."""
+        return list(self._matrix)
+
+    @property
+    def matrix_config(self) -> MatrixConfig | None:
+        """The configuration this recipe is (`load_recipe(..., matrix_config=N)`), if any."""
+        return self._matrix_config
 
     @property
     def base_dir(self) -> Path:
@@ -1574,8 +1616,24 @@ def _read(path: Path, file: str) -> str:
         ) from None
 
 
-def load_recipe(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Recipe:
-    """Read, expand and validate a recipe; raises `RecipeError` listing every problem found."""
+def with_repeats(recipe: Recipe, repeats: int) -> Recipe:
+    """The recipe with every client's levels measured `repeats` times (`--repeats`)."""
+    changed = recipe.model_copy(deep=True)
+    for client in changed.clients.values():
+        client.load.repeats = repeats
+    return changed
+
+
+def load_recipe(
+    path: str | os.PathLike[str],
+    environ: Mapping[str, str] | None = None,
+    matrix_config: int | None = None,
+) -> Recipe:
+    """Read, expand and validate a recipe; raises `RecipeError` listing every problem found.
+
+    A recipe with a configuration matrix (`matrix_configs.py`) is validated as each of its
+    configurations; `matrix_config` picks one (by index) as the recipe returned, else the
+    recipe without its matrices is, with `matrix` listing the configurations."""
     path = Path(path)
     file = str(path)
     text = _read(path, file)
@@ -1593,17 +1651,60 @@ def load_recipe(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     data, env_problems = expand_env(data, os.environ if environ is None else environ)
     resolve_paths(data, Path(os.path.abspath(path)).parent)
     found = env_problems + reference_problems(data)
+    shape_problems = matrix_problems(data)
+    found += shape_problems
+    configs = [] if shape_problems else matrix_configs(data)
+    chosen: MatrixConfig | None = None
+    if matrix_config is not None:
+        if not configs:
+            found.append(((), "this recipe has no configuration matrix (services.<s>.matrix)"))
+        elif not 0 <= matrix_config < len(configs):
+            found.append(((), f"no configuration {matrix_config}: its matrix has {len(configs)}"))
+        else:
+            chosen = configs[matrix_config]
+    unexpanded = {p for p, _ in env_problems}
     recipe = None
     try:
-        recipe = Recipe.model_validate(data, context={_SKIP_CROSS_CHECKS: True})
+        picked = apply_config(data, chosen) if chosen else without_matrix(data)
+        recipe = Recipe.model_validate(picked, context={_SKIP_CROSS_CHECKS: True})
     except ValidationError as err:
-        unexpanded = {p for p, _ in env_problems}
         for error in err.errors(include_url=False):
             key, message = _humanize(error)
             if not any(key[: len(p)] == p for p in unexpanded):
-                found.append((key, message))
+                found.append(_in_matrix(data, chosen, key, message))
+    for config in configs:
+        if config is not chosen and not found:
+            found += _config_problems(data, config)
     located += [(key, document.line_of(key), message) for key, message in found]
     if located or recipe is None:
         raise RecipeError(path, _sorted_problems(file, located))
     recipe._path = path
+    recipe._matrix = configs
+    recipe._matrix_config = chosen
     return recipe
+
+
+def _in_matrix(
+    data: dict[str, Any], config: MatrixConfig | None, key: tuple[str | int, ...], message: str
+) -> tuple[tuple[str | int, ...], str]:
+    """A problem of a configuration's recipe, placed at the matrix value that caused it."""
+    if config is None:
+        return key, message
+    for service, name, value in config.values:
+        if key[:3] == ("services", service, name):
+            values = data["services"][service][MATRIX_KEY][name]
+            where = ("services", service, MATRIX_KEY, name, values.index(value))
+            return where, f"{message} (configuration {config.label})"
+    return key, f"{message} (configuration {config.label})"
+
+
+def _config_problems(
+    data: dict[str, Any], config: MatrixConfig
+) -> list[tuple[tuple[str | int, ...], str]]:
+    try:
+        Recipe.model_validate(apply_config(data, config), context={_SKIP_CROSS_CHECKS: True})
+    except ValidationError as err:
+        return [
+            _in_matrix(data, config, *_humanize(error)) for error in err.errors(include_url=False)
+        ]
+    return []

@@ -133,6 +133,14 @@ class LevelSummary(TypedDict):
     """Per service, the figures its own counters gave over the level's window."""
     cross_checks: NotRequired[list[CrossCheck]]
     monitoring_samples: NotRequired[int]
+    efficiency: NotRequired[dict[str, Any]]
+    """What the level cost the loaded service's nodes: energy, tokens/s per GPU and node, CPU
+    time, and what they were made of (`monitor/efficiency.py`)."""
+    intervals: NotRequired[dict[str, Any]]
+    """Each figure's interval and how it was found (`metrics/intervals.py`)."""
+    repeats: NotRequired[dict[str, Any]]
+    """A level measured several times: how many, and each repeat's per-level figures."""
+    slo_judged_on: NotRequired[str]
 
 
 class SloEntry(TypedDict):
@@ -158,6 +166,8 @@ class SweepStepEntry(TypedDict):
     passed: bool
     test_id: str
     breaches: str
+    repeats: NotRequired[int]
+    confirmed: NotRequired[bool]
 
 
 class SweepOutcome(TypedDict):
@@ -170,6 +180,10 @@ class SweepOutcome(TypedDict):
     failed_at: SweepStepEntry | None
     min_capacity: float | None
     below_min_capacity: bool
+    boundary_repeats: NotRequired[int]
+    capacity_range: NotRequired[list[float | None] | None]
+    """[the capacity, the lowest level that broke an SLO (None: none did)]: where the true
+    limit lies."""
     steps: list[SweepStepEntry]
 
 
@@ -232,3 +246,5 @@ class RunSummary(TypedDict):
     monitoring: dict[str, Any]
     sweeps: list[RunSweep]
     tests: list[RunTestEntry]
+    matrix: NotRequired[dict[str, Any]]
+    """Of a run of one configuration of a recipe's matrix: which (`run_store.matrix_of`)."""

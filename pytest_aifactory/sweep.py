@@ -2,6 +2,14 @@
 
 The search itself is pure (it only decides the next level from the verdicts so far), so its
 rules are tested without a server; the session runs each level as an ordinary measured step.
+
+One load of a level near the capacity passes or fails by luck as often as not. So the level the
+search ends on is measured again, up to `boundary_repeats` loads in all, and judged on its
+intervals (`metrics/intervals.py`): it counts only if the whole interval of every objective's
+figure meets the bound. A level that fails that is a failed level, and the search goes on below
+it, measuring each new level `boundary_repeats` times from the start, until the capacity is a
+confirmed level or there is none. The capacity is then bracketed by evidence: the confirmed
+level that held, and the lowest level that did not.
 """
 
 from __future__ import annotations
@@ -22,6 +30,10 @@ class SweepStep:
     test_id: str = ""
     breaches: str = ""
     """Why the level failed (the broken objectives), empty when it passed."""
+    repeats: int = 1
+    """Loads of the level the verdict rests on."""
+    confirmed: bool = False
+    """Judged over `boundary_repeats` loads on its intervals: the verdict is not luck."""
 
 
 @dataclass
@@ -62,12 +74,30 @@ class CapacitySearch:
         return middle
 
     def record(self, step: SweepStep) -> None:
-        self.steps.append(step)
-        if step.passed:
-            if self.passed_at is None or step.level > self.passed_at:
-                self.passed_at = step.level
-        elif self.failed_at is None or step.level < self.failed_at:
-            self.failed_at = step.level
+        """A level's verdict; a level measured again replaces its earlier verdict, and the
+        bracket is worked out anew: the lowest level that failed, and the highest that passed
+        below it."""
+        levels = [s.level for s in self.steps]
+        if step.level in levels:
+            self.steps[levels.index(step.level)] = step
+        else:
+            self.steps.append(step)
+        failed = [s.level for s in self.steps if not s.passed]
+        self.failed_at = min(failed) if failed else None
+        passed = [
+            s.level
+            for s in self.steps
+            if s.passed and (self.failed_at is None or s.level < self.failed_at)
+        ]
+        self.passed_at = max(passed) if passed else None
+
+    def unconfirmed_capacity(self) -> float | None:
+        """The capacity, when its verdict still rests on fewer loads or weaker judgement than
+        the boundary asks for: to be measured again."""
+        if self.settings.boundary_repeats <= 1 or self.passed_at is None:
+            return None
+        step = next(s for s in self.steps if s.level == self.passed_at)
+        return None if step.confirmed else self.passed_at
 
     @property
     def capacity(self) -> float | None:
@@ -87,6 +117,8 @@ class CapacitySearch:
             "failed_at": _step_at(by_level, self.failed_at),
             "min_capacity": self.settings.min_capacity,
             "below_min_capacity": below_min,
+            "boundary_repeats": self.settings.boundary_repeats,
+            "capacity_range": [self.capacity, self.failed_at] if self.capacity else None,
             "steps": [_step(s) for s in self.steps],
         }
 
@@ -102,6 +134,8 @@ def _step(step: SweepStep) -> SweepStepEntry:
         "passed": step.passed,
         "test_id": step.test_id,
         "breaches": step.breaches,
+        "repeats": step.repeats,
+        "confirmed": step.confirmed,
     }
 
 
@@ -124,7 +158,11 @@ def describe_outcome(client: str, outcome: SweepOutcome) -> str:
     if outcome["reached_max"]:
         text += " (every level up to the sweep's max met the SLOs; the limit is higher)"
     elif failed is not None:
-        text += f" ({level(capacity)} met every SLO, {level(failed['level'])} did not"
+        held = outcome["passed_at"]
+        over_repeats = ""
+        if held is not None and held.get("confirmed"):
+            over_repeats = f" over {held['repeats']} loads, judged on its intervals"
+        text += f" ({level(capacity)} met every SLO{over_repeats}, {level(failed['level'])} did not"
         text += f": {failed['breaches']})" if failed["breaches"] else ")"
     if outcome["below_min_capacity"]:
         text += f"; below min_capacity {outcome['min_capacity']:g}"

@@ -104,6 +104,12 @@ def private_mkdir(path: Path) -> Path:
     return path
 
 
+def _process_stem(process: int, repeat: int) -> str:
+    """`p0003` for a level's first measurement, `p0003-r1` for its second: every file of a
+    level's processes and repeats matches `p*`."""
+    return f"p{process:04d}" if not repeat else f"p{process:04d}-r{repeat}"
+
+
 @dataclass
 class RunDir:
     """Paths of one run and the driver's heartbeat."""
@@ -211,11 +217,11 @@ class RunDir:
     def rendezvous_path(self, service: str) -> Path:
         return self.root / "rendezvous" / f"{service}.json"
 
-    def records_path(self, test_slug: str, process: int) -> Path:
-        return self.root / "records" / test_slug / f"p{process:04d}.jsonl"
+    def records_path(self, test_slug: str, process: int, repeat: int = 0) -> Path:
+        return self.root / "records" / test_slug / f"{_process_stem(process, repeat)}.jsonl"
 
-    def progress_path(self, test_slug: str, process: int) -> Path:
-        return self.root / "progress" / test_slug / f"p{process:04d}.json"
+    def progress_path(self, test_slug: str, process: int, repeat: int = 0) -> Path:
+        return self.root / "progress" / test_slug / f"{_process_stem(process, repeat)}.json"
 
     def collect_logs(self) -> list[Path]:
         """Copy every job's stdout/stderr (all tasks) to `logs/<job>/`, the one place to look

@@ -34,6 +34,7 @@ RECORD_COLUMNS: dict[str, ColumnType] = {
     "level_label": "str",
     "node": "str",
     "process": "int",
+    "repeat": "int",
     "request_id": "int",
     "phase": "str",
     "scheduled_ts": "float",
@@ -85,8 +86,9 @@ I/Os), a query's recall@k, and a kind's own detail as a JSON object. `model` is 
 `openai` request named (one of a mix); `replica` which of the service's servers it went to (an
 index into its list of URLs), `replica_address` that server's host:port. A turn of a
 multi-turn session (a `conversation` dataset) names its `session_id` (the process's count of
-sessions: unique with `process`), its `turn` (0 for the first) and the `session_turns` the
-session was to send."""
+sessions: unique with `process` and `repeat`), its `turn` (0 for the first) and the
+`session_turns` the session was to send. `repeat` says which measurement of the level the
+record belongs to (`load.repeats`; 0 for the first)."""
 
 RECORD_FIELDS: tuple[str, ...] = tuple(RECORD_COLUMNS)
 
@@ -117,6 +119,7 @@ def new_record(
         level_label=spec.level_label,
         node=node,
         process=spec.process,
+        repeat=spec.repeat,
         request_id=request_id,
         phase=phase,
         scheduled_ts=scheduled_ts,

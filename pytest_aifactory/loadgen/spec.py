@@ -91,6 +91,8 @@ class LoadSpec:
     seed: int = 0
     node: str = ""
     process: int = 0
+    repeat: int = 0
+    """Which measurement of the level this is (`load.repeats`; 0 for the first)."""
     processes: int = 1
     start_at: float | None = None
     """Wall-clock start time, when the caller fixes it."""

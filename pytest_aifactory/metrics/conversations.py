@@ -53,13 +53,14 @@ def session_counts(records: pd.DataFrame) -> dict[str, Any]:
     frame = pd.DataFrame(
         {
             "process": _numeric(rows, "process").fillna(0),
+            "repeat": _numeric(rows, "repeat").fillna(0),
             "session": _numeric(rows, "session_id"),
             "ok": succeeded(rows).astype(int),
             "planned": _numeric(rows, "session_turns"),
         },
         index=rows.index,
     )
-    grouped = frame.groupby(["process", "session"], sort=False)
+    grouped = frame.groupby(["repeat", "process", "session"], sort=False)
     sent = grouped["ok"].size()
     answered = grouped["ok"].sum()
     planned = grouped["planned"].max()

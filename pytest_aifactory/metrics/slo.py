@@ -7,11 +7,12 @@ failing test says at a glance what broke without opening a report.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from pytest_aifactory.loadgen.kinds import metric_info
 from pytest_aifactory.metrics.catalog import SloObjective
+from pytest_aifactory.metrics.intervals import interval_of
 from pytest_aifactory.numbers import finite_number
 
 
@@ -23,6 +24,11 @@ class SloOutcome:
     `(value - bound) / bound` for a `min` bound, so it is negative exactly when the objective
     is broken. It is None when there is no value or the bound is zero. `detail` says why a
     value is missing.
+
+    `value` is what was judged: the figure itself (`judged_on` "estimate"), or the end of its
+    interval on the side the bound guards (`judged_on` "interval": the upper end for a `max`
+    bound), so an objective holds only if the whole interval meets it. `estimate` is the
+    figure itself either way, `interval` its interval ([] when it has none).
     """
 
     objective: SloObjective
@@ -30,6 +36,10 @@ class SloOutcome:
     passed: bool
     margin: float | None
     detail: str = ""
+    judged_on: Literal["estimate", "interval"] = "estimate"
+    estimate: float | None = None
+    interval: list[float] = field(default_factory=list)
+    confidence: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         o = self.objective
@@ -45,6 +55,9 @@ class SloOutcome:
             "passed": self.passed,
             "margin": self.margin,
             "detail": self.detail,
+            "judged_on": self.judged_on,
+            "estimate": self.value if self.estimate is None else self.estimate,
+            "interval": list(self.interval),
         }
 
 
@@ -81,13 +94,20 @@ def _margin(objective: SloObjective, value: float) -> float | None:
     return (value - objective.value) / objective.value
 
 
-def evaluate(summary: Mapping[str, Any], objectives: Sequence[SloObjective]) -> list[SloOutcome]:
-    """Check each objective against a `summarize_llm` summary.
+def evaluate(
+    summary: Mapping[str, Any],
+    objectives: Sequence[SloObjective],
+    judged_on: Literal["estimate", "interval"] = "estimate",
+) -> list[SloOutcome]:
+    """Check each objective against a level's summary.
 
     Per-request metrics are read as `per_request[metric][statistic]`, per-level ones as
     `per_level[metric]`. A missing value fails the objective: when every request failed there is
-    no p99 to show the service met its bound.
+    no p99 to show the service met its bound. `judged_on` "interval": the figure's interval
+    (`summary["intervals"]`) must meet the bound; a figure without one (a per-level figure of
+    one repeat) is judged on itself, and its outcome says so.
     """
+    confidence = finite_number((summary.get("intervals") or {}).get("confidence"))
     outcomes: list[SloOutcome] = []
     for objective in objectives:
         value = finite_number(_lookup(summary, objective))
@@ -96,9 +116,26 @@ def evaluate(summary: Mapping[str, Any], objectives: Sequence[SloObjective]) -> 
                 SloOutcome(objective, None, False, None, detail=_why_missing(summary, objective))
             )
             continue
+        interval = interval_of(summary, objective.metric, objective.statistic)
+        judged = value
+        rule: Literal["estimate", "interval"] = "estimate"
+        if judged_on == "interval" and interval:
+            judged = interval[1] if objective.bound == "max" else interval[0]
+            rule = "interval"
         limit = objective.value
-        passed = value <= limit if objective.bound == "max" else value >= limit
-        outcomes.append(SloOutcome(objective, value, passed, _margin(objective, value)))
+        passed = judged <= limit if objective.bound == "max" else judged >= limit
+        outcomes.append(
+            SloOutcome(
+                objective,
+                judged,
+                passed,
+                _margin(objective, judged),
+                judged_on=rule,
+                estimate=value,
+                interval=interval,
+                confidence=confidence,
+            )
+        )
     return outcomes
 
 
@@ -121,6 +158,12 @@ def breach_line(client: str, level_label: str, outcome: SloOutcome) -> str:
     else:
         unit = _unit(o.metric)
         shown = f"{_format_value(outcome.value)} {unit}".rstrip()
+        if outcome.judged_on == "interval" and outcome.estimate is not None:
+            end = "upper" if o.bound == "max" else "lower"
+            sure = f"{outcome.confidence * 100:g}% " if outcome.confidence else ""
+            shown += (
+                f" ({end} end of its {sure}interval; estimate {_format_value(outcome.estimate)})"
+            )
     relation = ">" if o.bound == "max" else "<"
     return (
         f"{client}[{level_label}] {o.key} = {shown} {relation} {o.bound} {_format_bound(o.value)}"

@@ -143,6 +143,14 @@ GPU_SERIES: tuple[Series, ...] = (
         "GPU frame buffer in use",
     ),
     Series("gpu_power_watts", "DCGM_FI_DEV_POWER_USAGE", "gauge", "gpu", "W", "GPU power draw"),
+    Series(
+        "gpu_energy_millijoules",
+        "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
+        "counter",
+        "gpu",
+        "mJ",
+        "GPU energy used",
+    ),
 )
 """From NVIDIA's DCGM exporter where a site runs one; absent series are simply not stored."""
 

@@ -22,6 +22,7 @@ import pandas as pd
 
 from pytest_aifactory.loadgen.kinds import all_metrics
 from pytest_aifactory.metrics.histogram import LogHistogram as BaseLogHistogram
+from pytest_aifactory.metrics.intervals import interval_of
 from pytest_aifactory.monitor.series import find_series
 from pytest_aifactory.report.headline import headline_of, headline_values
 from pytest_aifactory.services.base import ServiceConfigError, get_kind
@@ -504,10 +505,18 @@ def client_tests(summary: Mapping[str, Any], client: str) -> list[dict[str, Any]
     return sorted(tests, key=lambda t: (_number(t.get("level")), str(t.get("started_at") or "")))
 
 
+def _interval_columns(
+    test: Mapping[str, Any], name: str, metric: str, statistic: str | None
+) -> dict[str, float]:
+    low, high = interval_of(test, metric, statistic) or [math.nan, math.nan]
+    return {f"{name}_low": low, f"{name}_high": high}
+
+
 def client_levels(summary: Mapping[str, Any], client: str) -> pd.DataFrame:
     """One row per load level of a client: throughputs, goodput, and the p50 and p99 of its
     kind's headline latency (TTFT for LLM serving; see `report.headline`), with the names of
-    the headline figures in `throughput_name` / `latency_name`."""
+    the headline figures in `throughput_name` / `latency_name`; each with the ends of its
+    interval (`<column>_low`, `<column>_high`: NaN without one)."""
     rows = []
     for test in client_tests(summary, client):
         per_level = test.get("per_level") or {}
@@ -515,6 +524,10 @@ def client_levels(summary: Mapping[str, Any], client: str) -> pd.DataFrame:
         values = headline_values(test)
         rows.append(
             {
+                **_interval_columns(test, "throughput", head.throughput, None),
+                **_interval_columns(test, "goodput", "goodput", None),
+                **_interval_columns(test, "latency_p50", head.latency, "p50"),
+                **_interval_columns(test, "latency_p99", head.latency, "p99"),
                 "level": _number(test.get("level")),
                 "level_label": str(test.get("level_label") or test.get("level") or ""),
                 "mode": str(test.get("mode") or ""),
@@ -705,14 +718,18 @@ def throughput_latency_chart(levels: pd.DataFrame, title: str = "") -> alt.Layer
         return None
     latency_name = str(levels["latency_name"].iloc[0])
     throughput_name = str(levels["throughput_name"].iloc[0])
-    data = levels.melt(
-        id_vars=["level", "level_label", "throughput", "passed"],
-        value_vars=["latency_p50", "latency_p99"],
-        var_name="statistic",
-        value_name="latency_ms",
-    )
-    data["statistic"] = data["statistic"].str.replace("latency_", f"{latency_name} ", regex=False)
-    data = data.dropna(subset=["throughput", "latency_ms"])
+    parts = []
+    for statistic in ("p50", "p99"):
+        column = f"latency_{statistic}"
+        part = levels[["level", "level_label", "throughput", "passed"]].copy()
+        part["statistic"] = f"{latency_name} {statistic}"
+        part["latency_ms"] = levels[column]
+        part["latency_low"] = levels.get(f"{column}_low", math.nan)
+        part["latency_high"] = levels.get(f"{column}_high", math.nan)
+        part["throughput_low"] = levels.get("throughput_low", math.nan)
+        part["throughput_high"] = levels.get("throughput_high", math.nan)
+        parts.append(part)
+    data = pd.concat(parts, ignore_index=True).dropna(subset=["throughput", "latency_ms"])
     if not len(data):
         return None
     base = alt.Chart(data).encode(
@@ -734,8 +751,34 @@ def throughput_latency_chart(levels: pd.DataFrame, title: str = "") -> alt.Layer
         .mark_text(align="left", dx=6, dy=-6, fontSize=10)
         .encode(text="level_label:N")
     )
+    layers: list[alt.Chart] = [lines, labels]
+    # each figure's interval (docs/metrics.md), where the run has one
+    latency_bars = data.dropna(subset=["latency_low", "latency_high"])
+    if len(latency_bars):
+        layers.append(
+            alt.Chart(latency_bars)
+            .mark_rule()
+            .encode(
+                x="throughput:Q",
+                y="latency_low:Q",
+                y2="latency_high:Q",
+                color=alt.Color("statistic:N", title=None),
+            )
+        )
+    throughput_bars = data.dropna(subset=["throughput_low", "throughput_high"])
+    if len(throughput_bars):
+        layers.append(
+            alt.Chart(throughput_bars)
+            .mark_rule()
+            .encode(
+                x="throughput_low:Q",
+                x2="throughput_high:Q",
+                y="latency_ms:Q",
+                color=alt.Color("statistic:N", title=None),
+            )
+        )
     # no facet encodings, so alt.layer gives a LayerChart (never a hoisted FacetChart)
-    layered = cast(alt.LayerChart, alt.layer(lines, labels))
+    layered = cast(alt.LayerChart, alt.layer(*layers))
     return layered.properties(
         width=WIDTH, height=260, title=_title(title or CHART_TITLES["throughput_latency"])
     )

@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
 from pytest_aifactory.cluster.run_records import RunNotFound, resolve_run
 from pytest_aifactory.loadgen.kinds import all_metrics, higher_is_better
 from pytest_aifactory.metrics.catalog import STATISTICS
@@ -32,6 +30,7 @@ from pytest_aifactory.report.noise import (
     ChangeInterval,
     Outcome,
     RunSamples,
+    Samples,
     change_interval,
 )
 from pytest_aifactory.tabulate import format_table
@@ -555,8 +554,8 @@ def judge_change(
     tolerance: float,
     baseline: float,
     value: float | None,
-    baseline_samples: Callable[[], np.ndarray | None],
-    samples: Callable[[], np.ndarray | None],
+    baseline_samples: Callable[[], Samples | None],
+    samples: Callable[[], Samples | None],
     confidence: float = DEFAULT_CONFIDENCE,
 ) -> tuple[Outcome, ChangeInterval | None]:
     """The gate's rule for one metric (module docstring of `report/noise.py`): worse than the

@@ -12,9 +12,10 @@ from typing import Any
 
 from pytest_aifactory.loadgen.kinds import headline_of
 from pytest_aifactory.metrics.catalog import Headline
+from pytest_aifactory.monitor.efficiency import FIGURES as EFFICIENCY_FIGURES
 from pytest_aifactory.numbers import finite_number
 
-__all__ = ["Headline", "headline_of", "headline_values"]
+__all__ = ["Headline", "efficiency_headline", "headline_of", "headline_values"]
 
 
 def headline_values(test: Mapping[str, Any]) -> dict[str, float | None]:
@@ -26,3 +27,26 @@ def headline_values(test: Mapping[str, Any]) -> dict[str, float | None]:
         "latency_p50": finite_number(latency.get("p50")),
         "latency_p99": finite_number(latency.get("p99")),
     }
+
+
+EFFICIENCY_HEADLINES: tuple[str, ...] = (
+    "energy_per_output_token_j",
+    "output_throughput_per_gpu",
+    "cpu_seconds_per_output_token",
+    "energy_per_request_j",
+    "cpu_seconds_per_request",
+)
+"""The efficiency figure that sums up a test, the first it has: what a token costs in GPU
+energy, else how many tokens a GPU serves, else what a token costs in CPU time; per request for
+kinds without tokens."""
+
+
+def efficiency_headline(test: Mapping[str, Any]) -> tuple[float, str] | None:
+    """A test entry's headline efficiency figure and its unit; None without one."""
+    block = test.get("efficiency") or {}
+    units = {info.key: info.unit for info in EFFICIENCY_FIGURES}
+    for key in EFFICIENCY_HEADLINES:
+        value = finite_number(block.get(key))
+        if value is not None:
+            return value, units[key]
+    return None

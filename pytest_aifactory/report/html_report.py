@@ -22,10 +22,12 @@ from pytest_aifactory import __version__
 from pytest_aifactory.atomic import write_text_atomic
 from pytest_aifactory.loadgen.kinds import all_metrics, kind_metrics, metric_info
 from pytest_aifactory.metrics.catalog import MetricInfo
+from pytest_aifactory.metrics.intervals import interval_of
 from pytest_aifactory.metrics.stats import json_safe
+from pytest_aifactory.monitor.efficiency import FIGURES as EFFICIENCY_FIGURES
 from pytest_aifactory.monitor.window import CROSS_CHECK_TOLERANCE
 from pytest_aifactory.numbers import finite_number
-from pytest_aifactory.report.headline import headline_of, headline_values
+from pytest_aifactory.report.headline import efficiency_headline, headline_of, headline_values
 from pytest_aifactory.services.models import cache_dir
 
 STAT_COLUMNS: tuple[str, ...] = ("mean", "p50", "p90", "p99", "p999", "max")
@@ -79,7 +81,7 @@ def vega_bundle() -> str:
     return bundle
 
 
-def _inline_script(code: str) -> str:
+def inline_script(code: str) -> str:
     """A `<script>` element; `</script` inside the code would end it early, so it is broken up
     (it can only occur inside a string or a regular expression, where `<\\/` means the same)."""
     code = code.replace("</script", "<\\/script").replace("</SCRIPT", "<\\/SCRIPT")
@@ -273,8 +275,9 @@ def slo_table(test: Mapping[str, Any]) -> str:
         bound = outcome.get("bound")
         relation = {"max": "≤", "min": "≥"}.get(str(bound), str(bound or ""))
         value = outcome.get("value")
-        shown = fmt_number(value, unit)
-        if finite_number(value) is None and outcome.get("detail"):
+        estimate = outcome.get("estimate", value)
+        shown = fmt_number(estimate, unit)
+        if finite_number(estimate) is None and outcome.get("detail"):
             shown = f'no value <span class="detail">({_e(outcome["detail"])})</span>'
         else:
             shown = _e(shown)
@@ -284,11 +287,37 @@ def slo_table(test: Mapping[str, Any]) -> str:
             f"<td><code>{_e(metric)}</code></td>"
             f"<td>{_e(statistic or '—')}</td>"
             f'<td class="num">{shown}</td>'
+            f'<td class="num">{_e(fmt_interval(outcome.get("interval"), unit))}</td>'
+            f"<td>{_e(_judged_on(outcome))}</td>"
             f'<td class="num">{_e(relation)} {_e(fmt_number(outcome.get("limit"), unit))}</td>'
             f'<td class="num">{_e(fmt_percent(outcome.get("margin"), signed=True))}</td>'
             f'<td class="result">{_badge(passed)}</td></tr>'
         )
-    return _table(("Objective", "Statistic", "Value", "Bound", "Margin", "Result"), rows, "slo")
+    sure = _confidence(test)
+    headers = ("Objective", "Statistic", "Value", f"{sure} interval", "Judged on", "Bound")
+    return _table((*headers, "Margin", "Result"), rows, "slo")
+
+
+def _confidence(test: Mapping[str, Any]) -> str:
+    """`95%`: how sure the test's intervals are."""
+    value = finite_number((test.get("intervals") or {}).get("confidence"))
+    return f"{value * 100:g}%" if value is not None else ""
+
+
+def _judged_on(outcome: Mapping[str, Any]) -> str:
+    if outcome.get("judged_on") != "interval":
+        return "value"
+    return "upper end" if outcome.get("bound") == "max" else "lower end"
+
+
+def fmt_interval(interval: Any, unit: str = "") -> str:
+    """`98.1 – 120.4 ms`; a dash without an interval."""
+    if not isinstance(interval, Sequence) or isinstance(interval, str) or len(interval) != 2:
+        return "—"
+    low, high = (finite_number(v) for v in interval)
+    if low is None or high is None:
+        return "—"
+    return f"{fmt_number(low)} – {fmt_number(high, unit)}"
 
 
 def _messages(items: Sequence[Any], css: str, label: str) -> str:
@@ -330,6 +359,33 @@ def cross_check_table(test: Mapping[str, Any]) -> str:
     return f"<h4>Server vs client</h4>{table}"
 
 
+def efficiency_table(test: Mapping[str, Any]) -> str:
+    """What the test cost the loaded service's nodes per token and per request (`efficiency`:
+    docs/metrics.md#efficiency), with what the figures were made of; nothing without it."""
+    block = test.get("efficiency") or {}
+    rows = [
+        f"<tr><td>{_e(info.label)}</td>"
+        f'<td class="num">{_e(fmt_number(block[info.key]))}</td><td>{_e(info.unit)}</td></tr>'
+        for info in EFFICIENCY_FIGURES
+        if finite_number(block.get(info.key)) is not None
+    ]
+    if not rows:
+        return ""
+    basis = [
+        f"{fmt_number(block.get('window_s'))} s of load",
+        f"service '{block.get('service')}' on {fmt_number(block.get('nodes'))} node(s)",
+    ]
+    if block.get("gpus"):
+        basis.append(f"{fmt_number(block['gpus'])} GPU(s) from the {block.get('gpus_from')}")
+    if block.get("energy_source"):
+        basis.append(f"energy by {block['energy_source']}")
+    return (
+        f"<h4>Efficiency</h4>{_table(('Figure', 'Value', 'Unit'), rows, 'efficiency')}"
+        f'<p class="muted">{_e("; ".join(basis))}</p>'
+        f"{_messages(block.get('notes') or [], 'notes', 'Efficiency notes')}"
+    )
+
+
 def _level_metrics(own: Sequence[MetricInfo]) -> list[tuple[str, str]]:
     """Per-level figures with their units: the kind's in its order, then any other kind's (a
     level that moved bytes has MiB/s whatever its kind), then the level's duration."""
@@ -351,12 +407,15 @@ def stats_table(test: Mapping[str, Any]) -> str:
         if not isinstance(stats, Mapping) or all(v is None for v in stats.values()):
             continue
         cells = "".join(
-            f'<td class="num">{_e(fmt_number(stats.get(name)))}</td>' for name in STAT_COLUMNS
+            f'<td class="num">{_e(fmt_number(stats.get(name)))}'
+            f"{_interval_note(test, metric, name)}</td>"
+            for name in STAT_COLUMNS
         )
         rows.append(f"<tr><td><code>{_e(metric)}</code></td>{cells}</tr>")
     per_level = test.get("per_level") or {}
     rates = [
-        f"<dt>{_e(name.replace('_', ' '))}</dt><dd>{_e(fmt_number(per_level.get(name), unit))}</dd>"
+        f"<dt>{_e(name.replace('_', ' '))}</dt><dd>{_e(fmt_number(per_level.get(name), unit))}"
+        f"{_interval_note(test, name, None, unit)}</dd>"
         for name, unit in _level_metrics(metrics)
         if name in per_level
     ]
@@ -369,6 +428,7 @@ def stats_table(test: Mapping[str, Any]) -> str:
     parts = []
     if count_items or rates:
         parts.append(f'<dl class="rates">{"".join(count_items + rates)}</dl>')
+    parts.append(_intervals_line(test))
     if rows:
         parts.append(_table(("Metric (ms)", *STAT_COLUMNS), rows, "stats"))
     errors = test.get("errors") or {}
@@ -383,6 +443,29 @@ def stats_table(test: Mapping[str, Any]) -> str:
     parts.append(turns_table(test))
     parts.append(replicas_table(test))
     return "".join(parts)
+
+
+def _interval_note(
+    test: Mapping[str, Any], metric: str, statistic: str | None, unit: str = ""
+) -> str:
+    """A figure's interval under it, small; nothing where it has none."""
+    interval = interval_of(test, metric, statistic)
+    if not interval:
+        return ""
+    return f'<span class="interval">{_e(fmt_interval(interval, unit))}</span>'
+
+
+def _intervals_line(test: Mapping[str, Any]) -> str:
+    """How the intervals under the figures were found, and how many repeats there were."""
+    block = test.get("intervals") or {}
+    if not block.get("method"):
+        return ""
+    repeats = int(block.get("repeats") or 1)
+    measured = f"{repeats} repeats of the level" if repeats > 1 else "one load of the level"
+    return (
+        f'<p class="muted intervals">Under each figure: its {_e(_confidence(test))} interval '
+        f"({_e(block['method'])}; {measured}).</p>"
+    )
 
 
 def models_table(test: Mapping[str, Any]) -> str:
@@ -528,6 +611,7 @@ def level_section(test: Mapping[str, Any], anchor: str, views: Sequence[ChartVie
         f"{_messages(test.get('notes') or [], 'notes', 'Notes')}"
         f"{_messages(test.get('warnings') or [], 'warnings', 'Warnings')}"
         f"{cross_check_table(test)}"
+        f"{efficiency_table(test)}"
         f'<details class="stats"><summary>Statistics</summary>{stats_table(test)}</details>'
         f"{_charts(views)}</section>"
     )
@@ -559,8 +643,15 @@ def capacity_section(summary: Mapping[str, Any], anchors: Mapping[str, str]) -> 
             shown = f"≥ {_e(fmt_number(capacity))} (every level up to the sweep's max held)"
         else:
             shown = _e(fmt_number(capacity))
+            held = sweep.get("passed_at") or {}
+            if held.get("confirmed"):
+                shown += (
+                    f'<span class="interval">held over {_e(held.get("repeats"))} loads on its '
+                    "intervals</span>"
+                )
         steps = ", ".join(
             f"{fmt_number(s.get('level'))} {'✓' if s.get('passed') else '✗'}"
+            + (f" ({s['repeats']} loads)" if int(s.get("repeats") or 1) > 1 else "")
             for s in sweep.get("steps") or []
         )
         ok = capacity is not None and not sweep.get("below_min_capacity")
@@ -577,7 +668,15 @@ def capacity_section(summary: Mapping[str, Any], anchors: Mapping[str, str]) -> 
 
 def overview_table(tests: Sequence[Mapping[str, Any]], anchors: Mapping[str, str]) -> str:
     rows = []
+    # an Efficiency column only where some test has a figure (a monitored run)
+    efficient = {id(test): efficiency_headline(test) for test in tests}
+    with_efficiency = any(efficient.values())
     for test in tests:
+        figure = efficient[id(test)]
+        extra = ""
+        if with_efficiency:
+            shown = f"{fmt_number(figure[0])} {figure[1]}" if figure else "—"
+            extra = f'<td class="num">{_e(shown)}</td>'
         counts = test.get("counts") or {}
         head = headline_of(test.get("kind"), test.get("api"))
         values = headline_values(test)
@@ -592,10 +691,11 @@ def overview_table(tests: Sequence[Mapping[str, Any]], anchors: Mapping[str, str
             f'<td class="num">{_e(fmt_number(values["throughput"]))} '
             f"{_e(head.throughput_label)}</td>"
             f'<td class="num">{_e(fmt_number(values["latency_p99"]))} '
-            f"<small>{_e(head.latency_label)}</small></td></tr>"
+            f"<small>{_e(head.latency_label)}</small></td>{extra}</tr>"
         )
     headers = ("Test", "Client", "Level", "Result", "Sent", "Failed", "Throughput")
-    return _table((*headers, "Latency p99 (ms)"), rows, "overview")
+    last = ("Latency p99 (ms)", "Efficiency") if with_efficiency else ("Latency p99 (ms)",)
+    return _table((*headers, *last), rows, "overview")
 
 
 def _facts(summary: Mapping[str, Any]) -> str:
@@ -700,6 +800,7 @@ tr.fail td { background: var(--fail-bg); } tr.pass td.result { background: var(-
 .messages.notes { border-color: #0969da; background: #ddf4ff; }
 .messages.warnings, .messages.problems { border-color: var(--warn); background: var(--warn-bg); }
 .detail { color: var(--muted); font-size: 12px; }
+.interval { display: block; color: var(--muted); font-size: 11px; white-space: nowrap; }
 .charts { display: flex; flex-wrap: wrap; gap: 18px; margin-top: 12px; }
 figure.chart-figure { margin: 0; padding: 8px; border: 1px solid var(--line); border-radius: 6px;
                       overflow-x: auto; max-width: 100%; }
@@ -782,8 +883,8 @@ def render_report(
             _details(summary),
             f"<footer>Rendered by pytest-aifactory {_e(__version__)} on {_e(generated)} from the "
             "run's saved files.</footer>",
-            _inline_script(bundle),
-            _inline_script(EMBED_SCRIPT),
+            inline_script(bundle),
+            inline_script(EMBED_SCRIPT),
             "</body></html>\n",
         ]
     )

@@ -21,9 +21,9 @@ from pytest_aifactory.report.html_report import (
     EMBED_SCRIPT,
     STYLE,
     ChartView,
-    _inline_script,
     chart_html,
     fmt_time,
+    inline_script,
     slug,
     vega_bundle,
 )
@@ -425,9 +425,9 @@ def render_index(
             history,
             f"<footer>Rendered by pytest-aifactory {_e(__version__)} on {_e(generated)} from the "
             "runs' saved files; `aifactory index` builds it again.</footer>",
-            _inline_script(bundle) if found else "",
-            _inline_script(EMBED_SCRIPT) if found else "",
-            _inline_script(SCRIPT),
+            inline_script(bundle) if found else "",
+            inline_script(EMBED_SCRIPT) if found else "",
+            inline_script(SCRIPT),
             "</body></html>\n",
         ]
     )

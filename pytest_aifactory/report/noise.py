@@ -14,12 +14,15 @@ those ratios is the interval. Resampling requests treats them as independent dra
 understates the noise of what differs from run to run (a node's warm caches, a neighbour's
 load): the false-alarm rate this leaves is measured, not assumed (`benchmarks/tools/`).
 Per-level figures (throughputs, goodput) have one value per run and no samples to resample:
-those are judged on their tolerance alone, and the gate says so.
+those are judged on their tolerance alone, and the gate says so. A run whose levels were
+measured several times (`load.repeats`) is resampled over its repeats first, then over the
+requests within each (`metrics/intervals.py`): the noise between loads is then in the interval.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -27,20 +30,24 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from pytest_aifactory.metrics import intervals
+from pytest_aifactory.metrics.intervals import pooled_statistic, repeat_groups, resample
 from pytest_aifactory.metrics.stats import distribution, measured, succeeded
+
+STATISTIC_POSITIONS = {name: i for i, name in enumerate(intervals.RESAMPLED_STATISTICS)}
+"""Each resampled statistic's column in what `resample` returns."""
 
 DEFAULT_CONFIDENCE = 0.95
 RESAMPLES = 1000
-CHUNK_VALUES = 2_000_000
-"""Resampled values held at once (16 MB of floats), whatever the number of requests."""
 SEED = 20_260_301
 """Fixed: the same two runs always get the same interval, so a gate's verdict is repeatable."""
 RECORDS_FILE = "records.parquet"
-_PERCENTILES = {"p50": 50.0, "p90": 90.0, "p95": 95.0, "p99": 99.0, "p999": 99.9}
-RESAMPLED_STATISTICS = frozenset({*_PERCENTILES, "mean"})
+RESAMPLED_STATISTICS = frozenset(STATISTIC_POSITIONS)
 """Statistics a bootstrap estimates well; a resampled min or max only repeats the sample's."""
 
 Outcome = Literal["regressed", "within noise", "within tolerance", "tolerance alone"]
+Samples = np.ndarray | Sequence[np.ndarray]
+"""A run's values of one metric in one test: one array, or one per repeat."""
 
 
 @dataclass(frozen=True)
@@ -62,54 +69,40 @@ class ChangeInterval:
         return f"{self.change * 100:+.1f}% [{self.low * 100:+.1f}%, {self.high * 100:+.1f}%]"
 
 
-def _statistic(values: np.ndarray, statistic: str) -> np.ndarray:
-    """The statistic of each row of `values` (a batch of resamples)."""
-    if statistic == "mean":
-        result: np.ndarray = values.mean(axis=1)
-        return result
-    taken: np.ndarray = np.percentile(values, _PERCENTILES[statistic], axis=1)
-    return taken
-
-
-def bootstrap(
-    values: np.ndarray,
-    statistic: str,
-    resamples: int = RESAMPLES,
-    rng: np.random.Generator | None = None,
-) -> np.ndarray:
-    """The statistic of `resamples` resamples (with replacement) of `values`."""
-    rng = rng if rng is not None else np.random.default_rng(SEED)
-    size = len(values)
-    per_chunk = max(1, CHUNK_VALUES // max(size, 1))
-    out = np.empty(resamples)
-    for start in range(0, resamples, per_chunk):
-        stop = min(resamples, start + per_chunk)
-        picks = rng.integers(0, size, size=(stop - start, size))
-        out[start:stop] = _statistic(values[picks], statistic)
-    return out
+def _groups(samples: Samples) -> list[np.ndarray]:
+    if isinstance(samples, np.ndarray):
+        return [samples]
+    return list(samples)
 
 
 def change_interval(
-    baseline: np.ndarray,
-    values: np.ndarray,
+    baseline: Samples,
+    values: Samples,
     statistic: str,
     confidence: float = DEFAULT_CONFIDENCE,
     resamples: int = RESAMPLES,
     seed: int = SEED,
 ) -> ChangeInterval | None:
-    """None when the statistic cannot be resampled, a run has fewer than two values, or the
-    baseline's statistic is zero (no relative change)."""
-    if statistic not in RESAMPLED_STATISTICS or len(baseline) < 2 or len(values) < 2:
+    """The relative change of a statistic from `baseline` to `values` and its interval: each
+    run resampled on its own (over its repeats, then requests within each, where it has
+    several: `metrics/intervals.py`). None when the statistic cannot be resampled, a run has
+    fewer than two values, or the baseline's statistic is zero (no relative change)."""
+    base_groups, groups = _groups(baseline), _groups(values)
+    base_count = sum(g.size for g in base_groups)
+    count = sum(g.size for g in groups)
+    if statistic not in RESAMPLED_STATISTICS or base_count < 2 or count < 2:
         return None
-    point_base = float(_statistic(baseline[np.newaxis, :], statistic)[0])
-    point = float(_statistic(values[np.newaxis, :], statistic)[0])
+    point_base = pooled_statistic(base_groups, statistic)
+    point = pooled_statistic(groups, statistic)
     if point_base == 0.0 or not math.isfinite(point_base) or not math.isfinite(point):
         return None
     rng = np.random.default_rng(seed)
-    base_boot = bootstrap(baseline, statistic, resamples, rng)
-    new_boot = bootstrap(values, statistic, resamples, rng)
+    column = STATISTIC_POSITIONS[statistic]
+    base_boot = resample(base_groups, resamples, rng)[:, column]
+    new_boot = resample(groups, resamples, rng)[:, column]
+    size = min(len(base_boot), len(new_boot))
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = new_boot / base_boot - 1.0
+        ratios = new_boot[:size] / base_boot[:size] - 1.0
     ratios = ratios[np.isfinite(ratios)]
     if ratios.size == 0:
         return None
@@ -120,8 +113,8 @@ def change_interval(
         low=float(low),
         high=float(high),
         confidence=confidence,
-        baseline_count=len(baseline),
-        count=len(values),
+        baseline_count=base_count,
+        count=count,
     )
 
 
@@ -144,15 +137,16 @@ class RunSamples:
                 self._records = None
         return self._records
 
-    def values(self, client: str, level_label: str, metric: str) -> np.ndarray | None:
+    def values(self, client: str, level_label: str, metric: str) -> list[np.ndarray] | None:
         """The completed requests' values of a per-request metric in one test's measure
-        phase, as the summary's statistics were taken of them; None without records."""
+        phase, one array per repeat, as the summary's statistics were taken of them; None
+        without records."""
         frame = self._frame()
         if frame is None or "client" not in frame or "level_label" not in frame:
             return None
         rows = measured(frame[(frame["client"] == client) & (frame["level_label"] == level_label)])
         if metric not in rows:
             return None
-        done = rows[succeeded(rows).to_numpy()]
-        found: np.ndarray = distribution(done, metric)
-        return found
+        return [
+            distribution(part[succeeded(part).to_numpy()], metric) for part in repeat_groups(rows)
+        ]

@@ -89,7 +89,15 @@ def recover_tests(root: Path, recipe: Recipe) -> tuple[list[RunTestEntry], pd.Da
         measured = records[records["phase"] == "measure"]
         requested = case.level if case.mode == "rate" else None
         objectives = recipe.objectives(client)
-        summary = summarize(case.kind, records, requested_rate=requested, objectives=objectives)
+        load = recipe.clients[client].load
+        summary = summarize(
+            case.kind,
+            records,
+            requested_rate=requested,
+            objectives=objectives,
+            confidence=load.confidence,
+        )
+        summary["slo_judged_on"] = load.slo_rule
         starts = pd.to_numeric(measured["send_ts"], errors="coerce").dropna()
         ends = pd.to_numeric(records["end_ts"], errors="coerce").dropna()
         results.append(
@@ -99,7 +107,7 @@ def recover_tests(root: Path, recipe: Recipe) -> tuple[list[RunTestEntry], pd.Da
                 case=case,
                 records=records,
                 summary=summary,
-                outcomes=slo_eval.evaluate(summary, objectives),
+                outcomes=slo_eval.evaluate(summary, objectives, load.slo_rule),
                 notes=[],
                 warnings=[RECOVERED_NOTE],
                 started_at=float(starts.min()) if len(starts) else 0.0,

@@ -85,7 +85,7 @@ def build_summary(
     services: dict[str, dict[str, Any]] | None = None,
     monitoring: dict[str, Any] | None = None,
 ) -> RunSummary:
-    return {
+    summary: RunSummary = {
         "format": SUMMARY_FORMAT,
         "run_id": run.run_id,
         "recipe": {
@@ -104,6 +104,21 @@ def build_summary(
         "monitoring": monitoring or {"mode": "off"},
         "sweeps": sweeps_of(tests),
         "tests": tests,
+    }
+    if recipe.matrix_config is not None:
+        summary["matrix"] = matrix_of(recipe)
+    return summary
+
+
+def matrix_of(recipe: Recipe) -> dict[str, Any]:
+    """Which configuration of its recipe's matrix a run benchmarked, so `aifactory matrix`
+    and readers of the summary can set the configurations' runs side by side."""
+    config = recipe.matrix_config
+    assert config is not None
+    return {
+        **config.to_json(),
+        "configurations": len(recipe.matrix),
+        "recipe": recipe.name.removesuffix(f"-{config.config_id}"),
     }
 
 

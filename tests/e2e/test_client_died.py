@@ -51,6 +51,8 @@ def test_a_killed_client_process_is_named_with_its_missing_load(tmp_path: Path) 
             "load": {"levels": [2], "requests": REQUESTS},
         },
         monitor={"prometheus": False},
+        # a killed process is noticed by its silence: not 30 s of it here
+        platform={"silent_task_s": 8},
     )
     recipe = write_recipe(tmp_path / "recipe.yaml", document)
     reports = tmp_path / "reports"

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from pytest_aifactory.monitor.run_monitor import find_prometheus
+from pytest_aifactory.testing import dcgm_exporter
 from tests.helpers import (
     Session,
     benchmark_command,
@@ -131,6 +132,39 @@ def test_server_token_count_agrees_with_clients(monitored_run: Session) -> None:
         assert not [w for w in test["warnings"] if "monitoring" in w or "server" in w], test
 
 
+def test_efficiency_figures_match_what_the_gpus_and_the_node_spent(monitored_run: Session) -> None:
+    """Energy per token from the DCGM stand-in (a test double: no GPU here), whose energy in any
+    window is known exactly, and CPU time per token from the real node exporter."""
+    (run,) = monitored_run.run_dirs()
+    records = pd.read_parquet(run / "records.parquet")
+    for test in monitored_run.summary()["tests"]:
+        figures = test["efficiency"]
+        mine = records[(records["test_id"] == test["test_id"]) & (records["phase"] == "measure")]
+        start, end = float(mine["send_ts"].min()), float(mine["end_ts"].max())
+        tokens = float(mine.loc[mine["error"].fillna("") == "", "output_tokens"].sum())
+        assert figures["window_s"] == pytest.approx(end - start)
+        assert figures["output_tokens"] == tokens
+        assert (figures["gpus"], figures["gpus_from"], figures["nodes"]) == (2, "DCGM series", 1)
+        assert figures["energy_source"] == "counter"
+        served = sum(
+            dcgm_exporter.energy_mj(gpu, end, 0) - dcgm_exporter.energy_mj(gpu, start, 0)
+            for gpu in range(2)
+        )
+        assert figures["energy_j"] == pytest.approx(served / 1000, rel=0.02)
+        assert figures["energy_per_output_token_j"] == pytest.approx(figures["energy_j"] / tokens)
+        assert figures["energy_per_request_j"] == pytest.approx(figures["energy_j"] / REQUESTS)
+        throughput = test["per_level"]["output_throughput"]
+        assert figures["output_throughput_per_gpu"] == pytest.approx(throughput / 2)
+        # the node's CPUs served the tokens (and ran the clients: one machine)
+        assert figures["cpu_seconds_per_output_token"] > 0
+        assert figures["cpu_seconds"] == pytest.approx(figures["busy_cores"] * (end - start))
+        assert 0 < figures["busy_cores"] <= figures["node_cpus"]
+        assert "notes" not in figures, figures["notes"]
+    page = (run / "report.html").read_text(encoding="utf-8")
+    assert "<h4>Efficiency</h4>" in page
+    assert "GPU energy per output token" in page
+
+
 def test_monitoring_jobs_logged_and_stopped(monitored_run: Session) -> None:
     (run,) = monitored_run.run_dirs()
     logs = {p.name for p in (run / "logs").iterdir()}
@@ -204,6 +238,9 @@ def test_without_prometheus_the_endpoints_are_scraped_directly(
     (test,) = summary["tests"]
     (check,) = test["cross_checks"]
     assert check["server"] == pytest.approx(check["client"], rel=0.02)
+    # the scraper keeps the GPUs' energy counter (no `_total` in its name) as Prometheus does
+    assert test["efficiency"]["energy_source"] == "counter"
+    assert test["efficiency"]["cpu_seconds"] > 0
 
 
 def test_grafana_dashboard_replays_the_run(monitored_run: Session) -> None:

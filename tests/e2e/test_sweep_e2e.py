@@ -62,9 +62,14 @@ def test_sweep_finds_a_capacity_bracketed_by_its_neighbours(tmp_path: Path) -> N
     assert sweep["reached_max"] is False
     assert sweep["passed_at"]["level"] == capacity
     assert sweep["failed_at"]["level"] == capacity + 1
+    # the capacity held over three loads, judged on its intervals, not on one lucky load
+    assert sweep["passed_at"]["confirmed"] is True
+    assert sweep["passed_at"]["repeats"] == 3
+    assert sweep["capacity_range"] == [capacity, capacity + 1]
     assert "ttft_ms.p90" in sweep["failed_at"]["breaches"]
     by_id = {t["test_id"]: t for t in summary["tests"]}
     assert by_id[sweep["passed_at"]["test_id"]]["passed"] is True
+    assert by_id[sweep["passed_at"]["test_id"]]["repeats"]["count"] == 3
     assert by_id[sweep["failed_at"]["test_id"]]["passed"] is False
     assert by_id[sweep["failed_at"]["test_id"]]["level"] == capacity + 1
     # every measured level is a saved test entry of the sweep, with its own records

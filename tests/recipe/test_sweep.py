@@ -26,6 +26,58 @@ def search_with(capacity: float, **settings: Any) -> tuple[CapacitySearch, list[
     return search, measured
 
 
+def confirmed_search(
+    lucky: float, confirmed: float, boundary: int = 3
+) -> tuple[CapacitySearch, list[tuple[float, int]]]:
+    """The session's loop against a server that holds up to `lucky` on one load and only up
+    to `confirmed` over `boundary` loads judged on their intervals."""
+    search = CapacitySearch(Sweep(start=1, factor=2, max=16, boundary_repeats=boundary))
+    loads: list[tuple[float, int]] = []
+    confirming = False
+    while True:
+        level = search.next_level()
+        if level is None:
+            level = search.unconfirmed_capacity()
+            if level is None:
+                break
+            confirming = True
+        repeats = boundary if confirming else 1
+        loads.append((level, repeats))
+        passed = level <= (confirmed if confirming else lucky)
+        search.record(SweepStep(level, passed, repeats=repeats, confirmed=confirming))
+        assert len(loads) < 50
+    return search, loads
+
+
+def test_a_capacity_that_held_by_luck_is_measured_again_and_the_search_goes_on_below() -> None:
+    search, loads = confirmed_search(lucky=6, confirmed=4)
+    assert loads == [(1, 1), (2, 1), (4, 1), (8, 1), (6, 1), (7, 1), (6, 3), (5, 3), (4, 3)]
+    outcome = search.outcome()
+    assert outcome["capacity"] == 4
+    assert outcome["capacity_range"] == [4, 5]
+    assert outcome["passed_at"] is not None
+    assert outcome["passed_at"]["confirmed"] is True
+    assert outcome["passed_at"]["repeats"] == 3
+    by_level = {s["level"]: s for s in outcome["steps"]}
+    assert by_level[6]["passed"] is False  # its single lucky load no longer counts
+    assert by_level[6]["confirmed"] is True
+    assert "over 3 loads, judged on its intervals" in describe_outcome("chat", outcome)
+
+
+def test_a_capacity_confirmed_at_once_costs_one_more_measurement() -> None:
+    search, loads = confirmed_search(lucky=6, confirmed=6)
+    assert loads[-1] == (6, 3)
+    assert [level for level, _ in loads].count(6) == 2
+    assert search.capacity == 6
+    assert search.outcome()["capacity_range"] == [6, 7]
+
+
+def test_one_boundary_repeat_keeps_the_single_load_verdict() -> None:
+    search, loads = confirmed_search(lucky=6, confirmed=4, boundary=1)
+    assert all(repeats == 1 for _, repeats in loads)
+    assert search.capacity == 6
+
+
 @pytest.mark.parametrize("capacity", [1, 2, 3, 5, 6, 7, 13, 31, 63])
 def test_concurrency_search_finds_the_exact_capacity(capacity: int) -> None:
     search, measured = search_with(capacity, start=1, factor=2, max=64)

@@ -37,6 +37,22 @@ def test_a_real_slowdown_lies_outside_the_noise() -> None:
     assert found.change == pytest.approx(0.5, abs=0.15)
 
 
+def test_repeats_that_disagree_keep_a_change_within_their_noise() -> None:
+    """Three loads per run, each a fifth faster or slower than the last: a run that happened to
+    start high differs by more than its requests alone would allow, not by more than its
+    repeats do."""
+    baseline = [latencies(seed, 200, scale) for seed, scale in ((1, 0.8), (2, 1.0), (3, 1.2))]
+    later = [latencies(seed, 200, scale) for seed, scale in ((4, 1.0), (5, 1.2), (6, 1.4))]
+    as_requests = change_interval(np.concatenate(baseline), np.concatenate(later), "p50")
+    as_repeats = change_interval(baseline, later, "p50")
+    assert as_requests is not None
+    assert as_repeats is not None
+    assert as_requests.change == pytest.approx(as_repeats.change)
+    assert as_requests.excludes_no_change()
+    assert not as_repeats.excludes_no_change()
+    assert as_repeats.count == 600
+
+
 def test_the_interval_narrows_with_more_requests() -> None:
     few = change_interval(latencies(1, 50), latencies(2, 50), "p50")
     many = change_interval(latencies(1, 2000), latencies(2, 2000), "p50")

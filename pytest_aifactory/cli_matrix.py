@@ -1,0 +1,116 @@
+"""`aifactory matrix RECIPE [-- PYTEST_ARGS]`: every configuration of a recipe's matrix
+benchmarked in turn, then set side by side.
+
+Each configuration is one ordinary session (`pytest --recipe RECIPE --matrix-config N`), so it
+gets its run folder, report and history like any recipe; one after another, so no
+configuration's service competes with another's for the same node. The page that compares
+them (`report/matrix.py`) names the best configuration and draws the Pareto front.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from pytest_aifactory.api_sessions import session_command
+from pytest_aifactory.cli_common import Subcommands, add_session_arguments, print_error
+from pytest_aifactory.recipe import RecipeError, load_recipe
+from pytest_aifactory.report.matrix import ConfigRun, write_matrix_report
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _summaries(report_dir: Path) -> dict[Path, dict[str, Any]]:
+    found = {}
+    for path in report_dir.glob("*/summary.json"):
+        try:
+            found[path.parent] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def run_of(
+    report_dir: Path, before: set[Path], index: int
+) -> tuple[Path | None, dict[str, Any] | None]:
+    """The run a configuration's session made: a new folder whose summary names it."""
+    for folder, summary in sorted(_summaries(report_dir).items()):
+        if folder in before:
+            continue
+        if (summary.get("matrix") or {}).get("index") == index:
+            return folder, summary
+    return None, None
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    path = Path(args.recipe)
+    if not path.is_file():
+        print_error(f"{path}: no such recipe file")
+        return EXIT_USAGE
+    try:
+        recipe = load_recipe(path)
+    except RecipeError as err:
+        print(err, file=sys.stderr)
+        return EXIT_FAILED
+    if not recipe.matrix:
+        print_error(f"{path}: no configuration matrix to run (services.<s>.matrix)")
+        return EXIT_USAGE
+    if args.benchmarks is not None and not Path(args.benchmarks).exists():
+        print_error(f"{args.benchmarks}: no such benchmark folder or file (--benchmarks)")
+        return EXIT_USAGE
+    report_dir = Path(args.report_dir or recipe.report.dir).absolute()
+    report_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    runs: list[ConfigRun] = []
+    for config in recipe.matrix:
+        print(
+            f"configuration {config.index + 1} of {len(recipe.matrix)}: {config.label}", flush=True
+        )
+        before = set(_summaries(report_dir))
+        command = session_command(
+            path.absolute(),
+            report_dir,
+            benchmarks=str(Path(args.benchmarks).absolute()) if args.benchmarks else None,
+            executor=args.executor,
+            keyword=None,
+            pytest_args=["--matrix-config", str(config.index), *args.pytest],
+        )
+        code = subprocess.call(command)
+        if code in (2, 3, 4):  # interrupted, internal error, usage error: the rest would too
+            print_error(f"configuration {config.label}: the session ended with exit code {code}")
+            return code
+        folder, summary = run_of(report_dir, before, config.index)
+        runs.append(ConfigRun(config.index, config.config_id, config.label, folder, summary, code))
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    page = write_matrix_report(report_dir / f"matrix-{stamp}-{recipe.name}", recipe.name, runs)
+    result = json.loads((page.parent / "matrix.json").read_text())
+    best = result.get("best")
+    print(
+        f"best configuration: {best['label']}" if best else "no configuration met every objective"
+    )
+    print(f"configurations side by side: {page}")
+    return EXIT_OK if best else EXIT_FAILED
+
+
+def register_matrix(subcommands: Subcommands) -> None:
+    matrix = subcommands.add_parser(
+        "matrix",
+        help="benchmark every configuration of a recipe's matrix in turn and compare them",
+        description="Run `pytest BENCHMARKS --recipe RECIPE --matrix-config N` for each "
+        "configuration of the recipe's services.<s>.matrix, one after another, then write "
+        "matrix.html: the best configuration that meets every objective and the Pareto front. "
+        "Arguments after `--` go to pytest. Exit 0 when some configuration met every "
+        "objective, 1 when none did.",
+        usage="aifactory matrix [OPTIONS] RECIPE [-- PYTEST_ARGS...]",
+    )
+    add_session_arguments(
+        matrix, "the benchmark suite pytest runs (default: the suites the package ships)"
+    )
+    matrix.add_argument(
+        "--executor", metavar="NAME", help="local or slurm (default: the recipe's platform)"
+    )
+    matrix.set_defaults(func=cmd_matrix)
