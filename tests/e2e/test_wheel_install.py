@@ -144,6 +144,14 @@ def test_the_wheel_brings_the_package_the_suites_and_the_command(
     for file in files:
         assert Path(file).is_relative_to(fresh_venv.root), files
     assert "init" in run([fresh_venv.aifactory, "--help"], tmp_path, env, 60)
+    # the web interface's scripts and style come with it (no asset is fetched from anywhere)
+    listing = (
+        "import json, importlib.resources as r\n"
+        "print(json.dumps(sorted(p.name for p in (r.files('pytest_aifactory.ui') / 'static')"
+        ".iterdir())))"
+    )
+    static = json.loads(run([fresh_venv.python, "-c", listing], tmp_path, env, 60))
+    assert {"common.js", "home.js", "live.js", "ui.css"} <= set(static), static
 
 
 @pytest.mark.requires("llama-server", "smollm2")
