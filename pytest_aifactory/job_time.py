@@ -143,7 +143,9 @@ def client_job_minutes(client: Client, cases: Iterable[LoadCase]) -> int:
 def planned_levels(client: Client) -> list[tuple[str, float]]:
     """(mode, level) of every level a session may run for `client`. A sweep chooses its own:
     at most as many as stepping up from `start` by `factor` to `max` and then bisecting down
-    to the resolution take, each counted at `start` (the lowest level runs the longest)."""
+    to the resolution take, each counted at `start` (the lowest level runs the longest), and
+    the loads that confirming the capacity may add: every bisected level and the capacity
+    measured `boundary_repeats` times."""
     load = client.load
     if load.mode != "sweep":
         return [(load.mode, float(level)) for level in load.levels]
@@ -151,7 +153,9 @@ def planned_levels(client: Client) -> list[tuple[str, float]]:
     assert sweep is not None  # the recipe fills it in for mode sweep
     up = 1 + math.ceil(math.log(sweep.max / sweep.start) / math.log(sweep.factor))
     bisect = 1 + math.ceil(math.log2(max(sweep.max / sweep.step, 1.0)))
-    return [(sweep.over, float(sweep.start))] * (up + bisect)
+    missing = max(sweep.boundary_repeats - load.repeats, 0)
+    confirming = (bisect + 1) * math.ceil(missing / load.repeats)
+    return [(sweep.over, float(sweep.start))] * (up + bisect + confirming)
 
 
 def session_seconds(recipe: Recipe, pending_timeout_s: float) -> float:

@@ -653,7 +653,7 @@ def merge_metrics(run_root: Path) -> None:
     frame = _window_parts(run_root)
     if frame is None:
         return
-    with replacing(metrics_path(run_root)) as tmp:
+    with replacing(metrics_path(run_root), durable=True) as tmp:
         frame.to_parquet(tmp, index=False)
 
 

@@ -456,8 +456,20 @@ def test_a_sweep_counts_the_most_levels_it_can_take_at_its_lowest(
         slo={"chat": {"error_rate": {"max": 0.0}}},
     )
     levels = planned_levels(recipe.clients["chat"])
-    # up: 1, 2, 4 ... 64 (7 levels); bisecting a gap of at most 64 down to 1 (7 more)
-    assert levels == [("concurrency", 1.0)] * 14
+    # up: 1, 2, 4 ... 64 (7 levels); bisecting a gap of at most 64 down to 1 (7 more); two
+    # more loads for each bisected level and the capacity, to confirm them (8 x 2)
+    assert levels == [("concurrency", 1.0)] * 30
+    once = make_recipe(
+        client={
+            "load": {
+                "mode": "sweep",
+                "sweep": {"start": 1, "max": 64, "boundary_repeats": 1},
+                "duration_s": 5,
+            }
+        },
+        slo={"chat": {"error_rate": {"max": 0.0}}},
+    )
+    assert len(planned_levels(once.clients["chat"])) == 14
 
 
 def test_a_service_job_lasts_the_session_and_a_kept_one_the_recipes_limit(

@@ -93,6 +93,21 @@ def test_pytest_asks_which_configuration(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_side_by_side_needs_slurm(tmp_path: Path) -> None:
+    recipe = matrix_recipe(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest_aifactory.cli", "matrix", str(recipe), "--side-by-side"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "needs the slurm executor" in done.stderr
+    assert not (tmp_path / "reports").exists()
+
+
 def summary(
     config: int, throughputs: list[float], ttfts: list[float], **extra: Any
 ) -> dict[str, Any]:
