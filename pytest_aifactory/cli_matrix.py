@@ -27,22 +27,15 @@ from pytest_aifactory.report.matrix import ConfigRun, write_matrix_report
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-def _summaries(report_dir: Path) -> dict[Path, dict[str, Any]]:
-    found = {}
-    for path in report_dir.glob("*/summary.json"):
-        try:
-            found[path.parent] = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-    return found
-
-
 def run_of(
     report_dir: Path, before: set[Path], index: int
 ) -> tuple[Path | None, dict[str, Any] | None]:
-    """The run a configuration's session made: a new folder whose summary names it."""
-    for folder, summary in sorted(_summaries(report_dir).items()):
-        if folder in before:
+    """The run a configuration's session made: a folder new since `before` whose summary
+    names it (only new folders are read: a reports folder may hold hundreds of runs)."""
+    for folder in sorted(set(report_dir.iterdir()) - before):
+        try:
+            summary = json.loads((folder / "summary.json").read_text())
+        except (OSError, ValueError):
             continue
         if (summary.get("matrix") or {}).get("index") == index:
             return folder, summary
@@ -96,7 +89,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     folder = report_dir / f"matrix-{stamp}-{recipe.name}"
     folder.mkdir(mode=0o700)
-    before = set(_summaries(report_dir))
+    before = set(report_dir.iterdir())
     commands = [
         session_command(
             path.absolute(),

@@ -710,6 +710,20 @@ def errors_chart(errors: pd.DataFrame, span: float, title: str = "") -> alt.Char
     return chart
 
 
+def _interval_bars(
+    data: pd.DataFrame, along: str, figure: str, at: tuple[str, str]
+) -> list[alt.Chart]:
+    """A rule along axis `along` from `<figure>_low` to `<figure>_high` at each point (its
+    place on the other axis: `at`), coloured as the point's line; none without intervals."""
+    bars = data.dropna(subset=[f"{figure}_low", f"{figure}_high"])
+    if not len(bars):
+        return []
+    ends = {along: f"{figure}_low:Q", f"{along}2": f"{figure}_high:Q"}
+    position = {at[0]: f"{at[1]}:Q"}
+    colour = alt.Color("statistic:N", title=None)
+    return [alt.Chart(bars).mark_rule().encode(**position, **ends, color=colour)]
+
+
 def throughput_latency_chart(levels: pd.DataFrame, title: str = "") -> alt.LayerChart | None:
     """The kind's headline throughput against its headline latency's p50 and p99 (output
     tokens/s against TTFT for LLM serving), one point per level in load order: where the line
@@ -753,30 +767,8 @@ def throughput_latency_chart(levels: pd.DataFrame, title: str = "") -> alt.Layer
     )
     layers: list[alt.Chart] = [lines, labels]
     # each figure's interval (docs/metrics.md), where the run has one
-    latency_bars = data.dropna(subset=["latency_low", "latency_high"])
-    if len(latency_bars):
-        layers.append(
-            alt.Chart(latency_bars)
-            .mark_rule()
-            .encode(
-                x="throughput:Q",
-                y="latency_low:Q",
-                y2="latency_high:Q",
-                color=alt.Color("statistic:N", title=None),
-            )
-        )
-    throughput_bars = data.dropna(subset=["throughput_low", "throughput_high"])
-    if len(throughput_bars):
-        layers.append(
-            alt.Chart(throughput_bars)
-            .mark_rule()
-            .encode(
-                x="throughput_low:Q",
-                x2="throughput_high:Q",
-                y="latency_ms:Q",
-                color=alt.Color("statistic:N", title=None),
-            )
-        )
+    layers += _interval_bars(data, "y", "latency", at=("x", "throughput"))
+    layers += _interval_bars(data, "x", "throughput", at=("y", "latency_ms"))
     # no facet encodings, so alt.layer gives a LayerChart (never a hoisted FacetChart)
     layered = cast(alt.LayerChart, alt.layer(*layers))
     return layered.properties(
