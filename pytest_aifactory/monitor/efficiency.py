@@ -56,6 +56,8 @@ class FigureInfo:
     key: str
     unit: str
     label: str
+    higher_is_better: bool = False
+    """Tokens served per GPU or node: more is better; every cost per token or request: less."""
 
 
 FIGURES: tuple[FigureInfo, ...] = (
@@ -63,8 +65,10 @@ FIGURES: tuple[FigureInfo, ...] = (
     FigureInfo("energy_per_request_j", "J/request", "GPU energy per completed request"),
     FigureInfo("energy_j", "J", "GPU energy over the window"),
     FigureInfo("average_power_w", "W", "average GPU power over the window"),
-    FigureInfo("output_throughput_per_gpu", "tok/s/GPU", "output tokens per second per GPU"),
-    FigureInfo("output_throughput_per_node", "tok/s/node", "output tokens per second per node"),
+    FigureInfo("output_throughput_per_gpu", "tok/s/GPU", "output tokens per second per GPU", True),
+    FigureInfo(
+        "output_throughput_per_node", "tok/s/node", "output tokens per second per node", True
+    ),
     FigureInfo("cpu_seconds_per_output_token", "CPU-s/token", "busy CPU time per output token"),
     FigureInfo("cpu_seconds_per_request", "CPU-s/request", "busy CPU time per completed request"),
     FigureInfo("cpu_seconds", "CPU-s", "busy CPU time over the window"),

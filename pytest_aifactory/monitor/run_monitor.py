@@ -455,7 +455,8 @@ class RunMonitor:
         if self.mode == "off":
             return result
         margin = 3 * self.interval_s
-        waited = self._await_scrape('aif_role=~"service|pushgateway"', ended_at)
+        # the nodes' exporters too: a test's efficiency figures need their series past its end
+        waited = self._await_scrape('aif_role=~"service|pushgateway|node"', ended_at)
         if not waited and self.mode == "prometheus":
             if not self.alive():
                 result.warnings.append(self._lost_warning())

@@ -444,9 +444,15 @@ def regressed(metric: str, baseline: float, value: float | None, tolerance: floa
     """Worse than the tolerance in the metric's direction: for lower-is-better metrics
     value > baseline * (1 + tolerance), for higher-is-better value < baseline * (1 - tolerance).
     A missing value where the baseline had one counts as regressed."""
+    return worse_than(higher_is_better(metric), baseline, value, tolerance)
+
+
+def worse_than(higher: bool, baseline: float, value: float | None, tolerance: float) -> bool:
+    """`regressed` for a figure whose direction is known (`higher`: more is better) but which
+    is no metric of the catalogue (an efficiency figure)."""
     if value is None:
         return True
-    if higher_is_better(metric):
+    if higher:
         return value < baseline * (1.0 - tolerance)
     return value > baseline * (1.0 + tolerance)
 

@@ -13,9 +13,16 @@ from typing import Any
 from pytest_aifactory.loadgen.kinds import headline_of
 from pytest_aifactory.metrics.catalog import Headline
 from pytest_aifactory.monitor.efficiency import FIGURES as EFFICIENCY_FIGURES
+from pytest_aifactory.monitor.efficiency import FigureInfo
 from pytest_aifactory.numbers import finite_number
 
-__all__ = ["Headline", "efficiency_headline", "headline_of", "headline_values"]
+__all__ = [
+    "Headline",
+    "efficiency_headline",
+    "efficiency_headline_figure",
+    "headline_of",
+    "headline_values",
+]
 
 
 def headline_values(test: Mapping[str, Any]) -> dict[str, float | None]:
@@ -41,12 +48,18 @@ energy, else how many tokens a GPU serves, else what a token costs in CPU time; 
 kinds without tokens."""
 
 
-def efficiency_headline(test: Mapping[str, Any]) -> tuple[float, str] | None:
-    """A test entry's headline efficiency figure and its unit; None without one."""
+def efficiency_headline_figure(test: Mapping[str, Any]) -> tuple[FigureInfo, float] | None:
+    """A test entry's headline efficiency figure (which one, and its value); None without one."""
     block = test.get("efficiency") or {}
-    units = {info.key: info.unit for info in EFFICIENCY_FIGURES}
+    infos = {info.key: info for info in EFFICIENCY_FIGURES}
     for key in EFFICIENCY_HEADLINES:
         value = finite_number(block.get(key))
         if value is not None:
-            return value, units[key]
+            return infos[key], value
     return None
+
+
+def efficiency_headline(test: Mapping[str, Any]) -> tuple[float, str] | None:
+    """A test entry's headline efficiency figure and its unit; None without one."""
+    found = efficiency_headline_figure(test)
+    return None if found is None else (found[1], found[0].unit)

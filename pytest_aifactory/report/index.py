@@ -23,6 +23,7 @@ from typing import Any
 
 from pytest_aifactory.cluster.run_records import read_run
 from pytest_aifactory.loadgen.kinds import UnknownKind, metric_info
+from pytest_aifactory.monitor.efficiency import FIGURES as EFFICIENCY_FIGURES
 from pytest_aifactory.numbers import finite_number
 from pytest_aifactory.report.compare import (
     SUMMARY_FILE,
@@ -32,8 +33,9 @@ from pytest_aifactory.report.compare import (
     regressed,
     test_key,
     test_label,
+    worse_than,
 )
-from pytest_aifactory.report.headline import headline_of
+from pytest_aifactory.report.headline import efficiency_headline_figure, headline_of
 from pytest_aifactory.report.manifest import verify_run
 from pytest_aifactory.report.verify_cache import VerifyCache
 
@@ -41,8 +43,11 @@ INDEX_NAME = "index.html"
 REPORT_NAME = "report.html"
 DEFAULT_TOLERANCE = 0.10
 """A headline figure worse than the previous run's by more than this is marked a regression."""
-FIGURES: tuple[str, ...] = ("throughput", "p50", "p99")
-"""The headline figures of a test drawn over runs: its throughput and its latency p50 and p99."""
+FIGURES: tuple[str, ...] = ("throughput", "p50", "p99", "efficiency")
+"""The headline figures of a test drawn over runs: its throughput, its latency p50 and p99, and
+what it cost the service's nodes (the efficiency figure a report heads its test with), where the
+run was monitored."""
+EFFICIENCY_PREFIX = "efficiency."
 NOT_VERIFIED_WHILE_RUNNING = "the session is still running (its run is signed when it ends)"
 
 
@@ -55,9 +60,10 @@ class Figure:
     """One headline figure of a test: which metric it is and its value."""
 
     name: str
-    """`throughput`, `p50` or `p99`."""
+    """`throughput`, `p50`, `p99` or `efficiency`."""
     metric: str
-    """The key `compare.metric_value` reads: `output_throughput`, `ttft_ms.p99`."""
+    """The key `compare.metric_value` reads: `output_throughput`, `ttft_ms.p99`; an efficiency
+    figure's is `efficiency.<key>` (`efficiency.energy_per_output_token_j`)."""
     label: str
     """How the page names it: `output tok/s`, `TTFT p99 (ms)`."""
     value: float | None
@@ -180,10 +186,23 @@ def _figures(test: Mapping[str, Any]) -> tuple[Figure, ...]:
         Figure(stat, f"{head.latency}.{stat}", f"{head.latency_label} {stat}{unit}", None)
         for stat in ("p50", "p99")
     )
-    return tuple(
+    found = [
         Figure(f.name, f.metric, f.label, finite_number(metric_value(test, f.metric)))
         for f in figures
-    )
+    ]
+    efficiency = efficiency_headline_figure(test)
+    if efficiency is not None:
+        cost, value = efficiency
+        found.append(Figure("efficiency", f"{EFFICIENCY_PREFIX}{cost.key}", cost.unit, value))
+    return tuple(found)
+
+
+def _efficiency_higher_is_better(metric: str) -> bool | None:
+    """The direction of an `efficiency.<key>` figure; None for any other metric."""
+    if not metric.startswith(EFFICIENCY_PREFIX):
+        return None
+    key = metric.removeprefix(EFFICIENCY_PREFIX)
+    return next((info.higher_is_better for info in EFFICIENCY_FIGURES if info.key == key), None)
 
 
 def _failed_objectives(test: Mapping[str, Any]) -> tuple[str, ...]:
@@ -328,10 +347,14 @@ def read_rows(folder: Path, base: Path | None = None) -> list[RunRow]:
 def _regression(
     metric: str, baseline: float, value: float | None, tolerance: float, baseline_run: str
 ) -> str:
-    try:
-        worse = regressed(metric, baseline, value, tolerance)
-    except UnknownKind:
-        return ""
+    efficiency_up = _efficiency_higher_is_better(metric)
+    if efficiency_up is not None:
+        worse = worse_than(efficiency_up, baseline, value, tolerance)
+    else:
+        try:
+            worse = regressed(metric, baseline, value, tolerance)
+        except UnknownKind:
+            return ""
     if not worse:
         return ""
     change = change_percent(baseline, value)

@@ -234,6 +234,65 @@ def test_failed_objectives_and_regressions_are_marked_on_their_points(tmp_path: 
     assert loose[("r3", "throughput")] == "ok"
 
 
+def monitored(test: dict[str, Any], **efficiency: float) -> dict[str, Any]:
+    """The test with an efficiency block, as a monitored run's summary holds it."""
+    return {**test, "efficiency": dict(efficiency)}
+
+
+def test_efficiency_figures_are_drawn_and_judged_in_their_direction(tmp_path: Path) -> None:
+    save_run(
+        tmp_path,
+        "r0",
+        [monitored(level_test("chat", 1), energy_per_output_token_j=2.0)],
+        started_at=at(0),
+    )
+    save_run(
+        tmp_path,
+        "r1",
+        [monitored(level_test("chat", 1), energy_per_output_token_j=3.0)],
+        started_at=at(1),
+    )
+    save_run(
+        tmp_path,
+        "r2",
+        [monitored(level_test("chat", 1), energy_per_output_token_j=1.0)],
+        started_at=at(2),
+    )
+    # a run on GPUs without an energy counter heads with tokens per GPU: fewer is worse
+    save_run(
+        tmp_path,
+        "g0",
+        [monitored(level_test("gen", 1), output_throughput_per_gpu=100.0)],
+        recipe="gpu",
+        started_at=at(0),
+    )
+    save_run(
+        tmp_path,
+        "g1",
+        [monitored(level_test("gen", 1), output_throughput_per_gpu=70.0)],
+        recipe="gpu",
+        started_at=at(1),
+    )
+    save_run(tmp_path, "n0", [level_test("chat", 1)], recipe="plain", started_at=at(0))
+
+    found = by_client(histories(read_rows(tmp_path), tolerance=0.10))
+    energy = {p.run_id: p for p in found[("demo", "chat")].points if p.figure == "efficiency"}
+    assert {run: p.value for run, p in energy.items()} == {"r0": 2.0, "r1": 3.0, "r2": 1.0}
+    assert energy["r0"].label == "J/token"
+    assert energy["r1"].flag == "regression"  # more energy per token: worse
+    assert energy["r1"].marks == (
+        "regression: efficiency.energy_per_output_token_j 2.00 -> 3.00 (+50.0%) against r0, "
+        "beyond 10%",
+    )
+    assert energy["r2"].flag == "ok"  # less energy per token: better
+    per_gpu = {p.run_id: p for p in found[("gpu", "gen")].points if p.figure == "efficiency"}
+    assert per_gpu["g1"].label == "tok/s/GPU"
+    assert per_gpu["g1"].flag == "regression"  # fewer tokens per GPU: worse
+    assert not [p for p in found[("plain", "chat")].points if p.figure == "efficiency"]
+    page = render_index(read_rows(tmp_path), tmp_path)
+    assert "J/token 3.00" in page
+
+
 def test_the_page_is_self_contained_escaped_and_filterable(tmp_path: Path) -> None:
     save_run(tmp_path, "x0", [level_test("chat", 1)], recipe="<b>bold</b>", started_at=at(0))
     save_run(tmp_path, "x1", [level_test("chat", 1)], recipe="<b>bold</b>", started_at=at(1))
