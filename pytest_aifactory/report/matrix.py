@@ -6,7 +6,8 @@ summaries. A point is one load level of one configuration: its headline throughp
 hardware (per GPU where the service asked for GPUs, else per node) against its headline
 latency's median (TTFT for LLM serving). The Pareto front holds the points no other point beats
 on both; the best configuration is the one whose every test passed with the highest throughput
-per unit at any of its levels.
+per unit at any of its levels. A second front sets the same throughput against what each user
+sees stream (tokens/s per user), where the test has a time per output token.
 """
 
 from __future__ import annotations
@@ -94,19 +95,41 @@ def points(runs: Sequence[ConfigRun]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def pareto_front(frame: pd.DataFrame) -> pd.Series:
-    """Which points no other point beats on both throughput per unit (higher) and latency
-    (lower); a point without a latency is on the front only by throughput."""
+@dataclass(frozen=True)
+class FrontAxis:
+    """What a Pareto front sets against throughput per unit of hardware: a column of `points`,
+    its direction, how the chart names it and the column that marks the front's points."""
+
+    column: str
+    higher_is_better: bool
+    title: str
+    front_column: str
+
+
+LATENCY_AXIS = FrontAxis("latency_p50", False, "{latency} p50 (ms)", "on_front")
+USER_SPEED_AXIS = FrontAxis(
+    "per_user_tokens_s", True, "tokens/s per user (1000 / TPOT p50)", "on_user_front"
+)
+"""The serving trade-off as GPU vendors chart it: what one user sees stream (the inverse of the
+time per output token) against what the hardware serves in all."""
+FRONT_AXES = (LATENCY_AXIS, USER_SPEED_AXIS)
+
+
+def pareto_front(frame: pd.DataFrame, axis: FrontAxis = LATENCY_AXIS) -> pd.Series:
+    """Which points no other point beats on both throughput per unit (higher) and the axis
+    (latency lower, per-user speed higher); a point without a value on the axis is on the
+    front only by throughput."""
     on_front = pd.Series(False, index=frame.index)
-    if not len(frame):
+    if not len(frame) or axis.column not in frame:
         return on_front
-    latency = frame["latency_p50"].astype(float).fillna(math.inf)
+    values = pd.to_numeric(frame[axis.column], errors="coerce").astype(float)
+    cost = (-values if axis.higher_is_better else values).fillna(math.inf)
     throughput = frame["throughput_per_unit"].astype(float)
     for index in frame.index:
         beaten = (
-            (latency <= latency[index])
+            (cost <= cost[index])
             & (throughput >= throughput[index])
-            & ((latency < latency[index]) | (throughput > throughput[index]))
+            & ((cost < cost[index]) | (throughput > throughput[index]))
         )
         on_front[index] = not bool(beaten.any())
     return on_front
@@ -130,7 +153,7 @@ def best_config(runs: Sequence[ConfigRun], frame: pd.DataFrame) -> ConfigRun | N
 def matrix_result(recipe_name: str, runs: Sequence[ConfigRun]) -> dict[str, Any]:
     """What `matrix.json` holds: each configuration's run and figures, the front, the best."""
     frame = points(runs)
-    front = pareto_front(frame)
+    fronts = {axis.front_column: pareto_front(frame, axis) for axis in FRONT_AXES}
     best = best_config(runs, frame)
     configs = []
     for run in runs:
@@ -157,7 +180,7 @@ def matrix_result(recipe_name: str, runs: Sequence[ConfigRun]) -> dict[str, Any]
                 "peak_latency_p50": None if top is None else finite_number(top["latency_p50"]),
             }
         )
-    rows = frame.assign(on_front=front).to_dict("records") if len(frame) else []
+    rows = frame.assign(**fronts).to_dict("records") if len(frame) else []
     return {
         "recipe": recipe_name,
         "unit": str(frame["unit"].iloc[0]) if len(frame) else "node",
@@ -167,16 +190,22 @@ def matrix_result(recipe_name: str, runs: Sequence[ConfigRun]) -> dict[str, Any]
     }
 
 
-def pareto_chart(frame: pd.DataFrame) -> alt.LayerChart | None:
-    """Throughput per unit against latency, a point per level and configuration, the front
+def pareto_chart(frame: pd.DataFrame, axis: FrontAxis = LATENCY_AXIS) -> alt.LayerChart | None:
+    """Throughput per unit against the axis, a point per level and configuration, the front
     joined by a line."""
-    data = frame.dropna(subset=["latency_p50", "throughput_per_unit"])
+    if axis.column not in frame or axis.front_column not in frame:
+        return None
+    data = frame.dropna(subset=[axis.column, "throughput_per_unit"])
     if not len(data):
         return None
     unit = str(data["unit"].iloc[0])
     throughput_name = str(data["throughput_name"].iloc[0])
     latency_name = str(data["latency_name"].iloc[0])
-    x = alt.X("latency_p50:Q", title=f"{latency_name} p50 (ms)", scale=alt.Scale(zero=False))
+    x = alt.X(
+        f"{axis.column}:Q",
+        title=axis.title.format(latency=latency_name),
+        scale=alt.Scale(zero=False),
+    )
     y = alt.Y("throughput_per_unit:Q", title=f"{throughput_name} per {unit}")
     dots = (
         alt.Chart(data)
@@ -186,15 +215,22 @@ def pareto_chart(frame: pd.DataFrame) -> alt.LayerChart | None:
             y=y,
             color=alt.Color("config:N", title="configuration"),
             shape=alt.Shape("passed:N", title="objectives met"),
-            tooltip=["config:N", "level:N", "throughput_per_unit:Q", "latency_p50:Q", "passed:N"],
+            tooltip=[
+                "config:N",
+                "level:N",
+                "throughput_per_unit:Q",
+                f"{axis.column}:Q",
+                "passed:N",
+            ],
         )
     )
-    front = data[data["on_front"]].sort_values("latency_p50")
+    front = data[data[axis.front_column].astype(bool)].sort_values(axis.column)
     line = alt.Chart(front).mark_line(color="#888", strokeDash=[4, 3]).encode(x=x, y=y)
     # no facet encodings, so alt.layer gives a LayerChart (never a hoisted FacetChart)
     layered = cast(alt.LayerChart, alt.layer(line, dots))
+    better = "faster for each user" if axis.higher_is_better else "less latency"
     return layered.properties(
-        width=560, height=320, title="Pareto front: more throughput for the hardware, less latency"
+        width=560, height=320, title=f"Pareto front: more throughput for the hardware, {better}"
     )
 
 
@@ -218,7 +254,8 @@ STYLE = (
 def render_matrix_html(result: Mapping[str, Any], report_links: Mapping[str, str]) -> str:
     """The page: best configuration, every configuration's figures and run, the chart."""
     frame = pd.DataFrame(result.get("points") or [])
-    chart = pareto_chart(frame) if len(frame) else None
+    charts = [pareto_chart(frame, axis) for axis in FRONT_AXES] if len(frame) else []
+    drawn = [chart for chart in charts if chart is not None]
     best: Mapping[str, Any] | None = result.get("best")
     unit = result.get("unit") or "node"
     rows = []
@@ -240,11 +277,11 @@ def render_matrix_html(result: Mapping[str, Any], report_links: Mapping[str, str
         if best
         else "<p><b>No configuration met every objective.</b></p>"
     )
-    chart_html = ""
-    if chart is not None:
-        chart_html = (
-            "<h2>Pareto front</h2><div class='chart' id='chart-0' data-spec='chart-0-spec'>"
-            f"</div><script type='application/json' id='chart-0-spec'>"
+    chart_html = "<h2>Pareto fronts</h2>" if drawn else ""
+    for number, chart in enumerate(drawn):
+        chart_html += (
+            f"<div class='chart' id='chart-{number}' data-spec='chart-{number}-spec'>"
+            f"</div><script type='application/json' id='chart-{number}-spec'>"
             f"{json_for_script(chart.to_dict())}</script>"
         )
     headers = (
@@ -261,7 +298,7 @@ def render_matrix_html(result: Mapping[str, Any], report_links: Mapping[str, str
             "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
             f"<title>Configurations of {_e(result.get('recipe'))}</title>",
             f"<style>{STYLE}</style>",
-            inline_script(vega_bundle()) if chart is not None else "",
+            inline_script(vega_bundle()) if drawn else "",
             "</head><body>",
             f"<h1>Configurations of {_e(result.get('recipe'))}</h1>",
             headline,
@@ -270,7 +307,7 @@ def render_matrix_html(result: Mapping[str, Any], report_links: Mapping[str, str
             "</table>",
             "<p class='muted'>Each configuration is a run of its own, with its own report.</p>",
             chart_html,
-            inline_script(EMBED_SCRIPT) if chart is not None else "",
+            inline_script(EMBED_SCRIPT) if drawn else "",
             "</body></html>",
         ]
     )

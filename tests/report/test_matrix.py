@@ -14,6 +14,7 @@ import pytest
 from pytest_aifactory.recipe import RecipeError, load_recipe
 from pytest_aifactory.report.charts import to_svg
 from pytest_aifactory.report.matrix import (
+    USER_SPEED_AXIS,
     ConfigRun,
     best_config,
     matrix_result,
@@ -118,9 +119,11 @@ def summary(
             "level_label": f"concurrency={level}",
             "passed": extra.get("passed", True),
             "per_level": {"output_throughput": throughput},
-            "per_request": {"ttft_ms": {"p50": ttft, "p99": ttft * 2}, "tpot_ms": {"p50": 20.0}},
+            "per_request": {"ttft_ms": {"p50": ttft, "p99": ttft * 2}, "tpot_ms": {"p50": tpot}},
         }
-        for level, throughput, ttft in zip((1, 2, 4), throughputs, ttfts, strict=True)
+        for level, throughput, ttft, tpot in zip(
+            (1, 2, 4), throughputs, ttfts, extra.get("tpots", (20.0, 20.0, 20.0)), strict=True
+        )
     ]
     service = {"kind": "llamacpp", "nodes": extra.get("nodes", 1)}
     if "gpus" in extra:
@@ -160,6 +163,38 @@ def test_the_front_holds_what_nothing_beats_on_both_and_the_best_met_every_objec
     assert by_id["c2"]["peak_throughput_per_unit"] == 120
     assert by_id["c2"]["peak_level"] == "concurrency=4"
     assert by_id["c3"]["verdict"] == "fail"
+
+
+def test_a_second_front_sets_throughput_against_each_user_s_speed() -> None:
+    configs = [
+        # one slot: each user streams fast, the node serves little
+        ConfigRun(
+            0, "c1", "one slot", None, summary(0, [40, 45, 46], [50, 60, 70], tpots=[10, 10, 10]), 0
+        ),
+        # four slots: slower per user, more in all; its level 1 is beaten by c1's on both
+        ConfigRun(
+            1,
+            "c2",
+            "four slots",
+            None,
+            summary(1, [30, 80, 120], [60, 70, 150], tpots=[20, 25, 40]),
+            0,
+        ),
+    ]
+    frame = points(configs)
+    on_front = frame[pareto_front(frame, USER_SPEED_AXIS)]
+    assert sorted(zip(on_front["config_id"], on_front["level"], strict=True)) == [
+        ("c1", "concurrency=4"),
+        ("c2", "concurrency=2"),
+        ("c2", "concurrency=4"),
+    ]
+    result = matrix_result("slots", configs)
+    flagged = {(p["config_id"], p["level"]) for p in result["points"] if p["on_user_front"]}
+    assert flagged == set(zip(on_front["config_id"], on_front["level"], strict=True))
+    chart = pareto_chart(pd.DataFrame(result["points"]), USER_SPEED_AXIS)
+    assert chart is not None
+    assert "tokens/s per user" in to_svg(chart)
+    assert render_matrix_html(result, {}).count("data-spec='chart-") == 2
 
 
 def test_throughput_is_per_gpu_where_the_service_has_gpus() -> None:
