@@ -322,7 +322,7 @@ def running_plan(
     reach it) and `plan.env` over this process's environment. Yielded once its port accepts
     connections; then stopped by its PID (and with this process, were pytest killed) and its
     scratch folder removed, so that nothing outlives the block."""
-    from pytest_aifactory.cluster.child import die_with_parent, stop_child
+    from pytest_aifactory.cluster.child import dying_with_parent, stop_child
     from pytest_aifactory.cluster.rendezvous import free_port, free_port_block
     from pytest_aifactory.services.launch import SCRATCH, fill_placeholders
 
@@ -332,12 +332,12 @@ def running_plan(
     env = {key: value.replace(SCRATCH, str(scratch)) for key, value in plan.env.items()}
     try:
         with tempfile.TemporaryFile() as output:
+            full_env = {**os.environ, **env}
             proc = subprocess.Popen(
-                argv,
-                env={**os.environ, **env},
+                dying_with_parent(argv, full_env),
+                env=full_env,
                 stdout=output,
                 stderr=subprocess.STDOUT,
-                preexec_fn=die_with_parent,
             )
             try:
                 running = RunningPlan(what, host, port, proc, scratch, output)

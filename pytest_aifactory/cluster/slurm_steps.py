@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_aifactory.atomic import replacing, write_text_atomic
 from pytest_aifactory.cluster.base import JobExecutor, JobHandle, JobResources
-from pytest_aifactory.cluster.child import die_with_parent
+from pytest_aifactory.cluster.child import dying_with_parent
 from pytest_aifactory.cluster.local import JOB_STOP_GRACE_S
 from pytest_aifactory.cluster.slurm import (
     SlurmError,
@@ -625,15 +625,15 @@ class SlurmStepExecutor(JobExecutor):
             token,
             self.settings.setup,
         )
+        environment = step_environment(os.environ)
         with srun_log_path(folder, token).open("ab") as log:
             srun = subprocess.Popen(
-                srun_command(request),
+                dying_with_parent(srun_command(request), environment),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=step_environment(os.environ),
+                env=environment,
                 start_new_session=True,  # Ctrl-C is the driver's to handle, not srun's
-                preexec_fn=die_with_parent,
             )
         try:
             step_id = self._await_start(request, srun)

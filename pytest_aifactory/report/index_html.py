@@ -297,16 +297,16 @@ def history_spec(history: History) -> dict[str, Any]:
         {"field": "detail", "type": "nominal"},
     ]
     flagged = "datum.flag !== 'ok'"
-    ring = {  # drawn only where some point is flagged: an empty layer has no extent
-        "transform": [{"filter": flagged}],
-        "mark": {
-            "type": "point",
-            "filled": False,
-            "color": "#cf222e",
-            "size": 320,
-            "strokeWidth": 2,
+    # every point, ringed at size 0 unless flagged: a layer filtered to the flagged points
+    # would be empty in a panel without one, and an empty layer has no extent to draw
+    ring = {
+        "mark": {"type": "point", "filled": False, "color": "#cf222e", "strokeWidth": 2},
+        "encoding": {
+            "x": x,
+            "y": y,
+            "size": {"condition": {"test": flagged, "value": 320}, "value": 0},
+            "tooltip": tooltip,
         },
-        "encoding": {"x": x, "y": y, "tooltip": tooltip},
     }
     return {
         "data": {"values": values},

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pytest_aifactory.cluster.child import die_with_parent, stop_child
+from pytest_aifactory.cluster.child import dying_with_parent, stop_child
 from pytest_aifactory.cluster.container import wrap_command
 from pytest_aifactory.cluster.node import LOOPBACK, node_address, node_name
 from pytest_aifactory.cluster.rendezvous import (
@@ -329,7 +329,7 @@ def _run_server(
         f"aifactory: starting {who} on {place.node}: {' '.join(argv)}", file=sys.stderr, flush=True
     )
     try:
-        proc = subprocess.Popen(argv, env=env, preexec_fn=die_with_parent)
+        proc = subprocess.Popen(dying_with_parent(argv, env), env=env)
     except OSError as err:
         raise ServiceExited(f"cannot start {argv[0]}: {err.strerror or err}") from None
     exporter = _start_exporter(launch, place, port, scratch) if rank == 0 else None
@@ -398,12 +398,12 @@ def _start_exporter(
     }
     print(f"aifactory: starting exporter: {' '.join(argv)}", file=sys.stderr, flush=True)
     try:
+        full_env = {**os.environ, **env}
         return subprocess.Popen(
-            argv,
-            env={**os.environ, **env},
+            dying_with_parent(argv, full_env),
+            env=full_env,
             stdout=sys.stderr,
             stderr=sys.stderr,
-            preexec_fn=die_with_parent,
         )
     except OSError as err:
         print(

@@ -17,8 +17,11 @@ from typing import Any
 import pytest
 
 from pytest_aifactory.report.index import read_rows
+from pytest_aifactory.report.index_html import build_index
 from tests.helpers import keep_artifact, processes_matching, run_benchmark, write_recipe
 from tests.report.chromium import assert_every_chart_drawn, open_in_chromium
+from tests.report.test_compare import level_test, save_run
+from tests.report.test_index import at
 
 pytestmark = pytest.mark.slow
 
@@ -132,3 +135,15 @@ def test_the_recipe_filter_hides_other_recipes_rows_and_charts(
         (True, False),
     ]
     assert 'aria-sort="ascending"' in dom
+
+
+@pytest.mark.requires("chromium")
+def test_a_regression_in_one_panel_only_draws_without_warnings(tmp_path: Path) -> None:
+    """Throughput regressed, the latency panels did not: the ring layer has points to draw in
+    one panel only."""
+    reports = tmp_path / "reports"
+    save_run(reports, "r0", [level_test("chat", 1, throughput=100.0)], started_at=at(0))
+    save_run(reports, "r1", [level_test("chat", 1, throughput=50.0)], started_at=at(1))
+    page = build_index(reports)
+    assert '"flag":"regression"' in page.read_text(encoding="utf-8")
+    assert_every_chart_drawn(page, tmp_path)
