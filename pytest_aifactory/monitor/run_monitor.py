@@ -65,6 +65,7 @@ from pytest_aifactory.monitor.series import (
     KIND_LABEL,
     NODE_SERIES,
     REPLICA_LABEL,
+    ROLE_LABEL,
     RUN_LABEL,
     SERVICE_LABEL,
     Series,
@@ -391,11 +392,15 @@ class RunMonitor:
             self.run.root,
             Target("services", target, parsed.netloc, parsed.path or "/metrics", labels),
         )
-        if not self._await_scrape(matcher, time.time(), first=True):
+        announced = time.time()
+        if not self._await_scrape(matcher, announced, first=True):
             self._warn(
                 f"monitoring: {endpoint.metrics_url} of service '{endpoint.name}' was not "
                 f"scraped within {TARGET_UP_TIMEOUT_S:g} s"
             )
+        # and the nodes' exporters, which the jobs announced as they started: the first test's
+        # efficiency figures need a sample of theirs from before it too
+        self._await_scrape(f'{ROLE_LABEL}="node"', announced)
 
     def _await_scrape(
         self, matcher: str, after: float, *, first: bool = False, timeout_s: float | None = None
@@ -456,7 +461,7 @@ class RunMonitor:
             return result
         margin = 3 * self.interval_s
         # the nodes' exporters too: a test's efficiency figures need their series past its end
-        waited = self._await_scrape('aif_role=~"service|pushgateway|node"', ended_at)
+        waited = self._await_scrape(f'{ROLE_LABEL}=~"service|pushgateway|node"', ended_at)
         if not waited and self.mode == "prometheus":
             if not self.alive():
                 result.warnings.append(self._lost_warning())
