@@ -47,11 +47,11 @@ def recipe_document(slots: int) -> dict[str, Any]:
                 "kind": "openai",
                 "service": "llm",
                 # short prompts, longer answers: a request waiting for the one slot waits long
-                "dataset": {"kind": "random", "input_tokens": 8, "output_tokens": 64},
+                "dataset": {"kind": "random", "input_tokens": 8, "output_tokens": 48},
                 "load": {
                     "mode": "concurrency",
                     "levels": [CONCURRENCY],
-                    "requests": 16,
+                    "requests": 12,
                     "warmup_requests": 2,
                 },
             }

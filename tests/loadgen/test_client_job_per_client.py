@@ -102,7 +102,7 @@ def test_a_killed_task_ends_its_level_early_and_the_next_level_gets_a_new_job(
     with TokenServer(ttft_ms=20, gap_ms=5) as server:
         document = recipe(server.url, {"chat": client([2, 1], 0)})
         # longer than a silent task takes to be noticed: process 0 is still busy by then
-        document["clients"]["chat"]["load"] = {"levels": [2, 1], "duration_s": 16}
+        document["clients"]["chat"]["load"] = {"levels": [2, 1], "duration_s": 12}
         document["platform"] = {**document.get("platform", {}), "silent_task_s": 6}
         path = write(tmp_path / "recipe.yaml", document)
         proc = start_benchmark(tmp_path, path)
@@ -126,11 +126,11 @@ def test_a_killed_task_ends_its_level_early_and_the_next_level_gets_a_new_job(
     assert early["process"] == 1
     assert "stopped answering" in early["error"], early
     assert early["sent"] == lines(records_1)
-    assert early["ran_s"] < 14
+    assert early["ran_s"] < 10
     assert not first["passed"]
     measured = pd.read_parquet(run / "records.parquet").query("phase == 'measure'")
     process_0 = measured[(measured["test_id"] == first["test_id"]) & (measured["process"] == 0)]
-    assert process_0["end_ts"].max() - process_0["send_ts"].min() > 15
+    assert process_0["end_ts"].max() - process_0["send_ts"].min() > 11
     # the next level ran whole, in a job of its own: the broken one took no more orders
     assert second["passed"], output
     assert "ended_early" not in second
