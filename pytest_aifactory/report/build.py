@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -190,12 +191,20 @@ def _unique(name: str, taken: set[str]) -> str:
     return candidate
 
 
+RENDER_THREADS = 4
+"""Charts drawn at once: vl-convert draws outside the interpreter's lock, so a report's charts
+take about a core's share each instead of one after another."""
+
+
 @dataclass
 class _Files:
-    """Writes each chart as SVG and PNG into the report's folder; links relative to the page."""
+    """Writes each chart as SVG and PNG into the report's folder; links relative to the page.
+    The drawing runs in threads while the next charts are made; `finish` waits for all."""
 
     folder: Path
     png_scale: float = PNG_SCALE
+    _pool: ThreadPoolExecutor | None = field(default=None, repr=False)
+    _drawn: list[Future[None]] = field(default_factory=list, repr=False)
 
     def prepare(self) -> None:
         if self.folder.is_dir():
@@ -210,9 +219,9 @@ class _Files:
     def view(self, key: str, name: str, chart: Any) -> ChartView:
         spec = ch.to_spec(chart)
         stem = f"{key}-{name}"
-        svg = ch.to_svg(spec)
-        (self.folder / f"{stem}.svg").write_text(svg, encoding="utf-8")
-        (self.folder / f"{stem}.png").write_bytes(ch.png_from_svg(svg, self.png_scale))
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="report-chart")
+        self._drawn.append(self._pool.submit(self._draw, stem, spec))
         files = {fmt: f"{self.folder.name}/{stem}.{fmt}" for fmt in ("svg", "png")}
         return ChartView(
             name=name,
@@ -221,6 +230,23 @@ class _Files:
             spec=spec,
             files=files,
         )
+
+    def _draw(self, stem: str, spec: dict[str, Any]) -> None:
+        svg = ch.to_svg(spec)
+        (self.folder / f"{stem}.svg").write_text(svg, encoding="utf-8")
+        (self.folder / f"{stem}.png").write_bytes(ch.png_from_svg(svg, self.png_scale))
+
+    def finish(self) -> None:
+        """Every chart drawn and written; the first failure raised."""
+        for drawn in self._drawn:
+            drawn.result()
+
+    def close(self) -> None:
+        """The drawing threads gone (charts not yet started are not drawn)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool = None
+        self._drawn = []
 
 
 def build_report(
@@ -233,6 +259,17 @@ def build_report(
     target = Path(output) if output is not None else run_root / REPORT_NAME
     files = _Files(target.parent / target.stem, png_scale)
     files.prepare()
+    try:
+        page = _page(run_root, summary, files)
+        files.finish()  # the page links every chart file: none may be missing
+    finally:
+        files.close()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(target, page)
+    return target
+
+
+def _page(run_root: Path, summary: dict[str, Any], files: _Files) -> str:
 
     problems: list[str] = []
     records = load_records(run_root)
@@ -284,7 +321,7 @@ def build_report(
         anchor = client_anchors[client]
         client_views[client] = [files.view(anchor, n, c) for n, c in charts.items()]
 
-    page = render_report(
+    return render_report(
         {**summary, "tests": tests},
         client_views,
         test_views,
@@ -293,6 +330,3 @@ def build_report(
         problems=problems,
         previous=previous_section(run_root, summary, REPORT_NAME),
     )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(target, page)
-    return target
