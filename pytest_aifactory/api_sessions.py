@@ -23,6 +23,7 @@ from pytest_aifactory.api_reports import load_checked_recipe
 from pytest_aifactory.api_runs import find_own_run
 from pytest_aifactory.api_shapes import ApiError, StartedSession, StopResult
 from pytest_aifactory.cluster.local import same_process, stop_process_tree
+from pytest_aifactory.cluster.private_prune import retire, run_ended
 from pytest_aifactory.cluster.run_control import live_processes, stop_run
 from pytest_aifactory.cluster.run_records import (
     SESSION_ROLE,
@@ -168,14 +169,27 @@ def start_session(
 
 
 def _results(record: RunRecord) -> list[StopResult]:
-    return [
+    results = [
         StopResult(job=s.job.name, detail=s.detail, ok=s.ok, run_id=record.run_id)
         for s in stop_run(record)
     ]
+    _retire_if_ended(record)
+    return results
+
+
+def _retire_if_ended(record: RunRecord) -> None:
+    """Once nothing of the run runs, its secrets and job folders go (its logs copied first):
+    a run that kept services kept them for those services alone. A run whose session still
+    runs is left to it."""
+    with contextlib.suppress(OSError, TimeoutError):
+        after = read_run(record.root)
+        if after is not None and not not_owned(after.root) and run_ended(after)[0]:
+            retire(after.root)
 
 
 def stop_jobs(ref: str) -> list[StopResult]:
-    """Cancels every live job of the run, kept services included (`aifactory stop RUN`)."""
+    """Cancels every live job of the run, kept services included (`aifactory stop RUN`), and
+    removes the run's secrets once nothing of it runs."""
     return _results(find_own_run(ref, "stop"))
 
 
@@ -197,8 +211,9 @@ def _session_processes(record: RunRecord) -> list[tuple[str, ProcessRef]]:
 def stop_session(ref: str, *, grace_s: float = STOP_GRACE_S) -> list[StopResult]:
     """SIGTERM to the run's session, which then stops its jobs and saves what it measured (as
     on Ctrl-C); after `grace_s` what is left of it is killed, and any job of the run that still
-    lives (a kept service, a job the session could not stop) is stopped. Returns when all is
-    gone (up to `grace_s` and a few seconds); an empty list: nothing of the run was running."""
+    lives (a kept service, a job the session could not stop) is stopped, and the run's secrets
+    removed. Returns when all is gone (up to `grace_s` and a few seconds); an empty list:
+    nothing of the run was running."""
     record = find_own_run(ref, "stop")
     results: list[StopResult] = []
     for name, recorded in _session_processes(record):

@@ -25,6 +25,7 @@ from pytest_aifactory.cli_init import register_init
 from pytest_aifactory.cli_jobs import register_jobs
 from pytest_aifactory.cli_matrix import register_matrix
 from pytest_aifactory.cli_monitor import register_monitor
+from pytest_aifactory.cli_prune import register_prune
 from pytest_aifactory.cli_report import register_report
 from pytest_aifactory.cli_session import register_session
 from pytest_aifactory.cli_sign import register_sign
@@ -144,6 +145,7 @@ COMMAND_GROUPS: list[Callable[[Subcommands], None]] = [
     register_session,
     register_matrix,
     register_jobs,
+    register_prune,
     register_monitor,
     register_compare,
     register_index,

@@ -22,7 +22,9 @@ from pytest_aifactory.client_jobs import ClientJobs, LevelOrder
 from pytest_aifactory.cluster.base import JobExecutor, SubmitError
 from pytest_aifactory.cluster.job_registry import JobRegistry
 from pytest_aifactory.cluster.local import LocalJobExecutor
+from pytest_aifactory.cluster.private_prune import prune_ended_quietly, retire, run_ended
 from pytest_aifactory.cluster.run_control import KeptService, find_kept_services
+from pytest_aifactory.cluster.run_records import read_run
 from pytest_aifactory.cluster.rundir import PRIVATE_UMASK, RunDir, make_run_id
 from pytest_aifactory.cluster.slurm import SlurmError
 from pytest_aifactory.cluster.slurm_steps import SlurmStepExecutor, slurm_executor
@@ -71,6 +73,9 @@ SHARED_ENDPOINT_FIELDS = (
 """What a worker needs of a service the controller started (plain values: sent over execnet)."""
 SERVICE_DEATH_GRACE_S = 3.0
 """How long a service job that may have died as the load ended gets to say so."""
+RETIRE_WAIT_S = 10.0
+"""How long the end of a session waits for a cancelled job's last process to go before it
+removes the run's secrets and job folders (which the job may still write to)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,6 +266,7 @@ class Driver:
         if self._start_error is not None:
             raise CaseError(self._start_error)
         if self.run is None:
+            prune_ended_quietly()  # secrets of sessions that never reached their own end
             run = RunDir.submitted() or RunDir.create(
                 self.report_dir, make_run_id(self.recipe.name)
             )
@@ -410,8 +416,30 @@ class Driver:
                 f"interrupted while writing the report; the run is saved: "
                 f"`aifactory report {self.run.run_id}` writes it"
             )
+            self._retire_private(kept)
             return False
+        self._retire_private(kept)
         return True
+
+    def _retire_private(self, kept: list[Endpoint]) -> None:
+        """The run's secrets and job folders removed, its logs copied and the run saved, when
+        nothing of it runs on: kept services go on using their keys and job folders until
+        `aifactory stop` ends them (and removes these then). Best effort: what is left, a
+        later `aifactory prune` or session removes."""
+        assert self.run is not None
+        if kept:
+            return
+        try:
+            deadline = time.monotonic() + RETIRE_WAIT_S
+            while (record := read_run(self.run.root)) is not None:
+                if run_ended(record, own_session=True)[0]:
+                    retire(self.run.root, self.run.redactor)
+                    return
+                if time.monotonic() > deadline:  # left to `aifactory prune`
+                    return
+                time.sleep(0.5)
+        except (Exception, KeyboardInterrupt):  # the run is saved; a later prune goes on
+            return
 
     def _build_report(self) -> None:
         """`report.html` from what the run saved (`aifactory report RUN` rebuilds it later)."""

@@ -32,6 +32,7 @@ PRIVATE_RUNS = "runs"
 """Under the per-user state folder: each run's secrets and job folders (submitit's pickles carry
 services' environments, keys included), away from the run folder people copy and upload."""
 PRIVATE_UMASK = 0o077
+PRIVATE_TREE_ATTEMPTS = 3
 MIN_API_KEY_LENGTH = 16
 """A shorter key is guessed; an empty one turns a server's authentication off."""
 
@@ -70,12 +71,19 @@ def secrets_dir_of(run_root: Path) -> Path:
 
 def private_tree(path: Path) -> Path:
     """`path` and every folder above it up to the state folder made 0700, so no other account
-    can list or enter the way to a secret."""
+    can list or enter the way to a secret. Made again when a folder of the way went meanwhile:
+    pruning another run removes the folders it leaves empty."""
     top = state_dir()
-    private_mkdir(top)
-    for parent in reversed(path.relative_to(top).parents):
-        private_mkdir(top / parent)
-    return private_mkdir(path)
+    for attempt in range(PRIVATE_TREE_ATTEMPTS):
+        try:
+            private_mkdir(top)
+            for parent in reversed(path.relative_to(top).parents):
+                private_mkdir(top / parent)
+            return private_mkdir(path)
+        except FileNotFoundError:
+            if attempt == PRIVATE_TREE_ATTEMPTS - 1:
+                raise
+    return path
 
 
 @contextlib.contextmanager
@@ -223,18 +231,36 @@ class RunDir:
     def progress_path(self, test_slug: str, process: int, repeat: int = 0) -> Path:
         return self.root / "progress" / test_slug / f"{_process_stem(process, repeat)}.json"
 
-    def collect_logs(self) -> list[Path]:
+    def job_logs(self) -> list[Path]:
+        """Every job's stdout/stderr files (all tasks), where the jobs write them."""
+        folders = [self.jobs_dir, self.private_root / "jobs"]
+        return sorted(log for folder in folders for log in folder.glob("*/*_log.*"))
+
+    def stale_logs(self) -> list[Path]:
+        """The jobs' logs written to since they were last copied (or never copied): what a
+        kept service logged after its session ended, what a killed session never copied."""
+        stale = []
+        for log in self.job_logs():
+            try:
+                if log_copy_path(self.root, log).stat().st_mtime >= log.stat().st_mtime:
+                    continue
+            except OSError:
+                pass
+            stale.append(log)
+        return stale
+
+    def collect_logs(self, *, only_stale: bool = False) -> list[Path]:
         """Copy every job's stdout/stderr (all tasks) to `logs/<job>/`, the one place to look
         after a run; taken after the jobs were stopped, so cancelled jobs' last words are in.
+        `only_stale`: only those written to since their last copy.
 
         The copies are redacted, since they are what gets shared: servers echo their command
         lines and settings, keys included. Line by line, as logs can be large; bytes that are
         not UTF-8 become U+FFFD rather than stopping the copy."""
         redactor = self.redactor or Redactor()
         copied = []
-        folders = [self.jobs_dir, self.private_root / "jobs"]
-        for log in sorted(log for folder in folders for log in folder.glob("*/*_log.*")):
-            target = self.root / "logs" / log.parent.name / log.name
+        for log in self.stale_logs() if only_stale else self.job_logs():
+            target = log_copy_path(self.root, log)
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with (
@@ -291,6 +317,12 @@ def driver_gone(
             return True
         beat = started_at
     return dt.datetime.now().timestamp() - beat > HEARTBEAT_STALE_S
+
+
+def log_copy_path(run_root: Path, log: Path) -> Path:
+    """Where `collect_logs` copies a job's log, redacted: `logs/<job folder>/<file>`, the
+    file the run's record names once the raw log is gone with the private folder."""
+    return run_root / "logs" / log.parent.name / log.name
 
 
 def read_client_settings(run_root: Path, service: str) -> dict[str, str]:

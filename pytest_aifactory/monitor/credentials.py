@@ -10,6 +10,10 @@ its pushes, `aifactory status --watch`) send it.
 
 The password is 256 random bits, so the bcrypt cost adds nothing against guessing it: a low
 cost keeps each program's check of a request cheap.
+
+A server that takes a token of its own for its metrics (MinIO: a JWT signed with its secret key)
+has it in a token file beside the password, one per service, 0600 too, which Prometheus reads
+at each scrape (`authorization.credentials_file`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +35,7 @@ USER = "aifactory"
 BCRYPT_ROUNDS = 6
 PASSWORD_FILE = "password"
 WEB_CONFIG_FILE = "web-config.yml"
+TOKENS_DIR = "tokens"
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,39 @@ def read_credentials(run_root: Path) -> MonitorCredentials | None:
     if not password or not web_config.is_file():
         return None
     return MonitorCredentials(USER, password, password_file, web_config)
+
+
+def token_path(run_root: Path, service: str) -> Path:
+    """Where the metrics token of `service` is kept (whether or not it has one yet)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", service).strip("-.") or "service"
+    return credentials_dir(run_root) / TOKENS_DIR / name
+
+
+def reserve_token(run_root: Path, service: str) -> Path:
+    """An empty token file for `service` until it has a token: a configuration that names the
+    file is then valid from the start (promtool, and a Prometheus that checks, want it to
+    exist); an empty token opens nothing."""
+    path = token_path(run_root, service)
+    private_tree(path.parent)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    return path
+
+
+def write_token(run_root: Path, service: str, token: str) -> Path:
+    """Keep `service`'s metrics token for the run's Prometheus and direct scraper."""
+    path = token_path(run_root, service)
+    private_tree(path.parent)
+    _write_private(path, token)
+    return path
+
+
+def read_token(run_root: Path, service: str) -> str | None:
+    """`service`'s metrics token; None where it has none (or it cannot be read)."""
+    try:
+        return token_path(run_root, service).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def render_web_config(user: str, password: str) -> str:

@@ -7,6 +7,13 @@ PATH, or named by the recipe or the environment: see components), the job starts
 lifetime, as it does the node exporter. Either way the exporter is announced as a `nodes`
 target, so its samples carry the node's name and the run's labels, and what ran on the node (or
 why nothing did) is written for the summary.
+
+The exporter the job starts listens on the node's address, which every other account on a
+shared node can reach: it gets the run's monitoring web config (`--web-config-file`, the
+Prometheus exporter toolkit's, in dcgm-exporter since 3.3.3-3.3.0), so only the run's
+Prometheus, which sends the run's password, reads it. A site's own exporter stays as the site
+runs it: the run cannot lock it, and does not send it the password either (whatever answers on
+the site's port gets no secret of the run's); its target says so (`aif_auth="none"`).
 """
 
 from __future__ import annotations
@@ -16,7 +23,9 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pytest_aifactory import direct_http
@@ -31,7 +40,15 @@ from pytest_aifactory.monitor.components import (
     locate,
     write_node_status,
 )
-from pytest_aifactory.monitor.targets import Target, base_labels, remove_target, write_target
+from pytest_aifactory.monitor.credentials import MonitorCredentials, read_credentials
+from pytest_aifactory.monitor.series import AUTH_LABEL
+from pytest_aifactory.monitor.targets import (
+    NO_AUTH,
+    Target,
+    base_labels,
+    remove_target,
+    write_target,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -42,14 +59,23 @@ DCGM_MARKER = b"DCGM_FI_"
 PROBE_LIMIT_BYTES = 4 * 1024 * 1024
 STARTUP_S = 15.0
 """dcgm-exporter brings up its host engine before it serves: a few seconds."""
+WEB_CONFIG_FLAG = "--web-config-file"
+"""dcgm-exporter's flag for the exporter toolkit's web config."""
+SINCE = "3.3.3-3.3.0"
+"""The first dcgm-exporter release that takes `WEB_CONFIG_FLAG` (January 2024)."""
+SITE_OPEN_NOTE = "scraped without the run's credentials: as open as the site runs it"
 
 
-def answers_dcgm(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
-    """Whether `host:port` serves DCGM metrics (not merely anything on that port)."""
+def answers_dcgm(
+    address: str, timeout_s: float = PROBE_TIMEOUT_S, headers: dict[str, str] | None = None
+) -> bool:
+    """Whether `host:port` serves DCGM metrics (not merely anything on that port) to a request
+    with `headers` (the run's credentials, for an exporter it locked)."""
+    request = urllib.request.Request(f"http://{address}/metrics", headers=headers or {})
     try:
-        with direct_http.urlopen(f"http://{address}/metrics", timeout=timeout_s) as reply:
+        with direct_http.urlopen(request, timeout=timeout_s) as reply:
             return DCGM_MARKER in reply.read(PROBE_LIMIT_BYTES)
-    except (OSError, ValueError):  # URLError is an OSError
+    except (OSError, ValueError):  # URLError (a 401 too) is an OSError
         return False
 
 
@@ -93,17 +119,19 @@ def gpu_exporter(
         return
     address = f"{host}:{port}"
     proc: subprocess.Popen[bytes] | None = None
+    labels = base_labels(run_id, "node", node)
     if answers_dcgm(address):
-        outcome(True, f"the node's own at {address}")
+        outcome(True, f"the node's own at {address} ({SITE_OPEN_NOTE})")
+        labels[AUTH_LABEL] = NO_AUTH
     else:
-        started = _start(source or ComponentSource(DCGM_EXPORTER, "PATH"), host)
+        credentials = read_credentials(run_root)
+        started = _start(source or ComponentSource(DCGM_EXPORTER, "PATH"), host, credentials)
         if isinstance(started, str):
             outcome(False, None, f"none answers on port {port}, and {started}")
             yield None
             return
-        proc, address, where = started
-        outcome(True, where)
-    labels = base_labels(run_id, "node", node)
+        proc, address = started.proc, started.address
+        outcome(True, started.source)
     write_target(run_root, Target("nodes", target_name(node), address, labels=labels))
     try:
         yield address
@@ -113,22 +141,52 @@ def gpu_exporter(
             stop_child(proc)
 
 
-def _start(source: ComponentSource, host: str) -> tuple[subprocess.Popen[bytes], str, str] | str:
-    """(the exporter, its address, where it came from), or why none was started."""
+@dataclass(frozen=True)
+class _Started:
+    proc: subprocess.Popen[bytes]
+    address: str
+    source: str
+    """Where the program came from, as the summary says it."""
+
+
+def exporter_args(address: str, web_config: Path | None) -> list[str]:
+    args = ["--address", address]
+    if web_config is not None:
+        args += [WEB_CONFIG_FLAG, str(web_config)]
+    return args
+
+
+def _start(
+    source: ComponentSource, host: str, credentials: MonitorCredentials | None
+) -> _Started | str:
+    """The exporter started here, or why none was. With the run's credentials (a monitored
+    run has them) it is locked with them; an exporter too old to take a web config does not
+    start, and is not started open instead."""
     if not gpus_present():
         return "this node has no GPU (nvidia-smi lists none)"
     program = locate(source, check_runtime=True)
     if isinstance(program, Missing):
         return f"no dcgm-exporter to start: {program.why}"
-    spawned = _spawn(program, host)
-    if spawned is None:
-        return f"{program.source} did not start or answer (see this job's log)"
-    return spawned, str(spawned.args[-1]), program.source  # type: ignore[index]
-
-
-def _spawn(program: Program, host: str) -> subprocess.Popen[bytes] | None:
     address = f"{host}:{free_port(host)}"
-    proc = start_quiet_child(program.argv(["--address", address], gpu=True), "GPU exporter")
+    proc = _spawn(program, address, credentials)
+    if proc is None:
+        why = f"{program.source} did not start or answer (see this job's log)"
+        if credentials is not None:
+            why += f"; it is started with {WEB_CONFIG_FLAG}, which dcgm-exporter takes from {SINCE}"
+        return why
+    return _Started(proc, address, program.source)
+
+
+def _spawn(
+    program: Program, address: str, credentials: MonitorCredentials | None
+) -> subprocess.Popen[bytes] | None:
+    """The running exporter, once it answers with the run's credentials (None when it would
+    not)."""
+    web_config = credentials.web_config if credentials else None
+    headers = credentials.header if credentials else None
+    binds = [str(web_config.parent)] if web_config else []
+    argv = program.argv(exporter_args(address, web_config), binds=binds, gpu=True)
+    proc = start_quiet_child(argv, "GPU exporter")
     if proc is None:
         return None
     deadline = time.monotonic() + STARTUP_S
@@ -140,7 +198,7 @@ def _spawn(program: Program, host: str) -> subprocess.Popen[bytes] | None:
                 flush=True,
             )
             return None
-        if answers_dcgm(address, timeout_s=1.0):
+        if answers_dcgm(address, timeout_s=1.0, headers=headers):
             print(f"aifactory: GPU exporter on {address}", file=sys.stderr, flush=True)
             return proc
         time.sleep(0.2)

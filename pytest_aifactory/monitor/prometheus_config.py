@@ -3,8 +3,14 @@
 Targets appear while the run goes on (a service becomes healthy, a client job starts on a new
 node), so nothing is listed statically: each scrape job watches one folder of target files.
 
-The run's own programs (node exporters, the pushgateway, Prometheus itself) let in only holders
-of the run's monitoring password, which Prometheus sends; services get the run's API key.
+The run's own programs (node exporters, the DCGM exporters it starts, the pushgateway,
+Prometheus itself) let in only holders of the run's monitoring password, which Prometheus sends;
+services get the run's API key. Three kinds of target are scraped by jobs of their own, from the
+same target files, so that no credential goes where it does not belong: a service exporter
+locked with the monitoring password (PostgreSQL's) gets the password, not the key; a service
+whose server takes a token of its own for its metrics (MinIO) gets its token from the service's
+token file, one job per such service (Prometheus sends one credential per job, and each server
+has its own); a site's DCGM exporter, which the run did not start, gets nothing.
 
 Pushed series cannot pose as anyone else's: the pushgateway is scraped without
 `honor_labels`, so the labels that say where a series comes from (`aif_run`, `aif_role`,
@@ -16,13 +22,22 @@ selects them by `aif_role` as well as by run, so nothing pushed lands among them
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
 
-from pytest_aifactory.monitor.credentials import USER
+from pytest_aifactory.monitor.credentials import USER, reserve_token, token_path
 from pytest_aifactory.monitor.layout import TARGET_GROUPS, monitor_dir, targets_dir
-from pytest_aifactory.monitor.series import AUTH_LABEL, BASIC_AUTH, EXTERNAL_KIND, KIND_LABEL
+from pytest_aifactory.monitor.series import (
+    AUTH_LABEL,
+    BASIC_AUTH,
+    EXTERNAL_KIND,
+    KIND_LABEL,
+    SERVICE_LABEL,
+)
+from pytest_aifactory.monitor.targets import BEARER_AUTH, NO_AUTH
 
 SCRAPE_JOBS = {
     "services": "aifactory-services",
@@ -55,8 +70,12 @@ def _kind_is_external(action: str) -> dict[str, object]:
 EXPORTER_SERVICES_JOB = "aifactory-service-exporters"
 
 
+def _target_auth(action: str, value: str) -> dict[str, object]:
+    return {"action": action, "source_labels": [AUTH_LABEL], "regex": value}
+
+
 def _basic_auth_target(action: str) -> dict[str, object]:
-    return {"action": action, "source_labels": [AUTH_LABEL], "regex": BASIC_AUTH}
+    return _target_auth(action, BASIC_AUTH)
 
 
 def _service_exporters(
@@ -69,6 +88,47 @@ def _service_exporters(
         "job_name": EXPORTER_SERVICES_JOB,
         "basic_auth": {"username": user, "password_file": str(password_file)},
         "relabel_configs": [_basic_auth_target("keep")],
+    }
+
+
+TOKEN_SERVICE_JOB = "aifactory-service-token"
+"""Prefix of the job of each service scraped with its own token: `<prefix>-<service>`."""
+
+
+def token_service_job(
+    services_job: dict[str, object], run_root: Path, service: str
+) -> dict[str, object]:
+    """A service whose server takes a bearer token of its own for its metrics (MinIO's JWT):
+    its targets, and no one else's, are scraped with the token in the service's token file,
+    which Prometheus reads at each scrape (it is written when the service is up)."""
+    return {
+        **services_job,
+        "job_name": f"{TOKEN_SERVICE_JOB}-{service}",
+        "authorization": {
+            "type": "Bearer",
+            "credentials_file": str(token_path(run_root, service)),
+        },
+        "relabel_configs": [
+            {
+                "action": "keep",
+                "source_labels": [AUTH_LABEL, SERVICE_LABEL],
+                "separator": ";",
+                "regex": f"{BEARER_AUTH};{re.escape(service)}",
+            }
+        ],
+    }
+
+
+SITE_EXPORTERS_JOB = "aifactory-site-exporters"
+
+
+def _site_exporters(nodes_job: dict[str, object]) -> dict[str, object]:
+    """Node targets the run did not start (a site's DCGM exporter): scraped without the run's
+    password, which would otherwise go to whatever answers on the site's port."""
+    return {
+        **nodes_job,
+        "job_name": SITE_EXPORTERS_JOB,
+        "relabel_configs": [_target_auth("keep", NO_AUTH)],
     }
 
 
@@ -88,11 +148,15 @@ def render_config(
     api_key_file: Path | None = None,
     password_file: Path | None = None,
     user: str = USER,
+    token_services: Iterable[str] = (),
 ) -> str:
     """`api_key_file`: the run's API key, sent to the services (servers that take a key
     serve their metrics only to its holder; the others ignore it). `password_file`: the run's
-    monitoring password, sent to its own programs."""
+    monitoring password, sent to its own programs. `token_services`: the services that may
+    take a token of their own for their metrics (the recipe's `s3` services): each gets a job
+    for its targets that say so (`aif_auth="bearer"`)."""
     interval = duration(scrape_interval_s)
+    with_tokens = tuple(token_services)
     jobs = []
     for group, job_name in SCRAPE_JOBS.items():
         job: dict[str, object] = {
@@ -112,6 +176,9 @@ def render_config(
             if password_file is not None:
                 jobs.append(_service_exporters(job, user, password_file))
                 relabel.append(_basic_auth_target("drop"))
+            if with_tokens:
+                jobs += [token_service_job(job, run_root, name) for name in with_tokens]
+                relabel.append(_target_auth("drop", BEARER_AUTH))
             if api_key_file is not None:
                 jobs.append(_external_services(job))
                 job["authorization"] = {"type": "Bearer", "credentials_file": str(api_key_file)}
@@ -119,6 +186,9 @@ def render_config(
             if relabel:
                 job["relabel_configs"] = relabel
         elif password_file is not None:
+            if group == "nodes":
+                jobs.append(_site_exporters(job))
+                job["relabel_configs"] = [_target_auth("drop", NO_AUTH)]
             job["basic_auth"] = {"username": user, "password_file": str(password_file)}
         jobs.append(job)
     config = {
@@ -137,11 +207,18 @@ def write_config(
     scrape_interval_s: float,
     api_key_file: Path | None = None,
     password_file: Path | None = None,
+    token_services: Iterable[str] = (),
 ) -> Path:
     for group in TARGET_GROUPS:
         targets_dir(run_root, group).mkdir(parents=True, exist_ok=True, mode=0o700)
     path = monitor_dir(run_root) / "prometheus.yml"
+    with_tokens = tuple(token_services)
+    for service in with_tokens:
+        reserve_token(run_root, service)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    text = render_config(
+        run_root, scrape_interval_s, api_key_file, password_file, token_services=with_tokens
+    )
     with os.fdopen(fd, "w") as fh:
-        fh.write(render_config(run_root, scrape_interval_s, api_key_file, password_file))
+        fh.write(text)
     return path

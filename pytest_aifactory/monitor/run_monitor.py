@@ -41,6 +41,7 @@ from pytest_aifactory.monitor.credentials import (
     credentials_dir,
     ensure_credentials,
     read_credentials,
+    write_token,
 )
 from pytest_aifactory.monitor.layout import (
     MonitorEndpoints,
@@ -71,7 +72,7 @@ from pytest_aifactory.monitor.series import (
     Series,
     service_series,
 )
-from pytest_aifactory.monitor.targets import Target, base_labels, write_target
+from pytest_aifactory.monitor.targets import BEARER_AUTH, Target, base_labels, write_target
 from pytest_aifactory.monitor.window import (
     counter_increase,
     cross_check,
@@ -163,7 +164,15 @@ class RunMonitor:
         credentials = self.credentials = ensure_credentials(self.run.root)
         web_config = f"--web.config.file={credentials.web_config}"
         config = write_config(
-            self.run.root, self.interval_s, self.run.api_key_path, credentials.password_file
+            self.run.root,
+            self.interval_s,
+            self.run.api_key_path,
+            credentials.password_file,
+            token_services=[
+                name
+                for name, service in self.services.recipe.services.items()
+                if get_kind(service.kind).metrics_token_of_its_own
+            ],
         )
         program = locate(self.sources[programs.PROMETHEUS])
         if isinstance(program, Missing):
@@ -381,6 +390,12 @@ class RunMonitor:
         labels[KIND_LABEL] = endpoint.kind
         if endpoint.metrics_basic_auth:
             labels[AUTH_LABEL] = BASIC_AUTH
+        kind = get_kind(endpoint.kind)
+        if kind.metrics_token_of_its_own:  # a MinIO serves its metrics only to a JWT of its own
+            token = kind.metrics_token(endpoint.served_model, endpoint.client_env)
+            if token is not None:
+                write_token(self.run.root, endpoint.name, token)
+                labels[AUTH_LABEL] = BEARER_AUTH
         target = endpoint.name
         matcher = f'{SERVICE_LABEL}="{endpoint.name}"'
         if endpoint.replicated:  # one target per server; the service's figures add them up

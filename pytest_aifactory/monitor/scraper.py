@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pytest_aifactory import direct_http
 from pytest_aifactory.cluster.rundir import secrets_dir_of
-from pytest_aifactory.monitor.credentials import read_credentials
+from pytest_aifactory.monitor.credentials import read_credentials, read_token
 from pytest_aifactory.monitor.samples import empty_samples, normalize
 from pytest_aifactory.monitor.series import (
     AUTH_LABEL,
@@ -35,7 +35,7 @@ from pytest_aifactory.monitor.series import (
     SERVICE_LABEL,
     Series,
 )
-from pytest_aifactory.monitor.targets import Target, read_targets
+from pytest_aifactory.monitor.targets import BEARER_AUTH, NO_AUTH, Target, read_targets
 
 ORIGIN = "scrape"
 MAX_PARALLEL_SCRAPES = 8
@@ -155,6 +155,9 @@ class DirectScraper:
         service's exporter locked with the run's monitoring password gets that instead."""
         if target.labels.get(AUTH_LABEL) == BASIC_AUTH:
             return self._own_auth
+        if target.labels.get(AUTH_LABEL) == BEARER_AUTH:  # a server's own token (MinIO's)
+            token = read_token(self.run_root, target.labels.get(SERVICE_LABEL, ""))
+            return {"Authorization": f"Bearer {token}"} if token else None
         return None if target.labels.get(KIND_LABEL) == EXTERNAL_KIND else self._auth
 
     def _scrape(self, target: Target) -> None:
@@ -162,6 +165,8 @@ class DirectScraper:
         started = time.time()
         try:
             headers = self._service_auth(target) if target.group == "services" else self._own_auth
+            if target.labels.get(AUTH_LABEL) == NO_AUTH:  # a site's exporter: no secret of ours
+                headers = None
             response = direct_http.get(url, timeout=self.timeout_s, headers=headers)
             response.raise_for_status()
             self._keep(target, started, response.text)

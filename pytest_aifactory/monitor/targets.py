@@ -16,6 +16,15 @@ from pathlib import Path
 from pytest_aifactory.monitor.layout import TARGET_GROUPS, targets_dir, write_json_atomic
 from pytest_aifactory.monitor.series import NODE_LABEL, ROLE_LABEL, RUN_LABEL
 
+NO_AUTH = "none"
+"""`AUTH_LABEL` of a node target that is not the run's own program (a site's DCGM exporter):
+scraped without the run's monitoring password, which would otherwise go to whatever answers on
+that port, as open to any account as the site made it."""
+BEARER_AUTH = "bearer"
+"""`AUTH_LABEL` of a service target whose server takes a bearer token of its own for its metrics
+(MinIO's JWT, see services/minio_token.py): scraped by a job of its own that sends the token
+from the service's token file, not the run's API key."""
+
 
 @dataclass(frozen=True)
 class Target:

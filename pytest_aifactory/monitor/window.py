@@ -15,6 +15,7 @@ import pandas as pd
 
 from pytest_aifactory.monitor.samples import empty_samples, normalize
 from pytest_aifactory.monitor.series import (
+    AUTH_LABEL,
     KIND_LABEL,
     NODE_LABEL,
     ROLE_LABEL,
@@ -25,7 +26,16 @@ from pytest_aifactory.monitor.series import (
 
 CROSS_CHECK_TOLERANCE = 0.10
 """Server and client figures further apart than this are flagged in the summary."""
-_OWN_LABELS = {"__name__", "job", "instance", RUN_LABEL, ROLE_LABEL, SERVICE_LABEL, KIND_LABEL}
+_OWN_LABELS = {
+    "__name__",
+    "job",
+    "instance",
+    RUN_LABEL,
+    ROLE_LABEL,
+    SERVICE_LABEL,
+    KIND_LABEL,
+    AUTH_LABEL,  # how the run's Prometheus scraped it, nothing the series says
+}
 
 
 def sample_rows(

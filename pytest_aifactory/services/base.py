@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import importlib
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -110,9 +110,18 @@ class ServiceKind:
     server_extra_requests: ClassVar[float] = 0.0
     """How many more requests than the clients sent the server may count in a test window
     by its own doing (a database's background transactions), before the check flags it."""
+    metrics_token_of_its_own: ClassVar[bool] = False
+    """Whether a server of the kind may serve its metrics only to a bearer token made for it
+    (MinIO's JWT): the run's Prometheus then scrapes each such service by a job of its own,
+    sending `metrics_token`. False: the run's key, or nothing, as `api_key_env` says."""
 
     def plan(self, name: str, service: Service, recipe: Recipe) -> ServicePlan:
         raise NotImplementedError
+
+    def metrics_token(self, served_model: str | None, client_env: Mapping[str, str]) -> str | None:
+        """The token a started server of the kind takes for its metrics (made from what its
+        clients were given); None where it takes none."""
+        return None
 
     def plan_for(self, name: str, service: Service, argv: list[str], **fields: Any) -> ServicePlan:
         """A plan with what every kind takes from the recipe as it is (env, bind address,

@@ -22,7 +22,7 @@ import yaml
 from pytest_aifactory.cli import main
 from pytest_aifactory.cluster import run_records
 from pytest_aifactory.cluster.run_records import JobRecord, RunRecord, process_ref, write_run
-from pytest_aifactory.cluster.rundir import secrets_dir_of
+from pytest_aifactory.cluster.rundir import private_root_of, secrets_dir_of
 from pytest_aifactory.tabulate import format_table
 from tests.helpers import (
     REPO,
@@ -101,6 +101,10 @@ def test_keep_status_reuse_logs_stop(
         (server_pid,) = [p["pid"] for p in service["pids"] if p["role"] == "server"]
         assert not gone(server_pid)
         assert [j["state"] for j in jobs1["jobs"] if j["role"] == "client"] == ["FINISHED"]
+        # the kept service goes on with its job folder
+        private1 = private_root_of(run1)
+        assert (private1 / "jobs" / "service-web").is_dir()
+        assert service["stdout"].startswith(str(private1))
 
         # status RUN: the kept service runs and answers
         status, out, _ = cli(capsys, "status", run1.name)
@@ -143,6 +147,10 @@ def test_keep_status_reuse_logs_stop(
         ]
         assert not gone(server_pid)
         assert processes_matching(f"http.server {endpoint.split(':')[1]}") != []
+        # the second session kept nothing: its secrets and job folders went at its end
+        assert not private_root_of(run2).exists()
+        (client2,) = json.loads((run2 / "jobs.json").read_text())["jobs"]
+        assert client2["stdout"].startswith(str(run2 / "logs"))
 
         # the second session's requests reached the kept service
         status, out, _ = cli(capsys, "logs", run1.name, "service-web")
@@ -161,6 +169,13 @@ def test_keep_status_reuse_logs_stop(
         assert processes_matching(str(www)) == []
         status, out, _ = cli(capsys, "status", run1.name)
         assert "STOPPED" in table_row(out, "service-web")
+        # and with it the run's secrets; its log, copied with what it logged since, stays
+        assert list((tmp_path / "state" / "runs").iterdir()) == []
+        status, out, _ = cli(capsys, "logs", run1.name, "service-web")
+        assert status == 0
+        assert f"==> service-web stderr: {run1 / 'logs' / 'service-web'}" in out
+        assert out.count("POST /v1/completions") > posts_before
+        assert "GET /followed-" in out  # logged after the first session's end
         status, out, _ = cli(capsys, "status", "--json")
         runs = {r["run_id"]: r for r in json.loads(out)["runs"]}
         assert list(runs) == [run2.name]  # only the latest: no run has live jobs
@@ -371,9 +386,11 @@ def test_ctrl_c_in_the_terminal_keeps_the_kept_service(
         (server_pid,) = [p["pid"] for p in service["pids"] if p["role"] == "server"]
         assert not gone(server_pid)
         assert requests.get(f"http://{service['endpoint']}/", timeout=5).status_code == 200
+        assert (private_root_of(run) / "jobs" / "service-web").is_dir()
         status, out, _ = cli(capsys, "stop", run.name)
         assert status == 0, out
         wait_for(lambda: gone(server_pid), 15, "the kept server stopped")
+        assert not private_root_of(run).exists()
     finally:
         main(["stop", "--all"])
         capsys.readouterr()

@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from pytest_aifactory.cluster.rundir import private_root_of
 from tests.factories import recipe_document
 from tests.helpers import (
     processes_matching,
@@ -85,6 +86,10 @@ def test_signal_under_load_stops_every_job_and_keeps_records(
     assert len(records) >= 6
     assert sorted(records["process"].unique()) == [0, 1]
     assert "Traceback" not in output.split("KeyboardInterrupt")[0]
+    # the run's key and job folders went with it, its logs copied first
+    assert not (private_root_of(run) / "jobs").exists()
+    assert not (private_root_of(run) / "secrets" / "api_key").exists()
+    assert any((run / "logs").glob("service-llm/*_log.err"))
 
 
 def stop_with(proc: subprocess.Popen[str], signum: signal.Signals) -> str:
@@ -166,6 +171,7 @@ def test_signal_while_the_report_is_written_keeps_the_run(tmp_path: Path) -> Non
     assert len(summary["tests"]) == 2
     assert len(pd.read_parquet(run / "records.parquet")) == 12
     assert not processes_matching(str(run))
+    assert not private_root_of(run).exists()  # saved: its secrets went all the same
     # what was interrupted can be done later from the saved run
     from pytest_aifactory.cli import main
 

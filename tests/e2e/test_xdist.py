@@ -54,8 +54,10 @@ def test_two_workers_one_run_each_service_once(
     assert workers == {"gw0", "gw1"}
     records = pd.read_parquet(run / "records.parquet")
     assert records.groupby("test_id").size().tolist() == [4, 4, 4, 4]
-    jobs_folder = private_root_of(run) / "jobs"  # submitit's pickles: outside the run folder
-    services = [p.name for p in jobs_folder.iterdir() if p.name.startswith("service-")]
+    # submitit's pickles were outside the run folder, and went once the controller (after its
+    # workers) had copied the jobs' logs into it
+    assert not (private_root_of(run) / "jobs").exists()
+    services = [p.name for p in (run / "logs").iterdir() if p.name.startswith("service-")]
     assert sorted(services) == ["service-alpha", "service-beta"]
     jobs = json.loads((run / "jobs.json").read_text())["jobs"]
     assert sorted(j["name"] for j in jobs if j["role"] == "service") == [

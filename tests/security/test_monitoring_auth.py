@@ -1,7 +1,7 @@
 """The run's monitoring, as another account on the same node sees it: Prometheus, the
-pushgateway and the node exporter each refuse whoever lacks the run's credentials, Prometheus
-cannot be stopped over HTTP, pushed series cannot pose as a server's, and no run's pushgateway
-hands its state to the next."""
+pushgateway, the node exporter and the DCGM exporter a job starts each refuse whoever lacks the
+run's credentials, Prometheus cannot be stopped over HTTP, pushed series cannot pose as a
+server's, and no run's pushgateway hands its state to the next."""
 
 from __future__ import annotations
 
@@ -17,14 +17,19 @@ import pytest
 from pytest_aifactory import direct_http
 from pytest_aifactory.cluster.child import stop_child
 from pytest_aifactory.cluster.local import LocalJobExecutor
-from pytest_aifactory.cluster.rendezvous import free_port_block
+from pytest_aifactory.cluster.rendezvous import free_port, free_port_block
 from pytest_aifactory.cluster.rundir import RunDir, make_run_id
 from pytest_aifactory.endpoints import Endpoint
 from pytest_aifactory.loadgen.live import LivePusher, fetch_client_counters
 from pytest_aifactory.monitor.credentials import MonitorCredentials
+from pytest_aifactory.monitor.gpu_exporter import gpu_exporter
 from pytest_aifactory.monitor.layout import tsdb_dir
 from pytest_aifactory.monitor.node_exporter import node_exporter
-from pytest_aifactory.monitor.prometheus_config import EXPORTER_SERVICES_JOB
+from pytest_aifactory.monitor.prometheus_config import (
+    EXPORTER_SERVICES_JOB,
+    SCRAPE_JOBS,
+    SITE_EXPORTERS_JOB,
+)
 from pytest_aifactory.monitor.run_monitor import RunMonitor
 from pytest_aifactory.monitor.series import RUN_LABEL, service_series
 from pytest_aifactory.monitor.targets import read_targets
@@ -34,7 +39,8 @@ from pytest_aifactory.services.launch import ServiceLaunch, TaskPlace, _start_ex
 from pytest_aifactory.services.manager import ServiceManager
 from pytest_aifactory.testing.other_user import OtherUser
 from tests.factories import recipe
-from tests.helpers import wait_for
+from tests.helpers import accepts, running_dcgm_exporter, wait_for
+from tests.monitor.gpu_node import fake_gpu_node
 
 pytestmark = [
     pytest.mark.slow,
@@ -173,6 +179,45 @@ def test_another_account_cannot_scrape_the_node_exporter(
     assert up_by_role(stack)["node"] == 1.0
 
 
+def scraped_by(stack: Stack, address: str) -> dict[str, float]:
+    """The run's scrapes of `host:port` so far: Prometheus job -> `up`."""
+    assert stack.monitor.client is not None
+    found = stack.monitor.client.query(
+        f'up{{{RUN_LABEL}="{stack.run.run_id}",instance="{address}"}}'
+    )
+    return {entry["metric"]["job"]: float(entry["value"][1]) for entry in found}
+
+
+@pytest.mark.requires("other-user")
+def test_another_account_cannot_scrape_the_gpu_exporter_a_job_starts(
+    stack: Stack, other_user: OtherUser, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a GPU node where no DCGM exporter answers, the job starts one (the stand-in as
+    `dcgm-exporter` beside a faked `nvidia-smi`: no GPU here) locked with the run's web config,
+    and the run's Prometheus scrapes it with the password. A site's own exporter stays as open
+    as the site runs it, and is scraped without the password."""
+    fake_gpu_node(tmp_path, monkeypatch, gpu=True)
+    run_root, run_id = stack.run.root, stack.run.run_id
+    with (
+        gpu_exporter(run_root, run_id, NODE, "127.0.0.1", free_port("127.0.0.1")) as started,
+        running_dcgm_exporter(gpus=1) as site_address,
+        gpu_exporter(run_root, run_id, "n2", "127.0.0.1", int(site_address.split(":")[1])) as site,
+    ):
+        assert started is not None
+        assert site == site_address
+        metrics = f"http://{started}/metrics"
+        assert status_as(other_user, metrics) == 401
+        assert status_as(other_user, metrics, auth=WRONG) == 401
+        assert status_as(other_user, metrics, auth=stack.credentials.header["Authorization"]) == 200
+        assert status_as(other_user, f"http://{site}/metrics") == 200  # the site's choice
+        wanted = {started: {SCRAPE_JOBS["nodes"]: 1.0}, site: {SITE_EXPORTERS_JOB: 1.0}}
+        wait_for(
+            lambda: {address: scraped_by(stack, address) for address in wanted} == wanted,
+            30,
+            "both GPU exporters scraped, each by its job",
+        )
+
+
 @pytest.mark.requires("other-user")
 def test_another_account_cannot_read_the_credentials(stack: Stack, other_user: OtherUser) -> None:
     for path in (stack.credentials.password_file, stack.credentials.web_config):
@@ -288,7 +333,8 @@ def test_a_services_exporter_lets_in_only_the_runs_prometheus(
     assert proc is not None
     metrics = f"http://127.0.0.1:{port + 1}/metrics"
     try:
-        wait_for(lambda: status_as(other_user, metrics) == 401, 15, "the exporter answering")
+        wait_for(lambda: accepts("127.0.0.1", port + 1), 15, "the exporter listening")
+        assert status_as(other_user, metrics) == 401
         assert status_as(other_user, metrics, auth=WRONG) == 401
         # the run's credentials open it (as its Prometheus sends them)
         assert status_as(other_user, metrics, auth=stack.credentials.header["Authorization"]) == 200

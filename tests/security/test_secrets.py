@@ -4,6 +4,7 @@ acts only on its owner's runs."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import http.server
 import json
@@ -384,12 +385,31 @@ def test_another_account_can_read_no_secret_of_a_run(
         client={"dataset": {"input_tokens": 16, "output_tokens": 8}, "load": {"requests": 4}},
     )
     path = write_recipe(open_base / "recipe.yaml", document)
-    session = run_benchmark(open_base, path, timeout=300, env={"AIFACTORY_STATE_DIR": str(state)})
+    keys: list[str] = []
+    ended = threading.Event()
+
+    def read_key() -> None:
+        """The run's key, read while the session runs: it goes with the run's end."""
+        while not keys and not ended.wait(0.2):
+            for found in state.glob("runs/**/secrets/api_key"):
+                with contextlib.suppress(OSError):
+                    keys.extend(key for key in [found.read_text().strip()] if key)
+
+    reader = threading.Thread(target=read_key, daemon=True)
+    reader.start()
+    try:
+        session = run_benchmark(
+            open_base, path, timeout=300, env={"AIFACTORY_STATE_DIR": str(state)}
+        )
+    finally:
+        ended.set()
+        reader.join(timeout=5)
     assert session.returncode == 0, session.output
     (run,) = session.run_dirs()
     key_file = state / "runs" / run.resolve().relative_to("/") / "secrets" / "api_key"
-    key = key_file.read_text().strip()
     assert run not in key_file.parents
+    (key,) = keys
+    assert not key_file.exists()  # the run's secrets went with its end
     # everything the run wrote is the owner's alone (report, Prometheus, Grafana, job files)
     loose = [
         f"{p} {stat.S_IMODE(p.stat().st_mode):04o}"
@@ -415,8 +435,9 @@ def test_another_account_can_read_no_secret_of_a_run(
         os.umask(previous)
     assert stat.S_IMODE((run / "report.html").stat().st_mode) == 0o600
     # and what the run shows of itself is masked
-    for name in ("recipe.json", "summary.json"):
-        text = (run / name).read_text()
+    logs = [p.relative_to(run).as_posix() for p in (run / "logs").rglob("*") if p.is_file()]
+    for name in ["recipe.json", "summary.json", *logs]:
+        text = (run / name).read_text(errors="replace")
         assert key not in text, name
         assert "pg-password-0123456789" not in text, name
 

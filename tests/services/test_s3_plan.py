@@ -103,7 +103,7 @@ def test_minio_when_its_binary_is_on_path(fake_minio: Path) -> None:
     assert plan.env["MINIO_ROOT_PASSWORD"] == plan.client_env[SECRET_KEY_ENV]
     assert plan.health.http_path == "/minio/health/live"
     assert plan.metrics_path == "/minio/v2/metrics/cluster"
-    assert plan.env["MINIO_PROMETHEUS_AUTH_TYPE"] == "public"
+    assert plan.env["MINIO_PROMETHEUS_AUTH_TYPE"] == "jwt"  # metrics only to a token
     assert plan.served_model == "minio"
 
 

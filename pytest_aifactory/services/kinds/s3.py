@@ -12,8 +12,14 @@ server gets them through the job's environment, the clients through `ServicePlan
 that holds a key is named so that the log redactor hides its value.
 
 Health: MinIO's `/minio/health/live`; nanio has no health path, so a TCP connect (its server
-listens only once it can answer). Metrics: MinIO's cluster endpoint, made public for the run's
-Prometheus (`MINIO_PROMETHEUS_AUTH_TYPE=public`); nanio has none.
+listens only once it can answer). Metrics: MinIO's cluster endpoint, which MinIO serves only to
+a bearer JWT signed with the server's secret key (`MINIO_PROMETHEUS_AUTH_TYPE=jwt`, MinIO's
+default; a recipe's `env` may still say `public`). The run makes that token the way
+`mc admin prometheus generate` does (services/minio_token.py: issuer `prometheus`, subject the
+access key, HS512) once the service is up, keeps it 0600 in the run's private folder, and its
+Prometheus scrapes the service with it by a job of the service's own. The scheme was checked
+against MinIO's and mc's sources, not against a running MinIO: none runs where this package is
+tested. nanio has no metrics.
 """
 
 from __future__ import annotations
@@ -23,9 +29,11 @@ import os
 import secrets
 import shutil
 import sys
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from pytest_aifactory.monitor.series import Series
+from pytest_aifactory.services import minio_token
 from pytest_aifactory.services.base import (
     HealthCheck,
     ServiceConfigError,
@@ -45,6 +53,10 @@ SECRET_KEY_ENV = "AIFACTORY_S3_SECRET_KEY"
 REGION_ENV = "AIFACTORY_S3_REGION"
 REGION = "us-east-1"
 """Both servers' default region; SigV4 signatures include it."""
+METRICS_AUTH_ENV = "MINIO_PROMETHEUS_AUTH_TYPE"
+METRICS_AUTH = "jwt"
+"""MinIO's own default, said outright: its metrics only to the holder of a token (see
+`metrics_token`), never to anyone who reaches the port."""
 
 SERVERS = ("minio", "nanio")
 MINIO_HEALTH = HealthCheck(http_path="/minio/health/live")
@@ -173,6 +185,16 @@ def nanio_command(args: list[str]) -> list[str]:
     ]
 
 
+def minio_metrics_token(served_model: str | None, client_env: Mapping[str, str]) -> str | None:
+    """The bearer token the run's Prometheus scrapes an `s3` service's metrics with: a MinIO's,
+    made from the keys its clients were given (a kept MinIO's are its own run's); None for
+    nanio, which has no metrics, or where the keys are unknown."""
+    access_key, secret_key = client_env.get(ACCESS_KEY_ENV), client_env.get(SECRET_KEY_ENV)
+    if served_model != "minio" or not access_key or not secret_key:
+        return None
+    return minio_token.prometheus_token(access_key, secret_key)
+
+
 def new_credentials() -> tuple[str, str]:
     """A fresh access key and secret key: letters and digits only, lengths MinIO accepts."""
     return "aif" + secrets.token_hex(8), secrets.token_hex(20)
@@ -182,6 +204,10 @@ def new_credentials() -> tuple[str, str]:
 class S3Service(ServiceKind):
     default_health = HealthCheck(http_path=None)
     metric_series = METRIC_SERIES
+    metrics_token_of_its_own = True
+
+    def metrics_token(self, served_model: str | None, client_env: Mapping[str, str]) -> str | None:
+        return minio_metrics_token(served_model, client_env)
 
     def plan(self, name: str, service: Service, recipe: Recipe) -> ServicePlan:
         if service.nodes > 1:
@@ -196,7 +222,7 @@ class S3Service(ServiceKind):
             assert binary is not None
             argv = minio_command(binary, args)
             env.update(MINIO_ROOT_USER=access_key, MINIO_ROOT_PASSWORD=secret_key)
-            env.setdefault("MINIO_PROMETHEUS_AUTH_TYPE", "public")
+            env.setdefault(METRICS_AUTH_ENV, METRICS_AUTH)
             health = self.health(service) if service.health is not None else MINIO_HEALTH
             metrics: str | None = service.metrics or MINIO_METRICS
         else:
