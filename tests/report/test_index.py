@@ -240,39 +240,13 @@ def monitored(test: dict[str, Any], **efficiency: float) -> dict[str, Any]:
 
 
 def test_efficiency_figures_are_drawn_and_judged_in_their_direction(tmp_path: Path) -> None:
-    save_run(
-        tmp_path,
-        "r0",
-        [monitored(level_test("chat", 1), energy_per_output_token_j=2.0)],
-        started_at=at(0),
-    )
-    save_run(
-        tmp_path,
-        "r1",
-        [monitored(level_test("chat", 1), energy_per_output_token_j=3.0)],
-        started_at=at(1),
-    )
-    save_run(
-        tmp_path,
-        "r2",
-        [monitored(level_test("chat", 1), energy_per_output_token_j=1.0)],
-        started_at=at(2),
-    )
+    for hour, joules in enumerate((2.0, 3.0, 1.0)):
+        energy_run = [monitored(level_test("chat", 1), energy_per_output_token_j=joules)]
+        save_run(tmp_path, f"r{hour}", energy_run, started_at=at(hour))
     # a run on GPUs without an energy counter heads with tokens per GPU: fewer is worse
-    save_run(
-        tmp_path,
-        "g0",
-        [monitored(level_test("gen", 1), output_throughput_per_gpu=100.0)],
-        recipe="gpu",
-        started_at=at(0),
-    )
-    save_run(
-        tmp_path,
-        "g1",
-        [monitored(level_test("gen", 1), output_throughput_per_gpu=70.0)],
-        recipe="gpu",
-        started_at=at(1),
-    )
+    for hour, per_gpu in enumerate((100.0, 70.0)):
+        gpu_run = [monitored(level_test("gen", 1), output_throughput_per_gpu=per_gpu)]
+        save_run(tmp_path, f"g{hour}", gpu_run, recipe="gpu", started_at=at(hour))
     save_run(tmp_path, "n0", [level_test("chat", 1)], recipe="plain", started_at=at(0))
 
     found = by_client(histories(read_rows(tmp_path), tolerance=0.10))
